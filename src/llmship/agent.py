@@ -1,0 +1,218 @@
+"""Builds the topology from config and runs it: start, flush loop, reload (SIGHUP), drain (SIGTERM).
+
+Building binds nothing, so `llmship validate` runs exactly this start-up path short of ``start()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+
+from llmship import __version__, notify
+from llmship.aggregation import Aggregator
+from llmship.config import Config, ConfigError, load_config
+from llmship.delivery import Delivery
+from llmship.log import get_logger
+from llmship.pipeline import Pipeline
+from llmship.sinks.llmobs import LLMObsSink
+from llmship.sinks.logs import LogsSink
+from llmship.sinks.metrics import MetricsSink
+from llmship.sinks.traces import TraceSink
+from llmship.sources.dogstatsd import DogStatsDSource
+from llmship.sources.logs import LogsSource
+from llmship.sources.traces import TraceSource
+from llmship.status import StatusServer, self_metrics
+from llmship.telemetry import Telemetry
+from llmship.transforms.llm import LLMProcessor
+from llmship.transforms.logs import LogProcessor
+from llmship.transforms.sampling import Sampler
+from llmship.transforms.scrub import Scrubber
+
+log = get_logger("agent")
+
+
+@dataclass
+class Topology:
+    cfg: Config
+    telemetry: Telemetry
+    delivery: Delivery
+    aggregator: Aggregator
+    metrics_sink: MetricsSink
+    llm: LLMProcessor
+    log_processor: LogProcessor
+    pipeline: Pipeline
+    sinks: list  # batching sinks, flushed on drain
+    sources: list
+    status: StatusServer
+
+
+def build(cfg: Config, telemetry: Telemetry | None = None, *, readiness=None, info_provider=None) -> Topology:
+    """Construct every component from config without binding a socket or starting a task."""
+    telemetry = telemetry or Telemetry()
+    delivery = Delivery(cfg, telemetry)
+    aggregator = Aggregator(cfg, telemetry)
+    metrics_sink = MetricsSink(cfg, delivery.submit, telemetry)
+    scrubber = Scrubber(cfg.scrub.rules, telemetry.component("scrub"))
+    sampler = Sampler(cfg.llm.sampling)
+    llm = LLMProcessor(cfg, aggregator, scrubber, telemetry)
+    log_processor = LogProcessor(cfg, sampler, scrubber, telemetry)
+    trace_sink = TraceSink(cfg, delivery.submit, telemetry)
+    llmobs_sink = LLMObsSink(cfg, delivery.submit, telemetry)
+    logs_sink = LogsSink(cfg, delivery.submit, telemetry)
+    pipeline = Pipeline(telemetry=telemetry, aggregator=aggregator, delivery=delivery,
+                        metrics_sink=metrics_sink, llm=llm, log_processor=log_processor,
+                        trace_sink=trace_sink, llmobs_sink=llmobs_sink, logs_sink=logs_sink)
+    sources = [DogStatsDSource(cfg, pipeline), TraceSource(cfg, pipeline), LogsSource(cfg, pipeline)]
+    status = StatusServer(cfg, telemetry, info_provider or (lambda: {}), readiness or (lambda: False))
+    return Topology(cfg, telemetry, delivery, aggregator, metrics_sink, llm, log_processor, pipeline,
+                    [trace_sink, llmobs_sink, logs_sink], sources, status)
+
+
+class Agent:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.ready = False
+        self.topology = build(cfg, readiness=lambda: self.ready, info_provider=self._info)
+        self._stop = asyncio.Event()
+        self._signals_seen = 0
+        self._tasks: list[asyncio.Task] = []
+
+    def _info(self) -> dict:
+        s = self.cfg.llm.sampling
+        return {
+            "version": __version__,
+            "hostname": self.cfg.agent.hostname,
+            "config_path": self.cfg.path or "(embedded default)",
+            "destination": self._destination(),
+            "sample_rates": {
+                "span_text_rate": s.span_text_rate,
+                "prompt_log_rate": s.prompt_log_rate,
+                "rules": [vars(r) if hasattr(r, "__dict__") else r.__repr__() for r in s.rules],
+            },
+        }
+
+    def _destination(self) -> str:
+        if self.cfg.sinks.datadog.url:
+            return self.cfg.sinks.datadog.url
+        if self.cfg.ships_to_datadog:
+            return f"Datadog ({self.cfg.sinks.datadog.site})"
+        return f"files in {self.cfg.file_sink_dir}"
+
+    async def run(self) -> int:
+        t = self.topology
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._on_stop_signal, "SIGTERM")
+        loop.add_signal_handler(signal.SIGINT, self._on_stop_signal, "SIGINT")
+        loop.add_signal_handler(signal.SIGHUP, self._on_reload)
+        await t.delivery.start()
+        for sink in t.sinks:
+            await sink.start()
+        await t.status.start()
+        for source in t.sources:
+            await source.start()
+        self.ready = True
+        self._tasks = [asyncio.create_task(self._flush_loop(), name="flush"),
+                       asyncio.create_task(notify.watchdog_loop(), name="watchdog")]
+        log.info("agent_started", version=__version__, pid=os.getpid(), destination=self._destination(),
+                 config=self.cfg.path or "(embedded default)")
+        if not self.cfg.ships_to_datadog:
+            # A newcomer with no API key still sees their data: say where it goes.
+            print(f"llmship: no API key or [sinks.datadog] url set: writing to {self.cfg.file_sink_dir}/"
+                  "<kind>.ndjson", file=sys.stderr, flush=True)
+        notify.ready()
+        await self._stop.wait()
+        await self._drain()
+        return 0
+
+    def _on_stop_signal(self, name: str) -> None:
+        self._signals_seen += 1
+        if self._signals_seen > 1:
+            log.warning("second_stop_signal_exiting_now", signal=name)
+            os._exit(1)
+        log.info("stop_signal_received", signal=name, drain_timeout_secs=self.cfg.delivery.drain_timeout_secs)
+        self._stop.set()
+
+    async def _flush_loop(self) -> None:
+        interval = self.cfg.agent.flush_interval_secs
+        next_at = time.monotonic() + interval
+        while True:
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            next_at += interval
+            self._flush_metrics()
+
+    def _flush_metrics(self, final: bool = False) -> None:
+        t = self.topology
+        try:
+            if self.cfg.status.ship_self_metrics:
+                for name, mtype, value, tags in self_metrics(t.telemetry):
+                    t.aggregator.add(name, mtype, value, tags)
+            t.metrics_sink.ship(t.aggregator.flush(time.time(), final=final))
+        except Exception as e:  # never let one bad flush stop the loop
+            t.telemetry.component("agent").error("flush_failed", f"{type(e).__name__}: {e}")
+            log.exception("flush_failed")
+
+    def _on_reload(self) -> None:
+        asyncio.get_running_loop().create_task(self.reload())
+
+    async def reload(self) -> None:
+        """Re-read the config; swap in what can change live; keep the old config if the new one is bad."""
+        notify.reloading()
+        try:
+            new = load_config(self.cfg.path or None)
+            build(new)  # the same checks as start-up, without binding anything
+        except ConfigError as e:
+            log.error("reload_rejected_keeping_old_config", problems=e.problems)
+            notify.ready()
+            return
+        except Exception as e:
+            log.error("reload_rejected_keeping_old_config", error=f"{type(e).__name__}: {e}")
+            notify.ready()
+            return
+        t = self.topology
+        for component in (t.aggregator, t.llm, t.log_processor, t.delivery, t.metrics_sink, *t.sinks):
+            reload = getattr(component, "reload", None)
+            if reload is not None:
+                reload(new)
+        self.cfg = new
+        t.cfg = new
+        log.info("config_reloaded", config=new.path)
+        notify.ready()
+
+    async def _drain(self) -> None:
+        """Stop accepting, flush aggregates and open batches, deliver until the deadline, spool the rest."""
+        t = self.topology
+        self.ready = False
+        notify.stopping()
+        deadline = time.monotonic() + self.cfg.delivery.drain_timeout_secs
+        log.info("draining", deadline_secs=self.cfg.delivery.drain_timeout_secs)
+        for task in self._tasks:
+            task.cancel()
+        for source in t.sources:
+            await source.shutdown(deadline)
+        self._flush_metrics(final=True)
+        for sink in t.sinks:
+            await sink.shutdown(deadline)
+        await t.metrics_sink.shutdown(deadline)
+        await t.delivery.shutdown(deadline)
+        await t.status.shutdown(deadline)
+        log.info("stopped")
+
+
+def run(config_path: str | None) -> int:
+    cfg = load_config(config_path)
+    from llmship import log as logmod
+
+    logmod.configure(cfg.agent.log_level, cfg.agent.log_format)
+
+    async def main() -> int:
+        return await Agent(cfg).run()
+
+    try:
+        import uvloop
+    except ImportError:  # uvloop is a dependency, but stay runnable on platforms it does not support
+        return asyncio.run(main())
+    return uvloop.run(main())

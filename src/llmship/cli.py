@@ -1,0 +1,90 @@
+"""`llmship run | validate | status | intake`. Every flag also reads an LLMSHIP_* environment variable."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from llmship import __version__
+from llmship.config import ConfigError, load_config
+
+
+def env_default(name: str, default=None):
+    return os.environ.get(f"LLMSHIP_{name}", default)
+
+
+def _add_config_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=env_default("CONFIG"),
+                   help="TOML config file (env LLMSHIP_CONFIG); without it the embedded default is used")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="llmship", description="Ship LLM telemetry to Datadog intakes.")
+    p.add_argument("--version", action="version", version=f"llmship {__version__}")
+    sub = p.add_subparsers(dest="verb", required=True)
+
+    run = sub.add_parser("run", help="run the agent")
+    _add_config_flag(run)
+
+    validate = sub.add_parser("validate", help="check a config: the start-up path without binding sockets")
+    _add_config_flag(validate)
+
+    status = sub.add_parser("status", help="print the running agent's counters")
+    _add_config_flag(status)
+    status.add_argument("--url", default=env_default("URL"),
+                        help="status endpoint, e.g. http://127.0.0.1:5012 (env LLMSHIP_URL); "
+                             "default: [status] listen from the config")
+    status.add_argument("--json", action="store_true", default=env_default("JSON", "") not in ("", "0"),
+                        help="print the raw JSON (env LLMSHIP_JSON=1)")
+
+    from llmship.intake import cli as intake_cli
+
+    intake = sub.add_parser("intake", help="a local stand-in for the Datadog intakes, recording to SQLite")
+    intake_cli.add_arguments(intake)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.verb == "intake":
+        from llmship.intake import cli as intake_cli
+
+        return intake_cli.main(args)
+    try:
+        if args.verb == "run":
+            from llmship.agent import run
+
+            return run(args.config)
+        if args.verb == "validate":
+            return validate(args.config)
+        if args.verb == "status":
+            return status(args)
+    except ConfigError as e:
+        for problem in e.problems:
+            print(f"llmship: invalid config: {problem}", file=sys.stderr)
+        return 2
+    except OSError as e:  # e.g. a port already in use at start-up: one clear line, no traceback
+        print(f"llmship: {e}", file=sys.stderr)
+        return 1
+    return 2
+
+
+def validate(config_path: str | None) -> int:
+    from llmship.agent import build
+
+    cfg = load_config(config_path)
+    build(cfg)
+    print(f"llmship: config {config_path or '(embedded default)'} is valid")
+    return 0
+
+
+def status(args: argparse.Namespace) -> int:
+    from llmship.status import status_main
+
+    if not args.url:
+        host, _, port = load_config(args.config).status.listen.rpartition(":")
+        host = host.strip("[]")
+        host = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
+        args.url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    return status_main(args)

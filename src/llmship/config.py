@@ -1,0 +1,435 @@
+"""Typed, frozen configuration loaded from TOML.
+
+Every key has a default (the embedded default needs no file at all). Unknown keys are errors, and every
+bad value is reported with its dotted key, all of them at once, so `llmship validate` can list them.
+String values may use ``${VAR}`` and ``${VAR:-default}`` interpolation from the environment.
+Units are in key names (_secs, _bytes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import ipaddress
+import os
+import re
+import socket
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(Exception):
+    """One or more invalid values; ``problems`` holds one "key: reason" line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+# ---------------------------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    hostname: str = ""  # "" -> this machine's hostname
+    env: str = ""
+    service: str = ""
+    version: str = ""
+    tags: tuple[str, ...] = ()
+    flush_interval_secs: float = 10.0  # the Datadog Agent's DogStatsD bucket size
+    data_dir: str = "llmship-data"
+    log_level: str = "info"
+    log_format: str = "auto"  # auto: console on a terminal, JSON otherwise
+
+
+@dataclass(frozen=True)
+class DogStatsDConfig:
+    udp: str = "127.0.0.1:8125"
+    socket: str = ""  # unix datagram, e.g. /run/llmship/dsd.socket
+    stream_socket: str = ""  # unix stream, 4-byte little-endian length prefix per payload
+    # Asked for with SO_RCVBUF(FORCE); the kernel caps it at net.core.rmem_max. The default 208 KiB
+    # loses datagrams under bursts even for a C receiver (measured, see README).
+    receive_buffer_bytes: int = 8 * 1024 * 1024
+    max_packet_bytes: int = 65536
+
+
+@dataclass(frozen=True)
+class TracesConfig:
+    listen: str = "127.0.0.1:8126"
+    socket: str = ""
+    max_body_bytes: int = 25 * 1024 * 1024  # the Datadog Agent's apm_config.max_payload_size default
+
+
+@dataclass(frozen=True)
+class LogsSourceConfig:
+    tcp: str = "127.0.0.1:10514"
+    http: str = "127.0.0.1:10518"
+    max_line_bytes: int = 256 * 1024  # the Datadog Agent's logs_config.max_message_size_bytes (256 kB)
+    idle_timeout_secs: float = 60.0
+
+
+@dataclass(frozen=True)
+class SourcesConfig:
+    dogstatsd: DogStatsDConfig = field(default_factory=DogStatsDConfig)
+    traces: TracesConfig = field(default_factory=TracesConfig)
+    logs: LogsSourceConfig = field(default_factory=LogsSourceConfig)
+
+
+@dataclass(frozen=True)
+class DatadogSinkConfig:
+    api_key: str = ""  # default: $DD_API_KEY
+    site: str = ""  # default: $DD_SITE or datadoghq.com
+    url: str = ""  # replaces scheme and host of every intake endpoint (llmship intake, proxies, tests)
+    compression: str = "gzip"
+    timeout_secs: float = 15.0
+
+    def __repr__(self) -> str:  # never print the key, even in a traceback or a debug dump
+        key = "<set>" if self.api_key else "<unset>"
+        return f"DatadogSinkConfig(api_key={key}, site={self.site!r}, url={self.url!r})"
+
+
+@dataclass(frozen=True)
+class FileSinkConfig:
+    dir: str = ""  # "" -> <agent.data_dir>/out
+
+
+@dataclass(frozen=True)
+class SinksConfig:
+    datadog: DatadogSinkConfig = field(default_factory=DatadogSinkConfig)
+    file: FileSinkConfig = field(default_factory=FileSinkConfig)
+
+
+@dataclass(frozen=True)
+class StatusConfig:
+    listen: str = "127.0.0.1:5012"
+    ship_self_metrics: bool = False
+
+
+@dataclass(frozen=True)
+class Price:
+    input: float  # USD per million input tokens
+    output: float  # USD per million output tokens
+
+
+@dataclass(frozen=True)
+class SamplingRule:
+    service: str = "*"
+    model: str = "*"
+    endpoint: str = "*"
+    span_text_rate: float | None = None
+    prompt_log_rate: float | None = None
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    span_text_rate: float = 1.0
+    prompt_log_rate: float = 0.1
+    rules: tuple[SamplingRule, ...] = ()
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    max_text_chars: int = 512
+    instrumented_proxy_urls: tuple[str, ...] = ()
+    text_fields: tuple[str, ...] = ()
+    pricing: dict[str, Price] = field(default_factory=dict)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+
+@dataclass(frozen=True)
+class ScrubRule:
+    name: str
+    regex: str = ""
+    replacement: str = "[REDACTED]"
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class ScrubConfig:
+    rules: tuple[ScrubRule, ...] = ()
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    max_concurrency: int = 4
+    queue_max_bytes: int = 64 * 1024 * 1024  # per payload kind
+    when_full: str = ""  # "spill" (default with a spool) or "drop_newest" (default without)
+    spool_dir: str = ""
+    spool_max_bytes: int = 1024 * 1024 * 1024
+    spool_max_age_secs: float = 3 * 24 * 3600
+    spool_min_free_bytes: int = 256 * 1024 * 1024
+    spool_flush_secs: float = 2.0
+    drain_timeout_secs: float = 20.0
+    retry_initial_secs: float = 1.0
+    retry_max_secs: float = 60.0
+
+
+@dataclass(frozen=True)
+class Config:
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    sources: SourcesConfig = field(default_factory=SourcesConfig)
+    sinks: SinksConfig = field(default_factory=SinksConfig)
+    status: StatusConfig = field(default_factory=StatusConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    scrub: ScrubConfig = field(default_factory=ScrubConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    path: str = ""  # the file it came from ("" for the embedded default)
+
+    @property
+    def ships_to_datadog(self) -> bool:
+        """Ship over HTTP when there is somewhere to ship to; otherwise the local file sink."""
+        return bool(self.sinks.datadog.api_key or self.sinks.datadog.url)
+
+    @property
+    def file_sink_dir(self) -> str:
+        return self.sinks.file.dir or str(Path(self.agent.data_dir) / "out")
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+_INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _interpolate(value: Any, env: typing.Mapping[str, str]) -> Any:
+    if isinstance(value, str):
+        return _INTERPOLATION.sub(lambda m: env.get(m.group(1), m.group(2) or ""), value)
+    if isinstance(value, list):
+        return [_interpolate(v, env) for v in value]
+    if isinstance(value, dict):
+        return {k: _interpolate(v, env) for k, v in value.items()}
+    return value
+
+
+def load_config(path: str | os.PathLike | None = None, env: typing.Mapping[str, str] | None = None) -> Config:
+    """Load ``path`` (or the embedded default when None). Raises ConfigError listing every problem."""
+    if path is None:
+        return load_config_text("", env=env)
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ConfigError([f"config: cannot read {path}: {e.strerror}"]) from None
+    return load_config_text(text, env=env, path=str(path))
+
+
+def load_config_text(text: str, env: typing.Mapping[str, str] | None = None, path: str = "") -> Config:
+    env = os.environ if env is None else env
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"config: not valid TOML: {e}"]) from None
+    raw = _interpolate(raw, env)
+    problems: list[str] = []
+    cfg = _build(Config, raw, "", problems)
+    if cfg is not None:
+        cfg = _apply_environment_defaults(cfg, env)
+        cfg = dataclasses.replace(cfg, path=path)
+        _validate(cfg, problems)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def _apply_environment_defaults(cfg: Config, env: typing.Mapping[str, str]) -> Config:
+    dd = cfg.sinks.datadog
+    dd = dataclasses.replace(
+        dd,
+        api_key=dd.api_key or env.get("DD_API_KEY", ""),
+        site=dd.site or env.get("DD_SITE", "") or "datadoghq.com",
+    )
+    agent = cfg.agent
+    if not agent.hostname:
+        agent = dataclasses.replace(agent, hostname=env.get("DD_HOSTNAME", "") or socket.gethostname())
+    return dataclasses.replace(cfg, agent=agent, sinks=dataclasses.replace(cfg.sinks, datadog=dd))
+
+
+def _build(cls: type, raw: Any, where: str, problems: list[str]) -> Any:
+    """Build dataclass ``cls`` from the TOML table ``raw``, recording problems with dotted keys."""
+    if not isinstance(raw, dict):
+        problems.append(f"{where or 'config'}: expected a table, got {type(raw).__name__}")
+        return None
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "path"}
+    kwargs = {}
+    for key, value in raw.items():
+        dotted = f"{where}.{key}" if where else key
+        if key not in fields:
+            problems.append(f"{dotted}: unknown key")
+            continue
+        converted = _convert(hints[key], value, dotted, problems)
+        if converted is not _INVALID:
+            kwargs[key] = converted
+    required = [n for n, f in fields.items() if f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING and n not in kwargs]
+    for name in required:
+        problems.append(f"{where}.{name}: required")
+    if required:
+        return None
+    return cls(**kwargs)
+
+
+_INVALID = object()
+
+
+def _convert(hint: Any, value: Any, dotted: str, problems: list[str]) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        built = _build(hint, value, dotted, problems)
+        return _INVALID if built is None else built
+    if origin in (types.UnionType, typing.Union):  # X | None
+        if value is None:
+            return None
+        return _convert(next(a for a in args if a is not type(None)), value, dotted, problems)
+    if origin is tuple:
+        if not isinstance(value, list):
+            problems.append(f"{dotted}: expected a list, got {type(value).__name__}")
+            return _INVALID
+        items = [_convert(args[0], v, f"{dotted}[{i}]", problems) for i, v in enumerate(value)]
+        return _INVALID if _INVALID in items else tuple(items)
+    if origin is dict:
+        if not isinstance(value, dict):
+            problems.append(f"{dotted}: expected a table, got {type(value).__name__}")
+            return _INVALID
+        out = {k: _convert(args[1], v, f'{dotted}."{k}"', problems) for k, v in value.items()}
+        return _INVALID if _INVALID in out.values() else out
+    if hint is bool:
+        if not isinstance(value, bool):
+            problems.append(f"{dotted}: expected true or false, got {value!r}")
+            return _INVALID
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            problems.append(f"{dotted}: expected an integer, got {value!r}")
+            return _INVALID
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            problems.append(f"{dotted}: expected a number, got {value!r}")
+            return _INVALID
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            problems.append(f"{dotted}: expected a string, got {value!r}")
+            return _INVALID
+        return value
+    raise TypeError(f"unsupported config type {hint} at {dotted}")  # a bug in this module, not user input
+
+
+# ---------------------------------------------------------------------------------------------- checks
+
+
+def parse_host_port(address: str) -> tuple[str, int]:
+    """"127.0.0.1:8125", "[::1]:8125" or "localhost:8125" -> (host, port); ValueError otherwise."""
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError(f"expected host:port, got {address!r}")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} out of range")
+    return host, port
+
+
+def _validate(cfg: Config, problems: list[str]) -> None:
+    def check(ok: bool, key: str, reason: str) -> None:
+        if not ok:
+            problems.append(f"{key}: {reason}")
+
+    def address(key: str, value: str) -> None:
+        if value:
+            try:
+                parse_host_port(value)
+            except ValueError as e:
+                problems.append(f"{key}: {e}")
+
+    def positive(key: str, value: float) -> None:
+        check(value > 0, key, f"must be greater than 0, got {value}")
+
+    def rate(key: str, value: float | None) -> None:
+        if value is not None:
+            check(0.0 <= value <= 1.0, key, f"must be between 0 and 1, got {value}")
+
+    a = cfg.agent
+    positive("agent.flush_interval_secs", a.flush_interval_secs)
+    check(a.log_level.lower() in ("debug", "info", "warning", "error"), "agent.log_level",
+          f"expected debug, info, warning or error, got {a.log_level!r}")
+    check(a.log_format in ("auto", "console", "json"), "agent.log_format",
+          f"expected auto, console or json, got {a.log_format!r}")
+    for i, t in enumerate(a.tags):
+        check(bool(t.strip()) and "," not in t, f"agent.tags[{i}]", f"expected a tag like k:v, got {t!r}")
+
+    d = cfg.sources.dogstatsd
+    address("sources.dogstatsd.udp", d.udp)
+    positive("sources.dogstatsd.receive_buffer_bytes", d.receive_buffer_bytes)
+    check(512 <= d.max_packet_bytes <= 65536 * 4, "sources.dogstatsd.max_packet_bytes",
+          f"must be between 512 and 262144, got {d.max_packet_bytes}")
+    address("sources.traces.listen", cfg.sources.traces.listen)
+    positive("sources.traces.max_body_bytes", cfg.sources.traces.max_body_bytes)
+    lg = cfg.sources.logs
+    address("sources.logs.tcp", lg.tcp)
+    address("sources.logs.http", lg.http)
+    positive("sources.logs.max_line_bytes", lg.max_line_bytes)
+    positive("sources.logs.idle_timeout_secs", lg.idle_timeout_secs)
+
+    dd = cfg.sinks.datadog
+    check(dd.compression in ("gzip", "deflate", "zstd", "identity"), "sinks.datadog.compression",
+          f"expected gzip, deflate, zstd or identity, got {dd.compression!r}")
+    check(not dd.url or re.match(r"^https?://[^/\s]+", dd.url) is not None, "sinks.datadog.url",
+          f"expected http(s)://host[:port], got {dd.url!r}")
+    check(re.fullmatch(r"[A-Za-z0-9.-]+", dd.site) is not None, "sinks.datadog.site",
+          f"expected a domain such as datadoghq.com, got {dd.site!r}")
+    positive("sinks.datadog.timeout_secs", dd.timeout_secs)
+    address("status.listen", cfg.status.listen)
+
+    llm = cfg.llm
+    check(llm.max_text_chars >= 16, "llm.max_text_chars", f"must be at least 16, got {llm.max_text_chars}")
+    for i, url in enumerate(llm.instrumented_proxy_urls):
+        check(re.match(r"^https?://[^/\s]+", url) is not None, f"llm.instrumented_proxy_urls[{i}]",
+              f"expected an http(s) URL, got {url!r}")
+    for pattern, price in llm.pricing.items():
+        check(price.input >= 0 and price.output >= 0, f'llm.pricing."{pattern}"', "prices must be >= 0")
+    rate("llm.sampling.span_text_rate", llm.sampling.span_text_rate)
+    rate("llm.sampling.prompt_log_rate", llm.sampling.prompt_log_rate)
+    for i, rule in enumerate(llm.sampling.rules):
+        rate(f"llm.sampling.rules[{i}].span_text_rate", rule.span_text_rate)
+        rate(f"llm.sampling.rules[{i}].prompt_log_rate", rule.prompt_log_rate)
+        for key in ("service", "model", "endpoint"):
+            try:
+                re.compile(fnmatch.translate(getattr(rule, key)))
+            except re.error as e:
+                problems.append(f"llm.sampling.rules[{i}].{key}: bad glob: {e}")
+
+    for i, rule in enumerate(cfg.scrub.rules):
+        check(bool(rule.name), f"scrub.rules[{i}].name", "must not be empty")
+        if rule.regex:
+            try:
+                re.compile(rule.regex)
+            except re.error as e:
+                problems.append(f"scrub.rules[{i}].regex: not a valid regular expression: {e}")
+
+    dl = cfg.delivery
+    positive("delivery.max_concurrency", dl.max_concurrency)
+    positive("delivery.queue_max_bytes", dl.queue_max_bytes)
+    check(dl.when_full in ("", "spill", "drop_newest"), "delivery.when_full",
+          f"expected spill or drop_newest, got {dl.when_full!r}")
+    check(not (dl.when_full == "spill" and not dl.spool_dir), "delivery.when_full",
+          "spill needs delivery.spool_dir")
+    for key in ("spool_max_bytes", "spool_max_age_secs", "spool_flush_secs", "drain_timeout_secs",
+                "retry_initial_secs", "retry_max_secs"):
+        positive(f"delivery.{key}", getattr(dl, key))
+    check(dl.retry_max_secs >= dl.retry_initial_secs, "delivery.retry_max_secs",
+          "must be >= delivery.retry_initial_secs")
+
+
+def is_loopback(host: str) -> bool:
+    """True for loopback addresses and names; used to warn when a listener is exposed."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
