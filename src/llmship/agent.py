@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from llmship import __version__, notify
 from llmship.aggregation import Aggregator
-from llmship.config import Config, ConfigError, load_config
+from llmship.config import Config, ConfigError, is_loopback, load_config, parse_host_port
 from llmship.delivery import Delivery
 from llmship.log import get_logger
 from llmship.pipeline import Pipeline
@@ -123,10 +123,21 @@ class Agent:
             # A newcomer with no API key still sees their data: say where it goes.
             print(f"llmship: no API key or [sinks.datadog] url set: writing to {self.cfg.file_sink_dir}/"
                   "<kind>.ndjson", file=sys.stderr, flush=True)
+        self._warn_about_exposed_listeners()
         notify.ready()
         await self._stop.wait()
         await self._drain()
         return 0
+
+    def _warn_about_exposed_listeners(self) -> None:
+        """Listeners default to loopback; binding elsewhere is allowed (a DaemonSet needs it) but said."""
+        c = self.cfg
+        for key, address in (("sources.dogstatsd.udp", c.sources.dogstatsd.udp),
+                             ("sources.traces.listen", c.sources.traces.listen),
+                             ("sources.logs.tcp", c.sources.logs.tcp), ("sources.logs.http", c.sources.logs.http),
+                             ("status.listen", c.status.listen)):
+            if address and not is_loopback(parse_host_port(address)[0]):
+                log.warning("listener_not_on_loopback", key=key, address=address)
 
     def _on_stop_signal(self, name: str) -> None:
         self._signals_seen += 1

@@ -34,8 +34,9 @@ def decompress(body: bytes, encoding: str | None, max_bytes: int) -> bytes:
             raise DecompressionLimit(f"body of {len(body)} bytes exceeds {max_bytes}")
         return body
     if encoding in ("gzip", "x-gzip", "deflate"):
-        # wbits: 16+ for a gzip header, 32+ to auto-detect zlib or gzip; raw deflate as a fallback below
-        wbits = 16 + zlib.MAX_WBITS if encoding != "deflate" else zlib.MAX_WBITS
+        # wbits: 16+ expects a gzip header; 32+ auto-detects zlib or gzip, because clients labelling a body
+        # "deflate" send zlib-wrapped, raw or even gzip data; raw deflate is the fallback below.
+        wbits = 16 + zlib.MAX_WBITS if encoding != "deflate" else 32 + zlib.MAX_WBITS
         try:
             return _bounded_zlib(body, wbits, max_bytes)
         except zlib.error:

@@ -1,0 +1,172 @@
+"""Where payloads go: Datadog's intakes over HTTP, or local NDJSON files when there is nowhere to ship.
+
+A transport makes one attempt and reports what happened (``SendResult``); deciding what that means and
+when to try again is retry.py's job. Neither ever puts the API key in a result, a log or telemetry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlsplit
+
+import aiohttp
+import orjson
+
+from llmship import __version__
+from llmship.compression import DecompressionLimit
+from llmship.config import Config
+from llmship.delivery.payload import ENDPOINTS, PAYLOAD_ID_HEADER, Payload
+from llmship.intake.decode import DecodeError, decode_payload
+
+USER_AGENT = f"llmship/{__version__}"
+# How much of an error response to keep for the log line saying why (intakes answer short JSON errors).
+_DETAIL_CHARS = 300
+_RESPONSE_READ_BYTES = 4096
+
+
+@dataclass(frozen=True)
+class SendResult:
+    status: int | None  # None: no answer (refused, reset, timed out, DNS)
+    retry_after: str | None = None  # the raw Retry-After header, if any
+    detail: str = ""  # why it failed, for logs; never contains the API key
+
+
+class Transport(Protocol):
+    destination: str  # for logs and `llmship status`; never contains the API key
+
+    async def send(self, payload: Payload) -> SendResult: ...
+
+    async def close(self) -> None: ...
+
+
+def make_transport(cfg: Config) -> Transport:
+    return HttpTransport(cfg) if cfg.ships_to_datadog else FileTransport(cfg.file_sink_dir)
+
+
+def base_url(cfg: Config, kind: str) -> str | None:
+    """``https://<subdomain>.<site>`` for ``kind``, or the scheme and host of [sinks.datadog] url."""
+    endpoint = ENDPOINTS.get(kind)
+    if endpoint is None:
+        return None
+    subdomain, _path = endpoint
+    if cfg.sinks.datadog.url:
+        parts = urlsplit(cfg.sinks.datadog.url)
+        host = parts.netloc.rpartition("@")[2]  # drop any user:password@, which we never log
+        return f"{parts.scheme}://{host}"
+    return f"https://{subdomain}.{cfg.sinks.datadog.site}"
+
+
+class _InFlight:
+    """Counts sends under way so a transport replaced by a reload closes only once they finish."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def __enter__(self) -> None:
+        self.count += 1
+        self._idle.clear()
+
+    def __exit__(self, *exc) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self._idle.set()
+
+    async def idle(self) -> None:
+        await self._idle.wait()
+
+
+class HttpTransport:
+    """One aiohttp ClientSession (one connection pool) for every intake."""
+
+    def __init__(self, cfg: Config) -> None:
+        self._cfg = cfg
+        self._api_key = cfg.sinks.datadog.api_key
+        self._timeout = aiohttp.ClientTimeout(total=cfg.sinks.datadog.timeout_secs)
+        self._session: aiohttp.ClientSession | None = None
+        self._inflight = _InFlight()
+        url = cfg.sinks.datadog.url
+        self.destination = base_url(cfg, "series") if url else f"Datadog ({cfg.sinks.datadog.site})"
+
+    def _url(self, kind: str) -> str | None:
+        base = base_url(self._cfg, kind)
+        return None if base is None else base + ENDPOINTS[kind][1]
+
+    async def send(self, payload: Payload) -> SendResult:
+        url = self._url(payload.kind)
+        if url is None:
+            return SendResult(400, detail=f"no intake endpoint for payload kind {payload.kind!r}")
+        if self._session is None:
+            self._session = aiohttp.ClientSession(headers={"User-Agent": USER_AGENT})
+        headers = {**payload.extra_headers, "Content-Type": payload.content_type, PAYLOAD_ID_HEADER: payload.id}
+        if payload.content_encoding not in ("", "identity"):
+            headers["Content-Encoding"] = payload.content_encoding
+        if self._api_key:
+            headers["DD-API-KEY"] = self._api_key
+        with self._inflight:
+            try:
+                async with self._session.post(url, data=payload.body, headers=headers,
+                                              timeout=self._timeout) as resp:
+                    if 200 <= resp.status < 300:
+                        await resp.read()  # small acknowledgements; reading them lets the connection be reused
+                        return SendResult(resp.status)
+                    text = (await resp.content.read(_RESPONSE_READ_BYTES)).decode("utf-8", "replace")
+                    return SendResult(resp.status, resp.headers.get("Retry-After"),
+                                      self._scrub(text[:_DETAIL_CHARS]))
+            except TimeoutError:
+                return SendResult(None, detail=f"timed out after {self._timeout.total}s")
+            except (aiohttp.ClientError, OSError) as e:
+                return SendResult(None, detail=self._scrub(f"{type(e).__name__}: {e}"[:_DETAIL_CHARS]))
+
+    def _scrub(self, text: str) -> str:
+        """Belt and braces: an intake or a proxy echoing our headers must not put the key in our logs."""
+        return text.replace(self._api_key, "<api key>") if self._api_key else text
+
+    async def close(self) -> None:
+        await self._inflight.idle()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+class FileTransport:
+    """Appends one JSON line per item to ``<dir>/<kind>.ndjson``: data stays visible with no API key.
+
+    The body is decoded exactly as our intake would decode it, so a payload the intake would refuse is
+    refused here too (400, or 413 when it inflates past the kind's intake limit).
+    """
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        self.directory = Path(directory)
+        self.destination = f"files in {self.directory}"
+        self._locks: dict[str, asyncio.Lock] = {}  # one writer per file keeps lines whole
+        self._inflight = _InFlight()
+
+    async def send(self, payload: Payload) -> SendResult:
+        lock = self._locks.setdefault(payload.kind, asyncio.Lock())
+        with self._inflight:
+            async with lock:
+                try:
+                    await asyncio.to_thread(self._append, payload)
+                except DecompressionLimit as e:
+                    return SendResult(413, detail=str(e)[:_DETAIL_CHARS])
+                except DecodeError as e:
+                    return SendResult(400, detail=str(e)[:_DETAIL_CHARS])
+                except OSError as e:  # disk full, permissions: not the payload's fault, so retryable
+                    return SendResult(None, detail=f"{type(e).__name__}: {e}"[:_DETAIL_CHARS])
+        return SendResult(200)
+
+    def _append(self, payload: Payload) -> None:
+        items = decode_payload(payload.kind, payload.body, payload.content_encoding)
+        lines = b"".join(orjson.dumps(item) + b"\n" for item in items)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with open(self.directory / f"{payload.kind}.ndjson", "ab") as f:
+            f.write(lines)
+
+    async def close(self) -> None:
+        await self._inflight.idle()

@@ -1,0 +1,640 @@
+"""The trace-agent HTTP API that tracers talk to (127.0.0.1:8126 by default, optionally a unix socket).
+
+What it answers, and why (the Datadog Agent's behaviour is in datadog-agent pkg/trace/api/):
+- ``GET /info``: the Agent's discovery document listing only what we serve. ``/evp_proxy/v2/`` must be
+  listed or ddtrace sends LLM Observability agentless (ddtrace/llmobs/_writer.py should_use_agentless).
+  ``client_drop_p0s`` is false and ``/v0.6/stats`` is not listed: we do not forward client stats, so
+  tracers must send every trace (the LLM processor derives its metrics from every span, not a sample),
+  and the trace sink drops priority <= 0 chunks as the Agent's sampler would. ``span_events`` is false
+  so tracers write span events into the ``events`` meta tag, which the trace intake reads as is.
+- ``PUT|POST /v0.4/traces`` (msgpack, or JSON) and ``/v0.5/traces`` (msgpack string table + arrays):
+  decoded into chunks of ``Span``; a span's ``meta_struct["_llmobs"]`` becomes ``span.llmobs`` in the
+  event shape ddtrace posts on the EVP path (``llmobs_event``). Answered with ``rate_by_service`` at 1.0
+  for the services just seen (we do not sample by rate; the Agent computes rates for its TPS target).
+- ``POST /evp_proxy/v2/api/v2/llmobs`` (``X-Datadog-EVP-Subdomain: llmobs-intake``): JSON envelopes of
+  LLM Observability events, answered 202 as the intake does. Other EVP targets (e.g. eval metrics) are
+  accepted with 202 and counted as ``requests{endpoint="evp_unsupported"}``.
+- ``/telemetry/proxy/...`` 202 and ``/v0.6/stats`` 200: accepted, counted, not forwarded.
+- ``/v0.7/config`` 404: an Agent with remote configuration disabled never registers the endpoint
+  (comp/trace/agent/impl/run.go attaches it only when remote config is enabled) nor lists it in /info,
+  and ddtrace 4.16 polls it only once /info lists it (internal/remoteconfig/worker.py ``_agent_check``,
+  which logs at debug level only), so tracers stay quiet.
+- Every response carries ``Datadog-Agent-Version`` and ``Datadog-Agent-State`` (the /info hash tracers
+  compare to know when to read /info again), as the Agent's replyWithVersion does.
+
+Limits: bodies over ``max_body_bytes`` get 413 (before reading when Content-Length says so, otherwise
+as soon as the stream passes it, and when a compressed body inflates past it); a body not received
+within 5 s gets 408; undecodable bodies 400 with the reason; unsupported media types or encodings 415.
+When the delivery queue for traces is full, or no decoder frees up within 1 s, the payload is refused
+like the Agent refuses it: 429 with Retry-After if the client sent ``Datadog-Send-Real-Http-Status``,
+otherwise 200 with the usual rates body (header.go: "By default, the agent will send a 200 OK response
+for every payload, even those dropped"). The EVP path always answers 429, as the intake behind the
+Agent's proxy would, and ddtrace's LLM Observability writer retries 429.
+
+Telemetry (component "traces"): requests{endpoint}, spans_received, events_received (LLM Observability
+events), bytes_received (as sent, before decompression), dropped{reason}: one per refused request
+(payload_too_large, decoding_error, timeout, unsupported_media_type, overloaded, ...), and one per
+``_llmobs`` struct that could not be decoded (llmobs_decode_error; its APM span is kept).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import os
+import stat
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import msgpack
+import orjson
+from aiohttp import web
+
+from llmship.compression import DecompressionLimit, decompress
+from llmship.config import Config, parse_host_port
+from llmship.events import LLMObsEvent, Span, TracerInfo
+from llmship.log import RateLimited, get_logger
+from llmship.sinks.traces import AGENT_VERSION
+
+# 5 s: the Agent's receiver ReadTimeout when apm_config.receiver_timeout is 0 (pkg/trace/api/api.go)
+READ_TIMEOUT_SECS = 5.0
+# The Agent decodes at most GOMAXPROCS/2 payloads at once (apm_config.decoders) and refuses a payload
+# that waits longer than apm_config.decoder_timeout (1000 ms) for a decoder; it also bounds the memory
+# held by bodies being read.
+DECODERS = max(1, (os.cpu_count() or 2) // 2)
+DECODER_WAIT_SECS = 1.0
+# Bodies above this are decoded in a worker thread so the event loop keeps serving other clients
+# (the GIL still switches every 5 ms); below it the thread hand-off costs more than the decoding.
+THREAD_DECODE_BYTES = 256 * 1024
+# Spans handed to the pipeline per call before yielding to the event loop, so one huge payload does
+# not monopolize it while it is processed and encoded.
+SUBMIT_SLICE_SPANS = 2_000
+RETRY_AFTER_SECS = 1
+# apm_config.env default, used for rate keys when neither the span nor our config names an env
+DEFAULT_ENV = "none"
+# ddtrace ROOT_PARENT_ID: the parent_id of a root LLM Observability span
+ROOT_PARENT_ID = "undefined"
+LLMOBS_STRUCT_KEY = "_llmobs"
+# What the Agent's EVP proxy forwards (evp_proxy_allowed_headers in its /info); we read the same ones.
+EVP_ALLOWED_HEADERS = ["Content-Type", "Accept-Encoding", "Content-Encoding", "User-Agent"]
+LLMOBS_SUBDOMAIN, LLMOBS_PATH = "llmobs-intake", "/api/v2/llmobs"
+# 0o722: the Agent's permissions on its unix socket, so any local process can connect (api.go listenUnix)
+SOCKET_MODE = 0o722
+
+_UINT64 = (1 << 64) - 1
+_JSON_TYPES = ("application/json", "text/json")
+_MSGPACK = "application/msgpack"
+# Go's strconv.ParseBool false values: the Agent's isHeaderTrue treats anything else non-empty as true.
+_FALSE_VALUES = ("0", "f", "F", "false", "FALSE", "False")
+
+log = get_logger("traces")
+_limited = RateLimited(log)
+
+Chunks = list[list[Span]]
+
+
+class DecodeError(ValueError):
+    """The body is not a valid payload."""
+
+
+class RequestError(Exception):
+    """A request we refuse: HTTP status, the counter's reason label, and the text sent back."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.reason, self.message = status, reason, message
+
+
+class TraceSource:
+    def __init__(self, cfg: Config, pipeline, *, read_timeout_secs: float = READ_TIMEOUT_SECS) -> None:
+        self._cfg = cfg.sources.traces
+        self._pipeline = pipeline
+        self._tel = pipeline.telemetry.component("traces")
+        self._default_env = cfg.agent.env or DEFAULT_ENV
+        self._read_timeout = read_timeout_secs
+        self._info_body = orjson.dumps(info_document(cfg), option=orjson.OPT_INDENT_2)
+        self._state = hashlib.sha256(self._info_body).hexdigest()
+        self._decoders = asyncio.Semaphore(DECODERS)
+        self._runner: web.AppRunner | None = None
+
+    # ------------------------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.on_response_prepare.append(self._add_agent_headers)
+        r = app.router
+        r.add_get("/info", self._info)
+        r.add_route("*", "/v0.4/traces", functools.partial(self._traces, version="v0.4"))
+        r.add_route("*", "/v0.5/traces", functools.partial(self._traces, version="v0.5"))
+        r.add_route("*", "/evp_proxy/v2/{path:.*}", self._evp_proxy)
+        r.add_route("*", "/telemetry/proxy/{path:.*}", self._telemetry)
+        r.add_route("*", "/v0.6/stats", self._stats)
+        r.add_route("*", "/v0.7/config", self._remote_config)
+        r.add_route("*", "/{path:.*}", self._not_found)
+        # shutdown_timeout: the Agent gives in-flight requests 5 s on stop (api.go Stop).
+        # auto_decompress=False: aiohttp would inflate gzip bodies without a bound; we inflate them
+        # ourselves within max_body_bytes (a small compressed body must not become gigabytes).
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0,
+                               auto_decompress=False)
+        await runner.setup()
+        try:
+            if self._cfg.listen:
+                host, port = parse_host_port(self._cfg.listen)
+                await web.TCPSite(runner, host, port).start()
+            if self._cfg.socket:
+                _remove_stale_socket(self._cfg.socket)
+                await web.UnixSite(runner, self._cfg.socket).start()
+                os.chmod(self._cfg.socket, SOCKET_MODE)
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        for address in runner.addresses:
+            log.info("listener_bound", address=str(address))
+
+    @property
+    def addresses(self) -> list:
+        """Bound addresses: (host, port) for TCP, the path for the unix socket."""
+        return list(self._runner.addresses) if self._runner else []
+
+    async def shutdown(self, deadline: float) -> None:
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return
+        try:
+            await asyncio.wait_for(runner.cleanup(), timeout=max(0.1, deadline - time.monotonic()))
+        except TimeoutError:
+            log.warning("shutdown_deadline_passed", component="traces")
+        if self._cfg.socket:
+            _remove_stale_socket(self._cfg.socket)
+
+    # ------------------------------------------------------------------------------------ handlers
+
+    async def _add_agent_headers(self, request: web.Request, response: web.StreamResponse) -> None:
+        response.headers["Datadog-Agent-Version"] = AGENT_VERSION
+        response.headers["Datadog-Agent-State"] = self._state
+
+    async def _info(self, request: web.Request) -> web.Response:
+        self._tel.inc("requests", endpoint="info")
+        return web.Response(body=self._info_body, content_type="application/json")
+
+    async def _traces(self, request: web.Request, version: str) -> web.StreamResponse:
+        self._tel.inc("requests", endpoint=f"{version}/traces")
+        if request.method not in ("PUT", "POST"):
+            return web.Response(status=405, text="method not allowed\n", headers={"Allow": "PUT, POST"})
+        real_status = _header_true(request.headers.get("Datadog-Send-Real-Http-Status", ""))
+        try:
+            media = _media_type(request)
+            if version == "v0.5" and media not in (_MSGPACK, ""):
+                raise RequestError(415, "unsupported_media_type", f"unsupported media type: {media!r}")
+            if version == "v0.4" and media not in (_MSGPACK, "", *_JSON_TYPES):
+                raise RequestError(415, "unsupported_media_type", f"unsupported media type: {media!r}")
+            if self._pipeline.overloaded("traces"):
+                return self._refuse_traces(real_status, "overloaded")
+            try:
+                await asyncio.wait_for(self._decoders.acquire(), DECODER_WAIT_SECS)
+            except TimeoutError:
+                return self._refuse_traces(real_status, "no_decoder")
+            try:
+                body = await self._read_body(request)
+                decode = (functools.partial(decode_v05, body) if version == "v0.5"
+                          else functools.partial(decode_v04, body, media))
+                chunks, llmobs_errors = await self._decode(decode, len(body))
+            finally:
+                self._decoders.release()
+        except RequestError as e:
+            return self._reject(e)
+        spans = sum(len(c) for c in chunks)
+        self._tel.inc("spans_received", spans)
+        self._tel.inc("events_received", sum(1 for c in chunks for s in c if s.llmobs is not None))
+        if llmobs_errors:
+            self._tel.inc("dropped", llmobs_errors, reason="llmobs_decode_error")
+            _limited.warning("llmobs_decode_error", "llmobs_struct_undecodable", spans=llmobs_errors)
+        await self._submit_spans(chunks, _tracer_info(request.headers, chunks))
+        return web.Response(body=self._rates(chunks), content_type="application/json")
+
+    async def _evp_proxy(self, request: web.Request) -> web.StreamResponse:
+        subdomain = request.headers.get("X-Datadog-EVP-Subdomain", "")
+        path = "/" + request.match_info["path"]
+        if (subdomain, path) != (LLMOBS_SUBDOMAIN, LLMOBS_PATH):
+            self._tel.inc("requests", endpoint="evp_unsupported")
+            if not subdomain:  # the Agent's proxy refuses these too (evp_proxy.go: "no subdomain specified")
+                return self._reject(RequestError(400, "missing_subdomain", "no X-Datadog-EVP-Subdomain header"))
+            return web.json_response({}, status=202)
+        self._tel.inc("requests", endpoint="evp_llmobs")
+        try:
+            if request.method != "POST":
+                raise RequestError(405, "method_not_allowed", "use POST")
+            media = _media_type(request)
+            if media not in ("", *_JSON_TYPES):
+                raise RequestError(415, "unsupported_media_type", f"unsupported media type: {media!r}")
+            if self._pipeline.overloaded("llmobs"):
+                return self._refuse_llmobs("overloaded")
+            try:
+                await asyncio.wait_for(self._decoders.acquire(), DECODER_WAIT_SECS)
+            except TimeoutError:
+                return self._refuse_llmobs("no_decoder")
+            try:
+                body = await self._read_body(request)
+                events = await self._decode(functools.partial(decode_evp_llmobs, body), len(body))
+            finally:
+                self._decoders.release()
+        except RequestError as e:
+            return self._reject(e)
+        self._tel.inc("events_received", len(events))
+        self._pipeline.submit_llmobs_events(events)
+        return web.json_response({}, status=202)
+
+    async def _telemetry(self, request: web.Request) -> web.Response:
+        self._tel.inc("requests", endpoint="telemetry")
+        return web.json_response({}, status=202)
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        self._tel.inc("requests", endpoint="v0.6/stats")
+        return web.Response(status=200)
+
+    async def _remote_config(self, request: web.Request) -> web.Response:
+        self._tel.inc("requests", endpoint="v0.7/config")
+        return web.Response(status=404, text="404 page not found\n")  # Go's ServeMux answer, as the Agent's
+
+    async def _not_found(self, request: web.Request) -> web.Response:
+        self._tel.inc("requests", endpoint="unknown")
+        return web.Response(status=404, text="404 page not found\n")
+
+    # ------------------------------------------------------------------------------------ helpers
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        limit = self._cfg.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise RequestError(413, "payload_too_large", f"payload-too-large: over {limit} bytes")
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("", "identity", "gzip", "x-gzip", "deflate", "zstd"):
+            raise RequestError(415, "unsupported_encoding", f"unsupported Content-Encoding: {encoding!r}")
+        body = bytearray()
+        try:
+            async with asyncio.timeout(self._read_timeout):
+                async for piece in request.content.iter_chunked(64 * 1024):
+                    body += piece
+                    if len(body) > limit:
+                        raise RequestError(413, "payload_too_large", f"payload-too-large: over {limit} bytes")
+        except TimeoutError:
+            raise RequestError(408, "timeout", "timeout") from None
+        self._tel.inc("bytes_received", len(body))
+        try:
+            return decompress(bytes(body), encoding, limit)
+        except DecompressionLimit:
+            raise RequestError(413, "payload_too_large", f"payload-too-large: inflates past {limit} bytes")
+        except Exception as e:  # zlib.error, zstd.ZstdError: a corrupt stream
+            raise RequestError(400, "decoding_error", f"cannot decompress {encoding} body: {e}") from None
+
+    async def _decode(self, decode: Callable[[], Any], size: int) -> Any:
+        try:
+            if size > THREAD_DECODE_BYTES:
+                return await asyncio.to_thread(decode)
+            return decode()
+        except (ValueError, TypeError, OverflowError, msgpack.UnpackException) as e:
+            # DecodeError, msgpack's and orjson's errors are ValueErrors; TypeError is a wrong shape (an
+            # unhashable map key); OverflowError an infinite float where an integer belongs
+            raise RequestError(400, "decoding_error", f"decoding-error: {e}") from None
+
+    async def _submit_spans(self, chunks: Chunks, tracer: TracerInfo) -> None:
+        """Hand chunks over in slices, yielding between them, so other clients are served meanwhile."""
+        batch: Chunks = []
+        spans = 0
+        for chunk in chunks:
+            batch.append(chunk)
+            spans += len(chunk)
+            if spans >= SUBMIT_SLICE_SPANS:
+                self._pipeline.submit_spans(batch, tracer)
+                batch, spans = [], 0
+                await asyncio.sleep(0)
+        if batch:
+            self._pipeline.submit_spans(batch, tracer)
+
+    def _rates(self, chunks: Chunks) -> bytes:
+        rates = {"service:,env:": 1.0}
+        for chunk in chunks:
+            root = _root(chunk)
+            rates[f"service:{root.service},env:{root.meta.get('env') or self._default_env}"] = 1.0
+        return orjson.dumps({"rate_by_service": rates})
+
+    def _reject(self, e: RequestError) -> web.Response:
+        self._tel.inc("dropped", reason=e.reason)
+        _limited.warning(e.reason, "request_rejected", status=e.status, reason=e.reason, detail=e.message[:200])
+        response = web.Response(status=e.status, text=e.message + "\n")
+        if e.status in (408, 413):
+            response.force_close()  # do not wait for (or drain) the rest of a body we will not read
+        return response
+
+    def _refuse_traces(self, real_status: bool, reason: str) -> web.Response:
+        self._tel.inc("dropped", reason=reason)
+        _limited.warning(reason, "traces_refused", reason=reason, status=429 if real_status else 200)
+        body = orjson.dumps({"rate_by_service": {"service:,env:": 1.0}})
+        if real_status:
+            return web.Response(status=429, body=body, content_type="application/json",
+                                headers={"Retry-After": str(RETRY_AFTER_SECS)})
+        return web.Response(status=200, body=body, content_type="application/json")
+
+    def _refuse_llmobs(self, reason: str) -> web.Response:
+        self._tel.inc("dropped", reason=reason)
+        _limited.warning(reason, "llmobs_refused", reason=reason)
+        return web.Response(status=429, text="too many requests\n", headers={"Retry-After": str(RETRY_AFTER_SECS)})
+
+
+# ---------------------------------------------------------------------------------------------- /info
+
+
+def info_document(cfg: Config) -> dict[str, Any]:
+    """The /info answer: the fields of the Agent's infoPayload (pkg/trace/api/info.go) we can vouch for."""
+    traces = cfg.sources.traces
+    return {
+        "version": AGENT_VERSION,
+        "git_commit": "llmship",
+        "endpoints": ["/v0.4/traces", "/v0.5/traces", "/telemetry/proxy/", "/evp_proxy/v2/"],
+        "feature_flags": [],
+        "client_drop_p0s": False,
+        "span_meta_structs": True,
+        "long_running_spans": False,
+        "span_events": False,
+        "evp_proxy_allowed_headers": EVP_ALLOWED_HEADERS,
+        "config": {
+            "default_env": cfg.agent.env or DEFAULT_ENV,
+            "target_tps": 10,
+            "max_eps": 200,
+            "receiver_port": _port(traces.listen),
+            "receiver_socket": traces.socket,
+            "connection_limit": 0,
+            "receiver_timeout": int(READ_TIMEOUT_SECS),
+            "max_request_bytes": traces.max_body_bytes,
+            "statsd_port": _port(cfg.sources.dogstatsd.udp),
+            "max_memory": 0,
+            "max_cpu": 0,
+            "analyzed_spans_by_service": {},
+        },
+        "peer_tags": [],
+    }
+
+
+def _port(address: str) -> int:
+    return parse_host_port(address)[1] if address else 0
+
+
+# ---------------------------------------------------------------------------------------------- decoding
+
+
+def _unpack(body: bytes) -> Any:
+    # strict_map_key=False: v0.5 maps are keyed by string-table indexes. unicode_errors="replace": the
+    # Agent replaces invalid UTF-8 too (normalizer.go toUTF8) rather than refusing the payload.
+    return msgpack.unpackb(body, raw=False, strict_map_key=False, unicode_errors="replace")
+
+
+def decode_v04(body: bytes, media_type: str) -> tuple[Chunks, int]:
+    """A v0.4 body (an array of traces, each an array of span maps) -> (chunks, undecodable _llmobs)."""
+    if media_type in _JSON_TYPES or (not media_type and body[:1] in (b"[", b" ", b"\n", b"\r", b"\t")):
+        traces = orjson.loads(body)
+    else:
+        traces = _unpack(body)
+    if not isinstance(traces, list):
+        raise DecodeError("expected an array of traces")
+    chunks: Chunks = []
+    llmobs_errors = 0
+    for trace in traces:
+        if not isinstance(trace, list):
+            raise DecodeError("expected each trace to be an array of spans")
+        chunk = []
+        for fields in trace:
+            span, failed = _span_v04(fields)
+            chunk.append(span)
+            llmobs_errors += failed
+        if chunk:
+            chunks.append(chunk)
+    return chunks, llmobs_errors
+
+
+def _span_v04(fields: Any) -> tuple[Span, int]:
+    if not isinstance(fields, dict):
+        raise DecodeError("expected a span to be a map")
+    meta_struct: dict[str, bytes] = {}
+    llmobs_raw = None
+    for key, value in _mapping(fields.get("meta_struct"), "meta_struct").items():
+        if key == LLMOBS_STRUCT_KEY:
+            llmobs_raw = value
+        else:
+            meta_struct[_text(key, "meta_struct key")] = value if isinstance(value, bytes) else msgpack.packb(value)
+    span = Span(
+        trace_id=_integer(fields.get("trace_id"), "trace_id") & _UINT64,
+        span_id=_integer(fields.get("span_id"), "span_id") & _UINT64,
+        parent_id=_integer(fields.get("parent_id"), "parent_id") & _UINT64,
+        service=_text(fields.get("service"), "service"),
+        name=_text(fields.get("name"), "name"),
+        resource=_text(fields.get("resource"), "resource"),
+        type=_text(fields.get("type"), "type"),
+        start=_integer(fields.get("start"), "start"),
+        duration=_integer(fields.get("duration"), "duration"),
+        error=_integer(fields.get("error"), "error"),
+        meta=_text_map(fields.get("meta")),
+        metrics=_number_map(fields.get("metrics")),
+        meta_struct=meta_struct,
+    )
+    for key in ("span_links", "span_events"):
+        if fields.get(key):
+            span.extra[key] = fields[key]
+    if llmobs_raw is None:
+        return span, 0
+    try:
+        data = _unpack(llmobs_raw) if isinstance(llmobs_raw, bytes) else llmobs_raw
+        if not isinstance(data, dict):
+            raise DecodeError("_llmobs is not a map")
+        span.llmobs = llmobs_event(data, span)
+    except (ValueError, TypeError, OverflowError, msgpack.UnpackException):
+        return span, 1  # the APM span is still good: keep it, count the event
+    return span, 0
+
+
+def decode_v05(body: bytes) -> tuple[Chunks, int]:
+    """A v0.5 body: [string_table, traces], each span a 12-element array of string-table indexes:
+    [service, name, resource, trace_id, span_id, parent_id, start, duration, error, meta, metrics, type]."""
+    doc = _unpack(body)
+    if not (isinstance(doc, list) and len(doc) == 2 and isinstance(doc[0], list) and isinstance(doc[1], list)):
+        raise DecodeError("expected [string_table, traces]")
+    table = [_text(s, "string table entry") for s in doc[0]]
+
+    def string(index: Any) -> str:
+        if not isinstance(index, int) or not 0 <= index < len(table):
+            raise DecodeError(f"string index {index!r} outside the table of {len(table)}")
+        return table[index]
+
+    chunks: Chunks = []
+    for trace in doc[1]:
+        if not isinstance(trace, list):
+            raise DecodeError("expected each trace to be an array of spans")
+        chunk = []
+        for s in trace:
+            if not isinstance(s, list) or len(s) != 12:
+                raise DecodeError("expected a span to be an array of 12 elements")
+            chunk.append(Span(
+                service=string(s[0]), name=string(s[1]), resource=string(s[2]),
+                trace_id=_integer(s[3], "trace_id") & _UINT64, span_id=_integer(s[4], "span_id") & _UINT64,
+                parent_id=_integer(s[5], "parent_id") & _UINT64,
+                start=_integer(s[6], "start"), duration=_integer(s[7], "duration"), error=_integer(s[8], "error"),
+                meta={string(k): string(v) for k, v in _mapping(s[9], "meta").items()},
+                metrics={string(k): _number(v, "metric") for k, v in _mapping(s[10], "metrics").items()},
+                type=string(s[11]),
+            ))
+        if chunk:
+            chunks.append(chunk)
+    return chunks, 0
+
+
+def decode_evp_llmobs(body: bytes) -> list[LLMObsEvent]:
+    """An EVP LLM Observability body: a list of envelopes (or one) {"event_type", "spans": [event]}."""
+    doc = orjson.loads(body)
+    envelopes = doc if isinstance(doc, list) else [doc]
+    events: list[LLMObsEvent] = []
+    for envelope in envelopes:
+        if not isinstance(envelope, dict) or not isinstance(envelope.get("spans"), list):
+            raise DecodeError("expected envelopes with a \"spans\" list")
+        for event in envelope["spans"]:
+            if not isinstance(event, dict):
+                raise DecodeError("expected each span event to be an object")
+            events.append(event)
+    return events
+
+
+def llmobs_event(data: dict[str, Any], span: Span) -> LLMObsEvent:
+    """A ``meta_struct["_llmobs"]`` struct joined with its APM span, in the shape ddtrace posts on the EVP
+    path: ddtrace/llmobs/_llmobs.py ``_llmobs_span_event`` and ``_llmobs_tags``, reading the same keys."""
+    apm_trace_id = _format_trace_id(span)
+    meta = data.get("meta")
+    meta = dict(meta) if isinstance(meta, dict) else {}
+    if data.get("pagent_name") is not None or data.get("pagent_span_id") is not None:
+        meta["agent_attribution"] = {"pagent_name": data.get("pagent_name"),
+                                     "pagent_span_id": data.get("pagent_span_id")}
+    tags = data.get("tags")
+    tags = dict(tags) if isinstance(tags, dict) else {}
+    tags["error"] = str(span.error)
+    if span.meta.get("error.type"):
+        tags["error_type"] = span.meta["error.type"]
+    dd = data.get("_dd")
+    event: LLMObsEvent = {
+        # ddtrace refuses to build an event without its LLM Observability trace id; the APM one is the
+        # closest stand-in rather than losing the event.
+        "trace_id": data.get("trace_id") or apm_trace_id,
+        "span_id": str(span.span_id),
+        "parent_id": data.get("parent_id") or ROOT_PARENT_ID,
+        "name": data.get("name") or span.name,
+        "start_ns": span.start,
+        "duration": span.duration,
+        "status": "error" if span.error else "ok",
+        "meta": meta,
+        "metrics": data.get("metrics") if isinstance(data.get("metrics"), dict) else {},
+        "tags": sorted(f"{k}:{v}" for k, v in tags.items()),
+        "_dd": {**(dd if isinstance(dd, dict) else {}), "span_id": str(span.span_id),
+                "trace_id": apm_trace_id, "apm_trace_id": apm_trace_id},
+    }
+    for key in ("config", "session_id", "span_links"):
+        if data.get(key):
+            event[key] = data[key]
+    return event
+
+
+def _format_trace_id(span: Span) -> str:
+    """ddtrace format_trace_id: 32 hex digits for a 128-bit id (high half in meta _dd.p.tid), else decimal."""
+    try:
+        high = int(span.meta.get("_dd.p.tid", "0"), 16)
+    except ValueError:
+        high = 0
+    return f"{high:016x}{span.trace_id:016x}" if high else str(span.trace_id)
+
+
+def _text(value: Any, what: str) -> str:
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, (int, float)):
+        return str(value)
+    raise DecodeError(f"{what}: expected a string, got {type(value).__name__}")
+
+
+def _integer(value: Any, what: str) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return int(value)
+    raise DecodeError(f"{what}: expected an integer, got {type(value).__name__}")
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, (int, float)):
+        return float(value)
+    raise DecodeError(f"{what}: expected a number, got {type(value).__name__}")
+
+
+def _mapping(value: Any, what: str) -> Mapping:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise DecodeError(f"{what}: expected a map, got {type(value).__name__}")
+    return value
+
+
+def _text_map(value: Any) -> dict[str, str]:
+    return {_text(k, "meta key"): _text(v, "meta value") for k, v in _mapping(value, "meta").items()}
+
+
+def _number_map(value: Any) -> dict[str, float]:
+    return {_text(k, "metrics key"): _number(v, "metrics value") for k, v in _mapping(value, "metrics").items()}
+
+
+# ---------------------------------------------------------------------------------------------- requests
+
+
+def _media_type(request: web.Request) -> str:
+    return request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+
+
+def _header_true(value: str) -> bool:
+    """The Agent's isHeaderTrue: any non-empty value but Go's ParseBool false values."""
+    return bool(value) and value not in _FALSE_VALUES
+
+
+def _root(chunk: list[Span]) -> Span:
+    ids = {s.span_id for s in chunk}
+    for s in chunk:
+        if s.parent_id == 0 or s.parent_id not in ids:
+            return s
+    return chunk[0]
+
+
+def _tracer_info(headers: Mapping[str, str], chunks: Chunks) -> TracerInfo:
+    container_id = headers.get("Datadog-Container-ID", "")
+    entity_id = headers.get("Datadog-Entity-ID", "")
+    if not container_id and entity_id.startswith("ci-"):  # "ci-<container id>" ("in-<inode>" otherwise)
+        container_id = entity_id[3:]
+    # No header carries the runtime id: tracers tag every local root with it (runtime-id).
+    runtime_id = next((s.meta["runtime-id"] for c in chunks for s in c if "runtime-id" in s.meta), "")
+    return TracerInfo(
+        language=headers.get("Datadog-Meta-Lang", ""),
+        language_version=headers.get("Datadog-Meta-Lang-Version", ""),
+        tracer_version=headers.get("Datadog-Meta-Tracer-Version", ""),
+        container_id=container_id,
+        runtime_id=runtime_id,
+    )
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Remove a socket left by a previous run; refuse to remove anything that is not a socket."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise OSError(f"cannot reuse {path!r}: not a unix socket")
+    os.remove(path)

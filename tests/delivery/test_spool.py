@@ -1,0 +1,238 @@
+"""The disk spool: write, replay oldest first, survive corruption, stay within its budgets."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from llmship.delivery.payload import Payload
+from llmship.delivery.spool import FILE_HEADER, MAGIC, RECORD_HEADER, Spool
+from llmship.telemetry import Telemetry
+
+MiB = 1024 * 1024
+
+
+def make_spool(directory: Path, telemetry: Telemetry, **limits) -> Spool:
+    settings = dict(max_bytes=64 * MiB, max_age_secs=3600, min_free_bytes=0)
+    settings.update(limits)
+    return Spool(directory, component=lambda kind: telemetry.component(f"delivery.{kind}"), **settings)
+
+
+def payload(n: int, kind: str = "logs", size: int = 100, created: float | None = None) -> Payload:
+    body = (f"[{n}]".encode() + b" " * size)[:max(size, 8)]
+    p = Payload(kind=kind, body=body, content_type="application/json", content_encoding="identity", items=n,
+                extra_headers={"X-Test": str(n)})
+    if created is not None:
+        p.created = created
+    return p
+
+
+async def replay_all(spool: Spool, kind: str = "logs") -> list[Payload]:
+    """Lease, read and complete every record, oldest first."""
+    out = []
+    while (lease := spool.lease(kind)) is not None:
+        got = await spool.read(lease)
+        spool.done(lease)
+        if got is not None:
+            out.append(got)
+    return out
+
+
+def spool_files(directory: Path, kind: str = "logs") -> list[Path]:
+    return sorted((directory / kind).glob("*.spool"))
+
+
+async def test_round_trip_keeps_every_field_and_deletes_files_once_delivered(tmp_path):
+    tel = Telemetry()
+    spool = make_spool(tmp_path, tel)
+    await spool.open()
+    written = [payload(1), payload(2), payload(3)]
+    assert await spool.write("logs", written) is None
+    assert spool.files("logs") == 1 and spool.bytes("logs") == spool_files(tmp_path)[0].stat().st_size
+    got = await replay_all(spool)
+    assert [(p.id, p.body, p.items, p.created, p.extra_headers, p.content_type, p.content_encoding) for p in got] \
+        == [(p.id, p.body, p.items, p.created, p.extra_headers, p.content_type, p.content_encoding) for p in written]
+    assert spool_files(tmp_path) == [] and spool.files() == 0 and spool.bytes() == 0
+
+
+async def test_file_format_header_and_no_temp_files_left(tmp_path):
+    spool = make_spool(tmp_path, Telemetry())
+    await spool.open()
+    await spool.write("logs", [payload(1)])
+    [path] = spool_files(tmp_path)
+    raw = path.read_bytes()
+    magic, version, _flags = FILE_HEADER.unpack_from(raw)
+    assert magic == MAGIC == b"LLMSPOOL" and version == 1
+    meta_len, body_len, _crc = RECORD_HEADER.unpack_from(raw, FILE_HEADER.size)
+    assert FILE_HEADER.size + RECORD_HEADER.size + meta_len + body_len == len(raw)
+    assert not [p for p in (tmp_path / "logs").iterdir() if p.name.endswith(".tmp")]
+
+
+async def test_replay_after_restart_is_oldest_first_and_per_kind(tmp_path):
+    tel = Telemetry()
+    first = make_spool(tmp_path, tel)
+    await first.open()
+    for n in range(1, 6):
+        await first.write("logs", [payload(n)])
+    await first.write("series", [payload(99, kind="series")])
+    # A restart: a new index built from what is on disk.
+    second = make_spool(tmp_path, tel)
+    await second.open()
+    assert sorted(second.kinds()) == ["logs", "series"]
+    assert [p.items for p in await replay_all(second, "logs")] == [1, 2, 3, 4, 5]
+    assert [p.items for p in await replay_all(second, "series")] == [99]
+
+
+async def test_a_released_record_comes_back_first_and_a_leased_one_is_not_handed_out_twice(tmp_path):
+    spool = make_spool(tmp_path, Telemetry())
+    await spool.open()
+    await spool.write("logs", [payload(1), payload(2)])
+    a = spool.lease("logs")
+    b = spool.lease("logs")
+    assert a.record is not b.record and spool.lease("logs") is None
+    spool.release(a)
+    again = spool.lease("logs")
+    assert again.record is a.record
+    assert (await spool.read(again)).items == 1
+
+
+async def test_a_file_is_kept_until_all_its_records_are_done(tmp_path):
+    spool = make_spool(tmp_path, Telemetry())
+    await spool.open()
+    await spool.write("logs", [payload(1), payload(2)])
+    first = spool.lease("logs")
+    spool.done(first)
+    assert len(spool_files(tmp_path)) == 1
+    # A restart re-sends the undelivered record (and, at-least-once, possibly the delivered one too).
+    restarted = make_spool(tmp_path, Telemetry())
+    await restarted.open()
+    assert 2 in [p.items for p in await replay_all(restarted)]
+
+
+async def test_truncated_file_keeps_its_whole_records_and_counts_the_rest(tmp_path):
+    tel = Telemetry()
+    spool = make_spool(tmp_path, tel)
+    await spool.open()
+    await spool.write("logs", [payload(1), payload(2), payload(3)])
+    [path] = spool_files(tmp_path)
+    os.truncate(path, path.stat().st_size - 10)  # cut into the last record
+    reopened = make_spool(tmp_path, tel)
+    await reopened.open()
+    assert [p.items for p in await replay_all(reopened)] == [1, 2]
+    assert tel.component("delivery.logs").get("errors", reason="spool_corrupt") == 1
+
+
+async def test_flipped_byte_in_a_body_skips_that_record_only(tmp_path):
+    tel = Telemetry()
+    spool = make_spool(tmp_path, tel)
+    await spool.open()
+    await spool.write("logs", [payload(1), payload(2), payload(3)])
+    [path] = spool_files(tmp_path)
+    raw = bytearray(path.read_bytes())
+    second_body = raw.index(b"[2]")
+    raw[second_body + 1] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    reopened = make_spool(tmp_path, tel)
+    await reopened.open()
+    assert [p.items for p in await replay_all(reopened)] == [1, 3]
+    comp = tel.component("delivery.logs")
+    assert comp.get("errors", reason="spool_corrupt") == 1
+    assert comp.get("dropped", reason="spool_corrupt") == 2  # the corrupt record's items
+    assert spool_files(tmp_path) == []  # all records done: the file is gone
+
+
+@pytest.mark.parametrize("damage", ["magic", "empty", "garbage_meta"])
+async def test_unreadable_files_are_skipped_counted_and_removed_without_crashing(tmp_path, damage):
+    tel = Telemetry()
+    spool = make_spool(tmp_path, tel)
+    await spool.open()
+    await spool.write("logs", [payload(1)])
+    await spool.write("logs", [payload(2)])
+    bad = spool_files(tmp_path)[0]
+    raw = bytearray(bad.read_bytes())
+    if damage == "magic":
+        raw[0] ^= 0xFF
+    elif damage == "empty":
+        raw = bytearray()
+    else:
+        raw[FILE_HEADER.size + RECORD_HEADER.size] = ord("!")  # first byte of the JSON meta
+    bad.write_bytes(bytes(raw))
+    # A leftover temporary file from a write a crash interrupted.
+    (tmp_path / "logs" / ".00000000000000000001-000001.spool.tmp").write_bytes(b"partial")
+    reopened = make_spool(tmp_path, tel)
+    await reopened.open()
+    assert [p.items for p in await replay_all(reopened)] == [2]
+    assert tel.component("delivery.logs").get("errors", reason="spool_corrupt") == 2  # bad file + tmp file
+    assert list((tmp_path / "logs").iterdir()) == []
+
+
+async def test_budget_evicts_the_oldest_files_and_counts_their_items(tmp_path):
+    tel = Telemetry()
+    spool = make_spool(tmp_path, tel)
+    await spool.open()
+    await spool.write("logs", [payload(1, size=900)])
+    budget = 3 * spool.bytes() + 100  # room for three files of this size
+    spool.configure(max_bytes=budget, max_age_secs=3600, min_free_bytes=0)
+    for n in range(2, 6):
+        assert await spool.write("logs", [payload(n, size=900)]) is None
+    assert spool.bytes() <= budget
+    kept = [p.items for p in await replay_all(spool)]
+    assert kept == [3, 4, 5]
+    assert tel.component("delivery.logs").get("dropped", reason="spool_full") == 1 + 2
+
+
+async def test_budget_spans_kinds_and_never_evicts_a_leased_record(tmp_path):
+    tel = Telemetry()
+    spool = make_spool(tmp_path, tel, max_bytes=2500)
+    await spool.open()
+    await spool.write("series", [payload(7, kind="series", size=900)])
+    lease = spool.lease("series")
+    await spool.write("logs", [payload(1, size=900)])
+    assert await spool.write("logs", [payload(2, size=900)]) is None  # evicts logs #1, not the leased one
+    assert tel.component("delivery.logs").get("dropped", reason="spool_full") == 1
+    assert await spool.write("logs", [payload(3, size=5000)]) == "spool_full"  # larger than the budget
+    assert (await spool.read(lease)).items == 7
+
+
+async def test_age_eviction_counts_expired_items(tmp_path):
+    tel = Telemetry()
+    spool = make_spool(tmp_path, tel, max_age_secs=60)
+    await spool.open()
+    await spool.write("logs", [payload(4)])
+    await spool.write("logs", [payload(5)])
+    spool.expire(now=time.time() + 30)
+    assert spool.files("logs") == 2
+    spool.expire(now=time.time() + 120)
+    assert spool.files("logs") == 0 and spool_files(tmp_path) == []
+    assert tel.component("delivery.logs").get("dropped", reason="spool_expired") == 9
+
+
+async def test_free_space_guard_refuses_writes(tmp_path):
+    tel = Telemetry()
+    free = shutil.disk_usage(tmp_path).free
+    spool = make_spool(tmp_path, tel, min_free_bytes=free + 10 * MiB)  # demands more than the disk has
+    await spool.open()
+    assert await spool.write("logs", [payload(1)]) == "spool_disk_low"
+    assert spool_files(tmp_path) == [] and spool.bytes() == 0
+    spool.configure(max_bytes=64 * MiB, max_age_secs=3600, min_free_bytes=0)
+    assert await spool.write("logs", [payload(1)]) is None
+
+
+async def test_write_errors_are_reported_not_raised(tmp_path):
+    tel = Telemetry()
+    spool = make_spool(tmp_path, tel)
+    await spool.open()
+    (tmp_path / "logs").write_text("a file where the kind's directory should be")
+    assert await spool.write("logs", [payload(1)]) == "spool_write_error"
+    assert tel.component("delivery.logs").get("errors", reason="spool_write") == 1
+
+
+async def test_kind_names_cannot_escape_the_spool_directory(tmp_path):
+    spool = make_spool(tmp_path, Telemetry())
+    await spool.open()
+    with pytest.raises(ValueError):
+        await spool.write("../etc", [payload(1, kind="../etc")])

@@ -1,0 +1,71 @@
+"""The CLI verbs as an operator runs them: real subprocesses, real exit codes and output."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+from harness import TEST_API_KEY
+
+
+def llmship(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("DD_", "LLMSHIP_"))}
+    return subprocess.run([sys.executable, "-m", "llmship", *args], capture_output=True, text=True,
+                          env={**base, **(env or {})}, timeout=60)
+
+
+def test_validate_accepts_the_embedded_default():
+    result = llmship("validate")
+    assert result.returncode == 0, result.stderr
+    assert "valid" in result.stdout
+
+
+def test_validate_names_every_bad_key_one_line_each(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('[agent]\nflush_interval_secs = -5\n[sources.traces]\nlisten = "nowhere"\n'
+                    '[delivery]\nmax_concurrency = 0\n')
+    result = llmship("validate", "--config", str(path))
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 3, result.stderr
+    for key in ("agent.flush_interval_secs", "sources.traces.listen", "delivery.max_concurrency"):
+        assert any(key in line for line in lines), (key, lines)
+
+
+def test_validate_reads_the_config_from_the_environment(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[agent]\nunknown_key = 1\n")
+    result = llmship("validate", env={"LLMSHIP_CONFIG": str(path)})
+    assert result.returncode != 0
+    assert "agent.unknown_key: unknown key" in result.stderr
+
+
+def test_validate_binds_no_socket(tmp_path):
+    """validate runs the start-up path short of binding: a port in use must not make it fail."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        path = tmp_path / "ok.toml"
+        path.write_text(f'[sources.traces]\nlisten = "127.0.0.1:{port}"\n')
+        result = llmship("validate", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+
+
+def test_validate_never_prints_the_api_key(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('[sinks.datadog]\napi_key = "${KEY}"\ncompression = "nope"\nurl = "ftp://x"\n')
+    result = llmship("validate", "--config", str(path), env={"KEY": TEST_API_KEY})
+    assert result.returncode != 0
+    assert TEST_API_KEY not in result.stdout + result.stderr
+
+
+def test_status_reports_an_unreachable_agent_in_one_line(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again before use: nothing listens there
+    result = llmship("status", "--url", f"http://127.0.0.1:{port}")
+    assert result.returncode != 0
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr

@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import pytest
+
+from llmship.config import ConfigError, Price, SamplingRule, load_config, load_config_text, parse_host_port
+
+
+def test_embedded_default_needs_no_file_and_no_key():
+    cfg = load_config(None, env={})
+    assert cfg.agent.flush_interval_secs == 10
+    assert cfg.sources.dogstatsd.udp == "127.0.0.1:8125"
+    assert cfg.sources.traces.listen == "127.0.0.1:8126"
+    assert cfg.status.listen == "127.0.0.1:5012"
+    assert cfg.agent.hostname  # resolved from the machine
+    assert not cfg.ships_to_datadog
+    assert cfg.file_sink_dir.endswith("out")
+
+
+def test_every_default_listener_is_loopback():
+    cfg = load_config(None, env={})
+    for address in (cfg.sources.dogstatsd.udp, cfg.sources.traces.listen, cfg.sources.logs.tcp,
+                    cfg.sources.logs.http, cfg.status.listen):
+        assert parse_host_port(address)[0] == "127.0.0.1"
+
+
+def test_api_key_and_site_come_from_the_environment():
+    cfg = load_config_text("", env={"DD_API_KEY": "abc123", "DD_SITE": "datadoghq.eu"})
+    assert cfg.sinks.datadog.api_key == "abc123"
+    assert cfg.sinks.datadog.site == "datadoghq.eu"
+    assert cfg.ships_to_datadog
+    assert "abc123" not in repr(cfg) and "abc123" not in repr(cfg.sinks.datadog)
+
+
+def test_interpolation_with_and_without_default():
+    text = '[agent]\nenv = "${APP_ENV}"\nservice = "${SVC:-chatbot}"\ntags = ["team:${TEAM:-llm}"]\n'
+    cfg = load_config_text(text, env={"APP_ENV": "prod"})
+    assert (cfg.agent.env, cfg.agent.service, cfg.agent.tags) == ("prod", "chatbot", ("team:llm",))
+
+
+def test_every_bad_value_is_reported_with_its_key():
+    text = """
+[agent]
+flush_interval_secs = 0
+colour = "blue"
+[sources.dogstatsd]
+udp = "localhost"
+[sinks.datadog]
+compression = "brotli"
+[llm.sampling]
+span_text_rate = 1.5
+[[scrub.rules]]
+name = "x"
+regex = "("
+"""
+    with pytest.raises(ConfigError) as e:
+        load_config_text(text, env={})
+    keys = [p.split(":")[0] for p in e.value.problems]
+    assert sorted(keys) == sorted([
+        "agent.colour", "agent.flush_interval_secs", "sources.dogstatsd.udp", "sinks.datadog.compression",
+        "llm.sampling.span_text_rate", "scrub.rules[0].regex",
+    ])
+
+
+def test_wrong_types_name_the_key():
+    with pytest.raises(ConfigError) as e:
+        load_config_text('[agent]\ntags = "a:b"\n[status]\nship_self_metrics = "yes"\n', env={})
+    assert any(p.startswith("agent.tags: expected a list") for p in e.value.problems)
+    assert any(p.startswith("status.ship_self_metrics: expected true or false") for p in e.value.problems)
+
+
+def test_pricing_and_sampling_rules_are_typed():
+    text = """
+[llm.pricing]
+"gpt-4o*" = { input = 2.5, output = 10 }
+[[llm.sampling.rules]]
+service = "chat*"
+prompt_log_rate = 0.5
+"""
+    cfg = load_config_text(text, env={})
+    assert cfg.llm.pricing == {"gpt-4o*": Price(input=2.5, output=10.0)}
+    assert cfg.llm.sampling.rules == (SamplingRule(service="chat*", prompt_log_rate=0.5),)
+
+
+def test_spill_needs_a_spool_dir():
+    with pytest.raises(ConfigError, match="delivery.when_full"):
+        load_config_text('[delivery]\nwhen_full = "spill"\n', env={})
+
+
+def test_unreadable_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.toml")
+
+
+@pytest.mark.parametrize("address,expected", [
+    ("127.0.0.1:8125", ("127.0.0.1", 8125)), ("[::1]:8126", ("::1", 8126)), ("localhost:1", ("localhost", 1)),
+])
+def test_parse_host_port(address, expected):
+    assert parse_host_port(address) == expected
+
+
+@pytest.mark.parametrize("address", ["8125", ":8125", "host:", "host:99999", "host:abc"])
+def test_parse_host_port_rejects(address):
+    with pytest.raises(ValueError):
+        parse_host_port(address)
