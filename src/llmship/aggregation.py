@@ -28,7 +28,14 @@ Agent behaviour followed here (sources in datadog-agent unless noted):
   types are not supported there and are dropped (counted).
 Where we differ: sample rates outside (0, 1] are treated as 1 (the Agent divides by them as given); a
 context is keyed by its type as well, so ``x:1|c`` and ``x:1|g`` with the same tags are two contexts
-(the Agent drops the second type within a bucket); non-finite aggregates are dropped at flush (counted).
+(the Agent drops the second type within a bucket); non-finite aggregates are dropped at flush (counted);
+a context's "last seen" is the start of the latest bucket it was sampled in (no clock store per sample),
+and expiry counts from that bucket's end, so a context never expires before the Agent would expire it
+(at most one interval later).
+Tags: each raw tag is normalized (llmship.tags.normalize_tag, the backend's rules), duplicates dropped,
+the agent's env/service/version/tags added for keys the sample lacks, then sorted. The Agent itself
+leaves DogStatsD tags to the backend's normalization; normalizing here gives the same result and lets
+"Env:Prod" and "env:prod" share one context.
 """
 
 from __future__ import annotations
@@ -279,19 +286,21 @@ class Aggregator:
 
     # ------------------------------------------------------------------------------------------ flush
 
-    def flush(self, now: float) -> FlushResult:
-        """Everything from buckets that ended by the start of now's bucket; then expire idle contexts."""
+    def flush(self, now: float, final: bool = False) -> FlushResult:
+        """Everything from buckets that ended by the start of now's bucket; then expire idle contexts.
+        ``final`` (on shutdown) ships the open buckets too, like the Agent's forceFlushAll."""
         interval = self.interval
         cutoff = int(now) - int(now) % interval
-        ready = [entry for entry in self._closed if entry[0] + interval <= cutoff]
-        self._closed = [entry for entry in self._closed if entry[0] + interval > cutoff]
-        for bucket in [b for b in self._touched_by_bucket if b + interval <= cutoff]:
+        limit = math.inf if final else cutoff  # a bucket is ready once bucket + interval <= limit
+        ready = [entry for entry in self._closed if entry[0] + interval <= limit]
+        self._closed = [entry for entry in self._closed if entry[0] + interval > limit]
+        for bucket in [b for b in self._touched_by_bucket if b + interval <= limit]:
             contexts = self._touched_by_bucket.pop(bucket)
             current = bucket == self._bucket
             for ctx in contexts:
                 if ctx.bucket == bucket and ctx.n:
                     ready.append(_detach(ctx))
-                    if current:  # `now` is ahead of our clock: the context may still be sampled here
+                    if current:  # final, or `now` ahead of our clock: it may still be sampled here
                         ctx.data = _fresh_data(ctx.kind)
             if current:
                 self._touched = self._touched_by_bucket[bucket] = contexts

@@ -290,3 +290,43 @@ retry_max_secs = 0.1
     delivery.submit(garbage)
     comp = tel.component("delivery.logs")
     await eventually(lambda: comp.get("dropped", reason="http_400") == 2, what="garbage dropped as a 400")
+
+
+async def test_reload_lowers_concurrency_and_loses_nothing_in_flight(start_intake, tmp_path, running):
+    intake = start_intake("--latency-ms", "300")
+    delivery, tel = await running(config(intake.url, tmp_path, max_concurrency=3))
+    for i in range(8):
+        delivery.submit(logs_payload(f"r{i}"))
+
+    def inflight() -> int:
+        return tel.snapshot()["components"]["delivery.logs"]["gauges"]["inflight_payloads"]
+
+    await eventually(lambda: inflight() == 3, what="three requests in flight")
+    delivery.reload(config(intake.url, tmp_path, max_concurrency=1))
+    await eventually(lambda: len(messages(intake)) == 24, timeout=15, what="all 8 payloads")
+    arrivals = [r["at"] for r in intake.requests("logs")]
+    assert len(arrivals) == 8  # nothing resent, nothing lost
+    # After the three in flight at the reload, one at a time: each waits for the previous answer (300 ms).
+    assert all(b - a >= 0.25 for a, b in zip(arrivals[-4:], arrivals[-3:]))
+
+
+async def test_a_failing_intake_costs_bounded_memory_and_requests(start_intake, tmp_path, running):
+    intake = start_intake("--fail-first", "100000", "--fail-status", "503")
+    delivery, tel = await running(config(intake.url, tmp_path, max_concurrency=2, queue_max_bytes=1000,
+                                         retry_initial_secs=0.2, retry_max_secs=0.2))
+    payloads = [logs_payload(f"m{i}") for i in range(50)]
+    accepted = [delivery.submit(p) for p in payloads]
+    comp = tel.component("delivery.logs")
+    assert comp.get("dropped", reason="queue_full") == 3 * accepted.count(False) > 0
+    samples = []
+    window_end = time.monotonic() + 1.5
+    while time.monotonic() < window_end:  # sample the gauges while the intake keeps failing
+        samples.append(tel.snapshot()["components"]["delivery.logs"]["gauges"])
+        await asyncio.sleep(0.02)
+    assert max(s["inflight_payloads"] for s in samples) <= 2  # retries hold their worker
+    assert max(s["queue_bytes"] for s in samples) <= 1000 + max(len(p.body) for p in payloads)
+    # Both workers wait out one shared window (full jitter, at most 0.2 s) per round: about 20 requests in
+    # 1.5 s. Without backoff a local intake answers hundreds of requests per second.
+    requests = len(intake.requests("logs"))
+    assert 2 <= requests <= 60
+    assert comp.get("events_sent") == 0 and requests - 2 <= comp.get("retries") <= requests

@@ -46,7 +46,7 @@ def test_backoff_ceiling_doubles_then_caps_and_a_success_resets_it():
     delays = [backoff.next_delay() for _ in range(6)]
     assert [round(d) for d in delays] == [1, 2, 4, 8, 10, 10]
     assert backoff.failing
-    backoff.succeeded()
+    backoff.reset()
     assert not backoff.failing and backoff.retry_at == 0
     assert round(backoff.next_delay()) == 1
 
@@ -95,7 +95,7 @@ async def test_waiters_are_released_at_once_by_a_success():
     waiter = asyncio.create_task(backoff.wait())
     await asyncio.sleep(0)
     assert not waiter.done()
-    backoff.succeeded()
+    backoff.reset()
     await asyncio.wait_for(waiter, 1.0)
 
 

@@ -110,7 +110,11 @@ def rewrite_config(agent, change: dict) -> None:
 # ------------------------------------------------------------------------------------------ probes, metrics
 
 
-def test_probes_status_and_metrics_on_the_running_agent(start_agent, intake):
+# Fixture order matters: the intake is set up before the agent so that it is torn down after it, and the
+# agent's final flush on SIGTERM finds it (otherwise every stop waits out drain_timeout_secs).
+
+
+def test_probes_status_and_metrics_on_the_running_agent(intake, start_agent):
     agent = start_agent(intake=intake)
     assert http_get(agent.status_url + "/health") == (200, b'{"status":"ok"}')
     assert http_get(agent.status_url + "/ready")[0] == 200
@@ -137,7 +141,7 @@ def test_probes_status_and_metrics_on_the_running_agent(start_agent, intake):
     assert "llmship_events_received" in families
 
 
-def test_llmship_status_prints_a_table_and_json(start_agent, intake):
+def test_llmship_status_prints_a_table_and_json(intake, start_agent):
     agent = start_agent(intake=intake)
     send_dogstatsd(agent.ports["dsd_port"], "ops.requests:1|c", "not a metric at all")
     wait_for(lambda: counter(agent.status(), "dogstatsd", "events_received") >= 1, what="dogstatsd counters")
@@ -160,7 +164,7 @@ def test_llmship_status_prints_a_table_and_json(start_agent, intake):
 # ------------------------------------------------------------------------------------------ signals
 
 
-def test_sighup_reloads_a_good_config_and_keeps_running_on_a_bad_one(start_agent, intake, notify_socket):
+def test_sighup_reloads_a_good_config_and_keeps_running_on_a_bad_one(intake, start_agent, notify_socket):
     agent = start_agent("[llm.sampling]\nprompt_log_rate = 0.1\n", intake=intake,
                         env={"NOTIFY_SOCKET": notify_socket.path})
     notify_socket.wait_for("READY=1")
@@ -187,7 +191,7 @@ def test_sighup_reloads_a_good_config_and_keeps_running_on_a_bad_one(start_agent
     intake.wait_records("series", where=lambda r: r.get("metric") == "after.reload")
 
 
-def test_notify_socket_hears_ready_watchdog_and_stopping(start_agent, intake, notify_socket):
+def test_notify_socket_hears_ready_watchdog_and_stopping(intake, start_agent, notify_socket):
     agent = start_agent(intake=intake, env={"NOTIFY_SOCKET": notify_socket.path, "WATCHDOG_USEC": "400000"})
     notify_socket.wait_for("READY=1")
     notify_socket.wait_for("WATCHDOG=1")
@@ -198,22 +202,40 @@ def test_notify_socket_hears_ready_watchdog_and_stopping(start_agent, intake, no
     assert ready_at < stopping_at
 
 
-def test_ready_goes_503_while_draining(start_agent, start_intake):
+def test_ready_goes_503_while_draining(start_intake, start_agent):
     # An intake that answers slowly keeps the drain busy long enough to observe it.
     slow = start_intake("--latency-ms", "1500")
     agent = start_agent("[delivery]\ndrain_timeout_secs = 10.0\n", intake=slow)
     send_dogstatsd(agent.ports["dsd_port"], "drain.me:1|c")
     wait_for(lambda: counter(agent.status(), "dogstatsd", "events_received") >= 1, what="the metric")
     agent.send_signal(signal.SIGTERM)
-    codes = []
 
     def not_ready_yet_alive() -> bool:
         code, _ = http_get(agent.status_url + "/ready", timeout=2)
-        codes.append(code)
         return code == 503 and http_get(agent.status_url + "/health", timeout=2)[0] == 200
 
     wait_for(not_ready_yet_alive, timeout=10, what="/ready 503 with /health 200 during the drain")
-    assert agent.stop(timeout=30) == 0
+    assert agent.proc.wait(30) == 0  # the drain ends by itself (a second SIGTERM would cut it short)
+
+
+# ------------------------------------------------------------------------------------------ logs
+
+
+def test_logs_are_json_lines_at_the_configured_level(intake, start_agent):
+    """journald, docker and Kubernetes collect stderr: one JSON object per line, an event name in each,
+    and the config's log_level honoured (info here: no debug lines)."""
+    agent = start_agent('[agent]\nlog_format = "json"\nlog_level = "info"\n', intake=intake)
+    send_dogstatsd(agent.ports["dsd_port"], "not a metric", "logs.check:1|c")
+    wait_for(lambda: counter(agent.status(), "dogstatsd", "events_received") >= 1, what="the metric")
+    assert agent.stop() == 0
+    lines = [line for line in agent.log_text().splitlines() if line.strip()]
+    assert lines
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            raise AssertionError(f"not a JSON log line: {line!r}") from None
+        assert entry["event"] and entry["level"] in ("info", "warning", "error"), entry
 
 
 # ------------------------------------------------------------------------------------------ the API key
@@ -234,7 +256,7 @@ def leak_sources(agent, tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("key_from", ["config file", "DD_API_KEY"])
-def test_the_api_key_never_appears_in_logs_status_or_errors(tmp_path, start_agent, start_intake, key_from):
+def test_the_api_key_never_appears_in_logs_status_or_errors(tmp_path, start_intake, start_agent, key_from):
     # 403 on the first requests: the agent reports rejected deliveries (a classic place to echo headers).
     intake = start_intake("--fail-first", "3", "--fail-status", "403")
     config = '[agent]\nlog_level = "debug"\n'
@@ -261,7 +283,7 @@ def test_the_api_key_never_appears_in_logs_status_or_errors(tmp_path, start_agen
     seen = leak_sources(agent, tmp_path)
     assert agent.stop() == 0
     seen["agent log"] = agent.log_text()
-    assert len(seen["agent log"]) > 0 and "debug" in seen["agent log"]
+    assert "config_reloaded" in seen["agent log"] and "stopped" in seen["agent log"]
     for where, text in seen.items():
         assert TEST_API_KEY not in text, f"the API key appears in {where}"
         assert TEST_API_KEY[:16] not in text, f"part of the API key appears in {where}"
@@ -269,7 +291,7 @@ def test_the_api_key_never_appears_in_logs_status_or_errors(tmp_path, start_agen
     assert any(r["api_key_present"] for r in intake.requests())
 
 
-def test_a_key_inside_bad_input_is_not_echoed(start_agent, intake):
+def test_a_key_inside_bad_input_is_not_echoed(intake, start_agent):
     """An app that sends garbage containing the key (a mis-set tag, a pasted env) must not leak it."""
     agent = start_agent(intake=intake)
     send_dogstatsd(agent.ports["dsd_port"], f"bad_metric_{TEST_API_KEY}|zz", f"{TEST_API_KEY}")
@@ -283,3 +305,43 @@ def test_a_key_inside_bad_input_is_not_echoed(start_agent, intake):
     assert agent.stop() == 0
     for where, text in (("/status", status_text), ("/metrics", metrics_text), ("agent log", agent.log_text())):
         assert TEST_API_KEY not in text, f"the API key appears in {where}"
+
+
+# ------------------------------------------------------------------------------------------ the example app
+
+
+def test_the_compose_example_app_reaches_the_intake_through_the_agents_sockets(tmp_path, intake, start_agent):
+    """deploy/compose.yaml's app, run here without containers: ddtrace-run + openai against the fake
+    OpenAI server, sending over the agent's unix sockets as in compose.yaml."""
+    agent = start_agent('[sources.traces]\nsocket = "{tmp}/apm.socket"\n'
+                        '[sources.dogstatsd]\nsocket = "{tmp}/dsd.socket"\n', intake=intake)
+    example = Path(__file__).resolve().parents[2] / "deploy" / "example-app"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        openai_port = s.getsockname()[1]
+    fake_openai = subprocess.Popen([sys.executable, str(example / "fake_openai.py"), "--host", "127.0.0.1",
+                                    "--port", str(openai_port)], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: socket.create_connection(("127.0.0.1", openai_port), timeout=1).close() or True,
+                 what="the fake OpenAI server")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("DD_", "LLMSHIP_", "OPENAI_"))}
+        env.update({
+            "DD_TRACE_AGENT_URL": f"unix://{tmp_path}/apm.socket",
+            "DD_DOGSTATSD_URL": f"unix://{tmp_path}/dsd.socket",
+            "DD_LLMOBS_ENABLED": "1", "DD_LLMOBS_ML_APP": "example-chat", "DD_SERVICE": "example-chat",
+            "DD_INSTRUMENTATION_TELEMETRY_ENABLED": "false", "DD_REMOTE_CONFIGURATION_ENABLED": "false",
+            "OPENAI_BASE_URL": f"http://127.0.0.1:{openai_port}/v1", "OPENAI_API_KEY": "not-a-real-key",
+        })
+        ddtrace_run = Path(sys.executable).parent / "ddtrace-run"
+        app = subprocess.run([str(ddtrace_run), sys.executable, str(example / "app.py"), "--iterations", "2",
+                              "--interval-secs", "0"], env=env, capture_output=True, text=True, timeout=90)
+        assert app.returncode == 0, app.stderr[-3000:]
+        assert app.stdout.count("-> (fake)") == 2
+    finally:
+        fake_openai.terminate()
+        fake_openai.wait(10)
+    intake.wait_records("llmobs", 2, timeout=30)
+    series = intake.wait_records("series", where=lambda r: r.get("metric") == "example.questions", timeout=30)
+    assert "model:gpt-4o-mini" in series[0]["data"]["tags"]
+    assert intake.wait_records("traces", 1, timeout=30)

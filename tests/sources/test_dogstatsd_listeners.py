@@ -192,6 +192,19 @@ async def test_a_socket_in_use_or_a_regular_file_is_left_alone(tmp_path):
     assert file_path.read_text() == "keep me"
 
 
+async def test_a_failed_start_releases_what_it_had_bound(tmp_path):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    source, _ = make_source(tmp_path, udp=f"127.0.0.1:{port}", socket=str(blocker))
+    with pytest.raises(OSError):
+        await source.start()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as again:
+        again.bind(("127.0.0.1", port))  # free again: the UDP listener was closed
+
+
 async def test_shutdown_leaves_a_socket_file_another_process_now_owns(tmp_path):
     path = str(tmp_path / "dsd.socket")
     source, _ = make_source(tmp_path, udp="", socket=path)

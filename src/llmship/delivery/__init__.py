@@ -31,7 +31,7 @@ from collections.abc import Awaitable
 from typing import TypeVar
 
 from llmship.config import Config
-from llmship.delivery.payload import Payload, split
+from llmship.delivery.payload import ENDPOINTS, Payload, split
 from llmship.delivery.queue import ByteQueue, WhenFull
 from llmship.delivery.retry import Backoff, Disposition, classify, parse_retry_after
 from llmship.delivery.spool import Lease, Spool
@@ -133,6 +133,10 @@ class Delivery:
 
     def submit(self, payload: Payload) -> bool:
         """Queue ``payload`` for delivery; never blocks. False when it was dropped (and counted)."""
+        if payload.kind not in ENDPOINTS:  # a sink bug, not input: say it once per kind
+            self._comp.inc("dropped", payload.items, reason="unknown_kind")
+            self._limited.error(f"unknown:{payload.kind}", "unknown_payload_kind", kind=payload.kind)
+            return False
         lane = self._lane(payload.kind)
         if self._closed:
             return self._drop(lane, payload, "shutdown")
@@ -171,15 +175,19 @@ class Delivery:
                                   min_free_bytes=d.spool_min_free_bytes)
         active_spool_dir = str(self._spool.directory) if self._spool is not None else ""
         self._when_full = WhenFull.from_config(d.when_full if active_spool_dir else "", active_spool_dir)
-        if cfg.sinks != old.sinks:
+        new_destination = cfg.sinks != old.sinks
+        if new_destination:
             retired, self._transport = self._transport, make_transport(cfg)
             task = asyncio.get_running_loop().create_task(retired.close())
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
         for lane in self._lanes.values():
             lane.configure(cfg)
+            if new_destination:
+                lane.backoff.reset()  # the old destination's failures say nothing about the new one
             if self._started and not self._draining:
                 self._spawn_workers(lane)
+            lane.wakeup.set()  # idle workers re-check (a lower max_concurrency lets the excess leave)
         self._describe()
 
     # ------------------------------------------------------------------------------------------ lanes
@@ -283,7 +291,7 @@ class Delivery:
             lane.comp.inc("requests_sent")
             disposition = classify(result.status)
             if disposition is Disposition.DELIVERED:
-                lane.backoff.succeeded()
+                lane.backoff.reset()
                 lane.comp.inc("events_sent", payload.items)
                 lane.comp.inc("bytes_sent", len(payload.body))
                 self._finish(lease)
@@ -375,13 +383,17 @@ class Delivery:
             except _Stopped:
                 return
             self._flush_now.clear()
-            for lane in list(self._lanes.values()):
-                spilled = lane.overflow.take_all()
-                moved = lane.queue.take_all() if lane.backoff.failing else []
-                if spilled or moved:
-                    await self._write_to_spool(lane, moved + spilled, keep=len(moved))
-                    self._progress.set()
-            self._spool.expire()
+            try:
+                for lane in list(self._lanes.values()):
+                    spilled = lane.overflow.take_all()
+                    moved = lane.queue.take_all() if lane.backoff.failing else []
+                    if spilled or moved:
+                        await self._write_to_spool(lane, moved + spilled, keep=len(moved))
+                        self._progress.set()
+                self._spool.expire()
+            except Exception as e:  # a bug must not stop the spool for good: count it, try next tick
+                self._comp.error("internal", f"{type(e).__name__}: {e}")
+                _log.exception("delivery_flush_failed")
 
     async def _write_to_spool(self, lane: _Lane, payloads: list[Payload], keep: int) -> None:
         """Write ``payloads`` in files of about SPOOL_FILE_TARGET_BYTES. When a write is refused, the first

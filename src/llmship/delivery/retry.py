@@ -113,7 +113,8 @@ class Backoff:
         self.retry_at = max(self.retry_at, time.monotonic() + delay)
         return delay
 
-    def succeeded(self) -> None:
+    def reset(self) -> None:
+        """Forget the failures (after a success, or for a new destination); release every waiter."""
         self.failures = 0
         if self.retry_at:
             self.retry_at = 0.0

@@ -269,8 +269,12 @@ class MetricsSink:
         """Queue one service check for the next ``ship``. Keys: check (or name), status 0-3, host_name
         (or host; default the agent's hostname), timestamp (default now), message, tags (str or list)."""
         name = check.get("check") or check.get("name")
-        status = check.get("status")
-        if not name or status not in (0, 1, 2, 3):
+        try:
+            status = int(check.get("status"))
+            timestamp = int(check.get("timestamp") or time.time())
+        except (TypeError, ValueError, OverflowError):
+            status = timestamp = -1
+        if not name or status not in (0, 1, 2, 3) or timestamp < 0:
             self._tel.inc("dropped", reason="bad_service_check")
             self._rl.warning("bad_service_check", "service_check_rejected", check=str(name)[:200])
             return
@@ -279,14 +283,14 @@ class MetricsSink:
             return
         host = check.get("host_name", check.get("host"))
         item = {
-            "check": name,
-            "host_name": self._hostname if host is None else host,
+            "check": str(name),
+            "host_name": self._hostname if host is None else str(host),
             "status": status,
-            "timestamp": int(check.get("timestamp") or time.time()),
+            "timestamp": timestamp,
             "tags": self._tags(check.get("tags")),
         }
         if check.get("message"):
-            item["message"] = check["message"]
+            item["message"] = str(check["message"])
         self._checks.append(orjson.dumps(item))
 
     # ------------------------------------------------------------------------------------------ helpers
@@ -299,7 +303,7 @@ class MetricsSink:
         self._submit_all(build_payloads(SERVICE_CHECKS, items, self._encoding, self._too_large("service_checks")))
 
     def _tags(self, raw: str | Iterable[str] | None) -> list[str]:
-        tags = split_tags(raw if isinstance(raw, str) else ",".join(raw or ()))
+        tags = split_tags(raw if isinstance(raw, str) else ",".join(map(str, raw or ())))
         return add_missing(tags, self._default_tags)
 
     def _too_large(self, kind: str) -> Callable[[int], None]:

@@ -28,7 +28,6 @@ Only ``llm`` and ``embedding`` spans are LLM calls (metrics, sample logs); other
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 from llmship.config import Config
@@ -159,6 +158,28 @@ class _TextPass:
                     self.walk(value)
 
 
+class _TagSet:
+    """A call's tags in every form they are used, computed once per distinct identity."""
+
+    __slots__ = ("values", "metric_tags", "with_agent_tags", "log_tags")
+
+    def __init__(self, call: _Call, agent_tags: dict[str, str]) -> None:
+        identity: dict[str, str] = {}  # key -> normalized "key:value"
+        for key, value in (("service", call.service), ("env", call.env), ("version", call.version),
+                           ("model", call.model), ("provider", call.provider), ("endpoint", call.endpoint)):
+            tag = normalize_tag(f"{key}:{value}") if value else ""
+            if tag:
+                identity[key] = tag
+        if call.tokens_estimated:
+            identity["tokens_estimated"] = "tokens_estimated:true"
+        # the values as they read in the normalized tags (span meta and sample log fields)
+        self.values = {key: tag[len(key) + 1:] for key, tag in identity.items()}
+        # the aggregator completes metric tags with the agent's tags for keys they lack
+        self.metric_tags = ",".join(identity.values())
+        self.with_agent_tags = (*identity.items(), *((k, t) for k, t in agent_tags.items() if k not in identity))
+        self.log_tags = ",".join(tag for _, tag in self.with_agent_tags)
+
+
 def normalize_url(url: str) -> str | None:
     """``scheme://host:port/path/`` with lowercase scheme and host, the default port made explicit, no
     query, user info or fragment, and a trailing slash, so that a prefix test matches whole path
@@ -178,17 +199,6 @@ def normalize_url(url: str) -> str | None:
     if not path.endswith("/"):
         path += "/"
     return f"{scheme}://{host}:{port or (443 if scheme == 'https' else 80)}{path}"
-
-
-def _tag(key: str, value: str) -> str:
-    """The normalized "key:value" tag, or "" when there is no value."""
-    return normalize_tag(f"{key}:{value}") if value else ""
-
-
-def _tag_value(key: str, value: str) -> str:
-    """The value as it reads in the normalized tag."""
-    tag = _tag(key, value)
-    return tag[len(key) + 1:] if tag else ""
 
 
 def _str(value) -> str:
@@ -281,7 +291,7 @@ class LLMProcessor:
         span_defaults = [(k, v) for k, v in (("env", agent.env), ("version", agent.version)) if v]
         span_defaults += [tuple(t.split(":", 1)) for t in agent_tags.values() if ":" in t]
         self._span_defaults: tuple[tuple[str, str], ...] = tuple(span_defaults)
-        self._tag_cache: dict[tuple, tuple[str, ...]] = {}
+        self._tag_sets: dict[tuple, _TagSet] = {}
         self._proxy_cache: dict[str, bool] = {}
 
     # ------------------------------------------------------------------------------------------ APM path
@@ -365,10 +375,10 @@ class LLMProcessor:
                 meta["_dd.llmobs.span_kind"] = "workflow"
                 for key in [k for k in span.metrics if k.startswith("_dd.llmobs.") and k.endswith("_tokens")]:
                     del span.metrics[key]
-            for key, value in (("model", call.model), ("provider", call.provider), ("endpoint", call.endpoint)):
-                value = _tag_value(key, value)
-                if value and key not in meta:
-                    meta[key] = value
+            values = self._tags(call).values
+            for key in ("model", "provider", "endpoint"):
+                if key in values and key not in meta:
+                    meta[key] = values[key]
         return self._finish(call, event, logs)
 
     # ------------------------------------------------------------------------------------------ EVP path
@@ -552,42 +562,26 @@ class LLMProcessor:
             llmship = metadata["llmship"] = {}
         llmship.update(notes)
 
-    def _call_tags(self, call: _Call) -> tuple[str, ...]:
-        """The call's normalized identity tags: service, env, version, and for LLM calls model, provider,
-        endpoint (and tokens_estimated:true)."""
+    def _tags(self, call: _Call) -> _TagSet:
         key = (call.service, call.env, call.version, call.model, call.provider, call.endpoint,
                call.tokens_estimated)
-        tags = self._tag_cache.get(key)
+        tags = self._tag_sets.get(key)
         if tags is None:
-            pairs = (("service", call.service), ("env", call.env), ("version", call.version),
-                     ("model", call.model), ("provider", call.provider), ("endpoint", call.endpoint))
-            tags = tuple(t for t in (_tag(k, v) for k, v in pairs) if t)
-            if call.tokens_estimated:
-                tags += ("tokens_estimated:true",)
-            if len(self._tag_cache) >= _MAX_CACHED:
-                self._tag_cache.clear()
-            self._tag_cache[key] = tags
+            if len(self._tag_sets) >= _MAX_CACHED:
+                self._tag_sets.clear()
+            tags = self._tag_sets[key] = _TagSet(call, self._agent_tags)
         return tags
-
-    def _with_agent_tags(self, tags: Iterable[str]) -> list[str]:
-        out = list(tags)
-        present = {tag_key(t) for t in out}
-        out.extend(t for k, t in self._agent_tags.items() if k not in present)
-        return out
 
     def _tag_event(self, event: LLMObsEvent, call: _Call, markers: list[str]) -> None:
         tags = event.get("tags")
         if not isinstance(tags, list):
             tags = event["tags"] = []
         present = {t.partition(":")[0] for t in tags if isinstance(t, str)}
-        for tag in self._with_agent_tags(self._call_tags(call)):
-            if tag_key(tag) not in present:
-                tags.append(tag)
+        tags.extend(tag for key, tag in self._tags(call).with_agent_tags if key not in present)
         tags.extend(markers)
 
     def _emit_metrics(self, call: _Call) -> None:
-        # The aggregator completes these with the agent's tags for keys they lack.
-        tags = ",".join(self._call_tags(call))
+        tags = self._tags(call).metric_tags
         add = self._aggregator.add
         add("llm.requests", "c", 1, tags)
         if call.error:
@@ -612,21 +606,22 @@ class LLMProcessor:
         completion = _section_text(ev_meta.get("output"), with_roles=False)
         error = ev_meta.get("error")
         error_message = _str(error.get("message")) if isinstance(error, dict) else ""
+        tags = self._tags(call)
         input_tokens, output_tokens, total_tokens = call.tokens
         if total_tokens is None and (input_tokens is not None or output_tokens is not None):
             total_tokens = (input_tokens or 0) + (output_tokens or 0)
         return {
             "message": (error_message or completion) if call.error else completion,
             "ddsource": "llmship",
-            "service": _tag_value("service", call.service),
+            "service": tags.values.get("service", ""),
             "hostname": self._hostname,
             "status": "error" if call.error else "info",
-            "ddtags": ",".join(self._with_agent_tags(self._call_tags(call))),
+            "ddtags": tags.log_tags,
             "prompt": _section_text(ev_meta.get("input"), with_roles=True),
             "completion": completion,
-            "model": _tag_value("model", call.model),
-            "provider": _tag_value("provider", call.provider),
-            "endpoint": _tag_value("endpoint", call.endpoint),
+            "model": tags.values.get("model", ""),
+            "provider": tags.values.get("provider", ""),
+            "endpoint": tags.values.get("endpoint", ""),
             "trace_id": str(call.trace_id) if call.trace_id is not None else "",
             "span_id": str(call.span_id) if call.span_id is not None else "",
             "tokens": {"input": input_tokens, "output": output_tokens, "total": total_tokens},

@@ -62,9 +62,10 @@ DEFAULT_RULES: tuple[ScrubRule, ...] = (
     # Mastercard, Discover/UnionPay), the first four together (as every card is printed), then single
     # spaces or dashes between digits; Luhn-checked before it counts as a match.
     ScrubRule("credit_card", r"(?<![\d.-])[2-6]\d{3}(?:[ -]?\d){9,15}(?![\d]|[.-]\d)", "[REDACTED:credit_card]"),
-    # Word characters or colons on either side mean code ("Class::method"), a MAC or a time, not an address.
+    # Word characters or colons on either side mean code ("Class::method"), a MAC or a time, not an address;
+    # so does a word just before a "[" (a slice, a[::2]; but [::1]:443 is an address).
     ScrubRule("ipv6", (
-        r"(?<![\w:.])(?:"
+        r"(?<![\w:.])(?<!\w\[)(?:"
         rf"(?:{_H}:){{6}}{_IPV4}|(?:{_H}:){{1,5}}:{_IPV4}|::(?:ffff(?::0{{1,4}})?:)?{_IPV4}"  # embedded IPv4
         rf"|(?:{_H}:){{7}}{_H}"  # the full form
         rf"|(?:{_H}:){{1,6}}:{_H}(?::{_H}){{0,5}}"  # "::" in the middle

@@ -1,0 +1,440 @@
+"""DogStatsD throughput, loss and memory: the real agent next to a bare Python receiver, in the same run.
+
+    .venv/bin/python bench/dogstatsd.py            # full: about 2 million lines, a few minutes at most
+    .venv/bin/python bench/dogstatsd.py --quick    # smoke run: seconds
+
+What it does, all on loopback:
+  1. Starts `llmship run` (a temp config: file sink, UDP and unix datagram listeners, status listener on
+     a free port) and a baseline receiver: a plain blocking ``recv`` loop in Python that only counts
+     datagrams and lines, the ceiling for any Python receiver on this machine.
+  2. For UDP (datagrams of at most 1432 bytes, the clients' default) and the unix datagram socket (at
+     most 8192 bytes), one line per datagram and buffered datagrams, at several offered rates: a sender
+     process replays pre-built datagrams (LLM metric names, five to eight tags) at the offered rate or
+     as fast as it can, and the bench reads how many lines each receiver processed (the agent's
+     `GET /status`: component "dogstatsd", counter "events_received") and when it finished.
+  3. Sends 100,000 distinct contexts to the agent and reports its memory after the next flush.
+
+Sender and receiver each get one core (os.sched_setaffinity) where there are two; the bench itself
+shares the sender's core and only polls once the sender has finished. A unix datagram sender does what
+datadogpy does when the socket is full (non-blocking, drop on EAGAIN): that counts as loss. UDP loss
+happens in the receiver's kernel buffer (its `drops` in /proc/net/udp).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+UDP_PACKET_BYTES = 1432  # datadogpy / datadog-go default max UDP payload
+UDS_PACKET_BYTES = 8192  # their default for unix sockets
+RECEIVE_BUFFER_BYTES = 8 * 1024 * 1024  # the agent's default sources.dogstatsd.receive_buffer_bytes
+BENCH_DEADLINE_SECS = 600  # the whole run stops by itself after this, whatever happens
+IDLE_SECS = 0.3  # a receiver that has used no CPU for this long has handled everything it was sent
+POLL_SECS = 0.05
+IDLE_CPU_SECS_PER_POLL = 0.001  # "no CPU": the baseline's 20 timeouts a second stay far below this
+
+METRICS = [  # (name, type, value range): what an LLM app reports
+    ("llm.tokens.input", "d", (20, 4000)),
+    ("llm.tokens.output", "d", (1, 1500)),
+    ("llm.tokens.total", "c", (20, 5000)),
+    ("llm.request.duration", "h", (80, 20000)),
+    ("llm.time_to_first_token", "ms", (50, 3000)),
+    ("llm.requests", "c", (1, 1)),
+    ("llm.errors", "c", (1, 1)),
+    ("llm.cost.usd", "c", (0, 0.05)),
+    ("llm.requests.inflight", "g", (0, 64)),
+]
+MODELS = ["gpt-4o", "gpt-4o-mini", "o3-mini", "claude-3-5-sonnet", "claude-3-5-haiku", "llama-3.1-70b",
+          "mistral-large", "gemini-1.5-pro"]
+SERVICES = ["chatbot", "rag-api", "summarizer", "agent-worker"]
+ENDPOINTS = ["/v1/chat/completions", "/v1/embeddings", "/v1/messages", "/v1/responses"]
+TAG_SETS = 240
+
+
+def llm_lines(count: int, seed: int, distinct_contexts: bool = False) -> list[bytes]:
+    """``count`` DogStatsD lines. Tags come from a pool of ``TAG_SETS`` sets of five to eight tags (an
+    app has a bounded number of services, models and endpoints: about 2,000 contexts in all), or with
+    ``distinct_contexts`` each line gets a tag set of its own."""
+    rnd = random.Random(seed)
+    pool = [_tag_set(rnd) for _ in range(TAG_SETS)]
+    lines = []
+    for i in range(count):
+        name, mtype, (low, high) = METRICS[i % len(METRICS)] if distinct_contexts else rnd.choice(METRICS)
+        tags = f"{_tag_set(rnd)},request_id:{i}" if distinct_contexts else rnd.choice(pool)
+        value = round(rnd.uniform(low, high), 6) if name == "llm.cost.usd" else rnd.randint(low, high)
+        lines.append(f"{name}:{value}|{mtype}|#{tags}".encode())
+    return lines
+
+
+def _tag_set(rnd: random.Random) -> str:
+    tags = [f"env:{rnd.choice(['prod', 'staging'])}", f"service:{rnd.choice(SERVICES)}",
+            f"model:{rnd.choice(MODELS)}", f"provider:{rnd.choice(['openai', 'anthropic', 'vertex'])}",
+            f"endpoint:{rnd.choice(ENDPOINTS)}"]
+    tags += [f"team:llm-{rnd.randint(1, 3)}", "region:us-east-1", "version:1.4.2"][:rnd.randint(0, 3)]
+    return ",".join(tags)
+
+
+def pack(lines: list[bytes], max_bytes: int) -> tuple[list[bytes], list[int]]:
+    """Newline-terminated lines packed into datagrams of at most ``max_bytes`` (one line each if the
+    limit is 0), as buffering clients do; returns the datagrams and the number of lines in each."""
+    datagrams, counts, current, size = [], [], [], 0
+    for line in lines:
+        if current and (max_bytes == 0 or size + len(line) + 1 > max_bytes):
+            datagrams.append(b"\n".join(current) + b"\n")
+            counts.append(len(current))
+            current, size = [], 0
+        current.append(line)
+        size += len(line) + 1
+    if current:
+        datagrams.append(b"\n".join(current) + b"\n")
+        counts.append(len(current))
+    return datagrams, counts
+
+
+# The cores this run may use, read before anything is pinned (pinned children inherit a single core).
+CPUS = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+
+
+def pin(pid: int, cpu: int) -> None:
+    """Pin ``pid`` (0: this process) to the ``cpu``-th usable core, when there are two or more."""
+    if len(CPUS) >= 2:
+        os.sched_setaffinity(pid, {CPUS[cpu % len(CPUS)]})
+
+
+# ---------------------------------------------------------------------------------------------- processes
+
+
+def sender_main(address, family: int, datagrams: list[bytes], counts: list[int], rate: float | None,
+                result) -> None:
+    """Replay ``datagrams`` at ``rate`` lines/s (None: as fast as possible); report what was sent."""
+    pin(0, 0)
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.connect(address)
+    if family == socket.AF_UNIX:
+        sock.setblocking(False)  # datadogpy's unix default: drop when the socket is full
+    send = sock.send
+    sent_lines = dropped_lines = 0
+    start = time.time()
+    for i, datagram in enumerate(datagrams):
+        if rate is not None and i % 16 == 0:
+            ahead = (sent_lines + dropped_lines) / rate - (time.time() - start)
+            if ahead > 0:
+                time.sleep(ahead)  # pacing the offered rate
+        try:
+            send(datagram)
+            sent_lines += counts[i]
+        except (BlockingIOError, OSError):
+            dropped_lines += counts[i]
+    result.send((start, time.time(), sent_lines, dropped_lines))
+    sock.close()
+
+
+def baseline_main(family: int, address, ready, stop, counters) -> None:
+    """The bare receiver: blocking recv, count datagrams and lines, nothing else."""
+    pin(0, 1)
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, 33, RECEIVE_BUFFER_BYTES)  # SO_RCVBUFFORCE, as the agent does
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
+    sock.bind(address)
+    counters[2] = sock.getsockname()[1] if family == socket.AF_INET else 0
+    sock.settimeout(0.05)
+    ready.set()
+    recv = sock.recv
+    lines = datagrams = 0
+    last = 0.0
+    while not stop.is_set():
+        try:
+            while True:
+                data = recv(65536)
+                datagrams += 1
+                lines += data.count(b"\n")
+                if datagrams % 256 == 0:
+                    counters[0], counters[1] = lines, time.time()
+                last = time.time()
+        except TimeoutError:
+            counters[0], counters[1] = lines, last
+    sock.close()
+
+
+class Baseline:
+    def __init__(self, ctx, family: int, address) -> None:
+        self.ready, self.stop_event = ctx.Event(), ctx.Event()
+        self.counters = ctx.Array("d", 3, lock=False)  # lines, unix time of the last datagram, port
+        self.proc = ctx.Process(target=baseline_main, args=(family, address, self.ready, self.stop_event,
+                                                            self.counters), daemon=True)
+        self.proc.start()
+        if not self.ready.wait(10):
+            raise RuntimeError("the baseline receiver did not start")
+        self.address = ("127.0.0.1", int(self.counters[2])) if family == socket.AF_INET else address
+
+    def lines(self) -> tuple[float, float]:
+        return self.counters[0], self.counters[1]
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.proc.join(5)
+
+
+class AgentProcess:
+    def __init__(self, workdir: Path) -> None:
+        self.status_port = free_port(socket.SOCK_STREAM)
+        self.udp_port = free_port(socket.SOCK_DGRAM)
+        self.socket_path = str(workdir / "dsd.socket")
+        config = workdir / "llmship.toml"
+        config.write_text(f"""
+[agent]
+hostname = "bench-host"
+data_dir = "{workdir / 'data'}"
+log_level = "warning"
+log_format = "json"
+[sources.dogstatsd]
+udp = "127.0.0.1:{self.udp_port}"
+socket = "{self.socket_path}"
+receive_buffer_bytes = {RECEIVE_BUFFER_BYTES}
+[sources.traces]
+listen = "127.0.0.1:{free_port(socket.SOCK_STREAM)}"
+[sources.logs]
+tcp = "127.0.0.1:{free_port(socket.SOCK_STREAM)}"
+http = "127.0.0.1:{free_port(socket.SOCK_STREAM)}"
+[sinks.file]
+dir = "{workdir / 'out'}"
+[status]
+listen = "127.0.0.1:{self.status_port}"
+""")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("DD_", "LLMSHIP_"))}
+        self.log = open(workdir / "agent.log", "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "llmship", "run", "--config", str(config)],
+                                     stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + 30
+        while not self._ready():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"llmship run did not become ready: {(workdir / 'agent.log').read_text()}")
+            time.sleep(0.1)
+        pin(self.proc.pid, 1)
+
+    def _ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.status_port}/ready", timeout=1) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def status(self) -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.status_port}/status", timeout=5) as r:
+            return json.loads(r.read())
+
+    def counter(self, component: str, name: str, status: dict | None = None) -> float:
+        comp = (status or self.status())["components"].get(component, {"counters": []})
+        return sum(c["value"] for c in comp["counters"] if c["name"] == name)
+
+    def memory_kib(self) -> dict[str, int]:
+        fields = {}
+        for row in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            key, _, value = row.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                fields[key] = int(value.split()[0])
+        return fields
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def free_port(kind: int) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------------------------------------- runs
+
+
+@dataclass
+class Result:
+    target: str
+    transport: str
+    mode: str
+    offered: float | None
+    sent_per_sec: float
+    processed_per_sec: float  # lines received / (last datagram handled - first sent): wall clock
+    per_cpu_sec: float  # lines received / the receiver's CPU time: what other load on the box cannot skew
+    loss: float
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of every thread of ``pid`` (Linux schedstat, nanoseconds), 0 where unavailable."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total / 1e9
+
+
+def send(ctx, address, family, datagrams, counts, rate) -> tuple[float, float, int, int]:
+    here, there = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=sender_main, args=(address, family, datagrams, counts, rate, there), daemon=True)
+    proc.start()
+    if not here.poll(120):
+        proc.kill()
+        raise RuntimeError("the sender did not finish")
+    outcome = here.recv()
+    proc.join(5)
+    return outcome
+
+
+def wait_until_idle(pid: int, deadline: float) -> float:
+    """Wait until ``pid`` has used (almost) no CPU for IDLE_SECS: it has handled all it was sent. Watching
+    its CPU time rather than polling its status endpoint costs the receiver nothing. Returns its CPU time."""
+    last = cpu_seconds(pid)
+    quiet_since = time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(POLL_SECS)
+        now = cpu_seconds(pid)
+        if now - last > IDLE_CPU_SECS_PER_POLL:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since > IDLE_SECS:
+            return now
+        last = now
+    return cpu_seconds(pid)
+
+
+def run_one(ctx, target: str, pid: int, read, address, family, transport, mode, datagrams, counts,
+            rate) -> Result:
+    cpu_before = wait_until_idle(pid, time.monotonic() + 10)
+    before, _ = read()
+    start, sent_end, sent_lines, dropped_lines = send(ctx, address, family, datagrams, counts, rate)
+    cpu = max(wait_until_idle(pid, time.monotonic() + 60) - cpu_before, 1e-6)
+    after, finished = read()
+    received = after - before
+    offered_lines = sent_lines + dropped_lines
+    elapsed = max(finished - start, 1e-6)
+    return Result(target, transport, mode, rate, offered_lines / max(sent_end - start, 1e-6), received / elapsed,
+                  received / cpu, 1 - received / offered_lines)
+
+
+def agent_reader(agent: AgentProcess):
+    def read() -> tuple[float, float]:
+        status = agent.status()
+        handled_at = status["components"]["dogstatsd"]["info"].get("last_received_at", 0.0)
+        return agent.counter("dogstatsd", "events_received", status), handled_at
+    return read
+
+
+def baseline_reader(baseline: Baseline):
+    return baseline.lines
+
+
+def print_results(results: list[Result]) -> None:
+    print("lines/s: processed = received / wall time until the last datagram was handled; per CPU-s =\n"
+          "received / the receiver's own CPU time (robust to other load on the machine). Ratios: agent/baseline.")
+    print(f"{'transport':<9} {'mode':<9} {'offered/s':>10}  {'target':<8} {'sent/s':>10} {'processed/s':>12} "
+          f"{'per CPU-s':>10} {'loss':>7} {'ratio':>6} {'cpu ratio':>9}")
+    baseline = {(r.transport, r.mode, r.offered): r for r in results if r.target == "baseline"}
+    for r in results:
+        offered = "max" if r.offered is None else f"{r.offered:,.0f}"
+        base = baseline.get((r.transport, r.mode, r.offered))
+        ratio = cpu_ratio = ""
+        if r.target == "agent" and base:
+            ratio = f"{r.processed_per_sec / base.processed_per_sec:.2f}"
+            cpu_ratio = f"{r.per_cpu_sec / base.per_cpu_sec:.2f}"
+        print(f"{r.transport:<9} {r.mode:<9} {offered:>10}  {r.target:<8} {r.sent_per_sec:>10,.0f} "
+              f"{r.processed_per_sec:>12,.0f} {r.per_cpu_sec:>10,.0f} {r.loss:>7.1%} {ratio:>6} {cpu_ratio:>9}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke run: fewer lines and rates")
+    args = parser.parse_args()
+    bench_deadline = time.monotonic() + BENCH_DEADLINE_SECS
+    ctx = mp.get_context("fork")  # senders inherit the pre-built datagrams without pickling them
+    pin(0, 0)
+    if args.quick:
+        plan = {"single": ([None], 5_000), "buffered": ([None], 20_000)}
+        contexts = 10_000
+    else:  # 2 transports x 2 receivers x (3 x 40k + 3 x 120k) = 1.92 M lines, + 100k contexts
+        plan = {"single": ([50_000, 150_000, None], 40_000), "buffered": ([150_000, 400_000, None], 120_000)}
+        contexts = 100_000
+    print(f"llmship DogStatsD bench: Python {sys.version.split()[0]}, {len(CPUS) or os.cpu_count()} cores usable"
+          f"{'' if len(CPUS) >= 2 else ' (sender and receiver share one: figures are lower bounds)'}, "
+          f"load average {os.getloadavg()[0]:.2f}")
+
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="llmship-bench-") as tmp:
+        workdir = Path(tmp)
+        agent = AgentProcess(workdir)
+        baselines = {"udp": Baseline(ctx, socket.AF_INET, ("127.0.0.1", 0)),
+                     "uds": Baseline(ctx, socket.AF_UNIX, str(workdir / "baseline.socket"))}
+        try:
+            info = agent.status()["components"]["dogstatsd"]["info"]
+            print(f"agent pid {agent.proc.pid}: udp 127.0.0.1:{agent.udp_port}, unix {agent.socket_path}, "
+                  f"kernel receive buffer {info.get('udp_receive_buffer_bytes', 0) / 2**20:.0f} MiB (as reported)")
+            targets = {"udp": (socket.AF_INET, UDP_PACKET_BYTES, ("127.0.0.1", agent.udp_port)),
+                       "uds": (socket.AF_UNIX, UDS_PACKET_BYTES, agent.socket_path)}
+            seed = 0
+            for transport, (family, packet_bytes, agent_address) in targets.items():
+                for mode, (rates, line_count) in plan.items():
+                    seed += 1
+                    datagrams, counts = pack(llm_lines(line_count, seed), packet_bytes if mode == "buffered" else 0)
+                    for rate in rates:
+                        if time.monotonic() > bench_deadline:
+                            print("bench deadline reached: stopping early")
+                            break
+                        base = baselines[transport]
+                        results.append(run_one(ctx, "baseline", base.proc.pid, baseline_reader(base), base.address,
+                                               family, transport, mode, datagrams, counts, rate))
+                        results.append(run_one(ctx, "agent", agent.proc.pid, agent_reader(agent), agent_address,
+                                               family, transport, mode, datagrams, counts, rate))
+            print()
+            print_results(results)
+            status = agent.status()
+            print(f"\nagent dropped (bad lines): {agent.counter('dogstatsd', 'dropped', status):.0f}, "
+                  f"kernel drops (UDP): {status['components']['dogstatsd']['gauges'].get('kernel_drops')}")
+
+            memory_before = agent.memory_kib()
+            datagrams, counts = pack(llm_lines(contexts, 99, distinct_contexts=True), UDP_PACKET_BYTES)
+            flushed_before = agent.counter("metrics_sink", "series_encoded")
+            result = run_one(ctx, "agent", agent.proc.pid, agent_reader(agent), ("127.0.0.1", agent.udp_port),
+                             socket.AF_INET, "udp", "buffered", datagrams, counts, 100_000)
+            contexts_seen = agent.status()["components"].get("aggregator", {}).get("gauges", {}).get("contexts")
+            deadline = time.monotonic() + 30  # the next flush encodes every context
+            while agent.counter("metrics_sink", "series_encoded") < flushed_before + contexts * (1 - result.loss):
+                if time.monotonic() > deadline:
+                    print("no flush of the contexts within 30 s")
+                    break
+                time.sleep(0.2)
+            memory_after = agent.memory_kib()
+            print(f"\n{contexts:,} distinct contexts ({result.loss:.1%} lost; aggregator holds {contexts_seen}): "
+                  f"agent RSS {memory_before.get('VmRSS', 0) / 1024:.0f} MiB before, "
+                  f"{memory_after.get('VmRSS', 0) / 1024:.0f} MiB after the flush, "
+                  f"peak {memory_after.get('VmHWM', 0) / 1024:.0f} MiB (goal < 100 MB)")
+        finally:
+            for baseline in baselines.values():
+                baseline.stop()
+            agent.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

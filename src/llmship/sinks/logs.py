@@ -1,0 +1,163 @@
+"""Log records to Datadog's HTTP logs intake (`http-intake.logs.<site>/api/v2/logs`).
+
+The body is a JSON array of log objects carrying the reserved attributes at the top level (``message``,
+``ddsource``, ``ddtags`` as a "k:v,k2:v2" string, ``hostname``, ``service``, ``status``) plus any others.
+Limits, from the intake's documentation (docs.datadoghq.com/api/latest/logs/#send-logs): at most 1000
+entries and 5 MB uncompressed per request, 1 MB per log. The intake accepts a larger log and truncates it;
+we cut it ourselves first (its longest strings, marked with ``…[truncated]`` and the tag
+``llmship.truncated:true``) so that one huge record can neither be refused as part of a batch nor dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from llmship.compression import compress, decompress
+from llmship.config import Config
+from llmship.delivery.payload import Payload, register_splitter
+from llmship.events import LogRecord
+from llmship.log import RateLimited, get_logger
+from llmship.sinks.batch import Batcher
+from llmship.telemetry import Telemetry
+from llmship.transforms.logs import TRUNCATED_TAG
+from llmship.transforms.truncate import TRUNCATION_MARKER, truncate_text
+
+# Datadog logs intake limits (docs.datadoghq.com/api/latest/logs/#send-logs), as decimal MB like Vector's
+# datadog_logs sink (MAX_PAYLOAD_BYTES = 5_000_000): the safe reading of "5MB" and "1MB".
+MAX_ENTRIES_PER_PAYLOAD = 1000
+MAX_PAYLOAD_BYTES = 5_000_000
+MAX_ENTRY_BYTES = 1_000_000
+# 5 s: the Datadog Agent's logs_config.batch_wait default; shorter when the agent flushes more often
+BATCH_WAIT_SECS = 5.0
+_MARKER_BYTES = len(TRUNCATION_MARKER.encode())
+_RESERVED = ("message", "ddsource", "ddtags", "hostname", "service", "status", "timestamp")
+_SPLIT_MAX_BYTES = 64 << 20  # inflating back a payload we built ourselves
+
+_log = RateLimited(get_logger("logs_sink"))
+
+
+class LogsSink:
+    def __init__(self, cfg: Config, submit: Callable[[Payload], object], telemetry: Telemetry) -> None:
+        self._tel = telemetry.component("logs_sink")
+        self._encoding = cfg.sinks.datadog.compression
+        self._hostname = cfg.agent.hostname
+        self._batcher = Batcher(self._encode, submit, max_items=MAX_ENTRIES_PER_PAYLOAD,
+                                max_bytes=MAX_PAYLOAD_BYTES,
+                                max_age_secs=min(BATCH_WAIT_SECS, cfg.agent.flush_interval_secs),
+                                telemetry=self._tel)
+        register_splitter("logs", split_payload)
+
+    def reload(self, cfg: Config) -> None:
+        self._encoding = cfg.sinks.datadog.compression
+        self._hostname = cfg.agent.hostname
+
+    async def start(self) -> None:
+        self._batcher.start()
+
+    async def shutdown(self, deadline: float) -> None:
+        await self._batcher.shutdown(deadline)
+
+    def flush(self) -> None:
+        self._batcher.flush()
+
+    def add(self, record: LogRecord) -> None:
+        self._tel.inc("events_received")
+        if not record.get("hostname"):
+            record["hostname"] = self._hostname
+        ddtags = record.get("ddtags")
+        if isinstance(ddtags, list):  # the intake wants one "k:v,k2:v2" string
+            record["ddtags"] = ",".join(str(t) for t in ddtags)
+        try:
+            data = orjson.dumps(record)
+        except TypeError as e:  # a value JSON cannot hold (a record built by code, not decoded from JSON)
+            self._tel.inc("dropped", reason="not_serializable")
+            _log.error("not_serializable", "log_record_not_serializable", error=str(e))
+            return
+        if len(data) > MAX_ENTRY_BYTES:
+            data = self._reduce(record, data)
+        self._batcher.add(data)
+
+    def _reduce(self, record: LogRecord, data: bytes) -> bytes:
+        size = len(data)
+        data = shrink_to_fit(record, data, MAX_ENTRY_BYTES)
+        self._tel.inc("reduced", reason="entry_too_large")
+        _log.warning("entry_too_large", "log_entry_truncated", size_bytes=size, reduced_bytes=len(data),
+                     limit_bytes=MAX_ENTRY_BYTES)
+        return data
+
+    def _encode(self, items: list[bytes]) -> Payload:
+        return _payload(items, self._encoding)
+
+
+def _payload(items: list[bytes], encoding: str) -> Payload:
+    body = b"[" + b",".join(items) + b"]"
+    return Payload(kind="logs", body=compress(body, encoding), content_type="application/json",
+                   content_encoding=encoding, items=len(items))
+
+
+def split_payload(payload: Payload) -> list[Payload]:
+    """Cut a logs payload in two (for a 413): decode, halve, re-encode."""
+    records = orjson.loads(decompress(payload.body, payload.content_encoding, _SPLIT_MAX_BYTES))
+    half = len(records) // 2
+    parts = []
+    for chunk in (records[:half], records[half:]):
+        part = _payload([orjson.dumps(r) for r in chunk], payload.content_encoding)
+        part.extra_headers = dict(payload.extra_headers)
+        parts.append(part)
+    return parts
+
+
+# ----------------------------------------------------------------------------------------- oversize
+
+
+def shrink_to_fit(record: LogRecord, data: bytes, limit: int) -> bytes:
+    """Cut the record's longest strings (in place) until it serializes to at most ``limit`` bytes.
+
+    Removing n characters removes at least n bytes of JSON, so each cut takes the excess (plus the
+    marker's bytes) from the longest string; a record whose bulk is not in strings is replaced by its
+    reserved attributes and its JSON text, cut, as the message."""
+    for _ in range(64):  # each round empties or fixes one string: bounded, and ends far sooner in practice
+        excess = len(data) - limit
+        if excess <= 0:
+            break
+        leaf = _longest_string(record)
+        if leaf is None or len(leaf[2]) <= _MARKER_BYTES:
+            break
+        parent, key, value = leaf
+        parent[key], _ = truncate_text(value, max(0, len(value) - excess - _MARKER_BYTES))
+        _mark_truncated(record)
+        data = orjson.dumps(record)
+    if len(data) <= limit:
+        return data
+    text = data.decode("utf-8", "replace")
+    fallback: dict[str, Any] = {k: record[k] for k in _RESERVED if k in record and k != "message"}
+    fallback["message"] = truncate_text(text, limit // 8)[0]  # every character is at most 6 bytes of JSON
+    _mark_truncated(fallback)
+    return orjson.dumps(fallback)
+
+
+def _longest_string(node: Any) -> tuple[Any, Any, str] | None:
+    """(container, key, value) of the longest string anywhere in ``node``."""
+    best: tuple[Any, Any, str] | None = None
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        items = current.items() if isinstance(current, dict) else enumerate(current)
+        for key, value in items:
+            if isinstance(value, str):
+                if best is None or len(value) > len(best[2]):
+                    best = (current, key, value)
+            elif isinstance(value, (dict, list)):
+                stack.append(value)
+    return best
+
+
+def _mark_truncated(record: LogRecord) -> None:
+    ddtags = record.get("ddtags")
+    if not isinstance(ddtags, str) or not ddtags:
+        record["ddtags"] = TRUNCATED_TAG
+    elif TRUNCATED_TAG not in ddtags:
+        record["ddtags"] = f"{ddtags},{TRUNCATED_TAG}"

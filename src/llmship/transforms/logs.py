@@ -1,0 +1,181 @@
+"""Processing of received logs (what apps send to the logs sources): sample, scrub, truncate, tag.
+
+Per record, in this order:
+1. sampling: the first ``[[llm.sampling.rules]]`` entry that matches the record's ``service``, ``model``
+   and ``endpoint`` attributes and sets a ``prompt_log_rate`` decides, deterministically per trace id
+   when the record carries one (``trace_id``, ``dd.trace_id`` or ``dd: {trace_id}``, decimal or hex as
+   ddtrace's log injection writes it), else by a coin toss; errors are always kept; a record no rule
+   decides is kept (the global ``prompt_log_rate`` is for the logs the agent generates, not for these);
+2. text: ``message``, ``prompt``, ``completion`` and each of ``llm.text_fields`` (a top-level key, or a
+   dotted path into nested objects) are scrubbed, then cut to ``llm.max_text_chars``; a string nested in
+   a list or object under such a field is treated the same way. A cut adds the tag
+   ``llmship.truncated:true`` (as the LLM processor does for span text);
+3. tags: the agent's env, service, version and tags are added to ``ddtags`` for keys it lacks (the
+   ``service`` tag defaults to the record's own ``service``); ``hostname`` and ``service`` are filled in
+   when missing.
+"""
+
+from __future__ import annotations
+
+from llmship.config import Config
+from llmship.events import LogRecord
+from llmship.tags import agent_default_tags, normalize_tag, tag_key
+from llmship.telemetry import Telemetry
+from llmship.transforms.sampling import Sampler
+from llmship.transforms.scrub import Scrubber
+from llmship.transforms.truncate import truncate_text
+
+TEXT_FIELDS = ("message", "prompt", "completion")
+TRUNCATED_TAG = "llmship.truncated:true"
+_ERROR_STATUSES = frozenset(("error", "err", "critical", "crit", "alert", "emerg", "emergency", "fatal"))
+_MASK64 = (1 << 64) - 1
+
+
+def record_trace_id(record: LogRecord) -> int | None:
+    """The low 64 bits of the record's trace id, as the sampler hashes them, or None."""
+    value = record.get("trace_id")
+    if value is None:
+        value = record.get("dd.trace_id")
+        if value is None and isinstance(dd := record.get("dd"), dict):
+            value = dd.get("trace_id")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value & _MASK64
+    if not isinstance(value, str) or not value:
+        return None
+    # ddtrace writes 64-bit ids in decimal and 128-bit ids as 32 hex digits (log injection)
+    if value.isdigit() and len(value) <= 20:
+        return int(value) & _MASK64
+    try:
+        if len(value) in (16, 32):
+            return int(value, 16) & _MASK64
+        if value.isdigit():
+            return int(value) & _MASK64
+    except ValueError:
+        pass
+    return None
+
+
+def _status(record: LogRecord) -> str:
+    # Datadog's status remapper reads these attributes, in this order, when "status" is absent.
+    for key in ("status", "level", "levelname", "severity"):
+        value = record.get(key)
+        if isinstance(value, str):
+            return value.lower()
+    return ""
+
+
+class LogProcessor:
+    def __init__(self, cfg: Config, sampler: Sampler, scrubber: Scrubber, telemetry: Telemetry) -> None:
+        self._tel = telemetry.component("logs_processor")
+        self._scrub_telemetry = scrubber.telemetry
+        self._sampler = sampler
+        self._scrubber = scrubber
+        self._apply_config(cfg)
+
+    def reload(self, cfg: Config) -> None:
+        self._sampler = Sampler(cfg.llm.sampling)
+        self._scrubber = Scrubber(cfg.scrub.rules, self._scrub_telemetry)
+        self._apply_config(cfg)
+
+    def _apply_config(self, cfg: Config) -> None:
+        agent = cfg.agent
+        self._max_chars = cfg.llm.max_text_chars
+        self._text_fields = tuple(dict.fromkeys((*TEXT_FIELDS, *cfg.llm.text_fields)))
+        self._hostname = agent.hostname
+        self._service = agent.service
+        self._default_tags = agent_default_tags(agent)  # key -> "key:value"
+        self._default_ddtags = ",".join(self._default_tags.values())
+        self._service_tags: dict[str, str] = {}  # record service -> its normalized service tag
+
+    def process(self, record: LogRecord) -> LogRecord | None:
+        self._tel.inc("events_received")
+        if not self._keep(record):
+            self._tel.inc("dropped", reason="sampled_out")
+            return None
+        truncated = False
+        for field in self._text_fields:
+            truncated |= self._process_field(record, field)
+        if truncated:
+            self._tel.inc("text_truncated")
+        self._tag(record, truncated)
+        self._tel.inc("events_sent")
+        return record
+
+    def _keep(self, record: LogRecord) -> bool:
+        def attr(key: str) -> str:
+            value = record.get(key)
+            return value if isinstance(value, str) else ""
+
+        keep = self._sampler.keep_prompt_log(record_trace_id(record), attr("service") or self._service,
+                                             attr("model"), attr("endpoint"), _status(record) in _ERROR_STATUSES)
+        return keep is None or keep
+
+    # ------------------------------------------------------------------------------------------- text
+
+    def _process_field(self, record: LogRecord, field: str) -> bool:
+        """Scrub and cut the field's text in place; True when some text was cut."""
+        parent, key = record, field
+        if field not in record and "." in field:  # a dotted path into nested objects
+            *path, key = field.split(".")
+            for part in path:
+                parent = parent.get(part)
+                if not isinstance(parent, dict):
+                    return False
+        value = parent.get(key)
+        if isinstance(value, str):
+            parent[key], cut = self._text(value)
+            return cut
+        if isinstance(value, (dict, list)):
+            return self._walk(value)
+        return False
+
+    def _text(self, value: str) -> tuple[str, bool]:
+        return truncate_text(self._scrubber.scrub(value), self._max_chars)  # scrub first: a cut secret leaks
+
+    def _walk(self, node: dict | list) -> bool:
+        cut_any = False
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, value in list(items):
+            if isinstance(value, str):
+                node[key], cut = self._text(value)
+                cut_any |= cut
+            elif isinstance(value, (dict, list)):
+                cut_any |= self._walk(value)
+        return cut_any
+
+    # ------------------------------------------------------------------------------------------- tags
+
+    def _tag(self, record: LogRecord, truncated: bool) -> None:
+        if not record.get("hostname"):
+            record["hostname"] = self._hostname
+        service = record.get("service")
+        if not service and self._service:
+            record["service"] = service = self._service
+        defaults = self._default_tags
+        if isinstance(service, str) and service and service != self._service:
+            defaults = dict(defaults)
+            if tag := self._service_tag(service):
+                defaults["service"] = tag  # in the agent's service tag's place, if it has one
+            else:
+                defaults.pop("service", None)
+        ddtags = record.get("ddtags")
+        if isinstance(ddtags, list):  # some clients send a list; the intake wants "k:v,k2:v2"
+            ddtags = ",".join(str(t) for t in ddtags)
+        if not isinstance(ddtags, str) or not ddtags:
+            merged = self._default_ddtags if defaults is self._default_tags else ",".join(defaults.values())
+        else:
+            present = {tag_key(t) for t in ddtags.split(",")}
+            missing = [t for k, t in defaults.items() if k not in present]
+            merged = ",".join((ddtags, *missing)) if missing else ddtags
+        if truncated and TRUNCATED_TAG not in merged:
+            merged = f"{merged},{TRUNCATED_TAG}" if merged else TRUNCATED_TAG
+        if merged:
+            record["ddtags"] = merged
+
+    def _service_tag(self, service: str) -> str:
+        tag = self._service_tags.get(service)
+        if tag is None:
+            if len(self._service_tags) > 1024:  # bounded: services are few, junk input is not
+                self._service_tags.clear()
+            tag = self._service_tags[service] = normalize_tag(f"service:{service}")
+        return tag

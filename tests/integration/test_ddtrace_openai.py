@@ -1,0 +1,337 @@
+"""End to end with real clients: an app using the openai package, instrumented by ddtrace 4.16 with LLM
+Observability on, calls a local fake OpenAI API and sends its traces to `llmship run`; we look at what
+reaches `llmship intake`: LLM Observability events, derived llm.* metrics and prompt sample logs."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import msgpack
+import orjson
+import pytest
+
+from fake_openai import FakeOpenAI
+from harness import wait_for
+
+CAPTURES = Path("/work/shared/captures/ddtrace-4.16")
+MARKER = "…[truncated]"
+ESTIMATED = "tokens_estimated:true"
+SYSTEM_PROMPT = "You are a helpful assistant."
+
+APP = r'''
+import ddtrace.auto  # noqa: F401  (first: patches openai before it is imported)
+import os
+import sys
+
+from ddtrace.llmobs import LLMObs
+from ddtrace.trace import tracer
+from openai import OpenAI, OpenAIError
+
+
+def client(url):
+    return OpenAI(base_url=url + "/v1", api_key="test-key", max_retries=0)
+
+
+def chat(c, text, model="gpt-4o-mini", **kwargs):
+    messages = [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": text}]
+    response = c.chat.completions.create(model=model, messages=messages, **kwargs)
+    if kwargs.get("stream"):
+        return "".join(chunk.choices[0].delta.content or "" for chunk in response if chunk.choices)
+    return response.choices[0].message.content
+
+
+direct = client(os.environ["FAKE_OPENAI_URL"])
+scenario = sys.argv[1]
+if scenario == "standard":
+    chat(direct, "What is the capital of France?")
+    chat(direct, "Stream me the capital of France.", stream=True)
+    chat(direct, "Stream without usage please.", stream=True, stream_options={"include_usage": False})
+    direct.completions.create(model="gpt-3.5-turbo-instruct", prompt="The capital of France is")
+    direct.embeddings.create(model="text-embedding-3-small", input="The capital of France is Paris.")
+    chat(direct, "word " * 200)
+    try:
+        chat(direct, "This will fail", model="rate-limited")
+    except OpenAIError:
+        pass
+elif scenario == "many":
+    for i in range(int(sys.argv[2])):
+        chat(direct, f"Question number {i}?")
+elif scenario == "proxy":
+    chat(direct, "Straight to the provider?")
+    chat(client(os.environ["PROXY_URL"]), "Through the proxy?")
+LLMObs.flush()
+tracer.flush()
+'''
+
+
+def words(text: str) -> int:  # the fake API's token count
+    return len(text.split())
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+@pytest.fixture
+def fake_openai():
+    server = FakeOpenAI()
+    yield server
+    server.stop()
+
+
+def run_app(tmp_path: Path, agent, scenario: str, *args: str, env: dict[str, str] | None = None,
+            timeout: float = 120) -> str:
+    """Run the instrumented app to completion; return its stderr (where ddtrace logs its problems)."""
+    script = tmp_path / "app.py"
+    script.write_text(APP)
+    app_env = {k: v for k, v in os.environ.items() if not k.startswith(("DD_", "OTEL_"))}
+    app_env.update({
+        "DD_TRACE_AGENT_URL": f"http://127.0.0.1:{agent.ports['trace_port']}",
+        "DD_DOGSTATSD_URL": f"udp://127.0.0.1:{agent.ports['dsd_port']}",
+        "DD_LLMOBS_ENABLED": "1",
+        "DD_LLMOBS_ML_APP": "demo-app",
+        "DD_SERVICE": "chatbot",
+        "DD_ENV": "staging",
+        "DD_VERSION": "1.2.3",
+        **(env or {}),
+    })
+    proc = subprocess.run([sys.executable, str(script), scenario, *args], env=app_env, capture_output=True,
+                          text=True, timeout=timeout, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stderr
+
+
+def assert_tracer_happy(stderr: str) -> None:
+    """ddtrace says nothing on stderr when its agent answers everything the way a Datadog Agent does; any
+    line there is a complaint (refused payloads, bad answers, an agent it calls unsupported)."""
+    complaints = [line for line in stderr.splitlines() if line.strip()]
+    assert complaints == [], "\n".join(complaints)
+
+
+def events_by_span_id(intake) -> dict[str, dict]:
+    return {r["data"]["span_id"]: r["data"] for r in intake.records("llmobs")}
+
+
+def user_text(event: dict) -> str:
+    return event["meta"]["input"]["messages"][-1]["content"]
+
+
+def has_tags(tags: list[str] | str, *wanted: str) -> bool:
+    tags = tags.split(",") if isinstance(tags, str) else tags
+    return all(w in tags for w in wanted)
+
+
+def series_total(intake, metric: str, *tags: str, after: float = 0.0) -> tuple[float, bool]:
+    """(sum of the metric's values over every shipped bucket of the series having ``tags`` and not
+    tokens_estimated:true unless asked for, whether a point exists past ``after``).
+    Counters are shipped as rates over ``interval`` seconds."""
+    total, later = 0.0, False
+    for record in intake.records("series"):
+        s = record["data"]
+        if s["metric"] != metric or not has_tags(s["tags"], *tags):
+            continue
+        if ESTIMATED in s["tags"] and ESTIMATED not in tags:
+            continue
+        per = s.get("interval") or 1 if s.get("type") == 2 else 1
+        for point in s["points"]:
+            total += point["value"] * per
+            later = later or point["timestamp"] > after
+    return total, later
+
+
+def settled_total(intake, agent, metric: str, *tags: str, expected: float, calls: int) -> float:
+    """Once the agent has processed ``calls`` LLM calls and flushed a bucket after that, the metric's total."""
+    wait_for(lambda: agent.counter("llm", "llm_calls") >= calls, timeout=30, what=f"{calls} LLM calls processed")
+    processed_at = time.time()
+
+    def settled():
+        total, later = series_total(intake, metric, *tags, after=processed_at)
+        return later and math.isclose(total, expected, rel_tol=1e-9, abs_tol=1e-12)
+
+    try:
+        wait_for(settled, timeout=20, what=f"{metric} {tags} to reach {expected}")
+    except AssertionError:
+        raise AssertionError(f"{metric} {tags}: {series_total(intake, metric, *tags)[0]} != {expected}") from None
+    return series_total(intake, metric, *tags)[0]
+
+
+def sketch_count(intake, metric: str, *tags: str) -> int:
+    return sum(d["cnt"] for r in intake.records("sketches") if r["data"]["metric"] == metric
+               and has_tags(r["data"]["tags"], *tags) for d in r["data"]["dogsketches"])
+
+
+APP_TAGS = ("service:chatbot", "env:staging", "version:1.2.3", "team:ml")
+CHAT_TAGS = (*APP_TAGS, "model:gpt-4o-mini", "provider:openai", "endpoint:/v1/chat/completions")
+
+STANDARD_CONFIG = """
+[agent]
+tags = ["team:ml"]
+[llm]
+max_text_chars = 64
+[llm.sampling]
+prompt_log_rate = 1.0
+"""
+
+
+# ------------------------------------------------------------------------------------------ tests
+
+
+def test_ddtrace_openai_calls_reach_the_intake_processed(tmp_path, intake, start_agent, fake_openai):
+    from ddtrace.llmobs._integrations.utils import _est_tokens  # ddtrace's estimate for streams without usage
+
+    agent = start_agent(STANDARD_CONFIG, intake=intake)
+    stderr = run_app(tmp_path, agent, "standard", env={"FAKE_OPENAI_URL": fake_openai.url})
+    intake.wait_records("llmobs", 7)
+    assert_tracer_happy(stderr)
+    events = {user_text(e) if "input" in e["meta"] and "messages" in e["meta"]["input"] else e["name"]: e
+              for e in events_by_span_id(intake).values()}
+    assert len(events) == 7
+    kinds = sorted(e["meta"]["span"]["kind"] for e in events.values())
+    assert kinds == ["embedding", "llm", "llm", "llm", "llm", "llm", "llm"]
+
+    plain = events["What is the capital of France?"]
+    assert plain["metrics"]["input_tokens"] == words(SYSTEM_PROMPT) + 6 and plain["metrics"]["output_tokens"] == 8
+    assert has_tags(plain["tags"], *CHAT_TAGS, "ml_app:demo-app")
+    assert not has_tags(plain["tags"], "tokens_estimated:true")
+    completion = events["The capital of France is"]
+    assert has_tags(completion["tags"], "model:gpt-3.5-turbo-instruct", "endpoint:/v1/completions")
+    embedding = events["OpenAI.createEmbedding"]
+    assert has_tags(embedding["tags"], "model:text-embedding-3-small", "endpoint:/v1/embeddings")
+    assert embedding["metrics"]["input_tokens"] == 6
+
+    no_usage = events["Stream without usage please."]
+    assert has_tags(no_usage["tags"], "tokens_estimated:true")
+    estimated_in = _est_tokens(SYSTEM_PROMPT) + _est_tokens("Stream without usage please.")
+    estimated_out = _est_tokens("You said: Stream without usage please.")
+    assert (no_usage["metrics"]["input_tokens"], no_usage["metrics"]["output_tokens"]) == (estimated_in, estimated_out)
+
+    long = next(e for text, e in events.items() if text.startswith("word word"))
+    for content in (user_text(long), long["meta"]["output"]["messages"][0]["content"]):
+        assert content.endswith(MARKER) and len(content) == 64
+    assert has_tags(long["tags"], "llmship.truncated:true")
+    assert long["meta"]["metadata"]["llmship"] == {"truncated": True, "max_text_chars": 64}
+    assert long["metrics"]["input_tokens"] == words(SYSTEM_PROMPT) + 200  # counted before truncation
+
+    error = events["This will fail"]
+    assert error["status"] == "error" and has_tags(error["tags"], "model:rate-limited", "error:1")
+
+    chat_in = 2 * (words(SYSTEM_PROMPT) + 6) + words(SYSTEM_PROMPT) + 200
+    chat_out = 8 + 8 + 202
+    settled_total(intake, agent, "llm.requests", *CHAT_TAGS, expected=3, calls=7)
+    assert series_total(intake, "llm.tokens.input", *CHAT_TAGS)[0] == chat_in
+    assert series_total(intake, "llm.tokens.output", *CHAT_TAGS)[0] == chat_out
+    assert series_total(intake, "llm.cost.usd", *CHAT_TAGS)[0] == pytest.approx((chat_in * 0.15 + chat_out * 0.60) / 1e6)
+    assert series_total(intake, "llm.tokens.input", *CHAT_TAGS, "tokens_estimated:true")[0] == estimated_in
+    assert series_total(intake, "llm.errors", "model:rate-limited", *APP_TAGS)[0] == 1
+    assert series_total(intake, "llm.cost.usd", "model:text-embedding-3-small")[0] == pytest.approx(6 * 0.02 / 1e6)
+    assert sketch_count(intake, "llm.request.duration", "service:chatbot") == 7
+
+    logs = intake.wait_records("logs", 7)
+    sample = next(r["data"] for r in logs if r["data"].get("completion") == "You said: What is the capital of France?")
+    assert sample["prompt"] == f"system: {SYSTEM_PROMPT}\nuser: What is the capital of France?"
+    assert sample["tokens"] == {"input": 11, "output": 8, "total": 19}
+    assert sample["ddsource"] == "llmship" and sample["service"] == "chatbot" and sample["model"] == "gpt-4o-mini"
+    assert has_tags(sample["ddtags"], *CHAT_TAGS)
+    assert sample["span_id"] == plain["span_id"]
+    assert sum(r["data"]["status"] == "error" for r in logs) == 1
+
+
+def test_apm_tracing_disabled_sends_events_on_the_evp_path(tmp_path, intake, start_agent, fake_openai):
+    agent = start_agent(STANDARD_CONFIG, intake=intake)
+    stderr = run_app(tmp_path, agent, "standard",
+                     env={"FAKE_OPENAI_URL": fake_openai.url, "DD_APM_TRACING_ENABLED": "false"})
+    events = intake.wait_records("llmobs", 7)
+    assert_tracer_happy(stderr)
+    assert agent.counter("traces", "requests", endpoint="evp_llmobs") >= 1
+    plain = next(r["data"] for r in events if r["data"]["meta"].get("input", {}).get("messages", [{}])[-1]
+                 .get("content") == "What is the capital of France?")
+    assert has_tags(plain["tags"], *CHAT_TAGS)
+    settled_total(intake, agent, "llm.requests", *CHAT_TAGS, expected=3, calls=7)
+    assert series_total(intake, "llm.tokens.output", *CHAT_TAGS)[0] == 8 + 8 + 202
+
+
+def test_calls_through_an_instrumented_proxy_are_workflows_and_not_counted(tmp_path, intake, start_agent,
+                                                                          fake_openai):
+    proxy = FakeOpenAI()
+    try:
+        config = f'[agent]\ntags = ["team:ml"]\n[llm]\ninstrumented_proxy_urls = ["{proxy.url}/v1/"]\n'
+        agent = start_agent(config, intake=intake)
+        stderr = run_app(tmp_path, agent, "proxy", env={"FAKE_OPENAI_URL": fake_openai.url, "PROXY_URL": proxy.url})
+    finally:
+        proxy.stop()
+    assert_tracer_happy(stderr)
+    events = {user_text(r["data"]): r["data"] for r in intake.wait_records("llmobs", 2)}
+    direct, proxied = events["Straight to the provider?"], events["Through the proxy?"]
+    assert direct["meta"]["span"]["kind"] == "llm" and direct["metrics"]["input_tokens"] > 0
+    assert proxied["meta"]["span"]["kind"] == "workflow"
+    assert "model_name" not in proxied["meta"] and not any(k.endswith("_tokens") for k in proxied["metrics"])
+    wait_for(lambda: agent.counter("llm", "proxied_calls") == 1, timeout=10, what="the proxied call")
+    settled_total(intake, agent, "llm.requests", *CHAT_TAGS, expected=1, calls=1)
+    words_in = words(SYSTEM_PROMPT) + words("Straight to the provider?")
+    assert series_total(intake, "llm.tokens.input", *CHAT_TAGS)[0] == words_in
+
+
+def test_text_sampling_and_prompt_logs_over_many_traces(tmp_path, intake, start_agent, fake_openai):
+    from llmship.transforms.sampling import sampled
+
+    n = 300
+    config = "[llm.sampling]\nspan_text_rate = 0.5\nprompt_log_rate = 0.25\n"
+    agent = start_agent(config, intake=intake)
+    stderr = run_app(tmp_path, agent, "many", str(n), env={"FAKE_OPENAI_URL": fake_openai.url})
+    assert_tracer_happy(stderr)
+    events = [r["data"] for r in intake.wait_records("llmobs", n, timeout=60)]
+    trace_ids = {e["span_id"]: int(e["_dd"]["apm_trace_id"][-16:], 16) for e in events}
+    with_text = {e["span_id"] for e in events if "input" in e["meta"]}
+    assert with_text == {span_id for span_id, t in trace_ids.items() if sampled(t, 0.5)}  # per trace id
+    assert abs(len(with_text) / n - 0.5) <= 4 * math.sqrt(0.25 / n), len(with_text)
+    for e in events:
+        if e["span_id"] not in with_text:  # timings, tokens and tags stay; the text goes, and says so
+            assert has_tags(e["tags"], "llmship.text_sampled:false", "model:gpt-4o-mini")
+            assert e["metrics"]["total_tokens"] > 0 and e["duration"] > 0 and "output" not in e["meta"]
+    should_log = {span_id for span_id, t in trace_ids.items() if sampled(t, 0.25)}
+    assert abs(len(should_log) / n - 0.25) <= 4 * math.sqrt(0.25 * 0.75 / n), len(should_log)
+    assert should_log <= with_text  # one hash: a trace logged at 0.25 kept its text at 0.5
+    logs = intake.wait_records("logs", len(should_log), timeout=30)
+    assert {r["data"]["span_id"] for r in logs} == should_log
+    assert all(r["data"]["prompt"].startswith("system: ") for r in logs)
+
+
+def _post(url: str, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> int:
+    import urllib.request
+
+    request = urllib.request.Request(url, data=body, method="POST",
+                                     headers={"Content-Type": content_type, **(headers or {})})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.status
+
+
+def test_an_event_sent_on_both_paths_is_shipped_and_counted_once(tmp_path, intake, start_agent):
+    """ddtrace's own bytes: the captured v0.4 payload, and the first call's event again on the EVP path."""
+    agent = start_agent("", intake=intake)
+    base = f"http://127.0.0.1:{agent.ports['trace_port']}"
+    v04 = (CAPTURES / "v04_traces_llmobs_default.msgpack").read_bytes()
+    first = msgpack.unpackb(v04)[0][0]
+    llmobs = msgpack.unpackb(first["meta_struct"]["_llmobs"])
+    event = {
+        "trace_id": llmobs["trace_id"], "span_id": str(first["span_id"]), "parent_id": "undefined",
+        "name": llmobs["name"], "start_ns": first["start"], "duration": first["duration"], "status": "ok",
+        "meta": llmobs["meta"], "metrics": llmobs["metrics"],
+        "tags": sorted(f"{k}:{v}" for k, v in llmobs["tags"].items()),
+        "_dd": {"span_id": str(first["span_id"]), "trace_id": llmobs["trace_id"],
+                "apm_trace_id": f"{first['meta']['_dd.p.tid']}{first['trace_id']:016x}"},
+    }
+    envelope = orjson.dumps([{"_dd.stage": "raw", "event_type": "span", "spans": [event]}])
+    assert _post(base + "/v0.4/traces", v04, "application/msgpack") == 200
+    assert _post(base + "/evp_proxy/v2/api/v2/llmobs", envelope, "application/json",
+                 {"X-Datadog-EVP-Subdomain": "llmobs-intake"}) in (200, 202)
+    wait_for(lambda: agent.counter("llm", "dropped", reason="duplicate_event") == 1, timeout=10,
+             what="the second copy recognised")
+    chat = ("service:chatbot", "model:gpt-4o-mini-2024-07-18", "endpoint:/v1/chat/completions")
+    settled_total(intake, agent, "llm.requests", *chat, expected=2, calls=6)  # the two chat calls, once each
+    assert series_total(intake, "llm.tokens.input", *chat)[0] == 18 + 13
+    events = [r["data"] for r in intake.wait_records("llmobs", 6)]
+    assert sum(e["span_id"] == str(first["span_id"]) for e in events) == 1

@@ -1,0 +1,270 @@
+"""Issue 5's fault tests against the whole agent: outages, error storms, 413s, kill -9, SIGTERM, floods.
+
+Every test runs the real `llmship run` and the real `llmship intake` as processes on loopback, sends logs
+through the agent's HTTP logs source (a 202 there is the agent's acknowledgement: "accepted"), and checks
+what reached the intake. Windows are short parameters so the whole file runs in well under a minute.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import string
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from harness import TEST_API_KEY, Intake, free_port, wait_for
+
+MiB = 1024 * 1024
+
+
+def spool_config(port: int, **delivery) -> str:
+    """The agent pointed at ``port`` (where an intake may or may not listen), with a spool."""
+    settings = {"spool_dir": "{tmp}/spool", "spool_flush_secs": 0.5, "retry_initial_secs": 0.1,
+                "retry_max_secs": 0.5, **delivery}
+    lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in settings.items())
+    return f"""
+[sinks.datadog]
+url = "http://127.0.0.1:{port}"
+api_key = "{TEST_API_KEY}"
+[delivery]
+{lines}
+"""
+
+
+@pytest.fixture
+def intake_on(tmp_path):
+    """Start `llmship intake` on a given port: the agent was configured for it while nothing listened."""
+    started: list[Intake] = []
+
+    def start(port: int, *flags: str) -> Intake:
+        server = Intake(tmp_path, "--listen", f"127.0.0.1:{port}", *flags)  # the last --listen wins
+        server.port, server.url = port, f"http://127.0.0.1:{port}"
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def noise(n: int) -> str:
+    """Incompressible text that no default scrub rule touches (random hex grows card-number-like runs)."""
+    return "".join(random.choices(string.ascii_letters, k=n))
+
+
+def post_logs(agent, messages: list[str], timeout: float = 10.0) -> int:
+    """POST one JSON array of logs to the agent's HTTP logs source; the HTTP status (0: no connection)."""
+    body = json.dumps([{"message": m, "service": "faults"} for m in messages]).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{agent.ports['logs_http_port']}/api/v2/logs",
+                                     data=body, headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:
+        return 0
+
+
+def send(agent, prefix: str, n: int, per_request: int = 50) -> list[str]:
+    """Send ``n`` logs; all must be accepted (202). Returns their messages."""
+    messages = [f"{prefix}-{i}-{noise(24)}" for i in range(n)]
+    for i in range(0, n, per_request):
+        assert post_logs(agent, messages[i:i + per_request]) == 202
+    return messages
+
+
+def messages_at(intake: Intake) -> list[str]:
+    return [r["data"]["message"] for r in intake.records("logs")]
+
+
+def wait_for_all(intake: Intake, expected: list[str], timeout: float) -> list[str]:
+    want = set(expected)
+    return wait_for(lambda: want <= set(got := messages_at(intake)) and got, timeout=timeout,
+                    what=f"{len(want)} logs at the intake")
+
+
+class Sender(threading.Thread):
+    """Posts batches of logs until stopped or the agent stops answering; remembers what was accepted."""
+
+    def __init__(self, agent, prefix: str, per_request: int = 20, body_padding: int = 0) -> None:
+        super().__init__(daemon=True)
+        self.agent, self.prefix, self.per_request = agent, prefix, per_request
+        # 64 kB of distinct noise, more than gzip's 32 kB window: padded payloads stay incompressible
+        self.pads = [noise(body_padding) for _ in range(64 * 1024 // body_padding)] if body_padding else [""]
+        self.bytes_offered = 0
+        self.accepted: list[str] = []
+        self.statuses: dict[int, int] = {}
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        n = 0
+        while not self.stop_event.is_set():
+            batch = [f"{self.prefix}-{n + i}-{random.choice(self.pads)}" for i in range(self.per_request)]
+            n += self.per_request
+            self.bytes_offered += sum(len(m) for m in batch)
+            status = post_logs(self.agent, batch, timeout=30)
+            self.statuses[status] = self.statuses.get(status, 0) + 1
+            if status == 202:
+                self.accepted.extend(batch)
+            elif status == 0:
+                return  # the agent stopped listening
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.join(30)
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def gauges(agent, component: str = "delivery.logs") -> dict:
+    """A delivery lane's gauges; {} until its first payload (lanes are created on first use)."""
+    return agent.status()["components"].get(component, {}).get("gauges", {})
+
+
+# ------------------------------------------------------------------------------------------------ tests
+
+
+@pytest.mark.parametrize("outage_secs", [2.0])
+def test_intake_down_then_up_loses_nothing(start_agent, intake_on, outage_secs):
+    port = free_port()
+    agent = start_agent(spool_config(port))
+    sent = send(agent, "outage", 300)
+    # Down (connection refused): accepted data reaches the spool.
+    wait_for(lambda: agent.counter("delivery.logs", "errors", reason="connection") >= 1, timeout=10,
+             what="connection errors")
+    wait_for(lambda: agent.counter("delivery.logs", "spooled") >= 300, timeout=10, what="300 logs spooled")
+    assert gauges(agent)["spool_files"] >= 1
+    # Up, but answering 503 for outage_secs, then healthy.
+    intake = intake_on(port, "--fail-for-secs", str(outage_secs))
+    got = wait_for_all(intake, sent, timeout=outage_secs + 20)
+    assert sorted(got) == sorted(sent)  # every log once
+    assert any(r["fault"] == "fail_for_secs" for r in intake.requests("logs"))
+    assert agent.counter("delivery.logs", "dropped") == 0
+    wait_for(lambda: gauges(agent)["spool_files"] == 0, timeout=10, what="the spool emptied")
+
+
+@pytest.mark.parametrize("status, retry_after", [(503, None), (429, "1")])
+def test_an_error_storm_gets_no_retry_storm(start_intake, start_agent, status, retry_after):
+    flags = ["--fail-first", "1000000", "--fail-status", str(status)]
+    if retry_after:
+        flags += ["--retry-after", retry_after]
+    intake = start_intake(*flags)
+    agent = start_agent("[delivery]\nmax_concurrency = 4\nretry_initial_secs = 0.1\nretry_max_secs = 1.0\n"
+                        "drain_timeout_secs = 1.0\n",
+                        intake=intake)
+    sender = Sender(agent, f"storm{status}")
+    sender.start()
+    wait_for(lambda: intake.requests("logs"), timeout=10, what="the first request")
+    window_start = time.monotonic()
+    first_at = intake.requests("logs")[0]["at"]
+    wait_for(lambda: time.monotonic() - window_start >= 3.0, timeout=5, what="a 3 s window")  # let it storm
+    sender.stop()
+    requests = [r for r in intake.requests("logs") if r["at"] >= first_at]
+    elapsed = requests[-1]["at"] - first_at
+    payloads_accepted = agent.counter("delivery.logs", "events_received")
+    assert payloads_accepted > 0 and sender.accepted
+    # At most max_concurrency requests per backoff window. The window is full jitter under a 1 s cap (its
+    # ramp from 0.1 s starts it short); with Retry-After: 1 every window is at least one second long.
+    bound = 4 * (elapsed + 1) if retry_after else 80
+    assert 4 <= len(requests) <= bound, (len(requests), elapsed)
+    assert agent.counter("delivery.logs", "retries") >= 3
+    assert agent.counter("delivery.logs", "dropped") == 0  # kept in memory, within the queue's budget
+
+
+def test_413_splits_and_everything_arrives(start_intake, start_agent):
+    intake = start_intake("--max-body-bytes", "3000", "--fail-kind", "logs")
+    agent = start_agent("", intake=intake)
+    # Random text does not compress: 200 logs make a payload of about 12 kB, four times the limit.
+    sent = [f"split-{i}-{noise(48)}" for i in range(200)]
+    assert post_logs(agent, sent) == 202
+    got = wait_for_all(intake, sent, timeout=20)
+    assert sorted(got) == sorted(sent)
+    statuses = {r["status"] for r in intake.requests("logs")}
+    assert statuses == {413, 202}
+    assert agent.counter("delivery.logs", "splits") >= 2
+    assert agent.counter("delivery.logs", "dropped") == 0
+
+
+def test_kill_9_with_a_spool_then_restart_delivers_the_spooled_data(start_agent, intake_on):
+    port = free_port()
+    agent = start_agent(spool_config(port))
+    sent = send(agent, "killed", 300)
+    wait_for(lambda: agent.counter("delivery.logs", "spooled") >= 300, timeout=10, what="300 logs spooled")
+    agent.stop(signal.SIGKILL)
+    assert agent.proc.returncode == -signal.SIGKILL
+    intake = intake_on(port)
+    agent.start()  # same config, same spool directory
+    got = wait_for_all(intake, sent, timeout=20)
+    assert sorted(got) == sorted(sent)  # the intake was down: nothing was sent twice
+
+
+def test_sigterm_during_load_exits_within_the_drain_timeout_and_loses_nothing_accepted(start_agent, intake_on):
+    port = free_port()
+    drain_secs = 3.0
+    agent = start_agent(spool_config(port, drain_timeout_secs=drain_secs))
+    sender = Sender(agent, "term")
+    sender.start()
+    wait_for(lambda: len(sender.accepted) >= 200, timeout=10, what="load accepted")
+    stop_requested = time.monotonic()
+    agent.send_signal(signal.SIGTERM)
+    returncode = agent.proc.wait(drain_secs + 10)
+    took = time.monotonic() - stop_requested
+    sender.stop()
+    assert returncode == 0
+    assert took <= drain_secs + 2, took
+    accepted = list(sender.accepted)
+    # Restart against a working intake: what the agent accepted before SIGTERM was spooled, so it arrives.
+    intake = intake_on(port)
+    agent.start()
+    got = wait_for_all(intake, accepted, timeout=30)
+    assert set(accepted) <= set(got)
+
+
+def test_sigterm_with_a_slow_intake_delivers_everything_before_exiting(start_intake, start_agent):
+    intake = start_intake("--latency-ms", "200")
+    agent = start_agent("[delivery]\ndrain_timeout_secs = 10\n", intake=intake)
+    sent = send(agent, "slow", 400, per_request=20)
+    agent.send_signal(signal.SIGTERM)
+    assert agent.proc.wait(15) == 0
+    assert sorted(messages_at(intake)) == sorted(sent)  # all of it, before the process exited
+
+
+def test_memory_stays_bounded_under_a_flood_with_a_slow_intake(start_intake, start_agent):
+    intake = start_intake("--latency-ms", "1000")
+    queue_max = 2 * MiB
+    agent = start_agent(f"[delivery]\nqueue_max_bytes = {queue_max}\nmax_concurrency = 2\n", intake=intake)
+    baseline = rss_bytes(agent.proc.pid)
+    senders = [Sender(agent, f"flood{i}", per_request=500, body_padding=1000) for i in range(4)]
+    for s in senders:
+        s.start()
+    flood_start = time.monotonic()
+    peak_rss, peak_queue = baseline, 0
+    while time.monotonic() - flood_start < 4.0:  # sample while the flood runs
+        peak_rss = max(peak_rss, rss_bytes(agent.proc.pid))
+        peak_queue = max(peak_queue, gauges(agent).get("queue_bytes", 0))
+        time.sleep(0.1)
+    for s in senders:
+        s.stop()
+    offered = sum(s.bytes_offered for s in senders)
+    print({"offered": offered, "growth": peak_rss - baseline, "peak_queue": peak_queue,
+           "statuses": [s.statuses for s in senders]})
+    refused = sum(s.statuses.get(429, 0) for s in senders)
+    assert refused > 0  # the logs source pushed back (429 + Retry-After) once the queue was full
+    # The queue stays within its budget plus one payload (the logs intake caps one at 5 MB).
+    assert peak_queue <= queue_max + 5_000_000
+    # Far more was offered than the agent grew by: memory follows the budgets, not the load.
+    growth = peak_rss - baseline
+    assert offered > 200 * MiB and growth < 150 * MiB, (offered, growth)
