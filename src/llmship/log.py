@@ -41,7 +41,8 @@ def configure(level: str = "info", fmt: str = "auto", stream=None) -> None:
 
 
 def get_logger(component: str) -> structlog.typing.FilteringBoundLogger:
-    return structlog.get_logger().bind(component=component)
+    # Initial values, not .bind(): binding resolves the logger at import time, before configure() runs.
+    return structlog.get_logger(component=component)
 
 
 class RateLimited:

@@ -71,7 +71,7 @@ async def running():
 
     yield start
     for delivery in started:
-        await delivery.shutdown(time.monotonic() + 1)
+        await delivery.shutdown(time.monotonic() + 0.5)
 
 
 async def test_delivers_once_with_headers_and_counts(start_intake, tmp_path, running):

@@ -58,12 +58,11 @@ if scenario == "standard":
         chat(direct, "This will fail", model="rate-limited")
     except OpenAIError:
         pass
+    if "PROXY_URL" in os.environ:  # the same model and endpoint, through an instrumented proxy
+        chat(client(os.environ["PROXY_URL"]), "Through the proxy?")
 elif scenario == "many":
     for i in range(int(sys.argv[2])):
         chat(direct, f"Question number {i}?")
-elif scenario == "proxy":
-    chat(direct, "Straight to the provider?")
-    chat(client(os.environ["PROXY_URL"]), "Through the proxy?")
 LLMObs.flush()
 tracer.flush()
 '''
@@ -170,28 +169,45 @@ CHAT_TAGS = (*APP_TAGS, "model:gpt-4o-mini", "provider:openai", "endpoint:/v1/ch
 STANDARD_CONFIG = """
 [agent]
 tags = ["team:ml"]
-[llm]
-max_text_chars = 64
 [llm.sampling]
 prompt_log_rate = 1.0
+[llm]
+max_text_chars = 64
 """
 
 
 # ------------------------------------------------------------------------------------------ tests
 
 
-def test_ddtrace_openai_calls_reach_the_intake_processed(tmp_path, intake, start_agent, fake_openai):
+@pytest.fixture
+def proxy_openai():
+    """A second fake API standing for an instrumented LLM proxy (one that reports its own LLM spans)."""
+    server = FakeOpenAI()
+    yield server
+    server.stop()
+
+
+def test_ddtrace_openai_calls_reach_the_intake_processed(tmp_path, intake, start_agent, fake_openai,
+                                                         proxy_openai):
     from ddtrace.llmobs._integrations.utils import _est_tokens  # ddtrace's estimate for streams without usage
 
-    agent = start_agent(STANDARD_CONFIG, intake=intake)
-    stderr = run_app(tmp_path, agent, "standard", env={"FAKE_OPENAI_URL": fake_openai.url})
-    intake.wait_records("llmobs", 7)
+    config = STANDARD_CONFIG + f'instrumented_proxy_urls = ["{proxy_openai.url}/v1/"]\n'
+    agent = start_agent(config, intake=intake)
+    stderr = run_app(tmp_path, agent, "standard",
+                     env={"FAKE_OPENAI_URL": fake_openai.url, "PROXY_URL": proxy_openai.url})
+    intake.wait_records("llmobs", 8)
     assert_tracer_happy(stderr)
     events = {user_text(e) if "input" in e["meta"] and "messages" in e["meta"]["input"] else e["name"]: e
               for e in events_by_span_id(intake).values()}
-    assert len(events) == 7
+    assert len(events) == 8
     kinds = sorted(e["meta"]["span"]["kind"] for e in events.values())
-    assert kinds == ["embedding", "llm", "llm", "llm", "llm", "llm", "llm"]
+    assert kinds == ["embedding", "llm", "llm", "llm", "llm", "llm", "llm", "workflow"]
+
+    # the proxy's client side: a workflow span without model or token metrics, and no llm.* metrics below
+    proxied = events["Through the proxy?"]
+    assert proxied["meta"]["span"]["kind"] == "workflow" and "model_name" not in proxied["meta"]
+    assert not any(k.endswith("_tokens") for k in proxied["metrics"])
+    assert agent.counter("llm", "proxied_calls") == 1
 
     plain = events["What is the capital of France?"]
     assert plain["metrics"]["input_tokens"] == words(SYSTEM_PROMPT) + 6 and plain["metrics"]["output_tokens"] == 8
@@ -221,7 +237,7 @@ def test_ddtrace_openai_calls_reach_the_intake_processed(tmp_path, intake, start
 
     chat_in = 2 * (words(SYSTEM_PROMPT) + 6) + words(SYSTEM_PROMPT) + 200
     chat_out = 8 + 8 + 202
-    settled_total(intake, agent, "llm.requests", *CHAT_TAGS, expected=3, calls=7)
+    settled_total(intake, agent, "llm.requests", *CHAT_TAGS, expected=3, calls=7)  # not the proxied one
     assert series_total(intake, "llm.tokens.input", *CHAT_TAGS)[0] == chat_in
     assert series_total(intake, "llm.tokens.output", *CHAT_TAGS)[0] == chat_out
     assert series_total(intake, "llm.cost.usd", *CHAT_TAGS)[0] == pytest.approx((chat_in * 0.15 + chat_out * 0.60) / 1e6)
@@ -252,27 +268,6 @@ def test_apm_tracing_disabled_sends_events_on_the_evp_path(tmp_path, intake, sta
     assert has_tags(plain["tags"], *CHAT_TAGS)
     settled_total(intake, agent, "llm.requests", *CHAT_TAGS, expected=3, calls=7)
     assert series_total(intake, "llm.tokens.output", *CHAT_TAGS)[0] == 8 + 8 + 202
-
-
-def test_calls_through_an_instrumented_proxy_are_workflows_and_not_counted(tmp_path, intake, start_agent,
-                                                                          fake_openai):
-    proxy = FakeOpenAI()
-    try:
-        config = f'[agent]\ntags = ["team:ml"]\n[llm]\ninstrumented_proxy_urls = ["{proxy.url}/v1/"]\n'
-        agent = start_agent(config, intake=intake)
-        stderr = run_app(tmp_path, agent, "proxy", env={"FAKE_OPENAI_URL": fake_openai.url, "PROXY_URL": proxy.url})
-    finally:
-        proxy.stop()
-    assert_tracer_happy(stderr)
-    events = {user_text(r["data"]): r["data"] for r in intake.wait_records("llmobs", 2)}
-    direct, proxied = events["Straight to the provider?"], events["Through the proxy?"]
-    assert direct["meta"]["span"]["kind"] == "llm" and direct["metrics"]["input_tokens"] > 0
-    assert proxied["meta"]["span"]["kind"] == "workflow"
-    assert "model_name" not in proxied["meta"] and not any(k.endswith("_tokens") for k in proxied["metrics"])
-    wait_for(lambda: agent.counter("llm", "proxied_calls") == 1, timeout=10, what="the proxied call")
-    settled_total(intake, agent, "llm.requests", *CHAT_TAGS, expected=1, calls=1)
-    words_in = words(SYSTEM_PROMPT) + words("Straight to the provider?")
-    assert series_total(intake, "llm.tokens.input", *CHAT_TAGS)[0] == words_in
 
 
 def test_text_sampling_and_prompt_logs_over_many_traces(tmp_path, intake, start_agent, fake_openai):

@@ -168,16 +168,15 @@ def test_an_error_storm_gets_no_retry_storm(start_intake, start_agent, status, r
     sender = Sender(agent, f"storm{status}")
     sender.start()
     wait_for(lambda: intake.requests("logs"), timeout=10, what="the first request")
-    window_start = time.monotonic()
     first_at = intake.requests("logs")[0]["at"]
-    wait_for(lambda: time.monotonic() - window_start >= 3.0, timeout=5, what="a 3 s window")  # let it storm
+    time.sleep(2.5)  # the measurement window (not a synchronization): let the intake fail for a while
     sender.stop()
     requests = [r for r in intake.requests("logs") if r["at"] >= first_at]
     elapsed = requests[-1]["at"] - first_at
-    payloads_accepted = agent.counter("delivery.logs", "events_received")
-    assert payloads_accepted > 0 and sender.accepted
-    # At most max_concurrency requests per backoff window. The window is full jitter under a 1 s cap (its
-    # ramp from 0.1 s starts it short); with Retry-After: 1 every window is at least one second long.
+    assert sender.accepted and agent.counter("delivery.logs", "events_received") > 0
+    # At most max_concurrency (4) requests per backoff window. With Retry-After: 1 every window lasts at
+    # least a second. Without it the window is full jitter under a 1 s cap, after a short ramp from 0.1 s:
+    # about 20 requests in this window, where a retry loop without backoff would make thousands.
     bound = 4 * (elapsed + 1) if retry_after else 80
     assert 4 <= len(requests) <= bound, (len(requests), elapsed)
     assert agent.counter("delivery.logs", "retries") >= 3
@@ -245,26 +244,25 @@ def test_sigterm_with_a_slow_intake_delivers_everything_before_exiting(start_int
 def test_memory_stays_bounded_under_a_flood_with_a_slow_intake(start_intake, start_agent):
     intake = start_intake("--latency-ms", "1000")
     queue_max = 2 * MiB
-    agent = start_agent(f"[delivery]\nqueue_max_bytes = {queue_max}\nmax_concurrency = 2\n", intake=intake)
+    agent = start_agent(f"[delivery]\nqueue_max_bytes = {queue_max}\nmax_concurrency = 2\ndrain_timeout_secs = 1\n",
+                        intake=intake)
     baseline = rss_bytes(agent.proc.pid)
     senders = [Sender(agent, f"flood{i}", per_request=500, body_padding=1000) for i in range(4)]
     for s in senders:
         s.start()
-    flood_start = time.monotonic()
+    target = 100 * MiB  # offered load, 50 times the queue budget
+    flood_deadline = time.monotonic() + 20
     peak_rss, peak_queue = baseline, 0
-    while time.monotonic() - flood_start < 4.0:  # sample while the flood runs
-        peak_rss = max(peak_rss, rss_bytes(agent.proc.pid))
+    while sum(s.bytes_offered for s in senders) < target and time.monotonic() < flood_deadline:
+        peak_rss = max(peak_rss, rss_bytes(agent.proc.pid))  # sampled while the flood runs
         peak_queue = max(peak_queue, gauges(agent).get("queue_bytes", 0))
         time.sleep(0.1)
     for s in senders:
         s.stop()
-    offered = sum(s.bytes_offered for s in senders)
-    print({"offered": offered, "growth": peak_rss - baseline, "peak_queue": peak_queue,
-           "statuses": [s.statuses for s in senders]})
-    refused = sum(s.statuses.get(429, 0) for s in senders)
-    assert refused > 0  # the logs source pushed back (429 + Retry-After) once the queue was full
+    assert sum(s.bytes_offered for s in senders) >= target
+    assert sum(s.statuses.get(429, 0) for s in senders) > 0  # the logs source pushed back once the queue was full
     # The queue stays within its budget plus one payload (the logs intake caps one at 5 MB).
     assert peak_queue <= queue_max + 5_000_000
-    # Far more was offered than the agent grew by: memory follows the budgets, not the load.
-    growth = peak_rss - baseline
-    assert offered > 200 * MiB and growth < 150 * MiB, (offered, growth)
+    # Memory follows the budgets (queue, one open batch, requests being read), not the load: measured
+    # growth is about 16 MiB for 100 MiB offered.
+    assert peak_rss - baseline < 64 * MiB, peak_rss - baseline

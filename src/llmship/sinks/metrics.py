@@ -258,8 +258,8 @@ class MetricsSink:
             return
         body.setdefault("host", self._hostname)
         body["tags"] = self._tags(event.get("tags"))
-        if "text" in body:
-            body["text"] = str(body["text"])[:EVENT_TEXT_MAX_CHARS]
+        # "text" is required by POST /api/v1/events even when a DogStatsD event's text is empty
+        body["text"] = str(body.get("text", ""))[:EVENT_TEXT_MAX_CHARS]
         if "aggregation_key" in body:
             body["aggregation_key"] = str(body["aggregation_key"])[:EVENT_AGGREGATION_KEY_MAX_CHARS]
         self._tel.inc("events_encoded")

@@ -70,7 +70,7 @@ DECODER_WAIT_SECS = 1.0
 THREAD_DECODE_BYTES = 256 * 1024
 # Spans handed to the pipeline per call before yielding to the event loop, so one huge payload does
 # not monopolize it while it is processed and encoded.
-SUBMIT_SLICE_SPANS = 500
+SUBMIT_SLICE_SPANS = 200
 RETRY_AFTER_SECS = 1
 # apm_config.env default, used for rate keys when neither the span nor our config names an env
 DEFAULT_ENV = "none"
@@ -193,9 +193,7 @@ class TraceSource:
                 raise RequestError(415, "unsupported_media_type", f"unsupported media type: {media!r}")
             if self._pipeline.overloaded("traces"):
                 return self._refuse_traces(real_status, "overloaded")
-            try:
-                await asyncio.wait_for(self._decoders.acquire(), DECODER_WAIT_SECS)
-            except TimeoutError:
+            if not await self._take_decoder():
                 return self._refuse_traces(real_status, "no_decoder")
             try:
                 body = await self._read_body(request)
@@ -232,9 +230,7 @@ class TraceSource:
                 raise RequestError(415, "unsupported_media_type", f"unsupported media type: {media!r}")
             if self._pipeline.overloaded("llmobs"):
                 return self._refuse_llmobs("overloaded")
-            try:
-                await asyncio.wait_for(self._decoders.acquire(), DECODER_WAIT_SECS)
-            except TimeoutError:
+            if not await self._take_decoder():
                 return self._refuse_llmobs("no_decoder")
             try:
                 body = await self._read_body(request)
@@ -264,6 +260,15 @@ class TraceSource:
         return web.Response(status=404, text="404 page not found\n")
 
     # ------------------------------------------------------------------------------------ helpers
+
+    async def _take_decoder(self) -> bool:
+        """Wait for a free decoder (released by the caller), or give up after DECODER_WAIT_SECS."""
+        try:
+            async with asyncio.timeout(DECODER_WAIT_SECS):
+                await self._decoders.acquire()
+        except TimeoutError:
+            return False
+        return True
 
     async def _read_body(self, request: web.Request) -> bytes:
         limit = self._cfg.max_body_bytes
@@ -384,20 +389,39 @@ def _port(address: str) -> int:
 # ---------------------------------------------------------------------------------------------- decoding
 
 
+# strict_map_key=False: v0.5 maps are keyed by string-table indexes. unicode_errors="replace": the Agent
+# replaces invalid UTF-8 too (normalizer.go toUTF8) rather than refusing the payload.
+_MSGPACK_OPTIONS = {"raw": False, "strict_map_key": False, "unicode_errors": "replace"}
+
+
 def _unpack(body: bytes) -> Any:
-    # strict_map_key=False: v0.5 maps are keyed by string-table indexes. unicode_errors="replace": the
-    # Agent replaces invalid UTF-8 too (normalizer.go toUTF8) rather than refusing the payload.
-    return msgpack.unpackb(body, raw=False, strict_map_key=False, unicode_errors="replace")
+    return msgpack.unpackb(body, **_MSGPACK_OPTIONS)
+
+
+def _unpacker(body: bytes) -> msgpack.Unpacker:
+    """Unpack a body element by element: one ``unpackb`` of a 10 MB body holds the GIL for ~250 ms,
+    stalling the event loop even from a worker thread; between elements the loop gets the GIL back."""
+    unpacker = msgpack.Unpacker(max_buffer_size=max(len(body), 1), **_MSGPACK_OPTIONS)
+    unpacker.feed(body)
+    return unpacker
+
+
+def _array_header(unpacker: msgpack.Unpacker, what: str) -> int:
+    try:
+        return unpacker.read_array_header()
+    except ValueError:  # "Unexpected type header on stream"
+        raise DecodeError(f"expected {what}") from None
 
 
 def decode_v04(body: bytes, media_type: str) -> tuple[Chunks, int]:
     """A v0.4 body (an array of traces, each an array of span maps) -> (chunks, undecodable _llmobs)."""
     if media_type in _JSON_TYPES or (not media_type and body[:1] in (b"[", b" ", b"\n", b"\r", b"\t")):
         traces = orjson.loads(body)
+        if not isinstance(traces, list):
+            raise DecodeError("expected an array of traces")
     else:
-        traces = _unpack(body)
-    if not isinstance(traces, list):
-        raise DecodeError("expected an array of traces")
+        unpacker = _unpacker(body)
+        traces = (unpacker.unpack() for _ in range(_array_header(unpacker, "an array of traces")))
     chunks: Chunks = []
     llmobs_errors = 0
     for trace in traces:
@@ -456,10 +480,14 @@ def _span_v04(fields: Any) -> tuple[Span, int]:
 def decode_v05(body: bytes) -> tuple[Chunks, int]:
     """A v0.5 body: [string_table, traces], each span a 12-element array of string-table indexes:
     [service, name, resource, trace_id, span_id, parent_id, start, duration, error, meta, metrics, type]."""
-    doc = _unpack(body)
-    if not (isinstance(doc, list) and len(doc) == 2 and isinstance(doc[0], list) and isinstance(doc[1], list)):
+    unpacker = _unpacker(body)
+    if _array_header(unpacker, "[string_table, traces]") != 2:
         raise DecodeError("expected [string_table, traces]")
-    table = [_text(s, "string table entry") for s in doc[0]]
+    table_doc = unpacker.unpack()
+    if not isinstance(table_doc, list):
+        raise DecodeError("expected [string_table, traces]")
+    table = [_text(s, "string table entry") for s in table_doc]
+    traces = (unpacker.unpack() for _ in range(_array_header(unpacker, "an array of traces")))
 
     def string(index: Any) -> str:
         if not isinstance(index, int) or not 0 <= index < len(table):
@@ -467,7 +495,7 @@ def decode_v05(body: bytes) -> tuple[Chunks, int]:
         return table[index]
 
     chunks: Chunks = []
-    for trace in doc[1]:
+    for trace in traces:
         if not isinstance(trace, list):
             raise DecodeError("expected each trace to be an array of spans")
         chunk = []

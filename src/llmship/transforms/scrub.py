@@ -97,14 +97,6 @@ def _finds(text: str, needle: str) -> list[int]:
 _DIGITS_TO_ZERO = bytes(0x30 if 0x30 <= b <= 0x39 else b for b in range(256))
 
 
-def _digit_view(text: str, memo: dict) -> bytes:
-    """``text`` as bytes with every ASCII digit turned into "0": runs of digits become literals."""
-    view = memo.get("digits")
-    if view is None:
-        view = memo["digits"] = text.encode("utf-8", "surrogatepass").translate(_DIGITS_TO_ZERO)
-    return view
-
-
 def _has_sk(text: str, memo: dict) -> bool:
     found = memo.get("sk-")
     if found is None:
@@ -112,18 +104,26 @@ def _has_sk(text: str, memo: dict) -> bool:
     return found
 
 
+def _has_card_digits(text: str, memo: dict) -> bool:
+    """13+ digits, the first four together: searched in a copy of the text whose digits are all "0",
+    where a run of digits is a literal the regex engine skips to in C."""
+    view = text.encode("utf-8", "surrogatepass").translate(_DIGITS_TO_ZERO)
+    return _CARD_HINT.search(view) is not None
+
+
 _AWS_HINT = re.compile(r"A[KS]IA")
-_CARD_HINT = re.compile(rb"0000(?:[ -]?0){9,15}")  # 13+ digits, the first four together
-_IPV4_HINT = re.compile(rb"0\.0{1,3}\.0{1,3}\.0")
-_IPV6_HINT = re.compile(r":[0-9A-Fa-f]{0,4}:")  # any IPv6 address has two colons this close
+_CARD_HINT = re.compile(rb"0000(?:[ -]?0){9,15}")
+_IPV4_HINT = re.compile(r"\.\d{1,3}\.\d{1,3}\.\d")  # starts with the literal "."
+# Any IPv6 address has a "::" or three full groups between colons ("12:30:45" has not).
+_IPV6_HINT = re.compile(r":(?::|[0-9A-Fa-f]{1,4}:[0-9A-Fa-f]{1,4}:[0-9A-Fa-f]{1,4}:)")
+_KEY_HINTS = (re.compile(r"y(?<=[Kk]ey)"), re.compile(r"Y(?<=KEY)"))  # single-character literal starts
 _LOCAL_PART_RUN = re.compile(r"[A-Za-z0-9._%+-]{1,65}\Z")
 _HEX_COLON_RUN = re.compile(r"[0-9A-Fa-f:]{1,46}\Z")
 
 
 def _key_starts(text: str, memo: dict) -> list[int]:
-    starts = [i - 1 for i in _finds(text, "ey") if i and text[i - 1] in "Kk"]
-    starts += [i - 1 for i in _finds(text, "EY") if i and text[i - 1] == "K"]
-    return sorted(starts)
+    starts = [m.start() - 2 for hint in _KEY_HINTS for m in hint.finditer(text)]
+    return sorted(starts) if len(starts) > 1 else starts
 
 
 def _bearer_starts(text: str, memo: dict) -> list[int]:
@@ -158,8 +158,8 @@ _PREFILTERS: dict[str, Callable[[str, dict], bool]] = {
     "anthropic_api_key": lambda t, memo: _has_sk(t, memo) and "sk-ant-" in t,
     "openai_api_key": _has_sk,
     "aws_access_key_id": lambda t, memo: _AWS_HINT.search(t) is not None,
-    "credit_card": lambda t, memo: _CARD_HINT.search(_digit_view(t, memo)) is not None,
-    "ipv4": lambda t, memo: _IPV4_HINT.search(_digit_view(t, memo)) is not None,
+    "credit_card": _has_card_digits,
+    "ipv4": lambda t, memo: _IPV4_HINT.search(t) is not None,
 }
 
 _STARTS: dict[str, Callable[[str, dict], list[int]]] = {
