@@ -435,6 +435,7 @@ def memory_run(ctx, workdir: Path, contexts: int) -> None:
             held = agent.status()["components"]["aggregator"]["gauges"].get("contexts") or 0
             if held >= contexts:
                 break
+        aggregating = agent.memory_kib()
         deadline = time.monotonic() + 30  # the next flush (every 10 s) encodes every context
         while agent.counter("metrics_sink", "series_encoded") + agent.counter("metrics_sink", "sketches_encoded") \
                 < held:
@@ -444,8 +445,9 @@ def memory_run(ctx, workdir: Path, contexts: int) -> None:
             time.sleep(0.2)
         after = agent.memory_kib()
         print(f"\nmemory with {held:,} contexts (goal < 100 MB with 100,000): agent RSS "
-              f"{before.get('VmRSS', 0) / 1024:.0f} MiB at start, {after.get('VmRSS', 0) / 1024:.0f} MiB after "
-              f"the flush, peak {after.get('VmHWM', 0) / 1024:.0f} MiB")
+              f"{before.get('VmRSS', 0) / 1024:.0f} MiB at start, {aggregating.get('VmRSS', 0) / 1024:.0f} MiB "
+              f"holding them, {after.get('VmRSS', 0) / 1024:.0f} MiB once the flush encoded them, "
+              f"peak {after.get('VmHWM', 0) / 1024:.0f} MiB")
     finally:
         agent.stop()
 

@@ -43,7 +43,7 @@ sys.path.insert(0, str(SRC))
 
 from llmship.compression import compress  # noqa: E402
 from llmship.config import load_config_text  # noqa: E402
-from llmship.sinks.logs import LogsSink  # noqa: E402
+from llmship.sinks.logs import LEVELS, LogsSink  # noqa: E402
 from llmship.telemetry import Telemetry  # noqa: E402
 from llmship.transforms.logs import LogProcessor  # noqa: E402
 from llmship.transforms.sampling import Sampler  # noqa: E402
@@ -127,7 +127,7 @@ def in_process_stages(lines: list[bytes], compression: str) -> dict[str, float]:
     items = sum(p.items for p in payloads[:len(bodies)])
     start = time.thread_time()
     for body in bodies:
-        compress(body, compression)
+        compress(body, compression, LEVELS.get(compression))
     stages["compress"] = (time.thread_time() - start) / items
     stages["processed_bytes"] = sum(map(len, bodies)) / items
     return stages

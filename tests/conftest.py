@@ -8,10 +8,8 @@ from harness import Agent, Intake
 
 
 @pytest.fixture
-def intake(tmp_path):
-    server = Intake(tmp_path)
-    yield server
-    server.stop()
+def intake(start_intake):
+    return start_intake()
 
 
 @pytest.fixture
@@ -30,8 +28,12 @@ def start_intake(tmp_path):
 
 
 @pytest.fixture
-def start_agent(tmp_path):
-    """Start the agent: ``start_agent(config_toml, intake=intake)``; stopped (SIGTERM) after the test."""
+def start_agent(tmp_path, start_intake):
+    """Start the agent: ``start_agent(config_toml, intake=intake)``; stopped (SIGTERM) after the test.
+
+    It depends on start_intake so that agents stop before the intakes they ship to: an agent whose intake
+    is gone would wait out its whole drain timeout.
+    """
     started = []
 
     def start(config: str = "", intake: Intake | None = None, **kwargs) -> Agent:

@@ -344,7 +344,8 @@ def test_every_container_is_bounded_and_locked_down(manifests, k8s_configs, dock
     # Memory: every payload kind may hold queue_max_bytes in memory, plus the agent's own working set.
     cfg = agent_config(pod, k8s_configs)
     baseline = 128 * 1024**2
-    assert memory_bytes(agent["resources"]["limits"]["memory"]) > len(ENDPOINTS) * cfg.delivery.queue_max_bytes + baseline
+    queues = len(ENDPOINTS) * cfg.delivery.queue_max_bytes
+    assert memory_bytes(agent["resources"]["limits"]["memory"]) > queues + baseline
 
 
 @pytest.mark.parametrize("file", ["daemonset.yaml", "sidecar.yaml"])

@@ -214,7 +214,8 @@ def test_render_table_shows_what_an_operator_asks_first():
            "config_path": "/etc/llmship/llmship.toml",
            "sample_rates": {"span_text_rate": 1.0, "prompt_log_rate": 0.1,
                             "rules": [{"service": "chat", "model": "gpt-4*", "endpoint": "*",
-                                       "span_text_rate": 1.0, "prompt_log_rate": 0.5}]}}
+                                       "span_text_rate": None, "prompt_log_rate": 0.5}]}}
+    doc["components"]["idle.component"] = {"counters": [], "gauges": {}, "info": {}}
     doc["components"]["dogstatsd"]["info"]["last_error"]["at"] = 1000.0
     table = render_table(doc, now=1090.0)
     lines = table.splitlines()
@@ -230,7 +231,10 @@ def test_render_table_shows_what_an_operator_asks_first():
     error_line = next(line for line in lines if "parse_error: bad line" in line)
     assert "90s ago" in error_line
     assert "span_text_rate=1  prompt_log_rate=0.1" in table
+    # the rule sets no span_text_rate: it inherits the default's 1
     assert "service=chat model=gpt-4* endpoint=*  span_text_rate=1  prompt_log_rate=0.5" in table
+    assert not any(line.startswith("idle.component") for line in lines)
+    assert "(nothing counted yet: idle.component)" in lines
     assert all("\n" not in line for line in lines)
 
 

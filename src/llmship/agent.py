@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 
 from llmship import __version__, notify
+from llmship import log as logmod
 from llmship.aggregation import Aggregator
 from llmship.config import Config, ConfigError, is_loopback, load_config, parse_host_port
 from llmship.delivery import Delivery
@@ -25,7 +26,7 @@ from llmship.sinks.traces import TraceSink
 from llmship.sources.dogstatsd import DogStatsDSource
 from llmship.sources.logs import LogsSource
 from llmship.sources.traces import TraceSource
-from llmship.status import StatusServer, self_metrics
+from llmship.status import StatusServer, describe_config, self_metrics
 from llmship.telemetry import Telemetry
 from llmship.transforms.llm import LLMProcessor
 from llmship.transforms.logs import LogProcessor
@@ -82,18 +83,7 @@ class Agent:
         self._tasks: list[asyncio.Task] = []
 
     def _info(self) -> dict:
-        s = self.cfg.llm.sampling
-        return {
-            "version": __version__,
-            "hostname": self.cfg.agent.hostname,
-            "config_path": self.cfg.path or "(embedded default)",
-            "destination": self._destination(),
-            "sample_rates": {
-                "span_text_rate": s.span_text_rate,
-                "prompt_log_rate": s.prompt_log_rate,
-                "rules": [vars(r) if hasattr(r, "__dict__") else r.__repr__() for r in s.rules],
-            },
-        }
+        return {**describe_config(self.cfg), "destination": self._destination()}
 
     def _destination(self) -> str:
         if self.cfg.sinks.datadog.url:
@@ -184,12 +174,13 @@ class Agent:
             notify.ready()
             return
         t = self.topology
-        for component in (t.aggregator, t.llm, t.log_processor, t.delivery, t.metrics_sink, *t.sinks):
+        for component in (t.aggregator, t.llm, t.log_processor, t.delivery, t.metrics_sink, *t.sinks, t.status):
             reload = getattr(component, "reload", None)
             if reload is not None:
                 reload(new)
         self.cfg = new
         t.cfg = new
+        logmod.configure(new.agent.log_level, new.agent.log_format, secrets=[new.sinks.datadog.api_key])
         log.info("config_reloaded", config=new.path)
         notify.ready()
 
@@ -215,9 +206,7 @@ class Agent:
 
 def run(config_path: str | None) -> int:
     cfg = load_config(config_path)
-    from llmship import log as logmod
-
-    logmod.configure(cfg.agent.log_level, cfg.agent.log_format)
+    logmod.configure(cfg.agent.log_level, cfg.agent.log_format, secrets=[cfg.sinks.datadog.api_key])
 
     async def main() -> int:
         return await Agent(cfg).run()

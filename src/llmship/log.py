@@ -9,14 +9,19 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Iterable
 
 import structlog
 
 _configured = False
 
 
-def configure(level: str = "info", fmt: str = "auto", stream=None) -> None:
-    """fmt: "auto" (console on a terminal, JSON otherwise), "console" or "json"."""
+def configure(level: str = "info", fmt: str = "auto", stream=None, secrets: Iterable[str] = ()) -> None:
+    """fmt: "auto" (console on a terminal, JSON otherwise), "console" or "json".
+
+    ``secrets`` (the API key) are replaced in every rendered line, whatever field carries them: bad input
+    logged for diagnosis may contain a key an app put where it should not.
+    """
     global _configured
     stream = stream or sys.stderr
     if fmt == "auto":
@@ -32,12 +37,26 @@ def configure(level: str = "info", fmt: str = "auto", stream=None) -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             renderer,
+            _redactor(secrets),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
     _configured = True
+
+
+def _redactor(secrets: Iterable[str]):
+    # Short strings would redact half the log and protect nothing: keys are 32+ characters.
+    keep = [secret for secret in secrets if secret and len(secret) >= 8]
+
+    def redact(_logger, _method, line: str) -> str:
+        for secret in keep:
+            if secret in line:
+                line = line.replace(secret, "[REDACTED]")
+        return line
+
+    return redact
 
 
 def get_logger(component: str) -> structlog.typing.FilteringBoundLogger:

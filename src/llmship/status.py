@@ -354,6 +354,12 @@ def _rate(value: Any) -> str:
     return "-" if value is None else f"{value:g}"
 
 
+def _inherited(rule: dict, defaults: dict, key: str) -> Any:
+    """A rule without a rate inherits the default one: the rate that applies."""
+    value = rule.get(key)
+    return defaults.get(key) if value is None else value
+
+
 def render_table(status_json: dict[str, Any], now: float | None = None) -> str:
     """The readable view `llmship status` prints, from a /status document."""
     now = time.time() if now is None else now
@@ -368,18 +374,21 @@ def render_table(status_json: dict[str, Any], now: float | None = None) -> str:
     header = ("COMPONENT", "RECEIVED (ev / bytes)", "SENT (ev / bytes)", "DROPPED", "RETRIES",
               "QUEUE (items / bytes)", "SPOOL (files / bytes)")
     rows = [header]
-    drops, errors = [], []
+    drops, errors, idle = [], [], []
     for name, data in components:
         gauges = data.get("gauges", {})
-        rows.append((
-            name,
+        cells = (
             _pair(_counter(data, "events_received"), _counter(data, "bytes_received")),
             _pair(_counter(data, "events_sent"), _counter(data, "bytes_sent")),
             _count(_counter(data, "dropped")),
             _count(_counter(data, "retries")),
             _pair(gauges.get("queue_items"), gauges.get("queue_bytes")),
             _pair(gauges.get("spool_files"), gauges.get("spool_bytes")),
-        ))
+        )
+        if all(cell == "-" for cell in cells):
+            idle.append(name)  # registered but nothing to show: a row of dashes would hide the busy ones
+        else:
+            rows.append((name, *cells))
         reasons = [f"{c['labels'].get('reason', '?')}={_count(c['value'])}"
                    for c in data.get("counters", []) if c["name"] == "dropped" and c["value"]]
         if reasons:
@@ -397,8 +406,10 @@ def render_table(status_json: dict[str, Any], now: float | None = None) -> str:
     else:
         widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
         for row in rows:
-            cells = [row[0].ljust(widths[0])] + [cell.rjust(w) for cell, w in zip(row[1:], widths[1:])]
+            cells = [row[0].ljust(widths[0])] + [cell.rjust(w) for cell, w in zip(row[1:], widths[1:], strict=True)]
             out.append("  ".join(cells).rstrip())
+    if idle:
+        out.append(f"(nothing counted yet: {', '.join(idle)})")
 
     for title, entries in (("Dropped, by reason:", drops), ("Last error:", errors)):
         if entries:
@@ -412,8 +423,8 @@ def render_table(status_json: dict[str, Any], now: float | None = None) -> str:
                 f"  prompt_log_rate={_rate(rates.get('prompt_log_rate'))}"]
         for rule in rates.get("rules", []):
             match = " ".join(f"{k}={rule.get(k, '*')}" for k in ("service", "model", "endpoint"))
-            out.append(f"  {match}  span_text_rate={_rate(rule.get('span_text_rate'))}"
-                       f"  prompt_log_rate={_rate(rule.get('prompt_log_rate'))}")
+            out.append(f"  {match}  span_text_rate={_rate(_inherited(rule, rates, 'span_text_rate'))}"
+                       f"  prompt_log_rate={_rate(_inherited(rule, rates, 'prompt_log_rate'))}")
     return "\n".join(out) + "\n"
 
 

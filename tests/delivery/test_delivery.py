@@ -124,7 +124,8 @@ async def test_429_waits_until_a_retry_after_http_date(start_intake, tmp_path, r
     assert second["at"] >= not_before
 
 
-async def test_413_splits_until_the_halves_fit(start_intake, tmp_path, running, monkeypatch):
+@pytest.mark.parametrize("from_spool", [False, True])
+async def test_413_splits_until_the_halves_fit(start_intake, tmp_path, running, monkeypatch, from_spool):
     monkeypatch.setitem(ENDPOINTS, "test_json", ENDPOINTS["logs"])
 
     def halve(p: Payload) -> list[Payload]:
@@ -134,8 +135,10 @@ async def test_413_splits_until_the_halves_fit(start_intake, tmp_path, running, 
                         content_encoding="identity", items=len(part)) for part in (records[:mid], records[mid:])]
 
     register_splitter("test_json", halve)
-    intake = start_intake("--max-body-bytes", "250")
-    delivery, tel = await running(config(intake.url, tmp_path, max_concurrency=1))
+    # from_spool: a first 503 sends the payload to the spool, so the 413 and the split happen on replay.
+    first = ["--fail-first", "1", "--fail-status", "503"] if from_spool else []
+    intake = start_intake(*first, "--max-body-bytes", "250")
+    delivery, tel = await running(config(intake.url, tmp_path, spool=from_spool, max_concurrency=1))
     big = logs_payload("split", n=16, kind="test_json", encoding="identity")
     assert len(big.body) > 3 * 250  # needs two rounds of halving
     delivery.submit(big)
@@ -143,7 +146,11 @@ async def test_413_splits_until_the_halves_fit(start_intake, tmp_path, running, 
     assert sorted(messages(intake)) == sorted(f"split-{i}" for i in range(16))
     comp = tel.component("delivery.test_json")
     assert comp.get("splits") >= 3 and comp.get("dropped") == 0
-    assert {r["status"] for r in intake.requests("logs")} == {413, 202}
+    assert {r["status"] for r in intake.requests("logs")} == ({503, 413, 202} if from_spool else {413, 202})
+    if from_spool:
+        assert comp.get("spooled") == 16
+        await eventually(lambda: not list((tmp_path / "spool" / "test_json").glob("*.spool")),
+                         what="the split record's file deleted")
 
     # One item that is too large on its own cannot be split: dropped and counted, not retried forever.
     lone = Payload(kind="test_json", body=orjson.dumps([{"message": "x" * 1000}]), content_type="application/json",
@@ -284,7 +291,8 @@ retry_max_secs = 0.1
     delivery.submit(logs_payload("file", n=4))
     out = tmp_path / "data" / "out" / "logs.ndjson"
     await eventually(lambda: out.exists() and len(out.read_text().splitlines()) == 4, what="4 lines")
-    assert [orjson.loads(line)["message"] for line in out.read_text().splitlines()] == [f"file-{i}" for i in range(4)]
+    lines = out.read_text().splitlines()
+    assert [orjson.loads(line)["message"] for line in lines] == [f"file-{i}" for i in range(4)]
     garbage = Payload(kind="logs", body=b"not json", content_type="application/json",
                       content_encoding="identity", items=2)
     delivery.submit(garbage)

@@ -54,8 +54,10 @@ async def test_round_trip_keeps_every_field_and_deletes_files_once_delivered(tmp
     assert await spool.write("logs", written) is None
     assert spool.files("logs") == 1 and spool.bytes("logs") == spool_files(tmp_path)[0].stat().st_size
     got = await replay_all(spool)
-    assert [(p.id, p.body, p.items, p.created, p.extra_headers, p.content_type, p.content_encoding) for p in got] \
-        == [(p.id, p.body, p.items, p.created, p.extra_headers, p.content_type, p.content_encoding) for p in written]
+    def fields(p: Payload) -> tuple:
+        return p.id, p.body, p.items, p.created, p.extra_headers, p.content_type, p.content_encoding
+
+    assert [fields(p) for p in got] == [fields(p) for p in written]
     assert spool_files(tmp_path) == [] and spool.files() == 0 and spool.bytes() == 0
 
 

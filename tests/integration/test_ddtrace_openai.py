@@ -11,9 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-import msgpack
 import orjson
 import pytest
+
+from llmship.sources.traces import decode_v04
 
 from fake_openai import FakeOpenAI
 from harness import wait_for
@@ -223,7 +224,8 @@ def test_ddtrace_openai_calls_reach_the_intake_processed(tmp_path, intake, start
     assert has_tags(no_usage["tags"], "tokens_estimated:true")
     estimated_in = _est_tokens(SYSTEM_PROMPT) + _est_tokens("Stream without usage please.")
     estimated_out = _est_tokens("You said: Stream without usage please.")
-    assert (no_usage["metrics"]["input_tokens"], no_usage["metrics"]["output_tokens"]) == (estimated_in, estimated_out)
+    assert no_usage["metrics"]["input_tokens"] == estimated_in
+    assert no_usage["metrics"]["output_tokens"] == estimated_out
 
     long = next(e for text, e in events.items() if text.startswith("word word"))
     for content in (user_text(long), long["meta"]["output"]["messages"][0]["content"]):
@@ -240,14 +242,16 @@ def test_ddtrace_openai_calls_reach_the_intake_processed(tmp_path, intake, start
     settled_total(intake, agent, "llm.requests", *CHAT_TAGS, expected=3, calls=7)  # not the proxied one
     assert series_total(intake, "llm.tokens.input", *CHAT_TAGS)[0] == chat_in
     assert series_total(intake, "llm.tokens.output", *CHAT_TAGS)[0] == chat_out
-    assert series_total(intake, "llm.cost.usd", *CHAT_TAGS)[0] == pytest.approx((chat_in * 0.15 + chat_out * 0.60) / 1e6)
+    chat_cost = (chat_in * 0.15 + chat_out * 0.60) / 1e6  # gpt-4o-mini list prices
+    assert series_total(intake, "llm.cost.usd", *CHAT_TAGS)[0] == pytest.approx(chat_cost)
     assert series_total(intake, "llm.tokens.input", *CHAT_TAGS, "tokens_estimated:true")[0] == estimated_in
     assert series_total(intake, "llm.errors", "model:rate-limited", *APP_TAGS)[0] == 1
     assert series_total(intake, "llm.cost.usd", "model:text-embedding-3-small")[0] == pytest.approx(6 * 0.02 / 1e6)
     assert sketch_count(intake, "llm.request.duration", "service:chatbot") == 7
 
     logs = intake.wait_records("logs", 7)
-    sample = next(r["data"] for r in logs if r["data"].get("completion") == "You said: What is the capital of France?")
+    sample = next(r["data"] for r in logs
+                  if r["data"].get("completion") == "You said: What is the capital of France?")
     assert sample["prompt"] == f"system: {SYSTEM_PROMPT}\nuser: What is the capital of France?"
     assert sample["tokens"] == {"input": 11, "output": 8, "total": 19}
     assert sample["ddsource"] == "llmship" and sample["service"] == "chatbot" and sample["model"] == "gpt-4o-mini"
@@ -309,16 +313,8 @@ def test_an_event_sent_on_both_paths_is_shipped_and_counted_once(tmp_path, intak
     agent = start_agent("", intake=intake)
     base = f"http://127.0.0.1:{agent.ports['trace_port']}"
     v04 = (CAPTURES / "v04_traces_llmobs_default.msgpack").read_bytes()
-    first = msgpack.unpackb(v04)[0][0]
-    llmobs = msgpack.unpackb(first["meta_struct"]["_llmobs"])
-    event = {
-        "trace_id": llmobs["trace_id"], "span_id": str(first["span_id"]), "parent_id": "undefined",
-        "name": llmobs["name"], "start_ns": first["start"], "duration": first["duration"], "status": "ok",
-        "meta": llmobs["meta"], "metrics": llmobs["metrics"],
-        "tags": sorted(f"{k}:{v}" for k, v in llmobs["tags"].items()),
-        "_dd": {"span_id": str(first["span_id"]), "trace_id": llmobs["trace_id"],
-                "apm_trace_id": f"{first['meta']['_dd.p.tid']}{first['trace_id']:016x}"},
-    }
+    first = decode_v04(v04, "application/msgpack")[0][0][0]
+    event = first.llmobs  # the first call's event, in the shape ddtrace posts to the EVP proxy
     envelope = orjson.dumps([{"_dd.stage": "raw", "event_type": "span", "spans": [event]}])
     assert _post(base + "/v0.4/traces", v04, "application/msgpack") == 200
     assert _post(base + "/evp_proxy/v2/api/v2/llmobs", envelope, "application/json",
@@ -329,4 +325,4 @@ def test_an_event_sent_on_both_paths_is_shipped_and_counted_once(tmp_path, intak
     settled_total(intake, agent, "llm.requests", *chat, expected=2, calls=6)  # the two chat calls, once each
     assert series_total(intake, "llm.tokens.input", *chat)[0] == 18 + 13
     events = [r["data"] for r in intake.wait_records("llmobs", 6)]
-    assert sum(e["span_id"] == str(first["span_id"]) for e in events) == 1
+    assert sum(e["span_id"] == str(first.span_id) for e in events) == 1

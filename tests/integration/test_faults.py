@@ -244,8 +244,8 @@ def test_sigterm_with_a_slow_intake_delivers_everything_before_exiting(start_int
 def test_memory_stays_bounded_under_a_flood_with_a_slow_intake(start_intake, start_agent):
     intake = start_intake("--latency-ms", "1000")
     queue_max = 2 * MiB
-    agent = start_agent(f"[delivery]\nqueue_max_bytes = {queue_max}\nmax_concurrency = 2\ndrain_timeout_secs = 1\n",
-                        intake=intake)
+    agent = start_agent(f"[delivery]\nqueue_max_bytes = {queue_max}\nmax_concurrency = 2\n"
+                        "drain_timeout_secs = 1\n", intake=intake)
     baseline = rss_bytes(agent.proc.pid)
     senders = [Sender(agent, f"flood{i}", per_request=500, body_padding=1000) for i in range(4)]
     for s in senders:

@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 import tomllib
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -241,7 +242,7 @@ def test_logs_are_json_lines_at_the_configured_level(intake, start_agent):
 # ------------------------------------------------------------------------------------------ the API key
 
 
-def leak_sources(agent, tmp_path: Path) -> dict[str, str]:
+def leak_sources(agent) -> dict[str, str]:
     """Everything an operator or a log pipeline sees."""
     seen = {
         "/status": http_get(agent.status_url + "/status")[1].decode(),
@@ -256,7 +257,7 @@ def leak_sources(agent, tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("key_from", ["config file", "DD_API_KEY"])
-def test_the_api_key_never_appears_in_logs_status_or_errors(tmp_path, start_intake, start_agent, key_from):
+def test_the_api_key_never_appears_in_logs_status_or_errors(start_intake, start_agent, key_from):
     # 403 on the first requests: the agent reports rejected deliveries (a classic place to echo headers).
     intake = start_intake("--fail-first", "3", "--fail-status", "403")
     config = '[agent]\nlog_level = "debug"\n'
@@ -280,7 +281,7 @@ def test_the_api_key_never_appears_in_logs_status_or_errors(tmp_path, start_inta
 
     agent.send_signal(signal.SIGHUP)  # reload logs the config it loads
     wait_for(lambda: "config_reloaded" in agent.log_text(), what="the reload")
-    seen = leak_sources(agent, tmp_path)
+    seen = leak_sources(agent)
     assert agent.stop() == 0
     seen["agent log"] = agent.log_text()
     assert "config_reloaded" in seen["agent log"] and "stopped" in seen["agent log"]
@@ -313,8 +314,8 @@ def test_a_key_inside_bad_input_is_not_echoed(intake, start_agent):
 def test_the_compose_example_app_reaches_the_intake_through_the_agents_sockets(tmp_path, intake, start_agent):
     """deploy/compose.yaml's app, run here without containers: ddtrace-run + openai against the fake
     OpenAI server, sending over the agent's unix sockets as in compose.yaml."""
-    agent = start_agent('[sources.traces]\nsocket = "{tmp}/apm.socket"\n'
-                        '[sources.dogstatsd]\nsocket = "{tmp}/dsd.socket"\n', intake=intake)
+    start_agent('[sources.traces]\nsocket = "{tmp}/apm.socket"\n'
+                '[sources.dogstatsd]\nsocket = "{tmp}/dsd.socket"\n', intake=intake)
     example = Path(__file__).resolve().parents[2] / "deploy" / "example-app"
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

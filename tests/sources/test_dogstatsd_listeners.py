@@ -85,8 +85,8 @@ async def test_udp_single_and_buffered_datagrams(started):
         client.sendto(single, (host, port))
         client.sendto(buffered, (host, port))
     await until(lambda: len(pipeline.samples) == 3 and pipeline.checks, what="samples over UDP")
-    assert pipeline.samples == [("llm.requests", "c", 1.0, "env:prod"), ("llm.tokens.input", "d", 120.0, "model:gpt-4o"),
-                                ("llm.queue", "g", 3.0, "")]
+    assert pipeline.samples == [("llm.requests", "c", 1.0, "env:prod"),
+                                ("llm.tokens.input", "d", 120.0, "model:gpt-4o"), ("llm.queue", "g", 3.0, "")]
     assert pipeline.counter("datagrams_received") == 2
     assert pipeline.counter("events_received") == 4
     assert pipeline.counter("bytes_received") == len(single) + len(buffered)

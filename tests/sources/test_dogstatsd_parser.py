@@ -240,7 +240,7 @@ def test_invalid_utf8_drops_only_that_line(h):
     assert [s[0] for s in h.rec.samples] == ["a", "b"]
 
 
-def test_bad_input_is_logged_at_a_limited_rate(h, capsys):
+def test_bad_input_is_logged_at_a_limited_rate(h):
     import structlog
 
     with structlog.testing.capture_logs() as logs:

@@ -231,6 +231,7 @@ async def test_evp_without_subdomain_is_a_bad_request(server, http, pipeline):
     ("POST", "/v0.7/config", 404, "v0.7/config"),
     ("POST", "/telemetry/proxy/api/v2/apmtelemetry", 202, "telemetry"),
     ("POST", "/v0.6/stats", 200, "v0.6/stats"),
+    ("POST", "/debugger/v2/input", 202, "debugger"),
     ("GET", "/nope", 404, "unknown"),
     ("GET", "/v0.4/traces", 405, "v0.4/traces"),
 ])

@@ -14,6 +14,7 @@ import pytest
 from llmship.aggregation import Aggregator
 from llmship.config import load_config_text
 from llmship.events import Span
+from llmship.sources.traces import decode_v04
 from llmship.telemetry import Telemetry
 from llmship.transforms.llm import LLMProcessor, normalize_url
 from llmship.transforms.scrub import Scrubber
@@ -42,40 +43,12 @@ def call_tags(model: str, endpoint: str, *extra: str) -> tuple[str, ...]:
 # ------------------------------------------------------------------------------------------ fixtures
 
 
-def _event_from_meta_struct(span: dict, llmobs: dict) -> dict:
-    """What the trace source hands over in Span.llmobs: the _llmobs blob in the EVP event shape."""
-    return {
-        "trace_id": llmobs["trace_id"],
-        "span_id": str(span["span_id"]),
-        "parent_id": llmobs.get("parent_id", "undefined"),
-        "name": llmobs["name"],
-        "start_ns": span["start"],
-        "duration": span["duration"],
-        "status": "error" if span.get("error") else "ok",
-        "meta": llmobs["meta"],
-        "metrics": llmobs["metrics"],
-        "tags": sorted(f"{k}:{v}" for k, v in llmobs["tags"].items()),
-        "_dd": {"span_id": str(span["span_id"]), "trace_id": llmobs["trace_id"],
-                "apm_trace_id": f"{span['meta']['_dd.p.tid']}{span['trace_id']:016x}"},
-    }
-
-
 def capture_chunks() -> list[list[Span]]:
-    """The six traces of v04_traces_llmobs_default as Span objects (fresh copies every call)."""
-    body = json.loads((CAPTURES / "v04_traces_llmobs_default.decoded.json").read_text())["body"]
-    chunks = []
-    for trace in body:
-        spans = []
-        for s in trace:
-            blob = s.get("meta_struct", {}).get("_llmobs")
-            spans.append(Span(
-                trace_id=s["trace_id"], span_id=s["span_id"], parent_id=s.get("parent_id", 0),
-                service=s["service"], name=s["name"], resource=s["resource"], type=s.get("type", ""),
-                start=s["start"], duration=s["duration"], error=s.get("error", 0), meta=dict(s["meta"]),
-                metrics=dict(s["metrics"]),
-                llmobs=_event_from_meta_struct(s, blob["__msgpack_bytes__"]) if blob else None,
-            ))
-        chunks.append(spans)
+    """The six traces of v04_traces_llmobs_default, decoded by the trace source (fresh objects every call):
+    each OpenAI call's APM span carries its event in ``Span.llmobs``."""
+    chunks, undecodable = decode_v04((CAPTURES / "v04_traces_llmobs_default.msgpack").read_bytes(),
+                                     "application/msgpack")
+    assert undecodable == 0
     return chunks
 
 
@@ -160,7 +133,7 @@ def test_event_tags_are_the_tracers_plus_identity_and_agent_tags():
     rig = Rig()
     _, events, _ = rig.run_chunks(capture_chunks())
     assert events[0]["tags"] == [
-        "agent_service:demo-app", "ddtrace.version:4.16.0", "env:staging", "integration:openai",
+        "agent_service:demo-app", "ddtrace.version:4.16.0", "env:staging", "error:0", "integration:openai",
         "language:python", "ml_app:demo-app", "service:chatbot", "source:integration", "version:1.2.3",
         f"model:{CHAT}", "provider:openai", "endpoint:/v1/chat/completions", "team:ml", "region:eu-west"]
     streamed_completion = by_name(events)["OpenAI.createCompletion"][1]
@@ -409,7 +382,7 @@ def test_documents_and_values_are_truncated_too():
     meta = events[0]["meta"]
     assert meta["input"]["documents"][0]["text"].endswith(TRUNCATION_MARKER)
     assert len(meta["input"]["documents"][0]["text"]) == 20
-    assert meta["output"]["value"] == "[1 embedding(s)…[truncated]"[:20 - len(TRUNCATION_MARKER)] + TRUNCATION_MARKER
+    assert meta["output"]["value"] == "[1 embed" + TRUNCATION_MARKER  # "[1 embedding(s) returned with size 8]"
 
 
 def test_scrubbing_happens_before_truncation():

@@ -147,7 +147,7 @@ class Delivery:
         else:
             reason = "queue_full" if self._when_full is WhenFull.DROP_NEWEST else "spill_backlog"
             self._limited.warning(f"{reason}:{lane.kind}", "delivery_queue_full", kind=lane.kind, reason=reason,
-                             queue_bytes=lane.queue.bytes, queue_max_bytes=lane.queue.max_bytes)
+                                  queue_bytes=lane.queue.bytes, queue_max_bytes=lane.queue.max_bytes)
             return self._drop(lane, payload, reason)
         lane.comp.inc("events_received", payload.items)
         lane.comp.inc("bytes_received", len(payload.body))
@@ -299,8 +299,8 @@ class Delivery:
             lane.comp.error(f"http_{result.status}" if result.status else "connection", result.detail)
             if disposition is Disposition.PERMANENT:
                 self._limited.error(f"{lane.kind}:permanent:{result.status}", "payload_rejected", kind=lane.kind,
-                               status=result.status, items=payload.items, detail=result.detail,
-                               destination=transport.destination)
+                                    status=result.status, items=payload.items, detail=result.detail,
+                                    destination=transport.destination)
                 self._drop(lane, payload, f"http_{result.status}")
                 self._finish(lease)
                 return
@@ -321,8 +321,8 @@ class Delivery:
         if disposition is Disposition.UNAUTHORIZED:
             # Loud: nothing gets through until the key is fixed. The data is kept (spool or memory).
             self._limited.error(f"{lane.kind}:auth", "intake_rejected_api_key",
-                           hint="check [sinks.datadog] api_key (or DD_API_KEY); data is kept and retried",
-                           **fields)
+                                hint="check [sinks.datadog] api_key (or DD_API_KEY); data is kept and retried",
+                                **fields)
         else:
             self._limited.warning(f"{lane.kind}:retry", "intake_unavailable_retrying", **fields)
 
@@ -330,7 +330,7 @@ class Delivery:
         parts = split(payload)
         if len(parts) < 2:
             self._limited.error(f"{lane.kind}:too_large", "payload_too_large_dropped", kind=lane.kind,
-                           items=payload.items, bytes=len(payload.body), detail=result.detail)
+                                items=payload.items, bytes=len(payload.body), detail=result.detail)
             self._drop(lane, payload, "too_large")
             self._finish(lease)
             return

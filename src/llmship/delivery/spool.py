@@ -98,10 +98,6 @@ class Lease:
     file: SpoolFile
     record: Record
 
-    @property
-    def created(self) -> float:
-        return self.record.created
-
 
 class Spool:
     def __init__(
@@ -218,7 +214,7 @@ class Spool:
         except OSError as e:
             self._component(kind).error("spool_write", f"{type(e).__name__}: {e.strerror or e}")
             self._limited.error(f"write:{kind}", "spool_write_failed", kind=kind, path=str(path),
-                           error=f"{type(e).__name__}: {e.strerror or e}")
+                                error=f"{type(e).__name__}: {e.strerror or e}")
             return "spool_write_error"
         finally:
             self._reserved -= size
@@ -226,6 +222,15 @@ class Spool:
         return None
 
     def _make_room(self, size: int) -> str | None:
+        """None when ``size`` more bytes fit (evicting the oldest files for the budget), else why not."""
+        try:
+            free = shutil.disk_usage(self.directory).free
+        except OSError:
+            free = 0
+        if free - size < self.min_free_bytes:  # checked first: refusing must not cost evictions
+            self._limited.warning("disk_low", "spool_disk_low", directory=str(self.directory), free_bytes=free,
+                                  min_free_bytes=self.min_free_bytes)
+            return "spool_disk_low"
         if size > self.max_bytes:
             return "spool_full"
         while self.bytes() + self._reserved + size > self.max_bytes:
@@ -233,14 +238,6 @@ class Spool:
             if victim is None:
                 return "spool_full"
             self._evict(victim, "spool_full")
-        try:
-            free = shutil.disk_usage(self.directory).free
-        except OSError:
-            free = 0
-        if free - size < self.min_free_bytes:
-            self._limited.warning("disk_low", "spool_disk_low", directory=str(self.directory), free_bytes=free,
-                             min_free_bytes=self.min_free_bytes)
-            return "spool_disk_low"
         return None
 
     def _oldest_evictable(self) -> SpoolFile | None:
@@ -274,8 +271,8 @@ class Spool:
         items = spool_file.undelivered_items()
         if items:
             self._component(spool_file.kind).inc("dropped", items, reason=reason)
-        self._limited.warning(f"{reason}:{spool_file.kind}", "spool_evicted", reason=reason, kind=spool_file.kind,
-                         items=items, path=str(spool_file.path))
+        self._limited.warning(f"{reason}:{spool_file.kind}", "spool_evicted", reason=reason,
+                              kind=spool_file.kind, items=items, path=str(spool_file.path))
         self._delete(spool_file)
 
     def _delete(self, spool_file: SpoolFile) -> None:

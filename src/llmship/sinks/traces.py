@@ -56,6 +56,7 @@ DEFAULT_SPAN_NAME = "service.trace"
 # Room for the AgentPayload fields around the chunks (host, env, version, TPS values).
 AGENT_PAYLOAD_OVERHEAD = 256
 SAMPLING_PRIORITY_KEY = "_sampling_priority_v1"
+AUTO_KEEP = 1  # ddtrace constants.AUTO_KEEP
 LANGUAGES_HEADER = "X-Datadog-Reported-Languages"
 # Largest body the splitter inflates back (a payload we built ourselves, so well under this).
 _SPLIT_MAX_BYTES = 64 << 20
@@ -89,22 +90,26 @@ class TraceSink:
         """Queue one trace chunk (spans of one trace from one tracer payload) for the intake."""
         if not spans:
             return
+        self._tel.inc("events_received", len(spans))
         root = _root(spans)
         priority = _priority(spans)
         if priority is not None and priority <= 0:
             self._tel.inc("dropped", len(spans), reason="sampling_priority")
             return
-        self._tel.inc("events_received", len(spans))
         if tracer.language:
             self._languages.add(tracer.language)
         header = _tracer_payload_header(tracer, env=root.meta.get("env") or self._env,
                                         hostname=root.meta.get("_dd.hostname", ""),
                                         app_version=root.meta.get("version", ""))
-        # A chunk without a tracer decision is one we keep: AUTO_KEEP (1), never 0 (AUTO_REJECT).
-        chunk_fields = pb.f_varint(1, 1 if priority is None else priority) + pb.f_str(2, root.meta.get("_dd.origin", ""))
+        # A chunk without a tracer decision is one we keep: AUTO_KEEP, never 0 (AUTO_REJECT).
+        chunk_fields = (pb.f_varint(1, AUTO_KEEP if priority is None else priority)
+                        + pb.f_str(2, root.meta.get("_dd.origin", "")))
         fallback_service = tracer.language or DEFAULT_SERVICE_NAME
         encoded = [_encode_span(s, fallback_service) for s in spans]
-        for group in _groups_within(encoded, MAX_PAYLOAD_BYTES - AGENT_PAYLOAD_OVERHEAD - len(header) - 64):
+        # A chunk too large for one payload is cut into several (tracers flush partial chunks too);
+        # 32 bytes for the item's prefixes and the chunk's own tag and length.
+        room = MAX_PAYLOAD_BYTES - AGENT_PAYLOAD_OVERHEAD - len(header) - len(chunk_fields) - 32
+        for group in _groups_within(encoded, room):
             if group is None:
                 self._tel.inc("dropped", reason="span_too_large")
                 _log.warning("span_too_large", "span_too_large", limit_bytes=MAX_PAYLOAD_BYTES)

@@ -131,12 +131,21 @@ class LineSplitter:
             complete = data[:last_nl]
         self._buf += data[last_nl + 1:]
         self._check_partial()
-        max_line = self.max_line
+        max_line, loads, append, tel = self.max_line, orjson.loads, into.append, self._tel
         for line in complete.split(b"\n"):
             if len(line) > max_line:
                 self._emit_oversize(line[:max_line], len(line), into)
-            else:
-                parse_line(line, into, self._tel)
+                continue
+            if line[:1] == b"{" and line[-1:] == b"}":  # the common case, inline: one JSON object a line
+                try:
+                    value = loads(line)
+                except orjson.JSONDecodeError:
+                    pass
+                else:
+                    if type(value) is dict:
+                        append(value)
+                        continue
+            parse_line(line, into, tel)
 
     def finish(self, into: list[LogRecord]) -> None:
         """The stream ended: what was sent without a final newline is a log too."""

@@ -14,7 +14,10 @@ What it answers, and why (the Datadog Agent's behaviour is in datadog-agent pkg/
 - ``POST /evp_proxy/v2/api/v2/llmobs`` (``X-Datadog-EVP-Subdomain: llmobs-intake``): JSON envelopes of
   LLM Observability events, answered 202 as the intake does. Other EVP targets (e.g. eval metrics) are
   accepted with 202 and counted as ``requests{endpoint="evp_unsupported"}``.
-- ``/telemetry/proxy/...`` 202 and ``/v0.6/stats`` 200: accepted, counted, not forwarded.
+- ``/telemetry/proxy/...`` and ``/debugger/...`` 202, ``/v0.6/stats`` 200: accepted, counted, not
+  forwarded. The debugger endpoints are listed in /info because ddtrace 4.16's signal uploader (code
+  origin for spans is on by default) warns "Unsupported Datadog agent detected" on stderr otherwise
+  (ddtrace/debugging/_uploader.py ``info_check``).
 - ``/v0.7/config`` 404: an Agent with remote configuration disabled never registers the endpoint
   (comp/trace/agent/impl/run.go attaches it only when remote config is enabled) nor lists it in /info,
   and ddtrace 4.16 polls it only once /info lists it (internal/remoteconfig/worker.py ``_agent_check``,
@@ -130,6 +133,7 @@ class TraceSource:
         r.add_route("*", "/v0.5/traces", functools.partial(self._traces, version="v0.5"))
         r.add_route("*", "/evp_proxy/v2/{path:.*}", self._evp_proxy)
         r.add_route("*", "/telemetry/proxy/{path:.*}", self._telemetry)
+        r.add_route("*", "/debugger/{path:.*}", self._debugger)
         r.add_route("*", "/v0.6/stats", self._stats)
         r.add_route("*", "/v0.7/config", self._remote_config)
         r.add_route("*", "/{path:.*}", self._not_found)
@@ -204,8 +208,7 @@ class TraceSource:
                 self._decoders.release()
         except RequestError as e:
             return self._reject(e)
-        spans = sum(len(c) for c in chunks)
-        self._tel.inc("spans_received", spans)
+        self._tel.inc("spans_received", sum(len(c) for c in chunks))
         self._tel.inc("events_received", sum(1 for c in chunks for s in c if s.llmobs is not None))
         if llmobs_errors:
             self._tel.inc("dropped", llmobs_errors, reason="llmobs_decode_error")
@@ -245,6 +248,10 @@ class TraceSource:
 
     async def _telemetry(self, request: web.Request) -> web.Response:
         self._tel.inc("requests", endpoint="telemetry")
+        return web.json_response({}, status=202)
+
+    async def _debugger(self, request: web.Request) -> web.Response:
+        self._tel.inc("requests", endpoint="debugger")
         return web.json_response({}, status=202)
 
     async def _stats(self, request: web.Request) -> web.Response:
@@ -357,7 +364,8 @@ def info_document(cfg: Config) -> dict[str, Any]:
     return {
         "version": AGENT_VERSION,
         "git_commit": "llmship",
-        "endpoints": ["/v0.4/traces", "/v0.5/traces", "/telemetry/proxy/", "/evp_proxy/v2/"],
+        "endpoints": ["/v0.4/traces", "/v0.5/traces", "/telemetry/proxy/", "/evp_proxy/v2/",
+                      "/debugger/v1/input", "/debugger/v1/diagnostics", "/debugger/v2/input"],
         "feature_flags": [],
         "client_drop_p0s": False,
         "span_meta_structs": True,

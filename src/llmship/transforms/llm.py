@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 from llmship.config import Config
 from llmship.events import LLMObsEvent, LogRecord, Span
 from llmship.log import RateLimited, get_logger
-from llmship.tags import normalize_tag, tag_key
+from llmship.tags import add_missing, agent_default_tags, normalize_tag
 from llmship.telemetry import Telemetry
 from llmship.transforms.pricing import Pricing
 from llmship.transforms.sampling import Sampler, sampled
@@ -63,9 +63,9 @@ _USAGE_OPT_IN_ENDPOINTS = frozenset(("/v1/chat/completions", "/v1/completions"))
 CHARS_PER_TOKEN = 4
 
 # Span ids remembered to count and ship each call once across both paths. ddtrace flushes traces and EVP
-# events every second, so the two copies of one event arrive within seconds: 100,000 LLM spans of memory
-# (about 10 MB at most) covers that gap at any realistic call rate.
-_RECENT_IDS = 100_000
+# events every second, so the two copies of one event arrive seconds apart; at least the last 25,000 LLM
+# spans are remembered (25 s at 1,000 calls/s), for about 5 MB per set when full (measured).
+_RECENT_IDS = 50_000
 
 # Keys of input/output structures that label text rather than hold it: never scrubbed or truncated.
 _STRUCTURAL_KEYS = frozenset(("role", "type", "id", "name", "tool_id", "tool_call_id", "mime_type"))
@@ -77,6 +77,9 @@ _APM_TOKEN_METRICS = (  # ddtrace's shadows of the event's token metrics on the 
     ("_dd.llmobs.total_tokens", "gen_ai.usage.total_tokens"),
 )
 _MASK64 = (1 << 64) - 1
+# What a malformed event raises here (RecursionError: absurdly nested input/output); the event is
+# dropped and counted, the rest of its batch carries on.
+_BAD_EVENT = (AttributeError, KeyError, TypeError, ValueError, RecursionError)
 _MAX_CACHED = 4096  # tag strings and proxy URL decisions: few distinct values; bound against junk input
 
 
@@ -176,8 +179,9 @@ class _TagSet:
         self.values = {key: tag[len(key) + 1:] for key, tag in identity.items()}
         # the aggregator completes metric tags with the agent's tags for keys they lack
         self.metric_tags = ",".join(identity.values())
-        self.with_agent_tags = (*identity.items(), *((k, t) for k, t in agent_tags.items() if k not in identity))
-        self.log_tags = ",".join(tag for _, tag in self.with_agent_tags)
+        # key -> tag: the call's own, then the agent's for the keys it lacks
+        self.with_agent_tags = {**identity, **{k: t for k, t in agent_tags.items() if k not in identity}}
+        self.log_tags = ",".join(self.with_agent_tags.values())
 
 
 def normalize_url(url: str) -> str | None:
@@ -235,6 +239,14 @@ def _section_text(section, with_roles: bool) -> str:
     return _str(section.get("value"))
 
 
+def _tokens(input_tokens: float | None, output_tokens: float | None, total_tokens: float | None
+            ) -> list[float | None]:
+    """[input, output, total], the total completed when the tracer reported only its parts."""
+    if total_tokens is None and (input_tokens is not None or output_tokens is not None):
+        total_tokens = (input_tokens or 0) + (output_tokens or 0)
+    return [input_tokens, output_tokens, total_tokens]
+
+
 def _parse_trace_id(event: LLMObsEvent) -> int | None:
     """The APM trace id's low 64 bits (the sampling key both paths share) from an EVP event:
     ``_dd.apm_trace_id`` (128-bit hex, as ddtrace writes it) or else ``trace_id`` (hex or decimal)."""
@@ -281,16 +293,11 @@ class LLMProcessor:
         self._default_service = agent.service
         self._default_env = agent.env
         self._default_version = agent.version
-        agent_tags: dict[str, str] = {}  # key -> normalized "k:v", first occurrence wins
-        for raw in agent.tags:
-            tag = normalize_tag(raw)
-            if tag:
-                agent_tags.setdefault(tag_key(tag), tag)
-        self._agent_tags = agent_tags
-        # What every APM span gets in meta when it lacks the key: env, version, then the agent's k:v tags.
-        span_defaults = [(k, v) for k, v in (("env", agent.env), ("version", agent.version)) if v]
-        span_defaults += [tuple(t.split(":", 1)) for t in agent_tags.values() if ":" in t]
-        self._span_defaults: tuple[tuple[str, str], ...] = tuple(span_defaults)
+        # key -> normalized tag: the agent's env, service, version and tags, for what a call lacks
+        self._agent_tags = agent_default_tags(agent)
+        # what every APM span gets in meta when it lacks the key (the service is a field of its own)
+        self._span_defaults = tuple((key, tag[len(key) + 1:]) for key, tag in self._agent_tags.items()
+                                    if key != "service" and ":" in tag)
         self._tag_sets: dict[tuple, _TagSet] = {}
         self._proxy_cache: dict[str, bool] = {}
 
@@ -322,7 +329,7 @@ class LLMProcessor:
         for span in llm_spans:
             try:
                 event = self._process_llm_span(span, span.span_id in proxied, logs)
-            except (AttributeError, KeyError, TypeError, ValueError) as e:  # an event shape we did not foresee
+            except _BAD_EVENT as e:  # an event shape we did not foresee
                 self._reject(e)
                 span.llmobs = None
                 continue
@@ -390,7 +397,7 @@ class LLMProcessor:
         for event in events:
             try:
                 kept = self._process_event(event, logs)
-            except (AttributeError, KeyError, TypeError, ValueError) as e:
+            except _BAD_EVENT as e:
                 self._reject(e)
                 continue
             if kept is not None:
@@ -445,11 +452,12 @@ class LLMProcessor:
     def _read_event_tokens(call: _Call, event: LLMObsEvent) -> None:
         metrics = event.get("metrics")
         if isinstance(metrics, dict):
-            call.tokens = [_number(metrics.get(key)) for key in _TOKEN_METRICS]
+            call.tokens = _tokens(*(_number(metrics.get(key)) for key in _TOKEN_METRICS))
 
     @staticmethod
     def _read_span_tokens(call: _Call, metrics: dict[str, float]) -> None:
-        call.tokens = [_number(metrics.get(ours, metrics.get(semconv))) for ours, semconv in _APM_TOKEN_METRICS]
+        call.tokens = _tokens(*(_number(metrics.get(ours, metrics.get(semconv)))
+                                for ours, semconv in _APM_TOKEN_METRICS))
 
     def _make_workflow(self, call: _Call, event: LLMObsEvent | None) -> None:
         """The client side of an instrumented proxy: what ddtrace itself emits for such a call
@@ -576,8 +584,7 @@ class LLMProcessor:
         tags = event.get("tags")
         if not isinstance(tags, list):
             tags = event["tags"] = []
-        present = {t.partition(":")[0] for t in tags if isinstance(t, str)}
-        tags.extend(tag for key, tag in self._tags(call).with_agent_tags if key not in present)
+        add_missing(tags, self._tags(call).with_agent_tags)
         tags.extend(markers)
 
     def _emit_metrics(self, call: _Call) -> None:
@@ -588,14 +595,13 @@ class LLMProcessor:
             add("llm.errors", "c", 1, tags)
         add("llm.request.duration", "d", call.duration_ns / 1e9, tags)
         input_tokens, output_tokens, total_tokens = call.tokens
-        if input_tokens is None and output_tokens is None:
+        if total_tokens is None:
             return
         input_tokens = input_tokens or 0
         output_tokens = output_tokens or 0
         add("llm.tokens.input", "c", input_tokens, tags)
         add("llm.tokens.output", "c", output_tokens, tags)
-        add("llm.tokens.total", "c", total_tokens if total_tokens is not None else input_tokens + output_tokens,
-            tags)
+        add("llm.tokens.total", "c", total_tokens, tags)
         cost = self._pricing.cost_usd(call.model, input_tokens, output_tokens)
         if cost is None:
             self._tel.inc("unknown_model_cost")
@@ -608,8 +614,6 @@ class LLMProcessor:
         error_message = _str(error.get("message")) if isinstance(error, dict) else ""
         tags = self._tags(call)
         input_tokens, output_tokens, total_tokens = call.tokens
-        if total_tokens is None and (input_tokens is not None or output_tokens is not None):
-            total_tokens = (input_tokens or 0) + (output_tokens or 0)
         return {
             "message": (error_message or completion) if call.error else completion,
             "ddsource": "llmship",

@@ -29,6 +29,7 @@ TEXT_FIELDS = ("message", "prompt", "completion")
 TRUNCATED_TAG = "llmship.truncated:true"
 _ERROR_STATUSES = frozenset(("error", "err", "critical", "crit", "alert", "emerg", "emergency", "fatal"))
 _MASK64 = (1 << 64) - 1
+_MAX_CACHED_TAGS = 4096
 
 
 def record_trace_id(record: LogRecord) -> int | None:
@@ -81,24 +82,30 @@ class LogProcessor:
         agent = cfg.agent
         self._max_chars = cfg.llm.max_text_chars
         self._text_fields = tuple(dict.fromkeys((*TEXT_FIELDS, *cfg.llm.text_fields)))
+        # Without a rule that sets prompt_log_rate every received log is kept: skip the sampler entirely.
+        self._sampling = any(rule.prompt_log_rate is not None for rule in cfg.llm.sampling.rules)
         self._hostname = agent.hostname
         self._service = agent.service
         self._default_tags = agent_default_tags(agent)  # key -> "key:value"
-        self._default_ddtags = ",".join(self._default_tags.values())
-        self._service_tags: dict[str, str] = {}  # record service -> its normalized service tag
+        # (ddtags as received, service, truncated) -> ddtags to send: logs of one app repeat these
+        self._merged_tags: dict[tuple[str, str, bool], str] = {}
 
     def process(self, record: LogRecord) -> LogRecord | None:
         self._tel.inc("events_received")
-        if not self._keep(record):
+        if self._sampling and not self._keep(record):
             self._tel.inc("dropped", reason="sampled_out")
             return None
         truncated = False
         for field in self._text_fields:
-            truncated |= self._process_field(record, field)
+            value = record.get(field)
+            if isinstance(value, str):  # the common case, inline
+                record[field], cut = truncate_text(self._scrubber.scrub(value), self._max_chars)
+                truncated |= cut
+            elif value is not None or (field not in record and "." in field):
+                truncated |= self._process_field(record, field)
         if truncated:
             self._tel.inc("text_truncated")
         self._tag(record, truncated)
-        self._tel.inc("events_sent")
         return record
 
     def _keep(self, record: LogRecord) -> bool:
@@ -151,31 +158,35 @@ class LogProcessor:
         service = record.get("service")
         if not service and self._service:
             record["service"] = service = self._service
-        defaults = self._default_tags
-        if isinstance(service, str) and service and service != self._service:
-            defaults = dict(defaults)
-            if tag := self._service_tag(service):
-                defaults["service"] = tag  # in the agent's service tag's place, if it has one
-            else:
-                defaults.pop("service", None)
         ddtags = record.get("ddtags")
         if isinstance(ddtags, list):  # some clients send a list; the intake wants "k:v,k2:v2"
             ddtags = ",".join(str(t) for t in ddtags)
-        if not isinstance(ddtags, str) or not ddtags:
-            merged = self._default_ddtags if defaults is self._default_tags else ",".join(defaults.values())
+        if not isinstance(ddtags, str):
+            ddtags = ""
+        key = (ddtags, service if isinstance(service, str) else "", truncated)
+        merged = self._merged_tags.get(key)
+        if merged is None:
+            merged = self._merge_tags(ddtags, service, truncated)
+            if len(self._merged_tags) >= _MAX_CACHED_TAGS:  # bounded: junk input must not grow it
+                self._merged_tags.clear()
+            self._merged_tags[key] = merged
+        if merged:
+            record["ddtags"] = merged
+
+    def _merge_tags(self, ddtags: str, service, truncated: bool) -> str:
+        defaults = self._default_tags
+        if isinstance(service, str) and service and service != self._service:
+            defaults = dict(defaults)
+            if tag := normalize_tag(f"service:{service}"):
+                defaults["service"] = tag  # in the agent's service tag's place, if it has one
+            else:
+                defaults.pop("service", None)
+        if not ddtags:
+            merged = ",".join(defaults.values())
         else:
             present = {tag_key(t) for t in ddtags.split(",")}
             missing = [t for k, t in defaults.items() if k not in present]
             merged = ",".join((ddtags, *missing)) if missing else ddtags
         if truncated and TRUNCATED_TAG not in merged:
             merged = f"{merged},{TRUNCATED_TAG}" if merged else TRUNCATED_TAG
-        if merged:
-            record["ddtags"] = merged
-
-    def _service_tag(self, service: str) -> str:
-        tag = self._service_tags.get(service)
-        if tag is None:
-            if len(self._service_tags) > 1024:  # bounded: services are few, junk input is not
-                self._service_tags.clear()
-            tag = self._service_tags[service] = normalize_tag(f"service:{service}")
-        return tag
+        return merged

@@ -98,8 +98,8 @@ class Sampler:
         """The first rule whose globs all match, or None."""
         return self._rates(service, model, endpoint)[0]
 
-    def keep_span_text(self, trace_id: int, service: str, model: str, endpoint: str, error: bool) -> bool:
-        """Keep the prompt/completion text on this call's span?"""
+    def keep_span_text(self, trace_id: int | None, service: str, model: str, endpoint: str, error: bool) -> bool:
+        """Keep the prompt/completion text on this call's span? (trace_id None: an event without one)"""
         if error:
             return True
         return sampled(trace_id, self._rates(service, model, endpoint)[1])

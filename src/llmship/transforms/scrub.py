@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from llmship.config import ScrubRule
 from llmship.telemetry import Component
@@ -112,6 +111,13 @@ def _has_card_digits(text: str, memo: dict) -> bool:
 
 
 _AWS_HINT = re.compile(r"A[KS]IA")
+# Something every default rule's match contains: "sk-", "AKIA"/"ASIA", "key", "Bearer", "@", ":", a digit
+# after a dot, four digits. Written as one character class then assertions, so the engine only stops at
+# those few characters; still a scan at every position, so it only pays on short texts, where it replaces
+# the nine triggers' call overhead with one search.
+_ANY_HINT = re.compile(r"[-AyYBb@:.0-9](?:(?<=sk-)|(?<=A)(?=[KS]IA)|(?<=[Kk]ey)|(?<=KEY)|(?<=[Bb])(?=earer)"
+                       r"|(?<=[@:])|(?<=\.)(?=\d)|(?<=\d)(?=\d\d\d))")
+_SHORT_TEXT = 128
 _CARD_HINT = re.compile(rb"0000(?:[ -]?0){9,15}")
 _IPV4_HINT = re.compile(r"\.\d{1,3}\.\d{1,3}\.\d")  # starts with the literal "."
 # Any IPv6 address has a "::" or three full groups between colons ("12:30:45" has not).
@@ -122,11 +128,17 @@ _HEX_COLON_RUN = re.compile(r"[0-9A-Fa-f:]{1,46}\Z")
 
 
 def _key_starts(text: str, memo: dict) -> list[int]:
-    starts = [m.start() - 2 for hint in _KEY_HINTS for m in hint.finditer(text)]
-    return sorted(starts) if len(starts) > 1 else starts
+    lower, upper = _KEY_HINTS
+    with_upper = "Y" in text  # memchr: an upper-case Y is rare in prose, so its scan is mostly skipped
+    if lower.search(text) is None and (not with_upper or upper.search(text) is None):
+        return []  # the common case, without allocations
+    hints = _KEY_HINTS if with_upper else (lower,)
+    return sorted(m.start() - 2 for hint in hints for m in hint.finditer(text))
 
 
 def _bearer_starts(text: str, memo: dict) -> list[int]:
+    if "earer" not in text:
+        return []
     return [i - 1 for i in _finds(text, "earer") if i]
 
 
@@ -189,14 +201,9 @@ _VALIDATORS: dict[str, Callable[[re.Match], bool]] = {
 # ------------------------------------------------------------------------------------------- scrubber
 
 
-@dataclass(frozen=True, slots=True)
-class _Rule:
-    name: str
-    pattern: re.Pattern[str]
-    replacement: str
-    prefilter: Callable[[str, dict], bool] | None
-    starts: Callable[[str, dict], list[int]] | None
-    validate: Callable[[re.Match], bool] | None
+# (name, pattern, replacement, prefilter, starts, validate): a plain tuple, unpacked in the hot loop
+_Rule = tuple[str, re.Pattern, str, Callable[[str, dict], bool] | None, Callable[[str, dict], list[int]] | None,
+              Callable[[re.Match], bool] | None]
 
 
 def effective_rules(user_rules: tuple[ScrubRule, ...],
@@ -230,51 +237,51 @@ class Scrubber:
         for rule in effective_rules(rules, defaults):
             # A default's triggers are written for its regex: a replaced regex runs everywhere.
             own = default_regex.get(rule.name) == rule.regex
-            self._rules.append(_Rule(
-                name=rule.name,
-                pattern=re.compile(rule.regex),
-                replacement=rule.replacement,
-                prefilter=_PREFILTERS.get(rule.name) if own else None,
-                starts=_STARTS.get(rule.name) if own else None,
-                validate=_VALIDATORS.get(rule.name) if own else None,
-            ))
+            self._rules.append((rule.name, re.compile(rule.regex), rule.replacement,
+                                _PREFILTERS.get(rule.name) if own else None,
+                                _STARTS.get(rule.name) if own else None,
+                                _VALIDATORS.get(rule.name) if own else None))
         self.telemetry = telemetry_component if telemetry_component is not None else Component("scrub")
-        self.rule_names = tuple(r.name for r in self._rules)
+        self.rule_names = tuple(r[0] for r in self._rules)
+        # _ANY_HINT covers the default rules only: with any other regex, every text goes through the rules.
+        self._short_cut = all(r[3] is not None or r[4] is not None for r in self._rules)
 
     def scrub(self, text: str) -> str:
+        if self._short_cut and len(text) <= _SHORT_TEXT and _ANY_HINT.search(text) is None:
+            return text
         memo: dict = {}  # scans shared between triggers, valid while the text is unchanged
-        for rule in self._rules:
-            if rule.starts is not None:
-                starts = rule.starts(text, memo)
-                if not starts:
+        for name, pattern, replacement, prefilter, starts, validate in self._rules:
+            if starts is not None:
+                positions = starts(text, memo)
+                if not positions:
                     continue
-                text, n = _sub_at(rule, text, starts)
-            elif rule.prefilter is not None and not rule.prefilter(text, memo):
+                text, n = _sub_at(pattern, replacement, validate, text, positions)
+            elif prefilter is not None and not prefilter(text, memo):
                 continue
-            elif rule.validate is not None:
-                text, n = _sub_at(rule, text, None)
+            elif validate is not None:
+                text, n = _sub_at(pattern, replacement, validate, text, None)
             else:
-                text, n = rule.pattern.subn(rule.replacement, text)
+                text, n = pattern.subn(replacement, text)
             if n:
-                self.telemetry.inc("scrub_matches", n, rule=rule.name)
+                self.telemetry.inc("scrub_matches", n, rule=name)
                 memo = {}
         return text
 
 
-def _sub_at(rule: _Rule, text: str, starts: list[int] | None) -> tuple[str, int]:
+def _sub_at(pattern: re.Pattern, replacement: str, validate: Callable[[re.Match], bool] | None, text: str,
+            starts: list[int] | None) -> tuple[str, int]:
     """Like ``pattern.subn`` (leftmost, non-overlapping), trying only ``starts`` (None: everywhere), and
-    keeping matches that fail the rule's validator."""
-    matches = (rule.pattern.finditer(text) if starts is None
-               else (rule.pattern.match(text, s) for s in starts))
+    keeping matches that fail ``validate``."""
+    matches = pattern.finditer(text) if starts is None else (pattern.match(text, s) for s in starts)
     pieces: list[str] = []
     end = 0
     for m in matches:
         if m is None or m.start() < end:
             continue
-        if rule.validate is not None and not rule.validate(m):
+        if validate is not None and not validate(m):
             continue
         pieces.append(text[end:m.start()])
-        pieces.append(m.expand(rule.replacement))
+        pieces.append(m.expand(replacement))
         end = m.end()
     if not pieces:
         return text, 0
