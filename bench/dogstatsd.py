@@ -1,23 +1,25 @@
 """DogStatsD throughput, loss and memory: the real agent next to a bare Python receiver, in the same run.
 
-    .venv/bin/python bench/dogstatsd.py            # full: about 2 million lines, a few minutes at most
+    .venv/bin/python bench/dogstatsd.py            # full: about 2 million lines, a minute or two
     .venv/bin/python bench/dogstatsd.py --quick    # smoke run: seconds
 
-What it does, all on loopback:
+What it does, all on loopback (Linux: it reads /proc):
   1. Starts `llmship run` (a temp config: file sink, UDP and unix datagram listeners, status listener on
      a free port) and a baseline receiver: a plain blocking ``recv`` loop in Python that only counts
      datagrams and lines, the ceiling for any Python receiver on this machine.
   2. For UDP (datagrams of at most 1432 bytes, the clients' default) and the unix datagram socket (at
      most 8192 bytes), one line per datagram and buffered datagrams, at several offered rates: a sender
      process replays pre-built datagrams (LLM metric names, five to eight tags) at the offered rate or
-     as fast as it can, and the bench reads how many lines each receiver processed (the agent's
-     `GET /status`: component "dogstatsd", counter "events_received") and when it finished.
-  3. Sends 100,000 distinct contexts to the agent and reports its memory after the next flush.
+     as fast as it can. Once the receiver's CPU time stops moving, the bench reads how many lines it
+     processed (the agent's `GET /status`: component "dogstatsd", counter "events_received") and when
+     it handled the last one (info "last_received_at"), and reports lines/s over wall time and over
+     the receiver's own CPU time (/proc/<pid>/task/*/schedstat), which other load cannot inflate.
+  3. Sends 100,000 distinct contexts to a fresh agent and reports its memory, then after a flush.
 
 Sender and receiver each get one core (os.sched_setaffinity) where there are two; the bench itself
-shares the sender's core and only polls once the sender has finished. A unix datagram sender does what
-datadogpy does when the socket is full (non-blocking, drop on EAGAIN): that counts as loss. UDP loss
-happens in the receiver's kernel buffer (its `drops` in /proc/net/udp).
+shares the sender's core and only watches /proc while the sender runs. A unix datagram sender does
+what datadogpy does when the socket is full (non-blocking, drop on EAGAIN): that counts as loss. UDP
+loss happens in the receiver's kernel buffer (the agent's `kernel_drops` gauge).
 """
 
 from __future__ import annotations
@@ -279,14 +281,16 @@ class Result:
     processed_per_sec: float  # lines received / (last datagram handled - first sent): wall clock
     per_cpu_sec: float  # lines received / the receiver's CPU time: what other load on the box cannot skew
     loss: float
+    starved: float  # share of the run the receiver spent runnable but waiting for a CPU (other load)
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time of every thread of ``pid`` (Linux schedstat, nanoseconds), 0 where unavailable."""
+def cpu_seconds(pid: int, field: int = 0) -> float:
+    """Of every thread of ``pid``, from Linux's schedstat: time on a CPU (field 0) or waiting, runnable,
+    for one (field 1), in seconds; 0 where unavailable."""
     total = 0
     for task in Path(f"/proc/{pid}/task").glob("*"):
         try:
-            total += int((task / "schedstat").read_text().split()[0])
+            total += int((task / "schedstat").read_text().split()[field])
         except (OSError, ValueError, IndexError):
             pass
     return total / 1e9
@@ -322,16 +326,18 @@ def wait_until_idle(pid: int, deadline: float) -> float:
 
 def run_one(ctx, target: str, pid: int, read, address, family, transport, mode, datagrams, counts,
             rate) -> Result:
+    before, _ = read()  # the receiver is idle between runs; reading first keeps the read's CPU out
     cpu_before = wait_until_idle(pid, time.monotonic() + 10)
-    before, _ = read()
+    waited_before = cpu_seconds(pid, field=1)
     start, sent_end, sent_lines, dropped_lines = send(ctx, address, family, datagrams, counts, rate)
     cpu = max(wait_until_idle(pid, time.monotonic() + 60) - cpu_before, 1e-6)
+    waited = cpu_seconds(pid, field=1) - waited_before
     after, finished = read()
     received = after - before
     offered_lines = sent_lines + dropped_lines
     elapsed = max(finished - start, 1e-6)
     return Result(target, transport, mode, rate, offered_lines / max(sent_end - start, 1e-6), received / elapsed,
-                  received / cpu, 1 - received / offered_lines)
+                  received / cpu, 1 - received / offered_lines, min(waited / elapsed, 1.0))
 
 
 def agent_reader(agent: AgentProcess):
@@ -348,9 +354,10 @@ def baseline_reader(baseline: Baseline):
 
 def print_results(results: list[Result]) -> None:
     print("lines/s: processed = received / wall time until the last datagram was handled; per CPU-s =\n"
-          "received / the receiver's own CPU time (robust to other load on the machine). Ratios: agent/baseline.")
+          "received / the receiver's own CPU time (robust to other load on the machine). starved: share of\n"
+          "the run the receiver was runnable but waiting for a CPU. Ratios: agent / baseline.")
     print(f"{'transport':<9} {'mode':<9} {'offered/s':>10}  {'target':<8} {'sent/s':>10} {'processed/s':>12} "
-          f"{'per CPU-s':>10} {'loss':>7} {'ratio':>6} {'cpu ratio':>9}")
+          f"{'per CPU-s':>10} {'loss':>7} {'starved':>7} {'ratio':>6} {'cpu ratio':>9}")
     baseline = {(r.transport, r.mode, r.offered): r for r in results if r.target == "baseline"}
     for r in results:
         offered = "max" if r.offered is None else f"{r.offered:,.0f}"
@@ -360,7 +367,8 @@ def print_results(results: list[Result]) -> None:
             ratio = f"{r.processed_per_sec / base.processed_per_sec:.2f}"
             cpu_ratio = f"{r.per_cpu_sec / base.per_cpu_sec:.2f}"
         print(f"{r.transport:<9} {r.mode:<9} {offered:>10}  {r.target:<8} {r.sent_per_sec:>10,.0f} "
-              f"{r.processed_per_sec:>12,.0f} {r.per_cpu_sec:>10,.0f} {r.loss:>7.1%} {ratio:>6} {cpu_ratio:>9}")
+              f"{r.processed_per_sec:>12,.0f} {r.per_cpu_sec:>10,.0f} {r.loss:>7.1%} {r.starved:>7.0%} {ratio:>6} "
+              f"{cpu_ratio:>9}")
 
 
 def main() -> int:

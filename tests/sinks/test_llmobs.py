@@ -138,3 +138,11 @@ def test_bytes_from_msgpack_structs_are_serialized():
     sink.add(e)
     sink.flush()
     assert body(submitted[0])[0]["spans"][0]["meta"]["metadata"] == {"raw": "\ufffdabc", "3": "int key"}
+
+
+def test_reload_changes_compression():
+    sink, submitted, _ = make_sink()
+    sink.reload(load_config_text('[sinks.datadog]\ncompression = "identity"\n'))
+    sink.add(event())
+    sink.flush()
+    assert submitted[0].content_encoding == "identity"

@@ -219,3 +219,13 @@ def test_events_json_is_not_overwritten():
     sink.add_chunk([s], PYTHON)
     sink.flush()
     assert orjson.loads(decoded(submitted[0])[0]["meta"]["events"]) == []
+
+
+def test_reload_changes_host_env_and_compression():
+    sink, submitted, _ = make_sink()
+    sink.reload(load_config_text('[agent]\nhostname = "host-b"\n[sinks.datadog]\ncompression = "zstd"\n'))
+    sink.add_chunk([span(1)], PYTHON)
+    sink.flush()
+    agent = decoded(submitted[0])[0]["agent_payload"]
+    assert submitted[0].content_encoding == "zstd"
+    assert (agent["hostname"], agent["env"]) == ("host-b", "none")

@@ -42,11 +42,14 @@ _log = RateLimited(get_logger("llmobs_sink"))
 class LLMObsSink:
     def __init__(self, cfg: Config, submit: Callable[[Payload], object], telemetry: Telemetry) -> None:
         self._tel = telemetry.component("llmobs_sink")
+        self._batcher = Batcher(self._encode, submit, max_items=MAX_EVENTS_PER_PAYLOAD,
+                                max_bytes=MAX_PAYLOAD_BYTES, max_age_secs=FLUSH_SECS, telemetry=self._tel)
+        self.reload(cfg)
+
+    def reload(self, cfg: Config) -> None:
         # gzip unless told to send plain JSON: the EVP intakes take Content-Encoding gzip (the Agent's EVP
         # proxy forwards it), and nothing documents zstd or deflate for them.
         self._encoding = "identity" if cfg.sinks.datadog.compression == "identity" else "gzip"
-        self._batcher = Batcher(self._encode, submit, max_items=MAX_EVENTS_PER_PAYLOAD,
-                                max_bytes=MAX_PAYLOAD_BYTES, max_age_secs=FLUSH_SECS, telemetry=self._tel)
 
     async def start(self) -> None:
         self._batcher.start()

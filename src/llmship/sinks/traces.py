@@ -68,14 +68,17 @@ _log = RateLimited(get_logger("traces_sink"))
 class TraceSink:
     def __init__(self, cfg: Config, submit: Callable[[Payload], object], telemetry: Telemetry) -> None:
         self._tel = telemetry.component("traces_sink")
-        self._hostname = cfg.agent.hostname
-        self._env = cfg.agent.env or DEFAULT_ENV
-        # The trace intake takes gzip (the Agent's default) or zstd (apm_config.compression).
-        self._encoding = "zstd" if cfg.sinks.datadog.compression == "zstd" else "gzip"
         self._languages: set[str] = set()  # every language seen, as the Agent reports them
         self._batcher = Batcher(self._encode, submit, max_items=MAX_CHUNKS_PER_PAYLOAD,
                                 max_bytes=MAX_PAYLOAD_BYTES, max_age_secs=FLUSH_SECS,
                                 telemetry=self._tel, framing_bytes=AGENT_PAYLOAD_OVERHEAD)
+        self.reload(cfg)
+
+    def reload(self, cfg: Config) -> None:
+        self._hostname = cfg.agent.hostname
+        self._env = cfg.agent.env or DEFAULT_ENV
+        # The trace intake takes gzip (the Agent's default) or zstd (apm_config.compression).
+        self._encoding = "zstd" if cfg.sinks.datadog.compression == "zstd" else "gzip"
 
     async def start(self) -> None:
         self._batcher.start()
