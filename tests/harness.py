@@ -64,8 +64,8 @@ def _subprocess_env(extra: dict[str, str] | None) -> dict[str, str]:
 class Intake:
     """`llmship intake` on a free port, recording to a SQLite file under ``tmp_path``."""
 
-    def __init__(self, tmp_path: Path, *flags: str) -> None:
-        self.port = free_port()
+    def __init__(self, tmp_path: Path, *flags: str, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.db = tmp_path / f"intake-{self.port}.sqlite"
         self.log_path = tmp_path / f"intake-{self.port}.log"

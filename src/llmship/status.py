@@ -185,7 +185,10 @@ _HELP = {
     "queue_bytes": "Bytes waiting in the in-memory delivery queue.",
     "queue_items": "Payloads waiting in the in-memory delivery queue.",
     "spool_bytes": "Bytes in the disk spool.",
-    "spool_files": "Payload files in the disk spool.",
+    "spool_files": "Files in the disk spool (a file may hold several payloads).",
+    "splits": "Payloads split in two after the intake answered 413.",
+    "spooled": "Payloads written to the disk spool.",
+    "inflight_payloads": "Payloads being sent or retried right now.",
 }
 _BAD_NAME_CHARS = re.compile(r"[^a-zA-Z0-9_]")
 

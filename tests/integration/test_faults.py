@@ -43,7 +43,7 @@ def intake_on(tmp_path):
     started: list[Intake] = []
 
     def start(port: int, *flags: str) -> Intake:
-        server = Intake(tmp_path, "--listen", f"127.0.0.1:{port}", *flags)  # the last --listen wins
+        server = Intake(tmp_path, *flags, port=port)
         server.port, server.url = port, f"http://127.0.0.1:{port}"
         started.append(server)
         return server

@@ -44,7 +44,7 @@ _HOST_TAG = "host:"
 _INTERNAL_TAG_PREFIXES = ("dd.internal.entity_id:", "dd.internal.card:")
 
 # The fast path's cache of parsed line suffixes. Bounded: a workload with more distinct tag sets than
-# this just refills it (each miss costs one general parse, about a microsecond).
+# this just refills it (each miss costs one general parse: a few microseconds).
 _SUFFIX_CACHE_MAX = 8192
 
 _EVENT_PRIORITIES = ("normal", "low")  # the Agent's parse_events.go
