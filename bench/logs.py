@@ -256,7 +256,8 @@ def main() -> None:
           f"(2 kB prompt, 600-character completion); compression {args.compression}")
 
     base = cpu_per_line(baseline, lines)
-    print(f"\nbaseline, orjson decode + encode alone: {base * 1e6:6.2f} us CPU/log = {1 / base:9,.0f} logs/s on one core")
+    print(f"\nbaseline, orjson decode + encode alone: {base * 1e6:6.2f} us CPU/log = {1 / base:9,.0f} logs/s "
+          "on one core")
     stages = in_process_stages(lines, args.compression)
     in_process = stages["decode"] + stages["process"] + stages["encode"] + stages["compress"]
     print(f"agent stages in process (CPU per log; the output is cut to {stages['processed_bytes']:.0f} bytes a log):")

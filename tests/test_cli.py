@@ -69,3 +69,11 @@ def test_status_reports_an_unreachable_agent_in_one_line(tmp_path):
     result = llmship("status", "--url", f"http://127.0.0.1:{port}")
     assert result.returncode != 0
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_validate_rejects_a_scrub_rule_without_a_regex_or_a_default_to_override(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('[[scrub.rules]]\nname = "not_a_default_rule"\n')
+    result = llmship("validate", "--config", str(path))
+    assert result.returncode == 2
+    assert result.stderr.startswith("llmship: invalid config: scrub.rules:"), result.stderr

@@ -57,7 +57,10 @@ def build(cfg: Config, telemetry: Telemetry | None = None, *, readiness=None, in
     delivery = Delivery(cfg, telemetry)
     aggregator = Aggregator(cfg, telemetry)
     metrics_sink = MetricsSink(cfg, delivery.submit, telemetry)
-    scrubber = Scrubber(cfg.scrub.rules, telemetry.component("scrub"))
+    try:
+        scrubber = Scrubber(cfg.scrub.rules, telemetry.component("scrub"))
+    except ValueError as e:  # e.g. a rule with no regex that names no default rule
+        raise ConfigError([f"scrub.rules: {e}"]) from None
     sampler = Sampler(cfg.llm.sampling)
     llm = LLMProcessor(cfg, aggregator, scrubber, telemetry)
     log_processor = LogProcessor(cfg, sampler, scrubber, telemetry)

@@ -14,7 +14,7 @@ import sys
 import textwrap
 import urllib.request
 
-from harness import TEST_API_KEY, wait_for
+from harness import TEST_API_KEY
 from llmship.transforms.truncate import truncate_text
 
 CONFIG = """

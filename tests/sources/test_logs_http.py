@@ -12,7 +12,7 @@ import pytest
 
 from llmship.config import load_config_text
 from llmship.sources.logs import MAX_HTTP_BODY_BYTES, LogsSource
-from test_logs_tcp import Pipeline, wait_until  # noqa: F401  (the same stand-in pipeline)
+from test_logs_tcp import Pipeline  # the same stand-in pipeline
 
 API_KEY = "0123456789abcdef0123456789abcdef"
 
@@ -53,7 +53,8 @@ async def test_one_object_as_the_intake_takes_it(served):
 async def test_an_array_gzip_compressed(served):
     session, pipeline = served
     logs = [{"message": f"m{i}"} for i in range(1000)]
-    status, _, _ = await post(session, "/api/v2/logs", gzip.compress(orjson.dumps(logs)), **{"Content-Encoding": "gzip"})
+    status, _, _ = await post(session, "/api/v2/logs", gzip.compress(orjson.dumps(logs)),
+                              **{"Content-Encoding": "gzip"})
     assert status == 202
     assert [r["message"] for r in pipeline.records] == [f"m{i}" for i in range(1000)]
 

@@ -68,14 +68,13 @@ def _status(record: LogRecord) -> str:
 class LogProcessor:
     def __init__(self, cfg: Config, sampler: Sampler, scrubber: Scrubber, telemetry: Telemetry) -> None:
         self._tel = telemetry.component("logs_processor")
-        self._scrub_telemetry = scrubber.telemetry
         self._sampler = sampler
         self._scrubber = scrubber
         self._apply_config(cfg)
 
     def reload(self, cfg: Config) -> None:
         self._sampler = Sampler(cfg.llm.sampling)
-        self._scrubber = Scrubber(cfg.scrub.rules, self._scrub_telemetry)
+        self._scrubber.reload(cfg.scrub.rules)  # shared with the LLM processor: span text follows too
         self._apply_config(cfg)
 
     def _apply_config(self, cfg: Config) -> None:

@@ -232,19 +232,25 @@ class Scrubber:
 
     def __init__(self, rules: tuple[ScrubRule, ...] = (), telemetry_component: Component | None = None, *,
                  defaults: tuple[ScrubRule, ...] = DEFAULT_RULES) -> None:
-        default_regex = {r.name: r.regex for r in defaults}
-        self._rules: list[_Rule] = []
-        for rule in effective_rules(rules, defaults):
+        self.telemetry = telemetry_component if telemetry_component is not None else Component("scrub")
+        self._defaults = defaults
+        self.reload(rules)
+
+    def reload(self, rules: tuple[ScrubRule, ...]) -> None:
+        """Swap in new user rules; everyone holding this scrubber (or its ``scrub``) sees them."""
+        default_regex = {r.name: r.regex for r in self._defaults}
+        compiled: list[_Rule] = []
+        for rule in effective_rules(rules, self._defaults):
             # A default's triggers are written for its regex: a replaced regex runs everywhere.
             own = default_regex.get(rule.name) == rule.regex
-            self._rules.append((rule.name, re.compile(rule.regex), rule.replacement,
-                                _PREFILTERS.get(rule.name) if own else None,
-                                _STARTS.get(rule.name) if own else None,
-                                _VALIDATORS.get(rule.name) if own else None))
-        self.telemetry = telemetry_component if telemetry_component is not None else Component("scrub")
-        self.rule_names = tuple(r[0] for r in self._rules)
+            compiled.append((rule.name, re.compile(rule.regex), rule.replacement,
+                             _PREFILTERS.get(rule.name) if own else None,
+                             _STARTS.get(rule.name) if own else None,
+                             _VALIDATORS.get(rule.name) if own else None))
+        self._rules = compiled
+        self.rule_names = tuple(r[0] for r in compiled)
         # _ANY_HINT covers the default rules only: with any other regex, every text goes through the rules.
-        self._short_cut = all(r[3] is not None or r[4] is not None for r in self._rules)
+        self._short_cut = all(r[3] is not None or r[4] is not None for r in compiled)
 
     def scrub(self, text: str) -> str:
         if self._short_cut and len(text) <= _SHORT_TEXT and _ANY_HINT.search(text) is None:
