@@ -146,15 +146,21 @@ class Agent:
         while True:
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
             next_at += interval
-            self._flush_metrics()
+            await self._flush_metrics()
 
-    def _flush_metrics(self, final: bool = False) -> None:
+    async def _flush_metrics(self, final: bool = False) -> None:
+        """Ship this interval's aggregates: in slices that let the loop read sockets meanwhile, or, when
+        ``final`` (draining, nothing left to read), all at once."""
         t = self.topology
         try:
             if self.cfg.status.ship_self_metrics:
                 for name, mtype, value, tags in self_metrics(t.telemetry):
                     t.aggregator.add(name, mtype, value, tags)
-            t.metrics_sink.ship(t.aggregator.flush(time.time(), final=final))
+            result = t.aggregator.flush(time.time(), final=final)
+            if final:
+                t.metrics_sink.ship(result)
+            else:
+                await t.metrics_sink.ship_async(result)
         except Exception as e:  # never let one bad flush stop the loop
             t.telemetry.component("agent").error("flush_failed", f"{type(e).__name__}: {e}")
             log.exception("flush_failed")
@@ -198,7 +204,7 @@ class Agent:
             task.cancel()
         for source in t.sources:
             await source.shutdown(deadline)
-        self._flush_metrics(final=True)
+        await self._flush_metrics(final=True)
         for sink in t.sinks:
             await sink.shutdown(deadline)
         await t.metrics_sink.shutdown(deadline)

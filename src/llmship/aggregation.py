@@ -32,10 +32,20 @@ context is keyed by its type as well, so ``x:1|c`` and ``x:1|g`` with the same t
 a context's "last seen" is the start of the latest bucket it was sampled in (no clock store per sample),
 and expiry counts from that bucket's end, so a context never expires before the Agent would expire it
 (at most one interval later).
+A raw ``(name, type, tags, host)`` as received is found by its 64-bit hash alone, as the Agent finds a
+context by its 64-bit ckey.ContextKey (pkg/aggregator/ckey/key.go): the raw tag string is not kept. Two raw
+keys with the same hash (odds about n^2 / 2^65: 3e-10 for 100,000 contexts) would share a context, as there.
 Tags: each raw tag is normalized (llmship.tags.normalize_tag, the backend's rules), duplicates dropped,
 the agent's env/service/version/tags added for keys the sample lacks, then sorted. The Agent itself
 leaves DogStatsD tags to the backend's normalization; normalizing here gives the same result and lets
 "Env:Prod" and "env:prod" share one context.
+
+Memory (issue 2: 100,000 contexts within an agent under 100 MB): a context is one slotted object (its kind
+is its class), its tags tuple, and an entry in each of two dicts; a histogram, distribution or set holds
+its first sample as a plain value and gets a buffer only with a second one (a high-cardinality context
+typically sees one sample per interval). ``flush`` only takes the ready aggregates (a tuple each) and
+decides the counters' zeros; the series and sketches are built one at a time as the sink drains the
+``FlushResult``, so a flush never holds a list of every series, and the loop is free between slices.
 """
 
 from __future__ import annotations
@@ -44,8 +54,8 @@ import math
 import sys
 import time
 from array import array
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 from llmship.log import RateLimited, get_logger
 from llmship.sketch import Sketch
@@ -62,7 +72,6 @@ MAX_PENDING_TIMESTAMPED = 100_000  # bound on `T` points waiting for the next fl
 
 # Context kinds. Small ints: compared on every sample.
 _COUNTER, _GAUGE, _SET, _HISTOGRAM, _DISTRIBUTION = range(5)
-_KINDS = {"c": _COUNTER, "g": _GAUGE, "s": _SET, "h": _HISTOGRAM, "ms": _HISTOGRAM, "d": _DISTRIBUTION}
 
 
 @dataclass(slots=True)
@@ -87,29 +96,70 @@ class SketchSeries:
     points: list[tuple[int, Sketch]]
 
 
-@dataclass(slots=True)
 class FlushResult:
-    series: list[Series] = field(default_factory=list)
-    sketches: list[SketchSeries] = field(default_factory=list)
+    """What one flush ships: ``series`` and ``sketches``.
+
+    From the aggregator, they are built lazily: ``drain()`` hands them over one at a time and keeps none
+    (what a sink uses: no list of every series, and each aggregate is released once rendered), while the
+    ``series`` and ``sketches`` lists are built on first access (tests, callers that want them all).
+    A result is drained once: what ``drain`` handed over is gone from it.
+    """
+
+    __slots__ = ("_series", "_sketches", "_pending")
+
+    def __init__(self, series: list[Series] | None = None, sketches: list[SketchSeries] | None = None,
+                 pending: Iterator[Series | SketchSeries] | None = None) -> None:
+        self._series = [] if series is None else series
+        self._sketches = [] if sketches is None else sketches
+        self._pending = pending
+
+    @property
+    def series(self) -> list[Series]:
+        self._build()
+        return self._series
+
+    @property
+    def sketches(self) -> list[SketchSeries]:
+        self._build()
+        return self._sketches
+
+    def drain(self) -> Iterator[Series | SketchSeries]:
+        """Every series and sketch still held, then every one still to be built, each once."""
+        while self._series or self._sketches or self._pending is not None:
+            series, sketches, self._series, self._sketches = self._series, self._sketches, [], []
+            yield from series
+            del series
+            yield from sketches
+            del sketches
+            pending, self._pending = self._pending, None
+            if pending is not None:
+                yield from pending
+
+    def _build(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            for item in pending:
+                (self._sketches if type(item) is SketchSeries else self._series).append(item)
 
 
 class _Context:
-    # One context, and its aggregate for ``bucket``, the start of the latest bucket it was sampled in (which
-    # also serves as its "last seen" time); ``n`` samples so far (0: nothing to ship). ``acc`` is the counter
-    # sum or the gauge's last value; ``data`` the set members, _Histogram or Sketch (None when idle).
+    # One context, and its aggregate for ``bucket``: the start of the latest bucket it was sampled in (which
+    # also serves as its "last seen" time), ``n`` samples so far (0: nothing to ship) and ``acc``: the
+    # counter's sum, the gauge's last value, or for sets, histograms and distributions the first sample
+    # as is, then a set, _Histogram or Sketch from the second sample on (see _add_to_buffer).
     # A context is its own key in Aggregator._contexts (equal when name, kind, tags and host are), which
-    # saves a key tuple per context; slots keep 100k contexts within the memory budget.
-    __slots__ = ("name", "host", "tags", "kind", "bucket", "n", "acc", "data")
+    # saves a key tuple per context; its kind is its class, which saves a slot: slots keep 100k contexts
+    # within the memory budget.
+    __slots__ = ("name", "host", "tags", "bucket", "n", "acc")
+    kind = -1
 
-    def __init__(self, name: str, host: str, tags: tuple[str, ...], kind: int) -> None:
+    def __init__(self, name: str, host: str, tags: tuple[str, ...]) -> None:
         self.name = name
         self.host = host
         self.tags = tags
-        self.kind = kind
         self.bucket = -1
         self.n = 0
-        self.acc = 0.0
-        self.data: set | _Histogram | Sketch | None = None
+        self.acc: float | str | set | _Histogram | Sketch = 0.0
 
     def __hash__(self) -> int:
         return hash((self.name, self.kind, self.tags, self.host))
@@ -117,6 +167,37 @@ class _Context:
     def __eq__(self, other: object) -> bool:
         return isinstance(other, _Context) and (self.name, self.kind, self.tags, self.host) == (
             other.name, other.kind, other.tags, other.host)
+
+
+class _CounterContext(_Context):
+    __slots__ = ()
+    kind = _COUNTER
+
+
+class _GaugeContext(_Context):
+    __slots__ = ()
+    kind = _GAUGE
+
+
+class _SetContext(_Context):
+    __slots__ = ()
+    kind = _SET
+
+
+class _HistogramContext(_Context):
+    __slots__ = ()
+    kind = _HISTOGRAM
+
+
+class _DistributionContext(_Context):
+    __slots__ = ()
+    kind = _DISTRIBUTION
+
+
+_CONTEXT_TYPES: dict[str, type[_Context]] = {
+    "c": _CounterContext, "g": _GaugeContext, "s": _SetContext, "h": _HistogramContext, "ms": _HistogramContext,
+    "d": _DistributionContext,
+}
 
 
 class _Histogram:
@@ -136,17 +217,16 @@ class _Histogram:
         self.weights.append(weight)
 
 
-def _fresh_data(kind: int) -> set | _Histogram | Sketch | None:
-    if kind == _SET:
-        return set()
-    if kind == _HISTOGRAM:
-        return _Histogram()
-    if kind == _DISTRIBUTION:
-        return Sketch()
-    return None
+_Row = tuple[int, _Context, int, object]  # a detached aggregate: bucket, context, samples, acc
 
-
-_Entry = tuple[int, _Context, int, float, object]  # a detached aggregate: bucket, context, n, acc, data
+# The series a context of each kind ships: name suffixes and series types (a distribution ships a sketch).
+_SERIES_SHAPES: dict[int, tuple[tuple[str, ...], tuple[int, ...]]] = {
+    _COUNTER: (("",), (RATE,)),
+    _GAUGE: (("",), (GAUGE,)),
+    _SET: (("",), (GAUGE,)),
+    _HISTOGRAM: ((".max", ".median", ".avg", ".count", *(f".{p}percentile" for p in HISTOGRAM_PERCENTILES)),
+                 (GAUGE, GAUGE, GAUGE, RATE, *(GAUGE for _ in HISTOGRAM_PERCENTILES))),
+}
 
 
 class Aggregator:
@@ -154,13 +234,11 @@ class Aggregator:
         self._clock = clock
         self._tel = telemetry.component("aggregator")
         self._rl = RateLimited(get_logger("aggregator"))
-        self._by_raw: dict[tuple, _Context] = {}  # (name, mtype, raw tags, host) as received -> context
+        self._by_raw: dict[int, _Context] = {}  # hash((name, mtype, raw tags, host)) as received -> context
         self._contexts: dict[_Context, _Context] = {}  # every live context, by (name, kind, tags, host)
         self._bucket = 0  # start of the current bucket (by arrival time), and its end
         self._bucket_end = -math.inf
-        self._touched: list[_Context] = []  # contexts sampled in the current bucket
-        self._touched_by_bucket: dict[int, list[_Context]] = {}
-        self._closed: list[_Entry] = []  # aggregates of buckets that ended before their flush
+        self._closed: list[_Row] = []  # aggregates of buckets that ended before their flush
         self._timestamped: list[Series] = []
         self._last_cutoff = 0
         self._samples = 0
@@ -194,9 +272,10 @@ class Aggregator:
         if timestamp is not None:
             self._add_timestamped(name, mtype, value, tags, host, timestamp)
             return
-        ctx = self._by_raw.get((name, mtype, tags, host))
+        raw_key = hash((name, mtype, tags, host))
+        ctx = self._by_raw.get(raw_key)
         if ctx is None:
-            ctx = self._new_context(name, mtype, tags, host)
+            ctx = self._new_context(raw_key, name, mtype, tags, host)
             if ctx is None:
                 return
         now = self._clock()
@@ -210,45 +289,75 @@ class Aggregator:
                 ctx.acc += value if rate == 1.0 or not 0.0 < rate < 1.0 else value / rate
             elif kind == _GAUGE:
                 ctx.acc = value + 0.0  # + 0.0 rejects a str here rather than at flush
-            elif kind == _DISTRIBUTION:
-                if not ctx.data.insert(value, rate):
-                    self._tel.inc("dropped", reason="non_finite")
-                    return
-            elif kind == _HISTOGRAM:
-                weight = int(1.0 / rate) if 0.0 < rate < 1.0 else 1  # the Agent's int64(1 / rate)
-                ctx.data.add(value, weight)
-            else:
-                ctx.data.add(value)
+            elif not self._add_to_buffer(ctx, kind, value, rate):
+                self._tel.inc("dropped", reason="non_finite")
+                return
         except (TypeError, ValueError):
             self._tel.inc("dropped", reason="bad_value")
             self._rl.warning("bad_value", "metric_value_rejected", metric=name[:200], type=mtype[:10])
             return
         ctx.n += 1
 
+    @staticmethod
+    def _add_to_buffer(ctx: _Context, kind: int, value: float | str, rate: float) -> bool:
+        """A sample of a set, histogram or distribution. The first one is kept as is (a float or the set
+        member) while it needs no weight; a buffer is made for the second. False: dropped as non-finite."""
+        acc, first = ctx.acc, ctx.n == 0
+        unweighted = rate == 1.0 or not 0.0 < rate < 1.0
+        if kind == _HISTOGRAM:
+            if type(acc) is not _Histogram:
+                if first and unweighted:
+                    ctx.acc = value + 0.0
+                    return True
+                hist = _Histogram()
+                if not first:
+                    hist.add(acc, 1)
+                hist.add(value, 1 if unweighted else int(1.0 / rate))  # the Agent's int64(1 / rate)
+                ctx.acc = hist
+                return True
+            acc.add(value, 1 if unweighted else int(1.0 / rate))
+        elif kind == _DISTRIBUTION:
+            if type(acc) is not Sketch:
+                if first and unweighted:
+                    value += 0.0
+                    if value - value != 0.0:  # NaN or infinite: the Agent ignores it (sketch_map.go)
+                        return False
+                    ctx.acc = value
+                    return True
+                sketch = Sketch()
+                if not first:
+                    sketch.insert(acc)
+                if not sketch.insert(value, rate):
+                    return False
+                ctx.acc = sketch
+                return True
+            return acc.insert(value, rate)
+        elif type(acc) is set:
+            acc.add(value)
+        else:
+            ctx.acc = value if first else {acc, value}
+        return True
+
     def _advance(self, now: float) -> None:
         start = int(now) - int(now) % self.interval
         self._bucket, self._bucket_end = start, start + self.interval
-        self._touched = self._touched_by_bucket.setdefault(start, [])
 
     def _enter_bucket(self, ctx: _Context) -> None:
         if ctx.n:
-            self._closed.append(_detach(ctx))
-        ctx.bucket = self._bucket
-        ctx.data = _fresh_data(ctx.kind)
-        self._touched.append(ctx)
+            self._closed.append((ctx.bucket, ctx, ctx.n, ctx.acc))
+        ctx.bucket, ctx.n, ctx.acc = self._bucket, 0, 0.0
 
-    def _new_context(self, name: str, mtype: str, raw_tags: str, host: str | None) -> _Context | None:
-        kind = _KINDS.get(mtype)
-        if kind is None or not name:
+    def _new_context(self, raw_key: int, name: str, mtype: str, raw_tags: str, host: str | None) -> _Context | None:
+        cls = _CONTEXT_TYPES.get(mtype)
+        if cls is None or not name:
             self._tel.inc("dropped", reason="bad_type" if name else "no_name")
             self._rl.warning("bad_sample", "metric_sample_rejected", metric=name[:200], type=str(mtype)[:10])
             return None
-        # Names, types and hosts repeat across contexts: interned, each is stored once.
-        name, mtype = sys.intern(name), sys.intern(mtype)
-        host = None if host is None else sys.intern(host)
-        candidate = _Context(name, self._hostname if host is None else host, self._canonical_tags(raw_tags), kind)
+        # Names and hosts repeat across contexts: interned, each is stored once.
+        host = self._hostname if host is None else sys.intern(host)
+        candidate = cls(sys.intern(name), host, self._canonical_tags(raw_tags))
         ctx = self._contexts.setdefault(candidate, candidate)  # the same context under another tag order
-        self._by_raw[(name, mtype, raw_tags, host)] = ctx
+        self._by_raw[raw_key] = ctx
         return ctx
 
     def _canonical_tags(self, raw_tags: str) -> tuple[str, ...]:
@@ -288,99 +397,108 @@ class Aggregator:
 
     def flush(self, now: float, final: bool = False) -> FlushResult:
         """Everything from buckets that ended by the start of now's bucket; then expire idle contexts.
-        ``final`` (on shutdown) ships the open buckets too, like the Agent's forceFlushAll."""
+        ``final`` (on shutdown) ships the open buckets too, like the Agent's forceFlushAll.
+
+        This only takes the ready aggregates, decides the counters' zeros and expires contexts, in one pass
+        over the contexts (about 1 us each); the series and sketches are built as the result is drained
+        (see FlushResult), while samples arriving meanwhile go to the new bucket."""
         interval = self.interval
         cutoff = int(now) - int(now) % interval
         limit = math.inf if final else cutoff  # a bucket is ready once bucket + interval <= limit
-        ready = [entry for entry in self._closed if entry[0] + interval <= limit]
-        self._closed = [entry for entry in self._closed if entry[0] + interval > limit]
-        for bucket in [b for b in self._touched_by_bucket if b + interval <= limit]:
-            contexts = self._touched_by_bucket.pop(bucket)
-            current = bucket == self._bucket
-            for ctx in contexts:
-                if ctx.bucket == bucket and ctx.n:
-                    ready.append(_detach(ctx))
-                    if current:  # final, or `now` ahead of our clock: it may still be sampled here
-                        ctx.data = _fresh_data(ctx.kind)
-            if current:
-                self._touched = self._touched_by_bucket[bucket] = contexts
-        self._samples += sum(entry[2] for entry in ready)
-        buckets = {entry[0] for entry in ready}
+        closed = [row for row in self._closed if row[0] + interval <= limit]
+        if closed:
+            self._closed = [row for row in self._closed if row[0] + interval > limit]
+        rows = list(closed)
+        idle_counters: list[_Context] = []  # counters with no aggregate taken in this pass
+        expired: list[_Context] = []
+        # Expiry counts from the end of a context's latest bucket: no context expires earlier than the
+        # Agent would expire it (its last sample is at most one interval after the bucket start).
+        seen_before = now - interval
+        samples = 0
+        for ctx in self._contexts:
+            bucket, n = ctx.bucket, ctx.n
+            if n and bucket + interval <= limit:
+                rows.append((bucket, ctx, n, ctx.acc))
+                ctx.n, ctx.acc = 0, 0.0  # detached: no buffer until sampled again
+                samples += n
+            elif ctx.kind == _COUNTER:
+                idle_counters.append(ctx)
+            if bucket + (CONTEXT_EXPIRY_SECS + COUNTER_EXPIRY_SECS if ctx.kind == _COUNTER
+                         else CONTEXT_EXPIRY_SECS) < seen_before:
+                expired.append(ctx)
+        self._samples += samples + sum(row[2] for row in closed)
+        buckets = sorted({row[0] for row in rows})
         if not buckets and self._last_cutoff + interval <= cutoff:
-            buckets = {cutoff - interval}  # nothing sampled: still ship the counters' zeros
+            buckets = [cutoff - interval]  # nothing sampled: still ship the counters' zeros
         self._last_cutoff = cutoff
-
-        result = FlushResult(series=self._timestamped)
+        zeros: list[_Context] = []  # counters that get a zero for the only bucket (see below)
+        if len(buckets) == 1:
+            sampled = {id(row[1]) for row in closed}
+            zeros = [ctx for ctx in idle_counters
+                     if ctx.bucket + COUNTER_EXPIRY_SECS >= buckets[0] and id(ctx) not in sampled]
+        elif buckets:  # a late flush: a counter may lack some buckets, and has one series for them all
+            rows.extend(_counter_zeros(rows, [c for c in self._contexts if c.kind == _COUNTER], buckets))
+            rows.sort(key=lambda row: (id(row[1]), row[0]))  # a context's rows together, in time order
+        pending = self._render(rows, zeros, buckets[0] if zeros else 0, interval) if rows or zeros else None
+        result = FlushResult(series=self._timestamped, pending=pending)
         self._timestamped = []
-        series_by_key: dict[tuple[int, str], Series] = {}  # (id(context), name suffix) -> series
-        sketches_by_ctx: dict[int, SketchSeries] = {}
-        sampled_counters: set[tuple[int, int]] = set()  # (bucket, id(context))
-        for bucket, ctx, _, acc, data in sorted(ready, key=lambda e: e[0]):
-            kind = ctx.kind
-            if kind == _DISTRIBUTION:
-                ss = sketches_by_ctx.get(id(ctx))
-                if ss is None:
-                    ss = sketches_by_ctx[id(ctx)] = SketchSeries(ctx.name, ctx.host, ctx.tags, [])
-                ss.points.append((bucket, data))
-            elif kind == _COUNTER:
-                sampled_counters.add((bucket, id(ctx)))
-                self._point(series_by_key, ctx, "", RATE, bucket, acc / interval)
-            elif kind == _GAUGE:
-                self._point(series_by_key, ctx, "", GAUGE, bucket, acc)
-            elif kind == _SET:
-                self._point(series_by_key, ctx, "", GAUGE, bucket, float(len(data)))
-            else:
-                self._histogram_points(series_by_key, ctx, bucket, data)
-        if buckets:
-            counters = [c for c in self._contexts if c.kind == _COUNTER]
-            for bucket in sorted(buckets):
-                for ctx in counters:
-                    # The Agent: lastSeen + dogstatsd_expiry_seconds > bucket. Any last-seen time inside
-                    # the context's latest bucket (after its start) gives this same set of buckets.
-                    if ctx.bucket + COUNTER_EXPIRY_SECS >= bucket and (bucket, id(ctx)) not in sampled_counters:
-                        self._point(series_by_key, ctx, "", RATE, bucket, 0.0)
-        result.series.extend(series_by_key.values())
-        result.sketches.extend(sketches_by_ctx.values())
-        self._expire(now)
+        if expired:
+            self._forget(expired)
         return result
 
-    def _point(self, out: dict, ctx: _Context, suffix: str, mtype: int, bucket: int, value: float) -> None:
-        if not math.isfinite(value):
-            self._tel.inc("dropped", reason="non_finite")
-            return
-        series = out.get((id(ctx), suffix))
-        if series is None:
-            series = out[(id(ctx), suffix)] = Series(ctx.name + suffix, mtype, self.interval, [], ctx.tags, ctx.host)
-        series.points.append((bucket, value))
+    def _render(self, rows: list[_Row], zeros: list[_Context], zeros_bucket: int,
+                interval: int) -> Iterator[Series | SketchSeries]:
+        """Series and sketches from ``rows`` (a context's rows are consecutive, in time order), releasing
+        each row once rendered; then a zero at ``zeros_bucket`` for each of the ``zeros`` counters."""
+        rows.reverse()  # popped from the end, in order
+        while rows:
+            bucket, ctx, _, acc = rows.pop()
+            group = [(bucket, acc)]
+            while rows and rows[-1][1] is ctx:  # the same context in a later bucket (a late flush)
+                row = rows.pop()
+                group.append((row[0], row[3]))
+            if ctx.kind == _DISTRIBUTION:
+                yield SketchSeries(ctx.name, ctx.host, ctx.tags, [(b, _as_sketch(a)) for b, a in group])
+                continue
+            names, types = _SERIES_SHAPES[ctx.kind]
+            columns: list[list[tuple[int, float]]] = [[] for _ in names]
+            for bucket, acc in group:
+                values = self._values(ctx.kind, acc, interval)
+                for points, value in zip(columns, values):
+                    if value - value == 0.0:  # finite
+                        points.append((bucket, value))
+                    else:
+                        self._tel.inc("dropped", reason="non_finite")
+            for suffix, mtype, points in zip(names, types, columns):
+                if points:
+                    yield Series(ctx.name + suffix if suffix else ctx.name, mtype, interval, points, ctx.tags,
+                                 ctx.host)
+        for ctx in zeros:
+            yield Series(ctx.name, RATE, interval, [(zeros_bucket, 0.0)], ctx.tags, ctx.host)
 
-    def _histogram_points(self, out: dict, ctx: _Context, bucket: int, hist: _Histogram) -> None:
-        weights = hist.weights if hist.weights is not None else [1] * len(hist.values)
-        samples = sorted((v, w) for v, w in zip(hist.values, weights) if math.isfinite(v))
-        if len(samples) < len(hist.values):
-            self._tel.inc("dropped", len(hist.values) - len(samples), reason="non_finite")
+    def _values(self, kind: int, acc: object, interval: int) -> tuple[float, ...]:
+        """One bucket's values of a context's series, in _SERIES_SHAPES order."""
+        if kind == _COUNTER:
+            return (acc / interval,)
+        if kind == _GAUGE:
+            return (acc,)
+        if kind == _SET:
+            return (float(len(acc)) if type(acc) is set else 1.0,)
+        if type(acc) is not _Histogram:  # its only sample
+            return (acc, acc, acc, 1 / interval, *(acc for _ in HISTOGRAM_PERCENTILES))
+        # max, median, avg, count (a rate) and the percentiles, as histogram.go computes them
+        weights = acc.weights if acc.weights is not None else [1] * len(acc.values)
+        samples = sorted((v, w) for v, w in zip(acc.values, weights) if math.isfinite(v))
+        if len(samples) < len(acc.values):
+            self._tel.inc("dropped", len(acc.values) - len(samples), reason="non_finite")
         if not samples:
-            return
+            return ()
         count = sum(w for _, w in samples)
         total = sum(v * w for v, w in samples)
-        self._point(out, ctx, ".max", GAUGE, bucket, samples[-1][0])
-        self._point(out, ctx, ".median", GAUGE, bucket, _weighted_rank(samples, (count - 1) // 2))
-        self._point(out, ctx, ".avg", GAUGE, bucket, total / count)
-        self._point(out, ctx, ".count", RATE, bucket, count / self.interval)
-        for p in HISTOGRAM_PERCENTILES:
-            self._point(out, ctx, f".{p}percentile", GAUGE, bucket, _weighted_rank(samples, (p * count - 1) // 100))
+        return (samples[-1][0], _weighted_rank(samples, (count - 1) // 2), total / count, count / interval,
+                *(_weighted_rank(samples, (p * count - 1) // 100) for p in HISTOGRAM_PERCENTILES))
 
-    def _expire(self, now: float) -> None:
-        """Forget contexts unseen for the Agent's expiry (counters: plus the time they ship zeros). A
-        context's last sample is at most one interval after its bucket start: count from the bucket end,
-        so no context expires earlier than the Agent would expire it."""
-        seen_before = now - self.interval
-        expired = [
-            ctx for ctx in self._contexts
-            if ctx.bucket + (CONTEXT_EXPIRY_SECS + COUNTER_EXPIRY_SECS if ctx.kind == _COUNTER
-                             else CONTEXT_EXPIRY_SECS) < seen_before
-        ]
-        if not expired:
-            return
+    def _forget(self, expired: list[_Context]) -> None:
         for ctx in expired:
             del self._contexts[ctx]
         dead = {id(ctx) for ctx in expired}
@@ -388,11 +506,24 @@ class Aggregator:
         self._tel.inc("contexts_expired", len(dead))
 
 
-def _detach(ctx: _Context) -> _Entry:
-    """Take the context's aggregate out to ship it; the context holds no buffer until sampled again."""
-    entry = (ctx.bucket, ctx, ctx.n, ctx.acc, ctx.data)
-    ctx.n, ctx.acc, ctx.data = 0, 0.0, None
-    return entry
+def _counter_zeros(rows: list[_Row], counters: list[_Context], buckets: list[int]) -> Iterator[_Row]:
+    """A zero for each counter and flushed bucket it was not sampled in while the Agent would still ship
+    one: lastSeen + dogstatsd_expiry_seconds > bucket. Any last-seen time inside the context's latest
+    bucket (after its start) gives this same set of buckets (flush() applies the same rule when there is
+    one bucket)."""
+    sampled = {(row[0], id(row[1])) for row in rows if row[1].kind == _COUNTER}
+    for ctx in counters:
+        for bucket in buckets:
+            if ctx.bucket + COUNTER_EXPIRY_SECS >= bucket and (bucket, id(ctx)) not in sampled:
+                yield (bucket, ctx, 0, 0.0)
+
+
+def _as_sketch(acc: float | Sketch) -> Sketch:
+    if type(acc) is Sketch:
+        return acc
+    sketch = Sketch()  # a distribution's only sample
+    sketch.insert(acc)
+    return sketch
 
 
 def _weighted_rank(samples: list[tuple[float, int]], target: int) -> float:

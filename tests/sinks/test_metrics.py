@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import random
 
 import orjson
@@ -221,3 +222,39 @@ async def test_shutdown_hands_over_pending_service_checks() -> None:
     await sink.shutdown(0)
     await sink.shutdown(0)
     assert [p.kind for p in sent] == ["service_checks"]
+
+
+async def test_ship_async_lets_the_loop_run_and_ships_everything() -> None:
+    result = flushed_contexts(20_000, lambda i: f"{i:06d}")
+    sink, sent, _ = make_sink("gzip")
+    turns = 0
+    done = False
+
+    async def other_work() -> None:  # stands for the DogStatsD reader: counts the turns it gets
+        nonlocal turns
+        while not done:
+            turns += 1
+            await asyncio.sleep(0)
+
+    other = asyncio.create_task(other_work())
+    await sink.ship_async(result)
+    done = True
+    await other
+    assert turns > 1  # the flush gave the loop away between slices
+    shipped = series_of(sent)
+    assert len(shipped) == 20_000 and len({tuple(s["tags"]) for s in shipped}) == 20_000
+
+
+async def test_a_cancelled_ship_async_is_finished_by_shutdown_exactly_once() -> None:
+    result = flushed_contexts(20_000, lambda i: f"{i:06d}")
+    sink, sent, _ = make_sink("gzip")
+    task = asyncio.create_task(sink.ship_async(result))
+    await asyncio.sleep(0)  # the task encodes its first slice, then gives the loop away
+    assert not task.done()
+    task.cancel()  # as the agent's drain cancels its flush loop
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(series_of(sent)) < 20_000
+    await sink.shutdown(0)
+    shipped = series_of(sent)
+    assert len(shipped) == 20_000 and len({tuple(s["tags"]) for s in shipped}) == 20_000

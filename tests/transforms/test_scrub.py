@@ -246,3 +246,44 @@ def test_reload_swaps_rules_for_every_holder_of_the_scrubber(tel):
     scrubber.reload((ScrubRule("email", enabled=False), ScrubRule("word", r"secret", "***")))
     assert scrub("a@b.io secret") == "a@b.io ***"
     assert scrubber.rule_names[-1] == "word" and "email" not in scrubber.rule_names
+
+
+# ----------------------------------------------------------------------------------- scrub_truncate
+
+# Pieces that put every kind of space-holding match and lookbehind next to a possible cut: "api key",
+# "Bearer token", "4111 1111", "key = ", words ending in each letter before a space.
+_CUT_PIECES = _PIECES + [" ", " ", "a ", "n ", "p ", "r ", "y ", "z ", "api ", "app ", "application ", "key ",
+                         "Bearer ", "bearer\t", "4111 ", "1111 ", " = ", "\" ", ": ", "word ", "text, "]
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(st.sampled_from(_CUT_PIECES), max_size=80), st.integers(min_value=0, max_value=120))
+def test_scrub_truncate_equals_truncating_the_scrubbed_text(pieces, max_chars):
+    text = "".join(pieces)
+    scrubber = Scrubber()
+    assert scrubber.scrub_truncate(text, max_chars) == truncate_text(_reference(text), max_chars)
+
+
+def test_scrub_truncate_with_custom_replacements_and_rules():
+    text = ("word " * 30 + f"api key {DD_KEY} and a@b.io ") * 3
+    for rules in [(ScrubRule("email", "", "<email>"),), (ScrubRule("email", "", ""),),
+                  (ScrubRule("datadog_api_key", "", r"\1***"),), (ScrubRule("extra", r"word", "w"),)]:
+        scrubber = Scrubber(rules)
+        for max_chars in (0, 20, 150, 200, 400):
+            assert scrubber.scrub_truncate(text, max_chars) == truncate_text(scrubber.scrub(text), max_chars)
+
+
+def test_scrub_truncate_scans_only_the_kept_head(tel):
+    scrubber = Scrubber((), tel)
+    text = "word " * 200 + "mail a@b.io"
+    out, cut = scrubber.scrub_truncate(text, 100)
+    assert cut and out == truncate_text(text, 100)[0]
+    assert tel.get("scrub_matches") == 0  # the e-mail was past the cut: never shipped, never looked for
+
+
+def test_scrub_truncate_goes_on_when_a_secret_shrinks_the_head(tel):
+    token = "Bearer " + "a" * 300
+    text = token + " then a@b.io" + " word" * 100
+    out, cut = Scrubber((), tel).scrub_truncate(text, 100)
+    assert out.startswith("Bearer [REDACTED:bearer_token] then [REDACTED:email] word") and cut
+    assert tel.get("scrub_matches") == 2

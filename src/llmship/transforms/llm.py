@@ -81,6 +81,11 @@ _MASK64 = (1 << 64) - 1
 # dropped and counted, the rest of its batch carries on.
 _BAD_EVENT = (AttributeError, KeyError, TypeError, ValueError, RecursionError)
 _MAX_CACHED = 4096  # tag strings and proxy URL decisions: few distinct values; bound against junk input
+# Texts the scrub rules leave unchanged, remembered with their truncated form: system prompts, few-shot
+# examples and retrieved documents repeat from call to call, and a hit costs a hash instead of the rules'
+# scans. Bounded in characters (about 4-16 MB of strings) and emptied when full, like the caches above.
+_MAX_CLEAN_TEXT_CHARS = 4_000_000
+_MAX_CLEAN_TEXT_ENTRIES = 50_000
 
 
 class _RecentIds:
@@ -106,7 +111,7 @@ class _Call:
     """What the metrics, sampling and sample log need to know about one LLM call (raw tag values)."""
 
     __slots__ = ("trace_id", "span_id", "kind", "error", "start_ns", "duration_ns", "service", "env",
-                 "version", "model", "provider", "endpoint", "tokens", "tokens_estimated")
+                 "version", "model", "provider", "endpoint", "tokens", "tokens_estimated", "tag_set")
 
     def __init__(self, trace_id: int | None, span_id: int | None, kind: str, error: bool, start_ns: int,
                  duration_ns: int, service: str, env: str, version: str) -> None:
@@ -122,18 +127,41 @@ class _Call:
         self.model = self.provider = self.endpoint = ""
         self.tokens: list[float | None] = [None, None, None]  # input, output, total
         self.tokens_estimated = False
+        self.tag_set: _TagSet | None = None  # LLMProcessor._tags, once the identity is settled
+
+
+class _CleanTexts:
+    """Texts the scrub rules leave unchanged -> (truncated text, whether it was cut). Only unchanged texts
+    are remembered: a hit then does exactly what scrubbing would (nothing, and no match to count)."""
+
+    __slots__ = ("results", "chars")
+
+    def __init__(self) -> None:
+        self.results: dict[str, tuple[str, bool]] = {}
+        self.chars = 0
+
+    def remember(self, text: str, result: tuple[str, bool]) -> None:
+        chars = len(text) + (len(result[0]) if result[0] is not text else 0)  # a truncated copy counts too
+        if self.chars + chars > _MAX_CLEAN_TEXT_CHARS or len(self.results) >= _MAX_CLEAN_TEXT_ENTRIES:
+            self.results.clear()
+            self.chars = 0
+            if chars > _MAX_CLEAN_TEXT_CHARS:
+                return
+        self.results[text] = result
+        self.chars += chars
 
 
 class _TextPass:
     """Walks an input/output structure: counts the characters of its text leaves and, when ``rewrite``,
     replaces each with its scrubbed then truncated form (in place)."""
 
-    __slots__ = ("scrub", "max_chars", "rewrite", "chars", "truncated")
+    __slots__ = ("scrub", "max_chars", "rewrite", "clean", "chars", "truncated")
 
-    def __init__(self, scrub, max_chars: int, rewrite: bool) -> None:
+    def __init__(self, scrub, max_chars: int, rewrite: bool, clean: _CleanTexts) -> None:
         self.scrub = scrub
         self.max_chars = max_chars
         self.rewrite = rewrite
+        self.clean = clean
         self.chars = 0
         self.truncated = False
 
@@ -141,9 +169,14 @@ class _TextPass:
         self.chars += len(value)
         if not self.rewrite:
             return value
-        value, cut = truncate_text(self.scrub(value), self.max_chars)  # scrub first: never cut a secret in two
-        self.truncated |= cut
-        return value
+        done = self.clean.results.get(value)
+        if done is None:
+            scrubbed = self.scrub(value)
+            done = truncate_text(scrubbed, self.max_chars)  # scrub first: never cut a secret in two
+            if scrubbed == value:
+                self.clean.remember(value, done)
+        self.truncated |= done[1]
+        return done[0]
 
     def walk(self, node) -> None:
         if isinstance(node, dict):
@@ -299,7 +332,13 @@ class LLMProcessor:
         self._span_defaults = tuple((key, tag[len(key) + 1:]) for key, tag in self._agent_tags.items()
                                     if key != "service" and ":" in tag)
         self._tag_sets: dict[tuple, _TagSet] = {}
+        # (tag set, an event's own tags) -> the tags _tag_event adds: the same app sends the same tags
+        self._tag_additions: dict[tuple, list[str]] = {}
+        # an EVP event's tags -> its service, env and version
+        self._own_identities: dict[tuple, tuple[str, str, str]] = {}
         self._proxy_cache: dict[str, bool] = {}
+        self._clean_texts = _CleanTexts()  # results depend on max_text_chars: start afresh
+        self._clean_errors = _CleanTexts()  # error messages and stacks (not truncated)
 
     # ------------------------------------------------------------------------------------------ APM path
 
@@ -410,22 +449,38 @@ class LLMProcessor:
         ev_meta = event.get("meta")
         if not isinstance(ev_meta, dict):
             ev_meta = event["meta"] = {}
-        tags = event.get("tags")
-        own = {}
-        if isinstance(tags, list):
-            for tag in tags:
-                if isinstance(tag, str):
-                    key, _, value = tag.partition(":")
-                    own.setdefault(key, value)
+        service, env, version = self._own_identity(event.get("tags"))
         kind = _str((ev_meta.get("span") or {}).get("kind")) or "llm"
         call = _Call(_parse_trace_id(event), _parse_span_id(event.get("span_id")), kind,
                      event.get("status") == "error", int(event.get("start_ns") or 0),
-                     int(event.get("duration") or 0), own.get("service") or self._default_service,
-                     own.get("env") or self._default_env, own.get("version") or self._default_version)
+                     int(event.get("duration") or 0), service or self._default_service,
+                     env or self._default_env, version or self._default_version)
         if kind in LLM_CALL_KINDS:
             self._identify(call, ev_meta, _str(event.get("name")), {}, "")
             self._read_event_tokens(call, event)
         return self._finish(call, event, logs)
+
+    def _own_identity(self, tags) -> tuple[str, str, str]:
+        """The service, env and version an EVP event's tags name (the first of each), "" where none."""
+        if not isinstance(tags, list):
+            return "", "", ""
+        try:
+            key = tuple(tags)
+            found = self._own_identities.get(key)
+        except TypeError:  # an unhashable junk tag: read them without remembering
+            key = found = None
+        if found is None:
+            own: dict[str, str] = {}
+            for tag in tags:
+                if isinstance(tag, str):
+                    name, _, value = tag.partition(":")
+                    own.setdefault(name, value)
+            found = (own.get("service", ""), own.get("env", ""), own.get("version", ""))
+            if key is not None:
+                if len(self._own_identities) >= _MAX_CACHED:
+                    self._own_identities.clear()
+                self._own_identities[key] = found
+        return found
 
     # ------------------------------------------------------------------------------------------ shared
 
@@ -452,7 +507,9 @@ class LLMProcessor:
     def _read_event_tokens(call: _Call, event: LLMObsEvent) -> None:
         metrics = event.get("metrics")
         if isinstance(metrics, dict):
-            call.tokens = _tokens(*(_number(metrics.get(key)) for key in _TOKEN_METRICS))
+            get = metrics.get
+            call.tokens = _tokens(_number(get("input_tokens")), _number(get("output_tokens")),
+                                  _number(get("total_tokens")))
 
     @staticmethod
     def _read_span_tokens(call: _Call, metrics: dict[str, float]) -> None:
@@ -502,9 +559,9 @@ class LLMProcessor:
         rewrite = keep_text or keep_log
         markers: list[str] = []
         if rewrite or estimate:
-            text_in = _TextPass(self._scrub, self._max_chars, rewrite)
+            text_in = _TextPass(self._scrub, self._max_chars, rewrite, self._clean_texts)
             text_in.walk(ev_meta.get("input"))
-            text_out = _TextPass(self._scrub, self._max_chars, rewrite)
+            text_out = _TextPass(self._scrub, self._max_chars, rewrite, self._clean_texts)
             text_out.walk(ev_meta.get("output"))
             if rewrite:
                 self._scrub_error(ev_meta.get("error"))
@@ -541,6 +598,7 @@ class LLMProcessor:
 
     def _estimate_tokens(self, call: _Call, event: LLMObsEvent, input_chars: int, output_chars: int) -> None:
         call.tokens_estimated = True
+        call.tag_set = None  # its tags now say so
         self._tel.inc("tokens_estimated")
         if call.tokens[0] is not None or call.tokens[1] is not None:
             return  # the tracer already estimated them from the same text: keep its figures
@@ -554,10 +612,13 @@ class LLMProcessor:
 
     def _scrub_error(self, error) -> None:
         if isinstance(error, dict):
+            clean = self._clean_errors
             for key in ("message", "stack"):
                 value = error.get(key)
-                if isinstance(value, str):
-                    error[key] = self._scrub(value)
+                if isinstance(value, str) and value not in clean.results:  # stacks repeat: scrub each once
+                    scrubbed = error[key] = self._scrub(value)
+                    if scrubbed == value:
+                        clean.remember(value, (value, False))
 
     @staticmethod
     def _note(ev_meta: dict, **notes) -> None:
@@ -571,6 +632,9 @@ class LLMProcessor:
         llmship.update(notes)
 
     def _tags(self, call: _Call) -> _TagSet:
+        tags = call.tag_set
+        if tags is not None:
+            return tags
         key = (call.service, call.env, call.version, call.model, call.provider, call.endpoint,
                call.tokens_estimated)
         tags = self._tag_sets.get(key)
@@ -578,13 +642,26 @@ class LLMProcessor:
             if len(self._tag_sets) >= _MAX_CACHED:
                 self._tag_sets.clear()
             tags = self._tag_sets[key] = _TagSet(call, self._agent_tags)
+        call.tag_set = tags
         return tags
 
     def _tag_event(self, event: LLMObsEvent, call: _Call, markers: list[str]) -> None:
         tags = event.get("tags")
         if not isinstance(tags, list):
             tags = event["tags"] = []
-        add_missing(tags, self._tags(call).with_agent_tags)
+        tag_set = self._tags(call)
+        try:
+            key = (tag_set, tuple(tags))
+            additions = self._tag_additions.get(key)
+        except TypeError:  # an unhashable junk tag: add_missing decides what to do with it
+            key = additions = None
+        if additions is None:
+            additions = add_missing(list(tags), tag_set.with_agent_tags)[len(tags):]
+            if key is not None:
+                if len(self._tag_additions) >= _MAX_CACHED:
+                    self._tag_additions.clear()
+                self._tag_additions[key] = additions
+        tags.extend(additions)
         tags.extend(markers)
 
     def _emit_metrics(self, call: _Call) -> None:

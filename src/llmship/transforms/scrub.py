@@ -29,6 +29,7 @@ from collections.abc import Callable
 
 from llmship.config import ScrubRule
 from llmship.telemetry import Component
+from llmship.transforms.truncate import truncate_text
 
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 _IPV4 = rf"{_OCTET}(?:\.{_OCTET}){{3}}"
@@ -78,9 +79,28 @@ DEFAULT_RULES: tuple[ScrubRule, ...] = (
 
 
 # ------------------------------------------------------------------------------------------- triggers
-# Each scan of a 2 kB text costs about 1 us, whatever finds the needle, except a single-character
-# ``in`` (memchr, 20 times faster): so triggers share scans through ``memo`` (reset when a rule changes
-# the text) and gate on a single character where one is necessary.
+# A scan of a 500-character text costs about 0.4 us, whatever finds the needle (``in``, ``find``, a regex
+# that starts with a literal), except a single-character ``in`` (memchr, ten times faster). So one
+# function looks for every default rule's trigger, sharing scans ("k" finds both "key" and "sk-") and
+# gating each scan on a character it needs that is rare in prose ("K", "S", ":", "@", a digit).
+
+_LOWER_K_HINT = re.compile(r"k(?:ey|(?<=sk)-)")  # "key" (datadog) or "sk-" (openai, anthropic)
+_UPPER_K_HINT = re.compile(r"K(?:ey|EY|IA(?<=AKIA))")  # "Key", "KEY" (datadog) or "AKIA" (aws)
+_IPV4_HINT = re.compile(r"\.\d{1,3}\.\d{1,3}\.\d")  # starts with the literal "."
+# Any IPv6 address has a "::" or three full groups between colons ("12:30:45" has not).
+_IPV6_HINT = re.compile(r":(?::|[0-9A-Fa-f]{1,4}:[0-9A-Fa-f]{1,4}:[0-9A-Fa-f]{1,4}:)")
+_CARD_HINT = re.compile(rb"0000(?:[ -]?0){9,15}")
+_DIGITS_TO_ZERO = bytes(0x30 if 0x30 <= b <= 0x39 else b for b in range(256))
+_LOCAL_PART_RUN = re.compile(r"[A-Za-z0-9._%+-]{1,65}\Z")
+_HEX_COLON_RUN = re.compile(r"[0-9A-Fa-f:]{1,46}\Z")
+# Something every default rule's match contains: "sk-", "AKIA"/"ASIA", "key", "Bearer", "@", ":", a digit
+# after a dot, four digits. Written as one character class then assertions, so the engine only stops at
+# those few characters; still a scan at every position, so it only pays on short texts, where it replaces
+# the triggers' dozen calls with one search.
+_ANY_HINT = re.compile(r"[-AyYBb@:.0-9](?:(?<=sk-)|(?<=A)(?=[KS]IA)|(?<=[Kk]ey)|(?<=KEY)|(?<=[Bb])(?=earer)"
+                       r"|(?<=[@:])|(?<=\.)(?=\d)|(?<=\d)(?=\d\d\d))")
+_SHORT_TEXT = 128
+_EVERYWHERE = None  # a rule whose regex must run over the whole text (no start positions known)
 
 
 def _finds(text: str, needle: str) -> list[int]:
@@ -93,59 +113,14 @@ def _finds(text: str, needle: str) -> list[int]:
     return out
 
 
-_DIGITS_TO_ZERO = bytes(0x30 if 0x30 <= b <= 0x39 else b for b in range(256))
-
-
-def _has_sk(text: str, memo: dict) -> bool:
-    found = memo.get("sk-")
-    if found is None:
-        found = memo["sk-"] = "sk-" in text
-    return found
-
-
-def _has_card_digits(text: str, memo: dict) -> bool:
+def _has_card_digits(text: str) -> bool:
     """13+ digits, the first four together: searched in a copy of the text whose digits are all "0",
     where a run of digits is a literal the regex engine skips to in C."""
-    view = text.encode("utf-8", "surrogatepass").translate(_DIGITS_TO_ZERO)
-    return _CARD_HINT.search(view) is not None
+    return _CARD_HINT.search(text.encode("utf-8", "surrogatepass").translate(_DIGITS_TO_ZERO)) is not None
 
 
-_AWS_HINT = re.compile(r"A[KS]IA")
-# Something every default rule's match contains: "sk-", "AKIA"/"ASIA", "key", "Bearer", "@", ":", a digit
-# after a dot, four digits. Written as one character class then assertions, so the engine only stops at
-# those few characters; still a scan at every position, so it only pays on short texts, where it replaces
-# the nine triggers' call overhead with one search.
-_ANY_HINT = re.compile(r"[-AyYBb@:.0-9](?:(?<=sk-)|(?<=A)(?=[KS]IA)|(?<=[Kk]ey)|(?<=KEY)|(?<=[Bb])(?=earer)"
-                       r"|(?<=[@:])|(?<=\.)(?=\d)|(?<=\d)(?=\d\d\d))")
-_SHORT_TEXT = 128
-_CARD_HINT = re.compile(rb"0000(?:[ -]?0){9,15}")
-_IPV4_HINT = re.compile(r"\.\d{1,3}\.\d{1,3}\.\d")  # starts with the literal "."
-# Any IPv6 address has a "::" or three full groups between colons ("12:30:45" has not).
-_IPV6_HINT = re.compile(r":(?::|[0-9A-Fa-f]{1,4}:[0-9A-Fa-f]{1,4}:[0-9A-Fa-f]{1,4}:)")
-_KEY_HINTS = (re.compile(r"y(?<=[Kk]ey)"), re.compile(r"Y(?<=KEY)"))  # single-character literal starts
-_LOCAL_PART_RUN = re.compile(r"[A-Za-z0-9._%+-]{1,65}\Z")
-_HEX_COLON_RUN = re.compile(r"[0-9A-Fa-f:]{1,46}\Z")
-
-
-def _key_starts(text: str, memo: dict) -> list[int]:
-    lower, upper = _KEY_HINTS
-    with_upper = "Y" in text  # memchr: an upper-case Y is rare in prose, so its scan is mostly skipped
-    if lower.search(text) is None and (not with_upper or upper.search(text) is None):
-        return []  # the common case, without allocations
-    hints = _KEY_HINTS if with_upper else (lower,)
-    return sorted(m.start() - 2 for hint in hints for m in hint.finditer(text))
-
-
-def _bearer_starts(text: str, memo: dict) -> list[int]:
-    if "earer" not in text:
-        return []
-    return [i - 1 for i in _finds(text, "earer") if i]
-
-
-def _email_starts(text: str, memo: dict) -> list[int]:
+def _email_starts(text: str) -> list[int]:
     """Each "@" gives one candidate: the start of the run of local-part characters just before it."""
-    if "@" not in text:
-        return []
     starts = []
     for at in _finds(text, "@"):
         run = _LOCAL_PART_RUN.search(text, max(0, at - 65), at)
@@ -154,10 +129,8 @@ def _email_starts(text: str, memo: dict) -> list[int]:
     return starts
 
 
-def _ipv6_starts(text: str, memo: dict) -> list[int]:
+def _ipv6_starts(text: str) -> list[int]:
     """An address can only start where its run of hex digits and colons starts: one candidate a run."""
-    if ":" not in text:
-        return []
     starts: list[int] = []
     for hint in _IPV6_HINT.finditer(text):
         run = _HEX_COLON_RUN.search(text, max(0, hint.start() - 45), hint.start() + 1)
@@ -166,20 +139,48 @@ def _ipv6_starts(text: str, memo: dict) -> list[int]:
     return starts
 
 
-_PREFILTERS: dict[str, Callable[[str, dict], bool]] = {
-    "anthropic_api_key": lambda t, memo: _has_sk(t, memo) and "sk-ant-" in t,
-    "openai_api_key": _has_sk,
-    "aws_access_key_id": lambda t, memo: _AWS_HINT.search(t) is not None,
-    "credit_card": _has_card_digits,
-    "ipv4": lambda t, memo: _IPV4_HINT.search(t) is not None,
-}
-
-_STARTS: dict[str, Callable[[str, dict], list[int]]] = {
-    "datadog_api_key": _key_starts,
-    "bearer_token": _bearer_starts,
-    "email": _email_starts,
-    "ipv6": _ipv6_starts,
-}
+def _candidates(text: str) -> dict[str, list[int] | None]:
+    """The default rules that may match ``text``, each with the positions where a match may start
+    (``_EVERYWHERE``: its regex runs over the whole text). Exact: a rule left out cannot match, and a
+    match can start nowhere but at the positions given."""
+    found: dict[str, list[int] | None] = {}
+    keys: list[int] = []
+    for m in _LOWER_K_HINT.finditer(text):
+        if m.end() - m.start() == 2:  # "sk-"
+            found["openai_api_key"] = _EVERYWHERE
+        else:
+            keys.append(m.start())
+    if found and "sk-ant-" in text:
+        found["anthropic_api_key"] = _EVERYWHERE
+    if "K" in text:  # rare in prose: the second scan is mostly skipped
+        upper = []
+        for m in _UPPER_K_HINT.finditer(text):
+            if text[m.start() + 1] == "I":  # "AKIA"
+                found["aws_access_key_id"] = _EVERYWHERE
+            else:
+                upper.append(m.start())
+        if upper:
+            keys = sorted(keys + upper)
+    if keys:
+        found["datadog_api_key"] = keys
+    if "aws_access_key_id" not in found and "S" in text and "ASIA" in text:
+        found["aws_access_key_id"] = _EVERYWHERE
+    if "earer" in text:  # [Bb]earer: the match starts one character before
+        if bearer := [i - 1 for i in _finds(text, "earer") if i]:
+            found["bearer_token"] = bearer
+    if "@" in text:
+        if email := _email_starts(text):
+            found["email"] = email
+    if ":" in text:
+        if ipv6 := _ipv6_starts(text):
+            found["ipv6"] = ipv6
+    # A card starts with an ASCII digit 2-6; an IPv4 address may be written in any script's digits (\d).
+    if ("2" in text or "3" in text or "4" in text or "5" in text or "6" in text) and _has_card_digits(text):
+        found["credit_card"] = _EVERYWHERE
+    if (not text.isascii() or "0" in text or "1" in text or "2" in text or "3" in text or "4" in text
+            or "5" in text or "6" in text or "7" in text or "8" in text or "9" in text) and _IPV4_HINT.search(text):
+        found["ipv4"] = _EVERYWHERE
+    return found
 
 
 def luhn_valid(digits: str) -> bool:
@@ -198,12 +199,40 @@ _VALIDATORS: dict[str, Callable[[re.Match], bool]] = {
 }
 
 
+# ------------------------------------------------------------------------------------------- cutting
+# Text past ``max_chars`` is cut once scrubbed, so only the head that can be kept needs scrubbing; but the
+# head must end where scrubbing it alone gives what scrubbing the whole text gives there: where no match
+# of any rule can cross, and where every lookaround sees what it sees at the end (or start) of a text.
+# A space just after a lower-case letter other than "i n p r y" is such a place:
+# - a default rule's match holds a space only after "r" (bearer: "Bearer abc"), a digit (card: "4111 1111")
+#   or, in the datadog rule, after "y"/"Y", a quote, ":", "=" or whitespace ('api_key = "..."');
+# - the datadog rule's lookbehind reads across a space in "api key", "app key", "application key";
+# - a space is no word character, nor any of ". - : [ %" that the other lookarounds look for.
+# A replacement lands just before the space when a match ends there, so each must end with a character
+# as harmless (the defaults end with "]"; a group reference could bring back anything).
+_CUT_AFTER = frozenset("abcdefghjklmoqstuvwxz")
+_SAFE_REPLACEMENT_END = frozenset("])}*#!?,;|")
+_CUT_SEARCH_CHARS = 64  # how far past the budget a cut is looked for (prose has a space every few characters)
+_CUT_MIN_SAVING = 32  # below this, finding a cut costs more than scrubbing the rest
+
+
+def _cut_point(text: str, start: int) -> int:
+    """The first position >= ``start`` where the text can be cut (see above), or -1."""
+    end = start + _CUT_SEARCH_CHARS
+    space = text.find(" ", start, end)
+    while space >= 0:
+        if text[space - 1] in _CUT_AFTER:
+            return space
+        space = text.find(" ", space + 1, end)
+    return -1
+
+
 # ------------------------------------------------------------------------------------------- scrubber
 
 
-# (name, pattern, replacement, prefilter, starts, validate): a plain tuple, unpacked in the hot loop
-_Rule = tuple[str, re.Pattern, str, Callable[[str, dict], bool] | None, Callable[[str, dict], list[int]] | None,
-              Callable[[re.Match], bool] | None]
+# (name, pattern, replacement, triggered, validate): a plain tuple, unpacked in the hot loop. ``triggered``:
+# a default rule with its own regex, whose candidates ``_candidates`` finds; any other regex runs everywhere.
+_Rule = tuple[str, re.Pattern, str, bool, Callable[[re.Match], bool] | None]
 
 
 def effective_rules(user_rules: tuple[ScrubRule, ...],
@@ -243,35 +272,45 @@ class Scrubber:
         for rule in effective_rules(rules, self._defaults):
             # A default's triggers are written for its regex: a replaced regex runs everywhere.
             own = default_regex.get(rule.name) == rule.regex
-            compiled.append((rule.name, re.compile(rule.regex), rule.replacement,
-                             _PREFILTERS.get(rule.name) if own else None,
-                             _STARTS.get(rule.name) if own else None,
+            compiled.append((rule.name, re.compile(rule.regex), rule.replacement, own,
                              _VALIDATORS.get(rule.name) if own else None))
         self._rules = compiled
         self.rule_names = tuple(r[0] for r in compiled)
+        self._triggered = any(r[3] for r in compiled)
         # _ANY_HINT covers the default rules only: with any other regex, every text goes through the rules.
-        self._short_cut = all(r[3] is not None or r[4] is not None for r in compiled)
+        self._short_cut = all(r[3] for r in compiled)
+        self._cuttable = self._short_cut and all(r[2][-1:] in _SAFE_REPLACEMENT_END for r in compiled)
 
     def scrub(self, text: str) -> str:
         if self._short_cut and len(text) <= _SHORT_TEXT and _ANY_HINT.search(text) is None:
             return text
-        memo: dict = {}  # scans shared between triggers, valid while the text is unchanged
-        for name, pattern, replacement, prefilter, starts, validate in self._rules:
-            if starts is not None:
-                positions = starts(text, memo)
-                if not positions:
-                    continue
-                text, n = _sub_at(pattern, replacement, validate, text, positions)
-            elif prefilter is not None and not prefilter(text, memo):
-                continue
-            elif validate is not None:
-                text, n = _sub_at(pattern, replacement, validate, text, None)
-            else:
+        found = _candidates(text) if self._triggered else {}
+        for name, pattern, replacement, triggered, validate in self._rules:
+            if not triggered:
                 text, n = pattern.subn(replacement, text)
+            elif name not in found:
+                continue
+            elif (starts := found[name]) is _EVERYWHERE and validate is None:
+                text, n = pattern.subn(replacement, text)
+            else:
+                text, n = _sub_at(pattern, replacement, validate, text, starts)
             if n:
                 self.telemetry.inc("scrub_matches", n, rule=name)
-                memo = {}
+                if self._triggered:
+                    found = _candidates(text)  # the text changed: look again, for the rules after this one
         return text
+
+    def scrub_truncate(self, text: str, max_chars: int) -> tuple[str, bool]:
+        """``truncate_text(self.scrub(text), max_chars)``, scrubbing only the head that can be kept when the
+        rules allow a safe cut (see above); matches in the rest are not looked for, nor counted."""
+        if self._cuttable and len(text) > max_chars + _CUT_MIN_SAVING:
+            cut = _cut_point(text, max_chars + 1)
+            if cut > 0:
+                head = self.scrub(text[:cut])
+                if len(head) <= max_chars:  # a long secret shrank to its marker: the rest may be shown
+                    head += self.scrub(text[cut:])
+                return truncate_text(head, max_chars)
+        return truncate_text(self.scrub(text), max_chars)
 
 
 def _sub_at(pattern: re.Pattern, replacement: str, validate: Callable[[re.Match], bool] | None, text: str,
