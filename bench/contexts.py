@@ -13,9 +13,10 @@ What it does (Linux: it reads /proc):
      reading waits for); the flush's wall time and the process's RSS peak over it (VmHWM, reset first).
      Baseline: orjson.dumps + one gzip of the same number of plain series dicts built beforehand, the
      least any Python encoder spends on them.
-  2. The real agent (`llmship run`, file sink, flush every 10 s): N contexts over UDP; its RSS at start
-     (the baseline: interpreter and libraries), holding them, after the flush was written to the file
-     sink, after the next flush (idle counters ship zeros), and its peak (VmHWM); and the longest time
+  2. The real agent (`llmship run`, flush every 10 s), shipping over HTTP to a null intake (production's path),
+     then to the file sink (the no-account default): N contexts over UDP; its RSS at start
+     (the baseline: interpreter and libraries), holding them, after the flush was delivered, after the
+     next flush (idle counters ship zeros), and its peak (VmHWM); and the longest time
      its /ready endpoint took to answer while the flushes ran (an event-loop stall).
 The goal (issue 2): RSS under 100 MB with 100,000 contexts, and no stall of the loop for seconds.
 """
@@ -43,6 +44,7 @@ sys.path.insert(0, str(BENCH.parent / "src"))
 sys.path.insert(0, str(BENCH))
 
 import dogstatsd as dsd  # noqa: E402  (bench/dogstatsd.py: load generator and agent process helpers)
+import traces as tb  # noqa: E402  (bench/traces.py: the null intake)
 
 from llmship.aggregation import Aggregator  # noqa: E402
 from llmship.config import load_config_text  # noqa: E402
@@ -192,10 +194,21 @@ def _wait(what: str, predicate, timeout: float) -> bool:
     return True
 
 
-def real_agent(contexts: int) -> None:
+def real_agent(contexts: int, sink: str) -> None:
+    """``sink``: "http" ships to a null intake over HTTP (production's path), "file" to the file sink (the
+    no-account default, which also decodes every payload to write it as lines)."""
     ctx = mp.get_context("fork")
     with tempfile.TemporaryDirectory(prefix="llmship-bench-contexts-") as tmp:
-        agent = dsd.AgentProcess(Path(tmp))
+        intake = None
+        url = ""
+        if sink == "http":
+            port = tb.free_port()
+            ready = ctx.Event()
+            intake = ctx.Process(target=tb.null_intake_main, args=(port, ready), daemon=True)
+            intake.start()
+            ready.wait(30)
+            url = f"http://127.0.0.1:{port}"
+        agent = dsd.AgentProcess(Path(tmp), intake_url=url)
         pid = agent.proc.pid
         try:
             start_kib = _kib(pid, "VmRSS")
@@ -213,21 +226,23 @@ def real_agent(contexts: int) -> None:
             # Every context is in the next flush or the one after (a flush may have cut the sending).
             status = agent.status
             _wait("the flush of every context", lambda: _encoded(agent, status()) >= held, 60)
-            _wait("the file sink", lambda: (s := status()) and _written(agent, s) >= _encoded(agent, s), 60)
+            _wait("delivery", lambda: (s := status()) and _written(agent, s) >= _encoded(agent, s), 60)
             first = _encoded(agent, status())
             after_kib = _kib(pid, "VmRSS")
             _wait("the next flush", lambda: _encoded(agent, status()) > first, 30)
-            _wait("the file sink", lambda: (s := status()) and _written(agent, s) >= _encoded(agent, s), 60)
+            _wait("delivery", lambda: (s := status()) and _written(agent, s) >= _encoded(agent, s), 60)
             probe.stop.set()
             probe.join()
             next_kib, peak_kib = _kib(pid, "VmRSS"), _kib(pid, "VmHWM")
-            print(f"agent, {held:,} contexts (goal < 100 MB with 100,000): RSS {mib(start_kib)} at start (baseline), "
+            print(f"agent shipping to {sink}, {held:,} contexts (goal < 100 MB with 100,000): RSS {mib(start_kib)} at start (baseline), "
                   f"{mib(holding_kib)} holding them ({(holding_kib - start_kib) * 1024 / max(held, 1):.0f} B per "
-                  f"context over the baseline), {mib(after_kib)} once the flush was written, {mib(next_kib)} after "
+                  f"context over the baseline), {mib(after_kib)} once the flush was delivered, {mib(next_kib)} after "
                   f"the next flush, peak {mib(peak_kib)}; longest /ready answer during the flushes "
                   f"{probe.worst * 1000:.0f} ms")
         finally:
             agent.stop()
+            if intake is not None:
+                intake.kill()
 
 
 def main() -> int:
@@ -240,7 +255,8 @@ def main() -> int:
     print(f"llmship contexts bench: Python {sys.version.split()[0]}, {contexts:,} distinct contexts")
     in_process(contexts)
     if not args.skip_agent:
-        real_agent(contexts)
+        for sink in ("http", "file"):
+            real_agent(contexts, sink)
     return 0
 
 

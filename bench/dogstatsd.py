@@ -1,4 +1,4 @@
-"""DogStatsD throughput, loss and memory: the real agent next to a bare Python receiver, in the same run.
+"""DogStatsD throughput and loss: the real agent next to a bare Python receiver, in the same run.
 
     .venv/bin/python bench/dogstatsd.py            # full: about 2 million lines, a minute or two
     .venv/bin/python bench/dogstatsd.py --quick    # smoke run: seconds
@@ -14,7 +14,7 @@ What it does, all on loopback (Linux: it reads /proc):
      processed (the agent's `GET /status`: component "dogstatsd", counter "events_received") and when
      it handled the last one (info "last_received_at"), and reports lines/s over wall time and over
      the receiver's own CPU time (/proc/<pid>/task/*/schedstat), which other load cannot inflate.
-  3. Sends 100,000 distinct contexts to a fresh agent and reports its memory, then after a flush.
+Memory with many contexts is bench/contexts.py's.
 
 Sender and receiver each get one core (os.sched_setaffinity) where there are two; the bench itself
 shares the sender's core and only watches /proc while the sender runs. A unix datagram sender does
@@ -41,6 +41,7 @@ from pathlib import Path
 
 UDP_PACKET_BYTES = 1432  # datadogpy / datadog-go default max UDP payload
 UDS_PACKET_BYTES = 8192  # their default for unix sockets
+FAKE_API_KEY = "0123456789abcdef0123456789abcdef"  # not a real key: the null intake only reads bodies
 RECEIVE_BUFFER_BYTES = 8 * 1024 * 1024  # the agent's default sources.dogstatsd.receive_buffer_bytes
 BENCH_DEADLINE_SECS = 600  # the whole run stops by itself after this, whatever happens
 IDLE_SECS = 0.3  # a receiver that has used no CPU for this long has handled everything it was sent
@@ -192,10 +193,13 @@ class Baseline:
 
 
 class AgentProcess:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, intake_url: str = "") -> None:
+        """``intake_url``: ship there over HTTP, as in production; "" writes to the file sink."""
         self.status_port = free_port(socket.SOCK_STREAM)
         self.udp_port = free_port(socket.SOCK_DGRAM)
         self.socket_path = str(workdir / "dsd.socket")
+        sink = (f'[sinks.datadog]\nurl = "{intake_url}"\napi_key = "{FAKE_API_KEY}"' if intake_url
+                else f'[sinks.file]\ndir = "{workdir / "out"}"')
         config = workdir / "llmship.toml"
         config.write_text(f"""
 [agent]
@@ -212,8 +216,7 @@ listen = "127.0.0.1:{free_port(socket.SOCK_STREAM)}"
 [sources.logs]
 tcp = "127.0.0.1:{free_port(socket.SOCK_STREAM)}"
 http = "127.0.0.1:{free_port(socket.SOCK_STREAM)}"
-[sinks.file]
-dir = "{workdir / 'out'}"
+{sink}
 [status]
 listen = "127.0.0.1:{self.status_port}"
 """)
@@ -380,10 +383,8 @@ def main() -> int:
     pin(0, 0)
     if args.quick:
         plan = {"single": ([None], 5_000), "buffered": ([None], 20_000)}
-        contexts = 10_000
-    else:  # 2 transports x 2 receivers x (3 x 40k + 3 x 120k) = 1.92 M lines, + 100k contexts
+    else:  # 2 transports x 2 receivers x (3 x 40k + 3 x 120k) = 1.92 M lines
         plan = {"single": ([50_000, 150_000, None], 40_000), "buffered": ([150_000, 400_000, None], 120_000)}
-        contexts = 100_000
     print(f"llmship DogStatsD bench: Python {sys.version.split()[0]}, {len(CPUS) or os.cpu_count()} cores usable"
           f"{'' if len(CPUS) >= 2 else ' (sender and receiver share one: figures are lower bounds)'}, "
           f"load average {os.getloadavg()[0]:.2f}")
@@ -425,39 +426,7 @@ def main() -> int:
             for baseline in baselines.values():
                 baseline.stop()
             agent.stop()
-        memory_run(ctx, workdir / "memory", contexts)
     return 0
-
-
-def memory_run(ctx, workdir: Path, contexts: int) -> None:
-    """A fresh agent, ``contexts`` distinct contexts, one flush: its memory then."""
-    workdir.mkdir()
-    agent = AgentProcess(workdir)
-    try:
-        before = agent.memory_kib()
-        datagrams, counts = pack(llm_lines(contexts, 99, distinct_contexts=True), UDP_PACKET_BYTES)
-        held = 0
-        for _ in range(3):  # UDP may lose some on a busy machine: sending again adds only what is missing
-            run_one(ctx, "agent", agent.proc.pid, agent_reader(agent), ("127.0.0.1", agent.udp_port),
-                    socket.AF_INET, "udp", "buffered", datagrams, counts, 50_000)
-            held = agent.status()["components"]["aggregator"]["gauges"].get("contexts") or 0
-            if held >= contexts:
-                break
-        aggregating = agent.memory_kib()
-        deadline = time.monotonic() + 30  # the next flush (every 10 s) encodes every context
-        while agent.counter("metrics_sink", "series_encoded") + agent.counter("metrics_sink", "sketches_encoded") \
-                < held:
-            if time.monotonic() > deadline:
-                print("no flush of the contexts within 30 s")
-                break
-            time.sleep(0.2)
-        after = agent.memory_kib()
-        print(f"\nmemory with {held:,} contexts (goal < 100 MB with 100,000): agent RSS "
-              f"{before.get('VmRSS', 0) / 1024:.0f} MiB at start, {aggregating.get('VmRSS', 0) / 1024:.0f} MiB "
-              f"holding them, {after.get('VmRSS', 0) / 1024:.0f} MiB once the flush encoded them, "
-              f"peak {after.get('VmHWM', 0) / 1024:.0f} MiB")
-    finally:
-        agent.stop()
 
 
 if __name__ == "__main__":

@@ -41,9 +41,9 @@ import orjson
 SRC = Path(__file__).resolve().parent.parent / "src"
 sys.path.insert(0, str(SRC))
 
-from llmship.compression import compress  # noqa: E402
+from llmship.compression import compress_fast  # noqa: E402
 from llmship.config import load_config_text  # noqa: E402
-from llmship.sinks.logs import LEVELS, LogsSink  # noqa: E402
+from llmship.sinks.logs import LogsSink  # noqa: E402
 from llmship.telemetry import Telemetry  # noqa: E402
 from llmship.transforms.logs import LogProcessor  # noqa: E402
 from llmship.transforms.sampling import Sampler  # noqa: E402
@@ -115,7 +115,8 @@ def in_process_stages(lines: list[bytes], compression: str) -> dict[str, float]:
 
     stages["process"] = cpu_per_line(process, lines)
     texts = [r[k] for r in (orjson.loads(line) for line in lines) for k in ("message", "prompt", "completion")]
-    stages["of which scrub"] = cpu_per_line(lambda ts: [scrubber.scrub(t) for t in ts], texts) * 3
+    max_chars = cfg.llm.max_text_chars
+    stages["of which scrub"] = cpu_per_line(lambda ts: [scrubber.scrub_truncate(t, max_chars) for t in ts], texts) * 3
 
     def encode(_):
         for r in processed:
@@ -127,7 +128,7 @@ def in_process_stages(lines: list[bytes], compression: str) -> dict[str, float]:
     items = sum(p.items for p in payloads[:len(bodies)])
     start = time.thread_time()
     for body in bodies:
-        compress(body, compression, LEVELS.get(compression))
+        compress_fast(body, compression)
     stages["compress"] = (time.thread_time() - start) / items
     stages["processed_bytes"] = sum(map(len, bodies)) / items
     return stages

@@ -662,7 +662,7 @@ def main() -> int:
 
         cpu, spans = baseline(agent_port_probe, 1.0 if args.quick else 3.0)
         baseline_us = cpu / spans * 1e6
-        print(f"\nbaseline, in process (msgpack + _llmobs blobs, orjson for EVP; decode only):")
+        print("\nbaseline, in process (msgpack + _llmobs blobs, orjson for EVP; decode only):")
         print(f"  {baseline_us:.2f} us/span -> {1e6 / baseline_us:,.0f} spans/s per core")
 
         destination = Destination(args.intake, workdir)

@@ -8,6 +8,11 @@ import zlib
 import zstandard
 
 ENCODINGS = ("gzip", "deflate", "zstd", "identity")
+# Levels for the high-volume sinks (spans, LLM Observability events, logs): gzip/deflate at 1 (BestSpeed),
+# as the Datadog Agent's trace writer does (pkg/trace/writer/trace.go), where its logs pipeline defaults
+# to 6: on sample logs level 1 costs a third of the CPU of 6 for bodies about 20% larger (bench/logs.py).
+# zstd keeps its usual level 3, both faster and smaller than either.
+FAST_LEVELS = {"gzip": 1, "deflate": 1}
 
 
 class DecompressionLimit(ValueError):
@@ -24,6 +29,11 @@ def compress(body: bytes, encoding: str, level: int | None = None) -> bytes:
     if encoding in ("identity", ""):
         return body
     raise ValueError(f"unknown content encoding {encoding!r}")
+
+
+def compress_fast(body: bytes, encoding: str) -> bytes:
+    """``compress`` at FAST_LEVELS."""
+    return compress(body, encoding, FAST_LEVELS.get(encoding))
 
 
 def decompress(body: bytes, encoding: str | None, max_bytes: int) -> bytes:

@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import random
 import signal
+import socket
 import string
 import threading
 import time
 import urllib.error
 import urllib.request
 
+import msgpack
 import pytest
 
 from harness import TEST_API_KEY, Intake, free_port, wait_for
@@ -90,12 +92,33 @@ def wait_for_all(intake: Intake, expected: list[str], timeout: float) -> list[st
                     what=f"{len(want)} logs at the intake")
 
 
-class Sender(threading.Thread):
-    """Posts batches of logs until stopped or the agent stops answering; remembers what was accepted."""
+def post_spans(agent, messages: list[str], timeout: float = 10.0) -> int:
+    """PUT one v0.4 payload with a one-span trace per message (in its meta) to the trace API, asking for
+    real HTTP statuses as ddtrace does; the HTTP status (0: no connection)."""
+    now = time.time_ns()
+    traces = [[{"trace_id": random.getrandbits(63), "span_id": random.getrandbits(63), "parent_id": 0,
+                "name": "flood", "service": "faults", "resource": "flood", "start": now, "duration": 1000,
+                "error": 0, "meta": {"message": m}, "metrics": {"_sampling_priority_v1": 1}}] for m in messages]
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{agent.ports['trace_port']}/v0.4/traces", data=msgpack.packb(traces), method="PUT",
+        headers={"Content-Type": "application/msgpack", "X-Datadog-Trace-Count": str(len(traces)),
+                 "Datadog-Send-Real-Http-Status": "true"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:
+        return 0
 
-    def __init__(self, agent, prefix: str, per_request: int = 20, body_padding: int = 0) -> None:
+
+class Sender(threading.Thread):
+    """Posts batches (``post``: logs by default) until stopped or the agent stops answering; remembers what
+    was accepted."""
+
+    def __init__(self, agent, prefix: str, per_request: int = 20, body_padding: int = 0, post=post_logs) -> None:
         super().__init__(daemon=True)
-        self.agent, self.prefix, self.per_request = agent, prefix, per_request
+        self.agent, self.prefix, self.per_request, self.post = agent, prefix, per_request, post
         # 64 kB of distinct noise, more than gzip's 32 kB window: padded payloads stay incompressible
         self.pads = [noise(body_padding) for _ in range(64 * 1024 // body_padding)] if body_padding else [""]
         self.bytes_offered = 0
@@ -109,9 +132,9 @@ class Sender(threading.Thread):
             batch = [f"{self.prefix}-{n + i}-{random.choice(self.pads)}" for i in range(self.per_request)]
             n += self.per_request
             self.bytes_offered += sum(len(m) for m in batch)
-            status = post_logs(self.agent, batch, timeout=30)
+            status = self.post(self.agent, batch, timeout=30)
             self.statuses[status] = self.statuses.get(status, 0) + 1
-            if status == 202:
+            if status in (200, 202):
                 self.accepted.extend(batch)
             elif status == 0:
                 return  # the agent stopped listening
@@ -137,23 +160,74 @@ def gauges(agent, component: str = "delivery.logs") -> dict:
 # ------------------------------------------------------------------------------------------------ tests
 
 
+def send_counters(agent, metric: str, n: int, per_datagram: int = 25) -> None:
+    """``n`` increments of one DogStatsD counter over UDP, client-side buffered as DogStatsd does it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for i in range(0, n, per_datagram):
+            lines = "\n".join(f"{metric}:1|c|#source:faults" for _ in range(min(per_datagram, n - i)))
+            s.sendto(lines.encode(), ("127.0.0.1", agent.ports["dsd_port"]))
+
+
+def post_traces(agent, first_trace_id: int, n_traces: int) -> int:
+    """``n_traces`` two-span traces as ddtrace sends them (v0.4 msgpack); the agent's HTTP status."""
+    now = time.time_ns()
+    traces = []
+    for trace_id in range(first_trace_id, first_trace_id + n_traces):
+        root = {"trace_id": trace_id, "span_id": trace_id * 10 + 1, "parent_id": 0, "name": "faults.request",
+                "service": "faults", "resource": "GET /faults", "type": "web", "start": now, "duration": 2000,
+                "error": 0, "meta": {"env": "test"}, "metrics": {"_sampling_priority_v1": 1}}
+        child = {**root, "span_id": trace_id * 10 + 2, "parent_id": trace_id * 10 + 1, "name": "faults.db",
+                 "metrics": {}}
+        traces.append([root, child])
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{agent.ports['trace_port']}/v0.4/traces", data=msgpack.packb(traces), method="PUT",
+        headers={"Content-Type": "application/msgpack", "X-Datadog-Trace-Count": str(n_traces)})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.status
+
+
+def counter_total(intake: Intake, metric: str) -> float:
+    """What a counter's series add up to: each point is a rate per second over its interval."""
+    return sum(point["value"] * r["data"]["interval"]
+               for r in intake.records("series") if r["data"]["metric"] == metric for point in r["data"]["points"])
+
+
+def delivered_payload_ids(intake: Intake, kind: str) -> list[str]:
+    return [r["payload_id"] for r in intake.requests(kind) if 200 <= r["status"] < 300]
+
+
 @pytest.mark.parametrize("outage_secs", [2.0])
-def test_intake_down_then_up_loses_nothing(start_agent, intake_on, outage_secs):
+def test_intake_down_then_up_delivers_every_series_log_and_span_once(start_agent, intake_on, outage_secs):
     port = free_port()
     agent = start_agent(spool_config(port))
-    sent = send(agent, "outage", 300)
-    # Down (connection refused): accepted data reaches the spool.
-    wait_for(lambda: agent.counter("delivery.logs", "errors", reason="connection") >= 1, timeout=10,
-             what="connection errors")
-    wait_for(lambda: agent.counter("delivery.logs", "spooled") >= 300, timeout=10, what="300 logs spooled")
-    assert gauges(agent)["spool_files"] >= 1
+    sent_logs = send(agent, "outage", 300)
+    send_counters(agent, "faults.outage.requests", 500)
+    span_ids = set()
+    for batch in range(5):  # 5 x 20 traces of 2 spans
+        first = 1_000 + batch * 20
+        assert post_traces(agent, first, 20) == 200
+        span_ids |= {t * 10 + k for t in range(first, first + 20) for k in (1, 2)}
+    wait_for(lambda: agent.counter("dogstatsd", "events_received") >= 500, timeout=10, what="500 counter lines")
+    # Down (connection refused): accepted data of every kind reaches the spool.
+    for lane, at_least in (("delivery.logs", 300), ("delivery.traces", 200), ("delivery.series", 1)):
+        wait_for(lambda: agent.counter(lane, "spooled") >= at_least, timeout=15, what=f"{lane} spooled")
+    assert agent.counter("delivery.logs", "errors", reason="connection") >= 1
     # Up, but answering 503 for outage_secs, then healthy.
     intake = intake_on(port, "--fail-for-secs", str(outage_secs))
-    got = wait_for_all(intake, sent, timeout=outage_secs + 20)
-    assert sorted(got) == sorted(sent)  # every log once
-    assert any(r["fault"] == "fail_for_secs" for r in intake.requests("logs"))
-    assert agent.counter("delivery.logs", "dropped") == 0
-    wait_for(lambda: gauges(agent)["spool_files"] == 0, timeout=10, what="the spool emptied")
+    got = wait_for_all(intake, sent_logs, timeout=outage_secs + 20)
+    assert sorted(got) == sorted(sent_logs)  # every log once
+    spans = wait_for(lambda: (s := intake.records("traces")) and {r["data"]["span_id"] for r in s} >= span_ids
+                     and s, timeout=20, what="every span at the intake")
+    assert sorted(r["data"]["span_id"] for r in spans) == sorted(span_ids)  # every span once
+    wait_for(lambda: counter_total(intake, "faults.outage.requests") >= 500, timeout=20, what="the counter's series")
+    assert counter_total(intake, "faults.outage.requests") == pytest.approx(500)  # every increment once
+    assert any(r["fault"] == "fail_for_secs" for r in intake.requests())
+    for kind in ("logs", "traces", "series"):
+        ids = delivered_payload_ids(intake, kind)
+        assert ids and len(ids) == len(set(ids)), kind  # exactly once per payload id
+        assert agent.counter(f"delivery.{kind}", "dropped") == 0
+    wait_for(lambda: all(gauges(agent, f"delivery.{kind}")["spool_files"] == 0 for kind in ("logs", "traces", "series")),
+             timeout=10, what="the spool emptied")
 
 
 @pytest.mark.parametrize("status, retry_after", [(503, None), (429, "1")])
@@ -241,13 +315,15 @@ def test_sigterm_with_a_slow_intake_delivers_everything_before_exiting(start_int
     assert sorted(messages_at(intake)) == sorted(sent)  # all of it, before the process exited
 
 
-def test_memory_stays_bounded_under_a_flood_with_a_slow_intake(start_intake, start_agent):
+@pytest.mark.parametrize("source, post, refusals", [("logs", post_logs, ("logs_http", "refused")),
+                                                    ("traces", post_spans, ("traces", "dropped"))])
+def test_memory_stays_bounded_under_a_flood_with_a_slow_intake(start_intake, start_agent, source, post, refusals):
     intake = start_intake("--latency-ms", "1000")
     queue_max = 2 * MiB
     agent = start_agent(f"[delivery]\nqueue_max_bytes = {queue_max}\nmax_concurrency = 2\n"
                         "drain_timeout_secs = 1\n", intake=intake)
     baseline = rss_bytes(agent.proc.pid)
-    senders = [Sender(agent, f"flood{i}", per_request=500, body_padding=1000) for i in range(4)]
+    senders = [Sender(agent, f"flood{i}", per_request=500, body_padding=1000, post=post) for i in range(4)]
     for s in senders:
         s.start()
     target = 100 * MiB  # offered load, 50 times the queue budget
@@ -255,14 +331,41 @@ def test_memory_stays_bounded_under_a_flood_with_a_slow_intake(start_intake, sta
     peak_rss, peak_queue = baseline, 0
     while sum(s.bytes_offered for s in senders) < target and time.monotonic() < flood_deadline:
         peak_rss = max(peak_rss, rss_bytes(agent.proc.pid))  # sampled while the flood runs
-        peak_queue = max(peak_queue, gauges(agent).get("queue_bytes", 0))
+        peak_queue = max(peak_queue, gauges(agent, f"delivery.{source}").get("queue_bytes", 0))
         time.sleep(0.1)
     for s in senders:
         s.stop()
     assert sum(s.bytes_offered for s in senders) >= target
-    assert sum(s.statuses.get(429, 0) for s in senders) > 0  # the logs source pushed back once the queue was full
-    # The queue stays within its budget plus one payload (the logs intake caps one at 5 MB).
+    assert sum(s.statuses.get(429, 0) for s in senders) > 0  # the source pushed back once the queue was full
+    assert agent.counter(*refusals) > 0  # and counted what it refused
+    # The queue stays within its budget plus one payload (the intakes cap one at 5 MB).
     assert peak_queue <= queue_max + 5_000_000
-    # Memory follows the budgets (queue, one open batch, requests being read), not the load: measured
-    # growth is about 16 MiB for 100 MiB offered.
+    # Memory follows the budgets (queue, open batches, requests being read), not the load: measured
+    # growth is about 16 MiB for 100 MiB of logs offered.
+    assert peak_rss - baseline < 64 * MiB, peak_rss - baseline
+
+
+def test_memory_stays_bounded_under_a_dogstatsd_flood(start_intake, start_agent):
+    """UDP has no back-pressure: what the agent cannot read, the kernel drops (counted as kernel_drops).
+    A flood of a bounded set of contexts must not grow memory with the number of lines."""
+    intake = start_intake("--latency-ms", "1000")
+    agent = start_agent("", intake=intake)
+    baseline = rss_bytes(agent.proc.pid)
+    lines = [f"flood.metric.{i % 20}:{i}|{'cdhg'[i % 4]}|#model:m{i % 50},endpoint:/v1/chat" for i in range(1000)]
+    datagrams = ["\n".join(lines[i:i + 25]).encode() for i in range(0, len(lines), 25)]
+    sent = 0
+    peak_rss = baseline
+    flood_deadline = time.monotonic() + 10
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        while sent < 2_000_000 and time.monotonic() < flood_deadline:
+            for datagram in datagrams:
+                s.sendto(datagram, ("127.0.0.1", agent.ports["dsd_port"]))
+            sent += len(lines)
+            if sent % 100_000 == 0:
+                peak_rss = max(peak_rss, rss_bytes(agent.proc.pid))
+    assert sent >= 100_000
+    distinct = len({line.split(":")[0] + line.split("|", 1)[1] for line in lines})
+    wait_for(lambda: agent.status()["components"]["aggregator"]["gauges"]["contexts"] == distinct,
+             what="one context per distinct name, type and tags")
+    assert agent.counter("dogstatsd", "events_received") > 0
     assert peak_rss - baseline < 64 * MiB, peak_rss - baseline

@@ -40,7 +40,7 @@ def scrub(tel):
     (f"OPENAI_API_KEY={OPENAI_PROJECT}", "OPENAI_API_KEY=[REDACTED:openai_api_key]"),
     (f'{{"key": "{ANTHROPIC}"}}', '{"key": "[REDACTED:anthropic_api_key]"}'),
     (f"aws_access_key_id = {AWS_KEY_ID}\n", "aws_access_key_id = [REDACTED:aws_access_key_id]\n"),
-    (f"temp ASIAY34FZKBOKMUTVV7A.", "temp [REDACTED:aws_access_key_id]."),
+    ("temp ASIAY34FZKBOKMUTVV7A.", "temp [REDACTED:aws_access_key_id]."),
     (f"DD_API_KEY={DD_KEY}", "DD_API_KEY=[REDACTED:datadog_api_key]"),
     (f'headers = {{"DD-API-KEY": "{DD_KEY}"}}', 'headers = {"DD-API-KEY": "[REDACTED:datadog_api_key]"}'),
     (f'{{"apiKey":"{DD_KEY}"}}', '{"apiKey":"[REDACTED:datadog_api_key]"}'),

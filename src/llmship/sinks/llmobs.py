@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from llmship.compression import compress, decompress
+from llmship.compression import compress_fast, decompress
 from llmship.config import Config
 from llmship.delivery.payload import Payload, register_splitter
 from llmship.events import LLMObsEvent
@@ -129,7 +129,7 @@ def _dumps(value: Any) -> bytes:
 
 def _payload(items: list[bytes], encoding: str) -> Payload:
     body = b"[" + b",".join(items) + b"]"
-    return Payload(kind="llmobs", body=compress(body, encoding), content_type="application/json",
+    return Payload(kind="llmobs", body=compress_fast(body, encoding), content_type="application/json",
                    content_encoding=encoding, items=len(items))
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from llmship.compression import compress, decompress
+from llmship.compression import compress_fast, decompress
 from llmship.config import Config
 from llmship.delivery.payload import Payload, register_splitter
 from llmship.events import LogRecord
@@ -32,11 +32,6 @@ MAX_PAYLOAD_BYTES = 5_000_000
 MAX_ENTRY_BYTES = 1_000_000
 # 5 s: the Datadog Agent's logs_config.batch_wait default; shorter when the agent flushes more often
 BATCH_WAIT_SECS = 5.0
-# Compression levels for logs, the agent's largest payloads by far. gzip/deflate at level 1: on sample
-# logs it costs a third of the CPU of level 6 (the Agent's default) for payloads about 20% larger
-# (bench/logs.py: ratio 3.2 vs 3.9), and it is what lets one core keep up with 50,000 logs/s. zstd at its
-# usual level 3 is both faster and smaller than either.
-LEVELS = {"gzip": 1, "deflate": 1}
 _MARKER_BYTES = len(TRUNCATION_MARKER.encode())
 _RESERVED = ("message", "ddsource", "ddtags", "hostname", "service", "status", "timestamp")
 _SPLIT_MAX_BYTES = 64 << 20  # inflating back a payload we built ourselves
@@ -99,7 +94,7 @@ class LogsSink:
 
 def _payload(items: list[bytes], encoding: str) -> Payload:
     body = b"[" + b",".join(items) + b"]"
-    return Payload(kind="logs", body=compress(body, encoding, LEVELS.get(encoding)),
+    return Payload(kind="logs", body=compress_fast(body, encoding),
                    content_type="application/json", content_encoding=encoding, items=len(items))
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from llmship import protobuf as pb
-from llmship.compression import compress, decompress
+from llmship.compression import compress_fast, decompress
 from llmship.config import Config
 from llmship.delivery.payload import Payload, register_splitter
 from llmship.events import Span, TracerInfo
@@ -60,9 +60,6 @@ AUTO_KEEP = 1  # ddtrace constants.AUTO_KEEP
 LANGUAGES_HEADER = "X-Datadog-Reported-Languages"
 # Largest body the splitter inflates back (a payload we built ourselves, so well under this).
 _SPLIT_MAX_BYTES = 64 << 20
-# gzip.BestSpeed: the Agent's trace writer compresses its payloads at level 1 (pkg/trace/writer/trace.go
-# flush); level 6 costs twice the CPU for the intake's sake only.
-GZIP_LEVEL = 1
 # Encoded meta and metrics entries remembered by (key, value): most repeat from span to span (env,
 # component, model, process tags, flags). Emptied when full, so unique values (ids) cannot grow it;
 # about 3 MB when full plus the key and value strings it holds (measured on the capture).
@@ -150,8 +147,7 @@ class TraceSink:
         tracer_payloads = [header + b"".join(chunks) for header, chunks in by_header.items()]
         body = _agent_payload(self._hostname, self._env, tracer_payloads)
         headers = {LANGUAGES_HEADER: "|".join(sorted(self._languages))} if self._languages else {}
-        level = GZIP_LEVEL if self._encoding == "gzip" else None
-        return Payload(kind="traces", body=compress(body, self._encoding, level),
+        return Payload(kind="traces", body=compress_fast(body, self._encoding),
                        content_type="application/x-protobuf", content_encoding=self._encoding,
                        items=spans, extra_headers=headers)
 
@@ -450,7 +446,7 @@ def split_traces_payload(payload: Payload) -> list[Payload]:
     out = []
     for half in halves:
         body = agent_rest + b"".join(_len_field(5, tp) for tp in half)
-        out.append(Payload(kind=payload.kind, body=compress(body, payload.content_encoding),
+        out.append(Payload(kind=payload.kind, body=compress_fast(body, payload.content_encoding),
                            content_type=payload.content_type, content_encoding=payload.content_encoding,
                            items=sum(_count_spans(tp) for tp in half),
                            extra_headers=dict(payload.extra_headers)))

@@ -23,7 +23,6 @@ from llmship.tags import agent_default_tags, normalize_tag, tag_key
 from llmship.telemetry import Telemetry
 from llmship.transforms.sampling import Sampler
 from llmship.transforms.scrub import Scrubber
-from llmship.transforms.truncate import truncate_text
 
 TEXT_FIELDS = ("message", "prompt", "completion")
 TRUNCATED_TAG = "llmship.truncated:true"
@@ -98,7 +97,7 @@ class LogProcessor:
         for field in self._text_fields:
             value = record.get(field)
             if isinstance(value, str):  # the common case, inline
-                record[field], cut = truncate_text(self._scrubber.scrub(value), self._max_chars)
+                record[field], cut = self._scrubber.scrub_truncate(value, self._max_chars)
                 truncated |= cut
             elif value is not None or (field not in record and "." in field):
                 truncated |= self._process_field(record, field)
@@ -136,7 +135,7 @@ class LogProcessor:
         return False
 
     def _text(self, value: str) -> tuple[str, bool]:
-        return truncate_text(self._scrubber.scrub(value), self._max_chars)  # scrub first: a cut secret leaks
+        return self._scrubber.scrub_truncate(value, self._max_chars)  # scrubbed first: a cut secret is caught
 
     def _walk(self, node: dict | list) -> bool:
         cut_any = False
