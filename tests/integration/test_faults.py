@@ -60,11 +60,8 @@ def noise(n: int) -> str:
     return "".join(random.choices(string.ascii_letters, k=n))
 
 
-def post_logs(agent, messages: list[str], timeout: float = 10.0) -> int:
-    """POST one JSON array of logs to the agent's HTTP logs source; the HTTP status (0: no connection)."""
-    body = json.dumps([{"message": m, "service": "faults"} for m in messages]).encode()
-    request = urllib.request.Request(f"http://127.0.0.1:{agent.ports['logs_http_port']}/api/v2/logs",
-                                     data=body, headers={"Content-Type": "application/json"}, method="POST")
+def status_of(request: urllib.request.Request, timeout: float) -> int:
+    """The HTTP status the agent answers ``request`` with (0: no connection)."""
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status
@@ -72,6 +69,14 @@ def post_logs(agent, messages: list[str], timeout: float = 10.0) -> int:
         return e.code
     except OSError:
         return 0
+
+
+def post_logs(agent, messages: list[str], timeout: float = 10.0) -> int:
+    """POST one JSON array of logs to the agent's HTTP logs source; the HTTP status."""
+    body = json.dumps([{"message": m, "service": "faults"} for m in messages]).encode()
+    return status_of(urllib.request.Request(f"http://127.0.0.1:{agent.ports['logs_http_port']}/api/v2/logs",
+                                            data=body, headers={"Content-Type": "application/json"},
+                                            method="POST"), timeout)
 
 
 def send(agent, prefix: str, n: int, per_request: int = 50) -> list[str]:
@@ -94,7 +99,7 @@ def wait_for_all(intake: Intake, expected: list[str], timeout: float) -> list[st
 
 def post_spans(agent, messages: list[str], timeout: float = 10.0) -> int:
     """PUT one v0.4 payload with a one-span trace per message (in its meta) to the trace API, asking for
-    real HTTP statuses as ddtrace does; the HTTP status (0: no connection)."""
+    real HTTP statuses as ddtrace does; the HTTP status."""
     now = time.time_ns()
     traces = [[{"trace_id": random.getrandbits(63), "span_id": random.getrandbits(63), "parent_id": 0,
                 "name": "flood", "service": "faults", "resource": "flood", "start": now, "duration": 1000,
@@ -103,13 +108,7 @@ def post_spans(agent, messages: list[str], timeout: float = 10.0) -> int:
         f"http://127.0.0.1:{agent.ports['trace_port']}/v0.4/traces", data=msgpack.packb(traces), method="PUT",
         headers={"Content-Type": "application/msgpack", "X-Datadog-Trace-Count": str(len(traces)),
                  "Datadog-Send-Real-Http-Status": "true"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status
-    except urllib.error.HTTPError as e:
-        return e.code
-    except OSError:
-        return 0
+    return status_of(request, timeout)
 
 
 class Sender(threading.Thread):
@@ -182,8 +181,7 @@ def post_traces(agent, first_trace_id: int, n_traces: int) -> int:
     request = urllib.request.Request(
         f"http://127.0.0.1:{agent.ports['trace_port']}/v0.4/traces", data=msgpack.packb(traces), method="PUT",
         headers={"Content-Type": "application/msgpack", "X-Datadog-Trace-Count": str(n_traces)})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return response.status
+    return status_of(request, 10)
 
 
 def counter_total(intake: Intake, metric: str) -> float:

@@ -79,3 +79,18 @@ class Batcher:
             self._task.cancel()
             self._task = None
         self.flush()
+
+
+class BatchedSink:
+    """The lifecycle of a sink whose items all go through one Batcher, ``self._batcher``."""
+
+    _batcher: Batcher
+
+    async def start(self) -> None:
+        self._batcher.start()
+
+    async def shutdown(self, deadline: float) -> None:
+        await self._batcher.shutdown(deadline)
+
+    def flush(self) -> None:
+        self._batcher.flush()

@@ -19,7 +19,7 @@ from llmship.config import Config
 from llmship.delivery.payload import Payload, register_splitter
 from llmship.events import LLMObsEvent
 from llmship.log import RateLimited, get_logger
-from llmship.sinks.batch import Batcher
+from llmship.sinks.batch import BatchedSink, Batcher
 from llmship.telemetry import Telemetry
 
 # 5 MiB: ddtrace DEFAULT_EVP_PAYLOAD_SIZE_LIMIT ("actual server limit is 5.1 MB")
@@ -39,7 +39,7 @@ _SPLIT_MAX_BYTES = 64 << 20  # inflating back a payload we built ourselves
 _log = RateLimited(get_logger("llmobs_sink"))
 
 
-class LLMObsSink:
+class LLMObsSink(BatchedSink):
     def __init__(self, cfg: Config, submit: Callable[[Payload], object], telemetry: Telemetry) -> None:
         self._tel = telemetry.component("llmobs_sink")
         self._batcher = Batcher(self._encode, submit, max_items=MAX_EVENTS_PER_PAYLOAD,
@@ -50,15 +50,6 @@ class LLMObsSink:
         # gzip unless told to send plain JSON: the EVP intakes take Content-Encoding gzip (the Agent's EVP
         # proxy forwards it), and nothing documents zstd or deflate for them.
         self._encoding = "identity" if cfg.sinks.datadog.compression == "identity" else "gzip"
-
-    async def start(self) -> None:
-        self._batcher.start()
-
-    async def shutdown(self, deadline: float) -> None:
-        await self._batcher.shutdown(deadline)
-
-    def flush(self) -> None:
-        self._batcher.flush()
 
     def add(self, event: LLMObsEvent) -> None:
         self._tel.inc("events_received")

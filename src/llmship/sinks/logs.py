@@ -20,7 +20,7 @@ from llmship.config import Config
 from llmship.delivery.payload import Payload, register_splitter
 from llmship.events import LogRecord
 from llmship.log import RateLimited, get_logger
-from llmship.sinks.batch import Batcher
+from llmship.sinks.batch import BatchedSink, Batcher
 from llmship.telemetry import Telemetry
 from llmship.transforms.logs import TRUNCATED_TAG
 from llmship.transforms.truncate import TRUNCATION_MARKER, truncate_text
@@ -39,7 +39,7 @@ _SPLIT_MAX_BYTES = 64 << 20  # inflating back a payload we built ourselves
 _log = RateLimited(get_logger("logs_sink"))
 
 
-class LogsSink:
+class LogsSink(BatchedSink):
     def __init__(self, cfg: Config, submit: Callable[[Payload], object], telemetry: Telemetry) -> None:
         self._tel = telemetry.component("logs_sink")
         self._encoding = cfg.sinks.datadog.compression
@@ -53,15 +53,6 @@ class LogsSink:
     def reload(self, cfg: Config) -> None:
         self._encoding = cfg.sinks.datadog.compression
         self._hostname = cfg.agent.hostname
-
-    async def start(self) -> None:
-        self._batcher.start()
-
-    async def shutdown(self, deadline: float) -> None:
-        await self._batcher.shutdown(deadline)
-
-    def flush(self) -> None:
-        self._batcher.flush()
 
     def add(self, record: LogRecord) -> None:
         self._tel.inc("events_received")

@@ -31,7 +31,7 @@ from llmship.config import Config
 from llmship.delivery.payload import Payload, register_splitter
 from llmship.events import Span, TracerInfo
 from llmship.log import RateLimited, get_logger
-from llmship.sinks.batch import Batcher
+from llmship.sinks.batch import BatchedSink, Batcher
 from llmship.telemetry import Telemetry
 
 # The Datadog Agent release whose trace API llmship implements. Tracers read it from /info and the
@@ -70,7 +70,7 @@ _LEN, _FIXED64 = pb.LEN, pb.FIXED64
 _log = RateLimited(get_logger("traces_sink"))
 
 
-class TraceSink:
+class TraceSink(BatchedSink):
     def __init__(self, cfg: Config, submit: Callable[[Payload], object], telemetry: Telemetry) -> None:
         self._tel = telemetry.component("traces_sink")
         self._languages: set[str] = set()  # every language seen, as the Agent reports them
@@ -85,15 +85,6 @@ class TraceSink:
         # The trace intake takes gzip (the Agent's default) or zstd (apm_config.compression).
         self._encoding = "zstd" if cfg.sinks.datadog.compression == "zstd" else "gzip"
         self._headers: dict[tuple, bytes] = {}
-
-    async def start(self) -> None:
-        self._batcher.start()
-
-    async def shutdown(self, deadline: float) -> None:
-        await self._batcher.shutdown(deadline)
-
-    def flush(self) -> None:
-        self._batcher.flush()
 
     def add_chunk(self, spans: list[Span], tracer: TracerInfo) -> None:
         """Queue one trace chunk (spans of one trace from one tracer payload) for the intake."""
