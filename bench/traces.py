@@ -61,7 +61,7 @@ import orjson
 SRC = Path(__file__).resolve().parent.parent / "src"
 sys.path.insert(0, str(SRC))
 
-CAPTURES = Path("/work/shared/captures/ddtrace-4.16")
+CAPTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "captures" / "ddtrace-4.16"
 TRACES_CAPTURE = CAPTURES / "v04_traces_llmobs_default.msgpack"
 EVP_CAPTURE = CAPTURES / "evp_llmobs_spans_apm_tracing_disabled.json"
 

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 PYTHON = sys.executable
+# What real clients sent (ddtrace 4.16, datadog 0.56): copied from ../shared/captures, see its README.md
+CAPTURES = Path(__file__).resolve().parent / "fixtures" / "captures"
 TEST_API_KEY = "0123456789abcdef0123456789abcdef"  # a fake Datadog-shaped key, used to check it never leaks
 
 

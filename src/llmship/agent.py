@@ -6,6 +6,7 @@ Building binds nothing, so `llmship validate` runs exactly this start-up path sh
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import signal
 import sys
@@ -161,6 +162,7 @@ class Agent:
                 t.metrics_sink.ship(result)
             else:
                 await t.metrics_sink.ship_async(result)
+                _return_freed_memory()
         except Exception as e:  # never let one bad flush stop the loop
             t.telemetry.component("agent").error("flush_failed", f"{type(e).__name__}: {e}")
             log.exception("flush_failed")
@@ -211,6 +213,23 @@ class Agent:
         await t.delivery.shutdown(deadline)
         await t.status.shutdown(deadline)
         log.info("stopped")
+
+
+def _glibc_malloc_trim():
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc only (musl, macOS: no such function)
+    except (OSError, AttributeError):
+        return None
+
+
+_malloc_trim = _glibc_malloc_trim() if sys.platform.startswith("linux") else None
+
+
+def _return_freed_memory() -> None:
+    """Give the C heap's free pages back to the system after a flush: encoding a flush frees megabytes
+    that glibc keeps otherwise (bench/contexts.py: 102 -> 98 MiB after the flush of 100,000 contexts)."""
+    if _malloc_trim is not None:
+        _malloc_trim(0)
 
 
 def run(config_path: str | None) -> int:

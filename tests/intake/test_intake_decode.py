@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import msgpack
 import orjson
@@ -15,7 +14,9 @@ from llmship import protobuf as pb
 from llmship.compression import DecompressionLimit, compress
 from llmship.intake.decode import KINDS, DecodeError, UnsupportedEncoding, decode_payload
 
-CAPTURES = Path("/work/shared/captures/ddtrace-4.16")
+from harness import CAPTURES as CAPTURES_ROOT
+
+CAPTURES = CAPTURES_ROOT / "ddtrace-4.16"
 
 SERIES = {"series": [
     {"metric": "llm.tokens", "type": 1, "interval": 10, "points": [{"timestamp": 1700000000, "value": 42.0}],

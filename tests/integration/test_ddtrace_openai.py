@@ -18,8 +18,9 @@ from llmship.sources.traces import decode_v04
 
 from fake_openai import FakeOpenAI
 from harness import wait_for
+from harness import CAPTURES as CAPTURES_ROOT
 
-CAPTURES = Path("/work/shared/captures/ddtrace-4.16")
+CAPTURES = CAPTURES_ROOT / "ddtrace-4.16"
 MARKER = "…[truncated]"
 ESTIMATED = "tokens_estimated:true"
 SYSTEM_PROMPT = "You are a helpful assistant."

@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 
 from harness import TEST_API_KEY, dump_toml, http_get, wait_for
+from harness import CAPTURES as CAPTURES_ROOT
 
-CAPTURES = Path("/work/shared/captures/ddtrace-4.16")
+CAPTURES = CAPTURES_ROOT / "ddtrace-4.16"
 TRACES_CAPTURE = CAPTURES / "v04_traces_llmobs_default.msgpack"
 TRACE_HEADERS = {  # as ddtrace 4.16 sent them (captures/ddtrace-4.16/llmobs_default.agent.jsonl)
     "Content-Type": "application/msgpack",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import time
-from pathlib import Path
 
 import orjson
 
@@ -17,7 +16,9 @@ from llmship.sinks.llmobs import (DROPPED_VALUE_TEXT, MAX_EVENT_BYTES, MAX_EVENT
                                   LLMObsSink)
 from llmship.telemetry import Telemetry
 
-CAPTURE = Path("/work/shared/captures/ddtrace-4.16/evp_llmobs_spans_apm_tracing_disabled.json")
+from harness import CAPTURES as CAPTURES_ROOT
+
+CAPTURE = CAPTURES_ROOT / "ddtrace-4.16/evp_llmobs_spans_apm_tracing_disabled.json"
 
 
 class Recorder(list):

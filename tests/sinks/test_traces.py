@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import msgpack
 import orjson
@@ -20,7 +19,9 @@ from llmship.sinks.traces import AGENT_VERSION, MAX_PAYLOAD_BYTES, TraceSink
 from llmship.sources.traces import decode_v04
 from llmship.telemetry import Telemetry
 
-CAPTURES = Path("/work/shared/captures/ddtrace-4.16")
+from harness import CAPTURES as CAPTURES_ROOT
+
+CAPTURES = CAPTURES_ROOT / "ddtrace-4.16"
 PYTHON = TracerInfo(language="python", language_version="3.11.7", tracer_version="4.16.0",
                     container_id="c0ffee", runtime_id="rt-1")
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -17,7 +16,9 @@ from hypothesis import strategies as st
 from llmship.sources.dogstatsd import DogStatsDParser
 from llmship.telemetry import Telemetry
 
-CAPTURES = Path("/work/shared/captures/datadog-0.56")
+from harness import CAPTURES as CAPTURES_ROOT
+
+CAPTURES = CAPTURES_ROOT / "datadog-0.56"
 HOST = "agent-host"
 CAPTURE_TAGS = ["env:staging", "service:chatbot", "model:gpt-4o-mini", "team:llm", "app:capture"]
 

@@ -7,7 +7,6 @@ import gzip
 import hashlib
 import json
 import time
-from pathlib import Path
 
 import aiohttp
 import msgpack
@@ -20,7 +19,9 @@ from llmship.sinks.traces import AGENT_VERSION
 from llmship.sources.traces import TraceSource, decode_v04
 from llmship.telemetry import Telemetry
 
-CAPTURES = Path("/work/shared/captures/ddtrace-4.16")
+from harness import CAPTURES as CAPTURES_ROOT
+
+CAPTURES = CAPTURES_ROOT / "ddtrace-4.16"
 
 
 class RecordingPipeline:

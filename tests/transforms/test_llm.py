@@ -7,7 +7,6 @@ import copy
 import json
 import math
 import timeit
-from pathlib import Path
 
 import pytest
 
@@ -20,7 +19,9 @@ from llmship.transforms.llm import LLMProcessor, normalize_url
 from llmship.transforms.scrub import Scrubber
 from llmship.transforms.truncate import TRUNCATION_MARKER
 
-CAPTURES = Path("/work/shared/captures/ddtrace-4.16")
+from harness import CAPTURES as CAPTURES_ROOT
+
+CAPTURES = CAPTURES_ROOT / "ddtrace-4.16"
 NOW = 1000.5  # the aggregator's clock: every sample lands in the bucket [1000, 1001)
 
 BASE_CONFIG = """
