@@ -43,6 +43,15 @@ class Span:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def root_span(chunk: list[Span]) -> Span:
+    """A trace chunk's root: the span whose parent is not in the chunk (the first span if none is)."""
+    ids = {s.span_id for s in chunk}
+    for s in chunk:
+        if s.parent_id == 0 or s.parent_id not in ids:
+            return s
+    return chunk[0]
+
+
 @dataclass(slots=True)
 class TracerInfo:
     """What the tracer said about itself in request headers; goes into the trace intake's TracerPayload."""

@@ -29,7 +29,7 @@ from llmship import protobuf as pb
 from llmship.compression import compress_fast, decompress
 from llmship.config import Config
 from llmship.delivery.payload import Payload, register_splitter
-from llmship.events import Span, TracerInfo
+from llmship.events import Span, TracerInfo, root_span
 from llmship.log import RateLimited, get_logger
 from llmship.sinks.batch import BatchedSink, Batcher
 from llmship.telemetry import Telemetry
@@ -91,7 +91,7 @@ class TraceSink(BatchedSink):
         if not spans:
             return
         self._tel.inc("events_received", len(spans))
-        root = _root(spans)
+        root = root_span(spans)
         priority = _priority(spans)
         if priority is not None and priority <= 0:
             self._tel.inc("dropped", len(spans), reason="sampling_priority")
@@ -144,15 +144,6 @@ class TraceSink(BatchedSink):
 
 
 # ------------------------------------------------------------------------------------------ encoding
-
-
-def _root(spans: list[Span]) -> Span:
-    """The chunk's root: the span whose parent is not in the chunk (the first span if none is)."""
-    ids = {s.span_id for s in spans}
-    for s in spans:
-        if s.parent_id == 0 or s.parent_id not in ids:
-            return s
-    return spans[0]
 
 
 def _priority(spans: list[Span]) -> int | None:

@@ -57,7 +57,7 @@ from aiohttp import web
 
 from llmship.compression import DecompressionLimit, decompress
 from llmship.config import Config, parse_host_port
-from llmship.events import LLMObsEvent, Span, TracerInfo
+from llmship.events import LLMObsEvent, Span, TracerInfo, root_span
 from llmship.log import RateLimited, get_logger
 from llmship.sinks.traces import AGENT_VERSION
 
@@ -328,7 +328,7 @@ class TraceSource:
     def _rates(self, chunks: Chunks) -> bytes:
         rates = {"service:,env:": 1.0}
         for chunk in chunks:
-            root = _root(chunk)
+            root = root_span(chunk)
             rates[f"service:{root.service},env:{root.meta.get('env') or self._default_env}"] = 1.0
         return orjson.dumps({"rate_by_service": rates})
 
@@ -645,14 +645,6 @@ def _media_type(request: web.Request) -> str:
 def _header_true(value: str) -> bool:
     """The Agent's isHeaderTrue: any non-empty value but Go's ParseBool false values."""
     return bool(value) and value not in _FALSE_VALUES
-
-
-def _root(chunk: list[Span]) -> Span:
-    ids = {s.span_id for s in chunk}
-    for s in chunk:
-        if s.parent_id == 0 or s.parent_id not in ids:
-            return s
-    return chunk[0]
 
 
 def _tracer_info(headers: Mapping[str, str], chunks: Chunks) -> TracerInfo:
