@@ -8,6 +8,8 @@ import zlib
 import zstandard
 
 ENCODINGS = ("gzip", "deflate", "zstd", "identity")
+# Levels when none is given: the codecs' usual defaults (the Datadog Agent's for metrics too).
+DEFAULT_LEVELS = {"gzip": 6, "deflate": 6, "zstd": 3}
 # Levels for the high-volume sinks (spans, LLM Observability events, logs): gzip/deflate at 1 (BestSpeed),
 # as the Datadog Agent's trace writer does (pkg/trace/writer/trace.go), where its logs pipeline defaults
 # to 6: on sample logs level 1 costs a third of the CPU of 6 for bodies about 20% larger (bench/logs.py).
@@ -19,13 +21,19 @@ class DecompressionLimit(ValueError):
     """A body inflated past the allowed size (a zip bomb or simply too large)."""
 
 
+# Wrapper bytes (gzip header and trailer: 18, zstd frame header and checksum: at most 22) and the empty
+# block a flush or the final block adds, on top of the codecs' own bounds in compress_bound.
+_BOUND_SLACK = 32
+
+
 def compress(body: bytes, encoding: str, level: int | None = None) -> bytes:
+    level = DEFAULT_LEVELS.get(encoding) if level is None else level
     if encoding == "gzip":
-        return gzip.compress(body, compresslevel=6 if level is None else level, mtime=0)
+        return gzip.compress(body, compresslevel=level, mtime=0)
     if encoding == "deflate":
-        return zlib.compress(body, 6 if level is None else level)
+        return zlib.compress(body, level)
     if encoding == "zstd":
-        return zstandard.ZstdCompressor(level=3 if level is None else level).compress(body)
+        return zstandard.ZstdCompressor(level=level).compress(body)
     if encoding in ("identity", ""):
         return body
     raise ValueError(f"unknown content encoding {encoding!r}")
@@ -34,6 +42,38 @@ def compress(body: bytes, encoding: str, level: int | None = None) -> bytes:
 def compress_fast(body: bytes, encoding: str) -> bytes:
     """``compress`` at FAST_LEVELS."""
     return compress(body, encoding, FAST_LEVELS.get(encoding))
+
+
+class _Identity:
+    """The compressor interface (zlib's compressobj) for Content-Encoding identity."""
+
+    def compress(self, data: bytes | bytearray) -> bytes:
+        return bytes(data)
+
+    def flush(self, mode: int = 0) -> bytes:
+        return b""
+
+
+def stream_compressor(encoding: str) -> tuple[object, int | None]:
+    """A streaming compressor for ``encoding`` and the flush mode that empties it without ending the stream
+    (None: nothing to flush). Same formats and default levels as ``compress``."""
+    if encoding in ("gzip", "deflate"):
+        wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
+        return zlib.compressobj(DEFAULT_LEVELS[encoding], zlib.DEFLATED, wbits), zlib.Z_SYNC_FLUSH
+    if encoding == "zstd":
+        return zstandard.ZstdCompressor(level=DEFAULT_LEVELS["zstd"]).compressobj(), zstandard.COMPRESSOBJ_FLUSH_BLOCK
+    if encoding in ("identity", ""):
+        return _Identity(), None
+    raise ValueError(f"unknown content encoding {encoding!r}")
+
+
+def compress_bound(encoding: str, n: int) -> int:
+    """The most ``n`` bytes can take once compressed with ``encoding`` (worst case, incompressible input)."""
+    if encoding in ("identity", ""):
+        return n
+    if encoding == "zstd":  # ZSTD_COMPRESSBOUND (zstd.h)
+        return n + (n >> 8) + ((128 * 1024 - n) >> 11 if n < 128 * 1024 else 0) + _BOUND_SLACK
+    return n + (n >> 12) + (n >> 14) + (n >> 25) + 13 + _BOUND_SLACK  # zlib's compressBound (zlib.h)
 
 
 def decompress(body: bytes, encoding: str | None, max_bytes: int) -> bytes:

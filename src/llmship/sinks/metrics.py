@@ -41,15 +41,13 @@ import asyncio
 import functools
 import struct
 import time
-import zlib
 from collections.abc import Callable, Iterable, Iterator
 
 import orjson
-import zstandard
 
 from llmship import protobuf as pb
 from llmship.aggregation import FlushResult, Series, SketchSeries
-from llmship.compression import compress, decompress
+from llmship.compression import compress, compress_bound, decompress, stream_compressor
 from llmship.delivery.payload import Payload, register_splitter
 from llmship.log import RateLimited, get_logger
 from llmship.tags import add_missing, agent_default_tags, split_tags
@@ -73,11 +71,6 @@ _CLOCK_EVERY_ITEMS = 32  # items encoded between looks at the clock (a look cost
 # The Agent's stream compressor stops flushing a payload for an exact size after this many times and
 # calls it full: each flush costs a little compression (datadog-agent pkg/serializer/internal/stream).
 MAX_REPACKS = 40
-# Compression levels: those llmship.compression.compress uses.
-_ZLIB_LEVEL, _ZSTD_LEVEL = 6, 3
-# Wrapper bytes (gzip header and trailer: 18, zstd frame header and checksum: at most 22) and the empty
-# block a flush or the final block adds, on top of the codecs' own bounds below.
-_BOUND_SLACK = 32
 
 _JSON = "application/json"
 _PROTOBUF = "application/x-protobuf"
@@ -157,7 +150,7 @@ class _Kind:
         self.max_items = max_items  # None: as many as the sizes allow
 
     def frame(self, items: Iterable[bytes]) -> bytes:
-        """One body with every item. Items are copied in as they come: none is kept (see _compact)."""
+        """One body with every item (to split a payload on a 413)."""
         body = bytearray(self.head)
         for i, item in enumerate(items):
             if i:
@@ -177,39 +170,6 @@ EVENTS = _Kind("events", _JSON, b"", b"", b"", AGENT_MAX_PAYLOAD_BYTES, AGENT_MA
 
 
 # ---------------------------------------------------------------------------------------------- packing
-
-
-class _Identity:
-    """The compressor interface (zlib's compressobj) for Content-Encoding identity."""
-
-    def compress(self, data: bytes | bytearray) -> bytes:
-        return bytes(data)
-
-    def flush(self, mode: int = 0) -> bytes:
-        return b""
-
-
-def _compressor(encoding: str) -> tuple[object, int | None]:
-    """A streaming compressor for ``encoding`` and the flush mode that empties it without ending the stream
-    (None: nothing to flush). Same formats and levels as llmship.compression.compress."""
-    if encoding == "gzip":
-        return zlib.compressobj(_ZLIB_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS), zlib.Z_SYNC_FLUSH
-    if encoding == "deflate":
-        return zlib.compressobj(_ZLIB_LEVEL, zlib.DEFLATED, zlib.MAX_WBITS), zlib.Z_SYNC_FLUSH
-    if encoding == "zstd":
-        return zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compressobj(), zstandard.COMPRESSOBJ_FLUSH_BLOCK
-    if encoding in ("identity", ""):
-        return _Identity(), None
-    raise ValueError(f"unknown content encoding {encoding!r}")
-
-
-def compress_bound(encoding: str, n: int) -> int:
-    """The most ``n`` bytes can take once compressed with ``encoding`` (worst case, incompressible input)."""
-    if encoding in ("identity", ""):
-        return n
-    if encoding == "zstd":  # ZSTD_COMPRESSBOUND (zstd.h)
-        return n + (n >> 8) + ((128 * 1024 - n) >> 11 if n < 128 * 1024 else 0) + _BOUND_SLACK
-    return n + (n >> 12) + (n >> 14) + (n >> 25) + 13 + _BOUND_SLACK  # zlib's compressBound (zlib.h)
 
 
 class _Packer:
@@ -235,7 +195,7 @@ class _Packer:
         self._max_item = self._max_pending - len(kind.head) - len(kind.tail)  # the largest that fits alone
 
     def _open(self) -> None:
-        self._compressor, self._flush_mode = _compressor(self._encoding)
+        self._compressor, self._flush_mode = stream_compressor(self._encoding)
         self._chunks: list[bytes] = []  # compressed so far
         self._compressed = 0  # their length
         self._fed = 0  # uncompressed bytes given to the compressor
