@@ -38,7 +38,6 @@ Every kind registers a splitter (decode, halve, re-encode) so delivery can split
 from __future__ import annotations
 
 import asyncio
-import functools
 import struct
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -96,24 +95,21 @@ def encode_series(series: Series) -> bytes:
     return orjson.dumps(item)
 
 
-# Field keys of Sketch and Dogsketch (see the module docstring), and varints: lengths, counts, keys and
-# timestamps repeat from sketch to sketch, so their encodings are cached (a bounded cache).
+# Field keys of Sketch and Dogsketch (see the module docstring).
 _METRIC, _HOST, _TAG, _DOGSKETCH = (pb.tag(field, pb.LEN) for field in (1, 2, 4, 7))
 _TS, _CNT = (pb.tag(field, pb.VARINT) for field in (1, 2))
 _MIN, _MAX, _AVG, _SUM = (pb.tag(field, pb.FIXED64) for field in (3, 4, 5, 6))
 _KEYS, _COUNTS = (pb.tag(field, pb.LEN) for field in (7, 8))
 _TAG_SKETCH = pb.tag(1, pb.LEN)  # SketchPayload.sketches
-_varint = functools.lru_cache(maxsize=16384)(pb.varint)
 _double = struct.Struct("<d").pack
 
 
-@functools.lru_cache(maxsize=16384)
 def _zigzag_varint(n: int) -> bytes:
     return pb.varint(pb.zigzag(n))
 
 
 def _len_field(key: bytes, body: bytes) -> bytes:
-    return key + _varint(len(body)) + body
+    return key + pb.varint(len(body)) + body
 
 
 def encode_sketch(sketch: SketchSeries) -> bytes:
@@ -125,12 +121,12 @@ def encode_sketch(sketch: SketchSeries) -> bytes:
     fields.extend(_len_field(_TAG, tag.encode()) for tag in sketch.tags if tag)
     for ts, sk in sketch.points:
         keys, counts = sk.cols()
-        dogsketch = [_TS + _varint(ts) if ts else b"", _CNT + _varint(sk.cnt) if sk.cnt else b""]
+        dogsketch = [_TS + pb.varint(ts) if ts else b"", _CNT + pb.varint(sk.cnt) if sk.cnt else b""]
         dogsketch.extend(key + _double(x) if x else b""
                          for key, x in ((_MIN, sk.min), (_MAX, sk.max), (_AVG, sk.avg), (_SUM, sk.sum)))
         if keys:
             dogsketch.append(_len_field(_KEYS, b"".join(map(_zigzag_varint, keys))))
-            dogsketch.append(_len_field(_COUNTS, b"".join(map(_varint, counts))))
+            dogsketch.append(_len_field(_COUNTS, b"".join(map(pb.varint, counts))))
         fields.append(_len_field(_DOGSKETCH, b"".join(dogsketch)))
     return _len_field(_TAG_SKETCH, b"".join(fields))
 
