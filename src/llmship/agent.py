@@ -215,14 +215,10 @@ class Agent:
         log.info("stopped")
 
 
-def _glibc_malloc_trim():
-    try:
-        return ctypes.CDLL(None).malloc_trim  # glibc only (musl, macOS: no such function)
-    except (OSError, AttributeError):
-        return None
-
-
-_malloc_trim = _glibc_malloc_trim() if sys.platform.startswith("linux") else None
+try:
+    _malloc_trim = ctypes.CDLL(None).malloc_trim
+except (OSError, AttributeError):  # glibc only: musl and macOS have no such function
+    _malloc_trim = None
 
 
 def _return_freed_memory() -> None:
