@@ -43,6 +43,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent / "src"))
 sys.path.insert(0, str(BENCH))
 
+from common import free_port  # noqa: E402  (bench/common.py)
 import dogstatsd as dsd  # noqa: E402  (bench/dogstatsd.py: load generator and agent process helpers)
 import traces as tb  # noqa: E402  (bench/traces.py: the null intake)
 
@@ -202,7 +203,7 @@ def real_agent(contexts: int, sink: str) -> None:
         intake = None
         url = ""
         if sink == "http":
-            port = tb.free_port()
+            port = free_port()
             ready = ctx.Event()
             intake = ctx.Process(target=tb.null_intake_main, args=(port, ready), daemon=True)
             intake.start()

@@ -39,6 +39,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from common import CPUS, free_port, pin  # bench/common.py
+
 UDP_PACKET_BYTES = 1432  # datadogpy / datadog-go default max UDP payload
 UDS_PACKET_BYTES = 8192  # their default for unix sockets
 FAKE_API_KEY = "0123456789abcdef0123456789abcdef"  # not a real key: the null intake only reads bodies
@@ -104,16 +106,6 @@ def pack(lines: list[bytes], max_bytes: int) -> tuple[list[bytes], list[int]]:
         datagrams.append(b"\n".join(current) + b"\n")
         counts.append(len(current))
     return datagrams, counts
-
-
-# The cores this run may use, read before anything is pinned (pinned children inherit a single core).
-CPUS = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-
-
-def pin(pid: int, cpu: int) -> None:
-    """Pin ``pid`` (0: this process) to the ``cpu``-th usable core, when there are two or more."""
-    if len(CPUS) >= 2:
-        os.sched_setaffinity(pid, {CPUS[cpu % len(CPUS)]})
 
 
 # ---------------------------------------------------------------------------------------------- processes
@@ -263,12 +255,6 @@ listen = "127.0.0.1:{self.status_port}"
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
-
-
-def free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------------------------------------- runs

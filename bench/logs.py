@@ -41,6 +41,7 @@ import orjson
 SRC = Path(__file__).resolve().parent.parent / "src"
 sys.path.insert(0, str(SRC))
 
+from common import free_port, process_cpu_secs, wait_until  # noqa: E402  (bench/common.py)
 from llmship.compression import compress_fast  # noqa: E402
 from llmship.config import load_config_text  # noqa: E402
 from llmship.sinks.logs import LogsSink  # noqa: E402
@@ -136,31 +137,6 @@ def in_process_stages(lines: list[bytes], compression: str) -> dict[str, float]:
 
 # ------------------------------------------------------------------------------------------- processes
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except Exception:  # the process may not be up yet
-            pass
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def process_cpu_secs(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime, all threads
-
-
 def intake_count(db: Path) -> int:
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
         return conn.execute("SELECT count(*) FROM records WHERE kind = 'logs'").fetchone()[0]
@@ -201,9 +177,9 @@ compression = "{compression}"
     agent = subprocess.Popen([sys.executable, "-m", "llmship", "run", "--config", str(config)], stdout=logs,
                              stderr=subprocess.STDOUT, env=env, preexec_fn=lambda: os.sched_setaffinity(0, agent_cpus))
     try:
-        wait_for(lambda: urllib.request.urlopen(f"http://127.0.0.1:{status_port}/ready", timeout=1).status == 200,
+        wait_until(lambda: urllib.request.urlopen(f"http://127.0.0.1:{status_port}/ready", timeout=1).status == 200,
                  30, "the agent to be ready")
-        wait_for(lambda: db.exists() or intake.poll() is None, 30, "the intake")
+        wait_until(lambda: db.exists() or intake.poll() is None, 30, "the intake")
         os.sched_setaffinity(0, other_cpus)  # the sender shares the intake's core, never the agent's
         block = b"".join(lines)
         per_connection = total // connections
@@ -225,7 +201,7 @@ compression = "{compression}"
             t.join(DEADLINE_SECS)
         sent_secs = time.monotonic() - started
         expected = per_connection * connections
-        wait_for(lambda: intake_count(db) >= expected, DEADLINE_SECS, f"{expected} logs at the intake")
+        wait_until(lambda: intake_count(db) >= expected, DEADLINE_SECS, f"{expected} logs at the intake")
         elapsed = time.monotonic() - started
         agent_cpu = process_cpu_secs(agent.pid) - cpu_before
         return {"logs": expected, "elapsed": elapsed, "sent_secs": sent_secs, "agent_cpu": agent_cpu,

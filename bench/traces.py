@@ -44,7 +44,6 @@ import copy
 import json
 import multiprocessing as mp
 import os
-import socket
 import struct
 import subprocess
 import sys
@@ -60,6 +59,8 @@ import orjson
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 sys.path.insert(0, str(SRC))
+
+from common import CPUS, free_port, pin, process_cpu_secs, wait_until  # noqa: E402  (bench/common.py)
 
 CAPTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "captures" / "ddtrace-4.16"
 TRACES_CAPTURE = CAPTURES / "v04_traces_llmobs_default.msgpack"
@@ -228,28 +229,6 @@ def baseline(workload: Workload, seconds: float) -> tuple[float, int]:
 # ---------------------------------------------------------------------------------------------- processes
 
 
-# The cores this run may use, read before anything is pinned (pinned children inherit a single core).
-CPUS = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-
-
-def pin(pid: int, cpu: int) -> None:
-    """Pin ``pid`` (0: this process) to the ``cpu``-th usable core, when there are two or more."""
-    if len(CPUS) >= 2:
-        os.sched_setaffinity(pid, {CPUS[cpu % len(CPUS)]})
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of every thread of ``pid`` (finished ones included), from /proc/<pid>/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def null_intake_main(port: int, ready) -> None:
     """Reads every body and answers 202 ``{}``, as the intakes do; decodes nothing, stores nothing."""
     from aiohttp import web
@@ -268,20 +247,6 @@ def null_intake_main(port: int, ready) -> None:
         await asyncio.Event().wait()
 
     asyncio.run(main())
-
-
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except OSError:
-            pass  # not listening yet
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)  # polling a condition, with a deadline
 
 
 def http_get(url: str) -> tuple[int, bytes]:
@@ -387,7 +352,7 @@ compression = "{compression}"
         return json.loads(body)
 
     def cpu(self) -> float:
-        return cpu_seconds(self.proc.pid)
+        return process_cpu_secs(self.proc.pid)
 
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
