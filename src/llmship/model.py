@@ -1,0 +1,128 @@
+"""The typed events that travel through the agent, from the source that decodes them to the sink that
+encodes them.
+
+- ``Span``: an APM span as a tracer sent it (v0.4 map, v0.5 array, or converted from OTLP). A msgspec
+  Struct, so a v0.4 body decodes straight into it (``sources/traces.py``); spans that carry no LLM call go
+  from decode to the span encoder without becoming anything else. ``meta_struct`` keeps the tracer's
+  msgpack blobs, ``_llmobs`` included (the encoder leaves that one out).
+- ``LLMCall``: the one model of an LLM call, extracted once from whatever carried it (a v0.4 span with its
+  ``_llmobs`` event, an EVP event; OTLP spans next). The LLM policies (``llm/``) read and complete it.
+- ``LogRecord``: a dict in the shape of Datadog's HTTP logs intake (message, ddsource, ddtags, hostname,
+  service, status, plus any attributes).
+- ``LLMObsEvent``: an LLM Observability span event in the JSON shape ddtrace posts to
+  /evp_proxy/v2/api/v2/llmobs (trace_id, span_id, parent_id as decimal strings, name, start_ns, duration,
+  status, meta, metrics, tags as "k:v" strings, _dd).
+- ``MetricSample``: (name, type, value, tags) with tags a "k:v,k2:v2" string: what a policy derives and
+  the aggregator takes. Plain tuples, so they cross a process boundary as they are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+LogRecord = dict[str, Any]
+LLMObsEvent = dict[str, Any]
+MetricSample = tuple[str, str, float, str]
+
+# ddtrace's key for the LLM Observability event it carries in a span's meta_struct (v0.4 only).
+LLMOBS_STRUCT_KEY = "_llmobs"
+
+
+class Span(msgspec.Struct, gc=False):
+    """One APM span; field names are the v0.4 wire keys (datadog-agent pkg/proto/datadog/trace/span.proto).
+
+    gc=False: spans hold only strings, numbers and containers of them, never a reference back, and tens of
+    thousands exist at once under load; the cyclic collector need not track them (msgspec docs, "gc")."""
+
+    service: str = ""
+    name: str = ""
+    resource: str = ""
+    trace_id: int = 0  # low 64 bits; the high 64 bits are in meta["_dd.p.tid"]
+    span_id: int = 0
+    parent_id: int = 0  # 0 for a root span
+    start: int = 0  # unix time, nanoseconds
+    duration: int = 0  # nanoseconds
+    error: int = 0
+    meta: dict[str, str] = {}
+    metrics: dict[str, float] = {}
+    type: str = ""
+    # msgpack-encoded as the tracer sent them; ``_llmobs`` is read by the LLM extractor, never shipped
+    meta_struct: dict[str, bytes] = {}
+    span_links: list | None = None  # as sent (v0.4 only), passed through to the trace intake
+    span_events: list | None = None  # likewise; written into meta["events"] for the intake
+
+
+def root_span(chunk: list[Span]) -> Span:
+    """A trace chunk's root: the span whose parent is not in the chunk (the first span if none is)."""
+    ids = {s.span_id for s in chunk}
+    for s in chunk:
+        if s.parent_id == 0 or s.parent_id not in ids:
+            return s
+    return chunk[0]
+
+
+@dataclass(slots=True)
+class TracerInfo:
+    """What the tracer said about itself in request headers; goes into the trace intake's TracerPayload."""
+
+    language: str = ""
+    language_version: str = ""
+    tracer_version: str = ""
+    container_id: str = ""
+    runtime_id: str = ""
+
+
+@dataclass(slots=True)
+class Tokens:
+    """Token counts as reported (None: not reported). ``total`` is completed from its parts."""
+
+    input: float | None = None
+    output: float | None = None
+    total: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.total is None and (self.input is not None or self.output is not None):
+            self.total = (self.input or 0) + (self.output or 0)
+
+    @property
+    def known(self) -> bool:
+        return self.total is not None
+
+
+@dataclass(slots=True)
+class LLMCall:
+    """One LLM call (or another LLM Observability span: workflow, agent, tool, ...), whatever carried it.
+
+    Identity values are raw (as the client sent them); the tag policy normalizes them. ``event`` is the LLM
+    Observability event to ship, in the EVP shape, or None when the carrier had none (an ``llm`` span
+    without ``_llmobs``): policies complete it in place."""
+
+    source: str  # "span" (v0.4 meta_struct) | "evp" | "otlp"
+    kind: str  # llm, embedding, workflow, agent, tool, task, retrieval, ...
+    trace_id: int | None  # low 64 bits of the APM trace id: the sampling key both paths share
+    span_id: int | None  # the de-duplication key: one call shipped and counted once across paths
+    error: bool
+    start_ns: int
+    duration_ns: int
+    service: str = ""
+    env: str = ""
+    version: str = ""
+    model: str = ""
+    provider: str = ""
+    endpoint: str = ""
+    tokens: Tokens = field(default_factory=Tokens)
+    tokens_estimated: bool = False
+    proxied: bool = False  # the client side of a call an instrumented proxy reports itself
+    event: LLMObsEvent | None = None
+    span: Span | None = None  # the APM span that carried it, if any
+
+    @property
+    def is_call(self) -> bool:
+        """An LLM call proper (metrics, sample logs), not a workflow or tool span around calls."""
+        return self.kind in LLM_CALL_KINDS
+
+
+LLM_CALL_KINDS = frozenset(("llm", "embedding"))
