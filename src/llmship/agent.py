@@ -18,8 +18,10 @@ from llmship import log as logmod
 from llmship.aggregation import Aggregator
 from llmship.config import Config, ConfigError, is_loopback, load_config, parse_host_port
 from llmship.delivery import Delivery
+from llmship.llm.stage import LLMStage
 from llmship.log import get_logger
-from llmship.pipeline import Pipeline
+from llmship.processing import Emitter
+from llmship.shipping.router import Router
 from llmship.sinks.llmobs import LLMObsSink
 from llmship.sinks.logs import LogsSink
 from llmship.sinks.metrics import MetricsSink
@@ -29,7 +31,6 @@ from llmship.sources.logs import LogsSource
 from llmship.sources.traces import TraceSource
 from llmship.status import StatusServer, describe_config, self_metrics
 from llmship.telemetry import Telemetry
-from llmship.transforms.llm import LLMProcessor
 from llmship.transforms.logs import LogProcessor
 from llmship.transforms.sampling import Sampler
 from llmship.transforms.scrub import Scrubber
@@ -44,9 +45,10 @@ class Topology:
     delivery: Delivery
     aggregator: Aggregator
     metrics_sink: MetricsSink
-    llm: LLMProcessor
+    llm: LLMStage
     log_processor: LogProcessor
-    pipeline: Pipeline
+    router: Router
+    emitter: Emitter
     sinks: list  # batching sinks, flushed on drain
     sources: list
     status: StatusServer
@@ -63,17 +65,17 @@ def build(cfg: Config, telemetry: Telemetry | None = None, *, readiness=None, in
     except ValueError as e:  # e.g. a rule with no regex that names no default rule
         raise ConfigError([f"scrub.rules: {e}"]) from None
     sampler = Sampler(cfg.llm.sampling)
-    llm = LLMProcessor(cfg, aggregator, scrubber, telemetry)
+    llm = LLMStage(cfg, scrubber, telemetry)
     log_processor = LogProcessor(cfg, sampler, scrubber, telemetry)
     trace_sink = TraceSink(cfg, delivery.submit, telemetry)
     llmobs_sink = LLMObsSink(cfg, delivery.submit, telemetry)
     logs_sink = LogsSink(cfg, delivery.submit, telemetry)
-    pipeline = Pipeline(telemetry=telemetry, aggregator=aggregator, delivery=delivery,
-                        metrics_sink=metrics_sink, llm=llm, log_processor=log_processor,
-                        trace_sink=trace_sink, llmobs_sink=llmobs_sink, logs_sink=logs_sink)
-    sources = [DogStatsDSource(cfg, pipeline), TraceSource(cfg, pipeline), LogsSource(cfg, pipeline)]
+    router = Router(telemetry=telemetry, aggregator=aggregator, delivery=delivery, metrics_sink=metrics_sink,
+                    trace_sink=trace_sink, llmobs_sink=llmobs_sink, logs_sink=logs_sink)
+    emitter = Emitter(telemetry=telemetry, router=router, llm=llm, log_processor=log_processor)
+    sources = [DogStatsDSource(cfg, emitter), TraceSource(cfg, emitter), LogsSource(cfg, emitter)]
     status = StatusServer(cfg, telemetry, info_provider or (lambda: {}), readiness or (lambda: False))
-    return Topology(cfg, telemetry, delivery, aggregator, metrics_sink, llm, log_processor, pipeline,
+    return Topology(cfg, telemetry, delivery, aggregator, metrics_sink, llm, log_processor, router, emitter,
                     [trace_sink, llmobs_sink, logs_sink], sources, status)
 
 

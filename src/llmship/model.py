@@ -19,7 +19,7 @@ encodes them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -29,6 +29,12 @@ MetricSample = tuple[str, str, float, str]
 
 # ddtrace's key for the LLM Observability event it carries in a span's meta_struct (v0.4 only).
 LLMOBS_STRUCT_KEY = "_llmobs"
+
+# The protobuf types of the trace intake's Span fields (uint64 ids, int64 times): a typed decode refuses
+# what does not fit, and the tolerant decoder then masks ids and refuses times as the Agent's decoder does.
+# (msgpack cannot carry more than 64 bits, so uint64 needs only its lower bound.)
+UInt64 = Annotated[int, msgspec.Meta(ge=0)]
+Int64 = Annotated[int, msgspec.Meta(ge=-(1 << 63), le=(1 << 63) - 1)]
 
 
 class Span(msgspec.Struct, gc=False):
@@ -40,12 +46,12 @@ class Span(msgspec.Struct, gc=False):
     service: str = ""
     name: str = ""
     resource: str = ""
-    trace_id: int = 0  # low 64 bits; the high 64 bits are in meta["_dd.p.tid"]
-    span_id: int = 0
-    parent_id: int = 0  # 0 for a root span
-    start: int = 0  # unix time, nanoseconds
-    duration: int = 0  # nanoseconds
-    error: int = 0
+    trace_id: UInt64 = 0  # low 64 bits; the high 64 bits are in meta["_dd.p.tid"]
+    span_id: UInt64 = 0
+    parent_id: UInt64 = 0  # 0 for a root span
+    start: Int64 = 0  # unix time, nanoseconds
+    duration: Int64 = 0  # nanoseconds
+    error: Int64 = 0
     meta: dict[str, str] = {}
     metrics: dict[str, float] = {}
     type: str = ""

@@ -14,6 +14,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from llmship.llm import extract
 from llmship.sources.traces import decode_v04
 
 from fake_openai import FakeOpenAI
@@ -314,13 +315,13 @@ def test_an_event_sent_on_both_paths_is_shipped_and_counted_once(tmp_path, intak
     agent = start_agent("", intake=intake)
     base = f"http://127.0.0.1:{agent.ports['trace_port']}"
     v04 = (CAPTURES / "v04_traces_llmobs_default.msgpack").read_bytes()
-    first = decode_v04(v04, "application/msgpack")[0][0][0]
-    event = first.llmobs  # the first call's event, in the shape ddtrace posts to the EVP proxy
+    first = decode_v04(v04, "application/msgpack")[0][0]
+    event = extract.from_span(first, "", "", "").event  # the first call's event, as ddtrace posts it on EVP
     envelope = orjson.dumps([{"_dd.stage": "raw", "event_type": "span", "spans": [event]}])
     assert _post(base + "/v0.4/traces", v04, "application/msgpack") == 200
     assert _post(base + "/evp_proxy/v2/api/v2/llmobs", envelope, "application/json",
                  {"X-Datadog-EVP-Subdomain": "llmobs-intake"}) in (200, 202)
-    wait_for(lambda: agent.counter("llm", "dropped", reason="duplicate_event") == 1, timeout=10,
+    wait_for(lambda: agent.counter("llm", "discarded", reason="duplicate_event", intentional="true") == 1, timeout=10,
              what="the second copy recognised")
     chat = ("service:chatbot", "model:gpt-4o-mini-2024-07-18", "endpoint:/v1/chat/completions")
     settled_total(intake, agent, "llm.requests", *chat, expected=2, calls=6)  # the two chat calls, once each

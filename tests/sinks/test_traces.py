@@ -13,7 +13,7 @@ from llmship import protobuf as pb
 from llmship.compression import decompress
 from llmship.config import load_config_text
 from llmship.delivery.payload import split
-from llmship.events import Span, TracerInfo
+from llmship.model import Span, TracerInfo
 from llmship.intake.decode import decode_payload
 from llmship.sinks.traces import AGENT_VERSION, MAX_PAYLOAD_BYTES, TraceSink
 from llmship.sources.traces import decode_v04
@@ -49,8 +49,7 @@ def decoded(payload) -> list[dict]:
 
 
 def capture_chunks() -> list[list[Span]]:
-    chunks, _ = decode_v04((CAPTURES / "v04_traces_llmobs_default.msgpack").read_bytes(), "application/msgpack")
-    return chunks
+    return decode_v04((CAPTURES / "v04_traces_llmobs_default.msgpack").read_bytes(), "application/msgpack")
 
 
 def test_capture_round_trips_through_the_intake_decoder():
@@ -146,7 +145,7 @@ def test_span_links_and_native_span_events():
                "attributes": {"n": {"type": 2, "int_value": 3}, "s": {"type": 0, "string_value": "x"},
                               "l": {"type": 4, "array_value": {"values": [{"type": 1, "bool_value": True}]}}}}]
     s = span(1)
-    s.extra.update(span_links=[link], span_events=events)
+    s.span_links, s.span_events = [link], events
     sink.add_chunk([s], PYTHON)
     sink.flush()
     (got,) = decoded(submitted[0])
@@ -216,7 +215,7 @@ async def test_shutdown_flushes_what_is_pending():
 def test_events_json_is_not_overwritten():
     sink, submitted, _ = make_sink()
     s = span(1, meta={"events": "[]"})
-    s.extra["span_events"] = [{"name": "e"}]
+    s.span_events = [{"name": "e"}]
     sink.add_chunk([s], PYTHON)
     sink.flush()
     assert orjson.loads(decoded(submitted[0])[0]["meta"]["events"]) == []

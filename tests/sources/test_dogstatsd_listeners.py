@@ -19,16 +19,15 @@ from llmship.telemetry import Telemetry
 
 
 class Recorder:
-    """The pipeline as the source sees it: telemetry, an aggregator, two submit methods."""
+    """The emitter as the source sees it: telemetry, add_metric, two submit methods."""
 
     def __init__(self) -> None:
         self.telemetry = Telemetry()
-        self.aggregator = self
         self.samples: list[tuple] = []
         self.events: list[dict] = []
         self.checks: list[dict] = []
 
-    def add(self, name, mtype, value, tags="", rate=1.0, host=None, timestamp=None) -> None:
+    def add_metric(self, name, mtype, value, tags="", rate=1.0, host=None, timestamp=None) -> None:
         self.samples.append((name, mtype, value, tags))
 
     def submit_dsd_event(self, event: dict) -> None:

@@ -1,6 +1,6 @@
 """The DogStatsD parser against the datagram grammar, the real client captures and random bytes.
 
-The parser's only collaborators are ``aggregator.add`` and two submit methods: a recording stand-in for
+The parser's only collaborators are ``add_metric`` and two submit methods: a recording stand-in for
 them is enough here (no network code is replaced; the listeners are tested on real sockets elsewhere).
 """
 
@@ -27,12 +27,11 @@ class Recorder:
     """Stands in for the pipeline and its aggregator: records every call in a comparable form."""
 
     def __init__(self) -> None:
-        self.aggregator = self
         self.samples: list[tuple] = []
         self.events: list[dict] = []
         self.checks: list[dict] = []
 
-    def add(self, name, mtype, value, tags="", rate=1.0, host=None, timestamp=None) -> None:
+    def add_metric(self, name, mtype, value, tags="", rate=1.0, host=None, timestamp=None) -> None:
         self.samples.append((name, mtype, value, tags, rate, host, timestamp))
 
     def submit_dsd_event(self, event: dict) -> None:

@@ -14,7 +14,8 @@ import orjson
 import pytest
 
 from llmship.config import load_config_text
-from llmship.events import Span
+from llmship.llm import extract
+from llmship.model import Span
 from llmship.sinks.traces import AGENT_VERSION
 from llmship.sources.traces import TraceSource, decode_v04
 from llmship.telemetry import Telemetry
@@ -116,9 +117,8 @@ async def test_v04_capture_yields_spans_and_llmobs_events(server, http, pipeline
     chunks = pipeline.chunks
     assert [len(c) for c in chunks] == [2] * 6
     roots = [c[0] for c in chunks]
-    assert all(s.name == "openai.request" and s.llmobs is not None for s in roots)
-    assert all(s.meta_struct == {} for c in chunks for s in c)  # _llmobs moved out of meta_struct
-    assert all(c[1].llmobs is None and c[1].parent_id == c[0].span_id for c in chunks)
+    assert all(s.name == "openai.request" and set(s.meta_struct) == {"_llmobs"} for s in roots)
+    assert all(c[1].meta_struct == {} and c[1].parent_id == c[0].span_id for c in chunks)
     assert roots[0].trace_id == 11736565019625699723 and roots[0].meta["_dd.p.tid"] == "6b03df9500000000"
     assert roots[5].error == 1
 
@@ -134,13 +134,12 @@ async def test_v04_capture_yields_spans_and_llmobs_events(server, http, pipeline
 
 async def test_llmobs_conversion_equals_what_ddtrace_posts_on_the_evp_path():
     """The same six OpenAI calls were captured both ways; the converted events match field for field."""
-    chunks, errors = decode_v04((CAPTURES / "v04_traces_llmobs_default.msgpack").read_bytes(),
-                                "application/msgpack")
+    chunks = decode_v04((CAPTURES / "v04_traces_llmobs_default.msgpack").read_bytes(), "application/msgpack")
     evp = json.loads((CAPTURES / "evp_llmobs_spans_apm_tracing_disabled.json").read_text())["body"]
-    assert errors == 0 and len(evp) == len(chunks) == 6
-    for chunk, envelope in zip(chunks, evp):
+    assert len(evp) == len(chunks) == 6
+    events = [extract.from_span(chunk[0], "", "", "").event for chunk in chunks]
+    for chunk, envelope, event in zip(chunks, evp, events):
         span, expected = chunk[0], envelope["spans"][0]
-        event = span.llmobs
         assert set(event) == set(expected)
         assert set(event["_dd"]) == set(expected["_dd"])
         for key in ("name", "status", "parent_id", "meta", "metrics", "tags"):
@@ -150,8 +149,8 @@ async def test_llmobs_conversion_equals_what_ddtrace_posts_on_the_evp_path():
         assert (event["start_ns"], event["duration"]) == (span.start, span.duration)
         assert event["_dd"]["apm_trace_id"] == f"{span.meta['_dd.p.tid']}{span.trace_id:016x}"
         assert event["trace_id"] == span.meta["llmobs_trace_id"]
-    assert chunks[5][0].llmobs["status"] == "error"
-    assert "error_type:openai.RateLimitError" in chunks[5][0].llmobs["tags"]
+    assert events[5]["status"] == "error"
+    assert "error_type:openai.RateLimitError" in events[5]["tags"]
 
 
 async def test_v05_capture_decodes_string_table_and_arrays(server, http, pipeline):
@@ -169,7 +168,7 @@ async def test_v05_capture_decodes_string_table_and_arrays(server, http, pipelin
             assert (span.trace_id, span.span_id, span.parent_id) == tuple(fields[3:6])
             assert (span.start, span.duration, span.error) == tuple(fields[6:9])
             assert span.meta == {table[int(k)]: table[v] for k, v in fields[9].items()}
-            assert span.llmobs is None
+            assert span.meta_struct == {}
     assert counter(pipeline, "spans_received") == sum(len(t) for t in traces)
 
 
@@ -184,14 +183,14 @@ async def test_v04_json_is_accepted(server, http, pipeline):
 
 
 async def test_undecodable_llmobs_struct_keeps_the_apm_span(server, http, pipeline):
+    """The source passes meta_struct blobs on as they came: reading _llmobs is the LLM stage's job."""
     span = {"service": "s", "name": "n", "resource": "r", "trace_id": 1, "span_id": 2, "start": 1, "duration": 1,
             "meta_struct": {"_llmobs": b"\xc1", "appsec": msgpack.packb({"k": 1})}}
     async with http.post(server.url + "/v0.4/traces", data=msgpack.packb([[span]]),
                          headers={"Content-Type": "application/msgpack"}) as r:
         assert r.status == 200
     (got,), = pipeline.chunks
-    assert got.llmobs is None and got.meta_struct == {"appsec": msgpack.packb({"k": 1})}
-    assert counter(pipeline, "dropped", reason="llmobs_decode_error") == 1
+    assert got.meta_struct == {"_llmobs": b"\xc1", "appsec": msgpack.packb({"k": 1})}
 
 
 async def test_evp_llmobs_capture(server, http, pipeline):
@@ -251,3 +250,17 @@ async def test_unix_socket_serves_the_same_api(server, pipeline, tmp_path):
             assert r.status == 200
         async with session.get("http://localhost/info") as r:
             assert "/evp_proxy/v2/" in (await r.json())["endpoints"]
+
+
+async def test_poison_values_cost_only_themselves(server, http, pipeline):
+    """A NaN sampling priority used to fail the whole payload's encoding; now the value is dropped and
+    counted where it enters, and the spans around it go on."""
+    spans = [{"service": "s", "name": "n", "trace_id": 1, "span_id": 1, "start": 1, "duration": 1,
+              "metrics": {"_sampling_priority_v1": float("nan")}},
+             {"service": "s", "name": "n", "trace_id": 1, "span_id": 2, "parent_id": 1, "start": 1, "duration": 1}]
+    async with http.post(server.url + "/v0.4/traces", data=msgpack.packb([spans]),
+                         headers={"Content-Type": "application/msgpack"}) as r:
+        assert r.status == 200
+    (chunk,) = pipeline.chunks
+    assert len(chunk) == 2 and chunk[0].metrics == {}
+    assert counter(pipeline, "discarded", reason="poison_value", intentional="false") == 1

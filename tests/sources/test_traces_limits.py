@@ -153,7 +153,7 @@ async def test_slow_body_times_out(server, pipeline):
 
 
 async def test_overloaded_traces_follow_the_agent(server, http, pipeline):
-    pipeline.full.add("traces")
+    pipeline.full.add("spans")
     body = msgpack.packb([[SPAN]])
     async with http.post(server.url + "/v0.4/traces", data=body,
                          headers={**MSGPACK, "Datadog-Send-Real-Http-Status": "true"}) as r:
@@ -177,25 +177,46 @@ async def test_overloaded_llmobs_is_always_429(server, http, pipeline):
     assert pipeline.llmobs == []
 
 
-async def test_payload_waiting_too_long_for_a_decoder_is_refused(pipeline):
-    """Every decoder busy reading a stalled body: the next payload is refused after the decoder wait."""
-    source = await start_source(pipeline, read_timeout_secs=DECODER_WAIT_SECS + 2)
+async def test_slow_clients_do_not_hold_the_decoders(pipeline):
+    """Bodies still being read hold no decoder: with more stalled clients than decoders, a tracer that
+    sends its whole payload is served at once (it used to wait for a decoder, then get 429)."""
+    source = await start_source(pipeline, read_timeout_secs=DECODER_WAIT_SECS + 5)
     head = (b"POST /v0.4/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/msgpack\r\n"
             b"Content-Length: 100\r\n\r\n\x91")
     stalled = []
     try:
-        for _ in range(DECODERS):
+        for _ in range(DECODERS + 2):
             reader, writer = await asyncio.open_connection(source.host, source.port)
             writer.write(head)
             await writer.drain()
             stalled.append(writer)
-        await until(lambda: counter(pipeline, "requests", endpoint="v0.4/traces") == DECODERS)
+        await until(lambda: counter(pipeline, "requests", endpoint="v0.4/traces") == DECODERS + 2)
+        async with aiohttp.ClientSession() as http:
+            started = time.monotonic()
+            async with http.post(source.url + "/v0.4/traces", data=msgpack.packb([[SPAN]]),
+                                 headers={**MSGPACK, "Datadog-Send-Real-Http-Status": "1"}) as r:
+                assert r.status == 200
+            assert time.monotonic() - started < DECODER_WAIT_SECS
+        assert len(pipeline.chunks) == 1
+        assert counter(pipeline, "dropped", reason="no_decoder") == 0
+    finally:
+        for writer in stalled:
+            writer.close()
+        await source.shutdown(deadline=time.monotonic() + 5)
+
+
+async def test_payload_waiting_too_long_for_a_decoder_is_refused(pipeline):
+    """Every decoder busy (held here as a long decode would hold it): the next payload is refused after
+    the decoder wait, as the Agent refuses it (apm_config.decoder_timeout)."""
+    source = await start_source(pipeline, read_timeout_secs=5)
+    held = [await source._decoders.acquire() for _ in range(DECODERS)]
+    try:
         async with aiohttp.ClientSession() as http:
             async with http.post(source.url + "/v0.4/traces", data=msgpack.packb([]),
                                  headers={**MSGPACK, "Datadog-Send-Real-Http-Status": "1"}) as r:
                 assert r.status == 429
         assert counter(pipeline, "dropped", reason="no_decoder") == 1
     finally:
-        for writer in stalled:
-            writer.close()
+        for _ in held:
+            source._decoders.release()
         await source.shutdown(deadline=time.monotonic() + 5)

@@ -1,4 +1,4 @@
-"""LLMProcessor on what ddtrace 4.16 really sent (captures/ddtrace-4.16): tags, derived metrics read back
+"""The LLM stage and the router on what ddtrace 4.16 really sent (captures/ddtrace-4.16): tags, derived metrics read back
 from a real Aggregator, proxy detection, truncation, scrubbing, text sampling and sample logs."""
 
 from __future__ import annotations
@@ -10,12 +10,18 @@ import timeit
 
 import pytest
 
+import msgpack
+
 from llmship.aggregation import Aggregator
 from llmship.config import load_config_text
-from llmship.events import Span
+from llmship.llm import extract
+from llmship.llm.policies import normalize_url
+from llmship.llm.stage import LLMStage
+from llmship.model import Span, TracerInfo
+from llmship.processing import Emitter
+from llmship.shipping.router import Router
 from llmship.sources.traces import decode_v04
 from llmship.telemetry import Telemetry
-from llmship.transforms.llm import LLMProcessor, normalize_url
 from llmship.transforms.scrub import Scrubber
 from llmship.transforms.truncate import TRUNCATION_MARKER
 
@@ -46,11 +52,20 @@ def call_tags(model: str, endpoint: str, *extra: str) -> tuple[str, ...]:
 
 def capture_chunks() -> list[list[Span]]:
     """The six traces of v04_traces_llmobs_default, decoded by the trace source (fresh objects every call):
-    each OpenAI call's APM span carries its event in ``Span.llmobs``."""
-    chunks, undecodable = decode_v04((CAPTURES / "v04_traces_llmobs_default.msgpack").read_bytes(),
-                                     "application/msgpack")
-    assert undecodable == 0
-    return chunks
+    each OpenAI call's APM span carries its event in ``meta_struct["_llmobs"]``."""
+    return decode_v04((CAPTURES / "v04_traces_llmobs_default.msgpack").read_bytes(), "application/msgpack")
+
+
+def edit_struct(span: Span, edit) -> None:
+    """Change the ``_llmobs`` struct a span carries (``edit`` gets it as a dict), as a tracer could have sent it."""
+    data = msgpack.unpackb(span.meta_struct["_llmobs"], raw=False, strict_map_key=False)
+    edit(data)
+    span.meta_struct["_llmobs"] = msgpack.packb(data)
+
+
+def evp_copy(span: Span) -> dict:
+    """The event ddtrace posts to the EVP proxy for the call this span carries."""
+    return extract.llmobs_event(msgpack.unpackb(span.meta_struct["_llmobs"], raw=False), span)
 
 
 def capture_evp_events() -> list[dict]:
@@ -58,20 +73,53 @@ def capture_evp_events() -> list[dict]:
     return [event for envelope in body for event in envelope["spans"]]
 
 
+class Recorder:
+    """The sinks as the router sees them: what reaches each is recorded."""
+
+    def __init__(self) -> None:
+        self.spans: list[Span] = []
+        self.events: list[dict] = []
+        self.logs: list[dict] = []
+
+    def add_chunk(self, spans, tracer) -> None:
+        self.spans += spans
+
+
+class _Add:
+    def __init__(self, into: list) -> None:
+        self.add = into.append
+
+
 class Rig:
-    """An LLMProcessor wired to a real Aggregator (fixed clock), the real Scrubber and telemetry."""
+    """The LLM stage, the emitter and the router wired to a real Aggregator (fixed clock), the real Scrubber
+    and telemetry; sinks record what reaches them."""
 
     def __init__(self, extra_config: str = "") -> None:
         self.cfg = load_config_text(BASE_CONFIG + extra_config)
         self.telemetry = Telemetry()
         self.aggregator = Aggregator(self.cfg, self.telemetry, clock=lambda: NOW)
-        self.llm = LLMProcessor(self.cfg, self.aggregator, Scrubber(self.cfg.scrub.rules), self.telemetry)
+        self.llm = LLMStage(self.cfg, Scrubber(self.cfg.scrub.rules), self.telemetry)
+        self.sinks = Recorder()
+        router = Router(telemetry=self.telemetry, aggregator=self.aggregator, delivery=None, metrics_sink=None,
+                        trace_sink=self.sinks, llmobs_sink=_Add(self.sinks.events), logs_sink=_Add(self.sinks.logs))
+        self.emitter = Emitter(telemetry=self.telemetry, router=router, llm=self.llm, log_processor=None)
         self.comp = self.telemetry.component("llm")
+
+    def process_chunk(self, chunk: list[Span]) -> tuple[list, list, list]:
+        """(spans, events, logs) that reached the sinks for this chunk."""
+        before = len(self.sinks.spans), len(self.sinks.events), len(self.sinks.logs)
+        self.emitter.submit_spans([chunk], TracerInfo())
+        return (self.sinks.spans[before[0]:], self.sinks.events[before[1]:], self.sinks.logs[before[2]:])
+
+    def process_llmobs_events(self, events: list) -> tuple[list, list]:
+        before = len(self.sinks.events), len(self.sinks.logs)
+        self.emitter.submit_llmobs_events(events)
+        return self.sinks.events[before[0]:], self.sinks.logs[before[1]:]
 
     def run_chunks(self, chunks):
         spans, events, logs = [], [], []
         for chunk in chunks:
-            s, e, lg = self.llm.process_chunk(chunk)
+            s, e, lg = self.process_chunk(chunk)
             spans += s
             events += e
             logs += lg
@@ -120,7 +168,7 @@ def test_agent_defaults_fill_what_the_span_lacks():
     cfg = load_config_text('[agent]\nhostname = "h"\nenv = "prod"\nservice = "fallback-svc"\nversion = "9"\n'
                            'tags = ["team:ml", "env:ignored"]\n')
     telemetry = Telemetry()
-    llm = LLMProcessor(cfg, Aggregator(cfg, telemetry), Scrubber(), telemetry)
+    llm = LLMStage(cfg, Scrubber(), telemetry)
     bare = Span(trace_id=1, span_id=2, parent_id=0, service="", name="web.request", resource="/", type="web",
                 start=0, duration=1, meta={})
     own = Span(trace_id=1, span_id=3, parent_id=2, service="api", name="x", resource="x", type="",
@@ -184,7 +232,7 @@ def test_derived_metrics_from_apm_spans():
 
 def test_evp_events_derive_the_same_metrics_as_apm_spans():
     rig = Rig("[llm.sampling]\nprompt_log_rate = 0.0\n")
-    events, logs = rig.llm.process_llmobs_events(capture_evp_events())
+    events, logs = rig.process_llmobs_events(capture_evp_events())
     assert len(events) == 6 and [log["status"] for log in logs] == ["error"]
     series, sketches = rig.metrics()
     assert_series(series, expected_capture_metrics())
@@ -196,22 +244,22 @@ def test_evp_events_derive_the_same_metrics_as_apm_spans():
 def test_an_event_seen_on_both_paths_counts_and_ships_once():
     rig = Rig()
     chunk = capture_chunks()[0]
-    evp_copy = copy.deepcopy(chunk[0].llmobs)
-    _, first, _ = rig.llm.process_chunk(chunk)
-    shipped, _ = rig.llm.process_llmobs_events([evp_copy])
-    again, _ = rig.llm.process_llmobs_events([copy.deepcopy(evp_copy)])
+    evp = evp_copy(chunk[0])
+    _, first, _ = rig.process_chunk(chunk)
+    shipped, _ = rig.process_llmobs_events([evp])
+    again, _ = rig.process_llmobs_events([copy.deepcopy(evp)])
     assert len(first) == 1 and shipped == [] and again == []
     series, _ = rig.metrics()
     assert series[("llm.requests", call_tags(CHAT, "/v1/chat/completions"))] == 1
     assert series[("llm.tokens.input", call_tags(CHAT, "/v1/chat/completions"))] == 18
-    assert rig.comp.get("dropped", reason="duplicate_event") == 2
+    assert rig.comp.get("discarded", reason="duplicate_event", intentional="true") == 2
 
 
 def test_evp_first_then_apm_span_also_counts_once_and_keeps_the_apm_span():
     rig = Rig()
     chunk = capture_chunks()[0]
-    shipped, _ = rig.llm.process_llmobs_events([copy.deepcopy(chunk[0].llmobs)])
-    spans, events, _ = rig.llm.process_chunk(chunk)
+    shipped, _ = rig.process_llmobs_events([evp_copy(chunk[0])])
+    spans, events, _ = rig.process_chunk(chunk)
     assert len(shipped) == 1 and events == [] and len(spans) == 2
     series, _ = rig.metrics()
     assert series[("llm.requests", call_tags(CHAT, "/v1/chat/completions"))] == 1
@@ -220,8 +268,8 @@ def test_evp_first_then_apm_span_also_counts_once_and_keeps_the_apm_span():
 def test_apm_only_llm_span_without_event_still_derives_metrics():
     rig = Rig()
     chunk = capture_chunks()[0]
-    chunk[0].llmobs = None  # what v0.5 (APM only) sends: the span and its token metrics, no event
-    spans, events, logs = rig.llm.process_chunk(chunk)
+    del chunk[0].meta_struct["_llmobs"]  # what v0.5 (APM only) sends: the span and its token metrics, no event
+    spans, events, logs = rig.process_chunk(chunk)
     assert events == [] and logs == [] and spans[0].meta["model"] == CHAT
     series, _ = rig.metrics()
     tags = call_tags(CHAT, "/v1/chat/completions")
@@ -231,8 +279,8 @@ def test_apm_only_llm_span_without_event_still_derives_metrics():
 def test_unknown_model_gets_no_cost_and_is_counted():
     rig = Rig()
     chunk = capture_chunks()[0]
-    chunk[0].llmobs["meta"]["model_name"] = "acme-llm-7"
-    rig.llm.process_chunk(chunk)
+    edit_struct(chunk[0], lambda e: e["meta"].update(model_name="acme-llm-7"))
+    rig.process_chunk(chunk)
     series, _ = rig.metrics()
     assert not any(name == "llm.cost.usd" for name, _ in series)
     assert series[("llm.tokens.input", call_tags("acme-llm-7", "/v1/chat/completions"))] == 18
@@ -249,10 +297,11 @@ def test_pricing_overrides_from_config_apply():
 def test_streamed_call_without_any_usage_gets_estimated_tokens():
     rig = Rig()
     chunk = capture_chunks()[1]  # the streamed chat completion
-    event = chunk[0].llmobs
-    event["metrics"] = {}
-    event["meta"]["metadata"]["stream_options"] = {"include_usage": False}
-    _, events, _ = rig.llm.process_chunk(chunk)
+    def no_usage(event):
+        event["metrics"] = {}
+        event["meta"]["metadata"]["stream_options"] = {"include_usage": False}
+    edit_struct(chunk[0], no_usage)
+    _, events, _ = rig.process_chunk(chunk)
     prompt_chars = len("Stream me the capital of France.")
     completion_chars = len("Hello! The capital of France is Paris.")
     expected_in, expected_out = math.ceil(prompt_chars / 4), math.ceil(completion_chars / 4)
@@ -268,7 +317,7 @@ def test_streamed_call_without_any_usage_gets_estimated_tokens():
 
 def test_streamed_chat_with_usage_chunk_is_not_estimated():
     rig = Rig()
-    _, events, _ = rig.llm.process_chunk(capture_chunks()[1])
+    _, events, _ = rig.process_chunk(capture_chunks()[1])
     assert "tokens_estimated:true" not in events[0]["tags"] and events[0]["metrics"]["input_tokens"] == 13
 
 
@@ -300,7 +349,7 @@ def test_proxy_url_matching(proxy, called, expected):
     rig = Rig(f'[llm]\ninstrumented_proxy_urls = ["{proxy}"]\n')
     chunk = capture_chunks()[0]
     chunk[1].meta["http.url"] = called
-    _, events, _ = rig.llm.process_chunk(chunk)
+    _, events, _ = rig.process_chunk(chunk)
     assert (events[0]["meta"]["span"]["kind"] == "workflow") is expected
 
 
@@ -309,7 +358,7 @@ def test_a_span_whose_name_contains_the_proxy_url_is_not_a_proxy_call():
     chunk = capture_chunks()[0]
     chunk[1].name = chunk[1].resource = "POST http://proxy:4000/v1/chat/completions"
     chunk[1].meta["out.host"] = "proxy:4000"
-    _, events, _ = rig.llm.process_chunk(chunk)
+    _, events, _ = rig.process_chunk(chunk)
     assert events[0]["meta"]["span"]["kind"] == "llm"
 
 
@@ -348,15 +397,16 @@ def test_calls_to_other_urls_are_unaffected_by_proxy_config():
 
 def long_chat_chunk(user_text: str, answer: str) -> list[Span]:
     chunk = capture_chunks()[0]
-    event = chunk[0].llmobs
-    event["meta"]["input"]["messages"][1]["content"] = user_text
-    event["meta"]["output"]["messages"][0]["content"] = answer
+    def texts(event):
+        event["meta"]["input"]["messages"][1]["content"] = user_text
+        event["meta"]["output"]["messages"][0]["content"] = answer
+    edit_struct(chunk[0], texts)
     return chunk
 
 
 def test_long_message_contents_are_truncated_and_marked():
     rig = Rig("[llm]\nmax_text_chars = 40\n")
-    _, events, _ = rig.llm.process_chunk(long_chat_chunk("q" * 100, "é" * 41))
+    _, events, _ = rig.process_chunk(long_chat_chunk("q" * 100, "é" * 41))
     meta = events[0]["meta"]
     assert meta["input"]["messages"][0]["content"] == "You are a helpful assistant."  # short: untouched
     assert meta["input"]["messages"][1]["content"] == "q" * (40 - len(TRUNCATION_MARKER)) + TRUNCATION_MARKER
@@ -370,7 +420,7 @@ def test_long_message_contents_are_truncated_and_marked():
 
 def test_text_exactly_at_the_limit_is_not_marked():
     rig = Rig("[llm]\nmax_text_chars = 40\n")
-    _, events, _ = rig.llm.process_chunk(long_chat_chunk("q" * 40, "ok"))
+    _, events, _ = rig.process_chunk(long_chat_chunk("q" * 40, "ok"))
     assert events[0]["meta"]["input"]["messages"][1]["content"] == "q" * 40
     assert "llmship.truncated:true" not in events[0]["tags"] and "llmship" not in events[0]["meta"]["metadata"]
 
@@ -378,8 +428,8 @@ def test_text_exactly_at_the_limit_is_not_marked():
 def test_documents_and_values_are_truncated_too():
     rig = Rig("[llm]\nmax_text_chars = 20\n")
     chunk = capture_chunks()[4]  # the embedding: input documents, output value
-    chunk[0].llmobs["meta"]["input"]["documents"][0]["text"] = "d" * 50
-    _, events, _ = rig.llm.process_chunk(chunk)
+    edit_struct(chunk[0], lambda e: e["meta"]["input"]["documents"][0].update(text="d" * 50))
+    _, events, _ = rig.process_chunk(chunk)
     meta = events[0]["meta"]
     assert meta["input"]["documents"][0]["text"].endswith(TRUNCATION_MARKER)
     assert len(meta["input"]["documents"][0]["text"]) == 20
@@ -388,7 +438,7 @@ def test_documents_and_values_are_truncated_too():
 
 def test_scrubbing_happens_before_truncation():
     rig = Rig("[llm]\nmax_text_chars = 30\n")
-    _, events, _ = rig.llm.process_chunk(long_chat_chunk("mail john.doe@example.com about the invoice", "ok"))
+    _, events, _ = rig.process_chunk(long_chat_chunk("mail john.doe@example.com about the invoice", "ok"))
     content = events[0]["meta"]["input"]["messages"][1]["content"]
     assert content.startswith("mail [REDACTED") and content.endswith(TRUNCATION_MARKER)
     assert "john" not in content and "doe" not in content
@@ -398,8 +448,8 @@ def test_scrubbing_happens_before_truncation():
 def test_error_message_is_scrubbed():
     rig = Rig()
     chunk = capture_chunks()[5]
-    chunk[0].llmobs["meta"]["error"]["message"] = "failed for ops@example.com"
-    _, events, _ = rig.llm.process_chunk(chunk)
+    edit_struct(chunk[0], lambda e: e["meta"]["error"].update(message="failed for ops@example.com"))
+    _, events, _ = rig.process_chunk(chunk)
     assert "ops@example.com" not in events[0]["meta"]["error"]["message"]
 
 
@@ -471,7 +521,7 @@ def test_prompt_logs_and_span_text_share_the_trace_decision():
             span.trace_id = (i * 0x9E3779B97F4A7C15 + 12345) & ((1 << 64) - 1)
             span.span_id += i * 7919
         chunk[1].parent_id = chunk[0].span_id
-        _, events, logs = rig.llm.process_chunk(chunk)
+        _, events, logs = rig.process_chunk(chunk)
         kept = "input" in events[0]["meta"]
         text_kept += kept
         logged += len(logs)
@@ -480,7 +530,7 @@ def test_prompt_logs_and_span_text_share_the_trace_decision():
     assert abs(text_kept / n - 0.5) <= 4 * math.sqrt(0.25 / n)
     assert logged_with_text == logged
     rig_errors = Rig("[llm.sampling]\nprompt_log_rate = 0.0\nspan_text_rate = 0.0\n")
-    _, _, error_logs = rig_errors.llm.process_chunk(capture_chunks()[5])
+    _, _, error_logs = rig_errors.process_chunk(capture_chunks()[5])
     assert len(error_logs) == 1
 
 
@@ -502,7 +552,7 @@ def test_bad_events_are_counted_and_do_not_stop_the_batch():
     rig = Rig()
     good = capture_evp_events()
     bad = ["not an object", {"meta": {"span": "llm"}, "span_id": "1"}, {"span_id": "2", "start_ns": "soon"}]
-    events, _ = rig.llm.process_llmobs_events([bad[0], good[0], bad[1], bad[2], good[1]])
+    events, _ = rig.process_llmobs_events([bad[0], good[0], bad[1], bad[2], good[1]])
     assert [e["span_id"] for e in events] == [good[0]["span_id"], good[1]["span_id"]]
     assert rig.comp.get("dropped", reason="bad_llmobs_event") == 3
 
@@ -511,7 +561,7 @@ def test_odd_but_valid_event_shapes_are_processed():
     rig = Rig()
     odd = {"span_id": "77", "name": "my-step", "meta": {"span": {"kind": "task"}, "input": {"value": 3}},
            "tags": "not-a-list"}
-    events, logs = rig.llm.process_llmobs_events([odd])
+    events, logs = rig.process_llmobs_events([odd])
     assert len(events) == 1 and events[0]["tags"] == ["team:ml", "region:eu-west"]
     assert rig.comp.get("llm_calls") == 0  # a task span is not an LLM call
 
@@ -519,10 +569,13 @@ def test_odd_but_valid_event_shapes_are_processed():
 def test_bad_event_on_an_apm_span_keeps_the_span():
     rig = Rig()
     chunk = capture_chunks()[0]
-    chunk[0].llmobs["meta"]["span"] = "llm"
-    spans, events, _ = rig.llm.process_chunk(chunk)
-    assert len(spans) == 2 and events == [] and spans[0].llmobs is None
+    edit_struct(chunk[0], lambda e: e["meta"].update(span="llm"))
+    spans, events, _ = rig.process_chunk(chunk)
+    assert len(spans) == 2 and events == []
     assert rig.comp.get("dropped", reason="bad_llmobs_event") == 1
+    # the call still counts, from what the event said before it failed and from the span
+    series, _ = rig.metrics()
+    assert series[("llm.requests", call_tags(CHAT, "/v1/chat/completions"))] == 1
 
 
 # ------------------------------------------------------------------------------------------ speed
@@ -545,8 +598,7 @@ def _us_per_span(rig: Rig, batches: list[list[list[Span]]]) -> float:
     it = iter(batches)
 
     def run():
-        for chunk in next(it):
-            rig.llm.process_chunk(chunk)
+        rig.emitter.submit_spans(next(it), TracerInfo())
 
     seconds = timeit.timeit(run, number=len(batches))
     return seconds / sum(len(c) for c in batches[0]) / len(batches) * 1e6
@@ -562,5 +614,23 @@ def test_process_chunk_speed_report(capsys):
            for i in range(12)]
     plain = _us_per_span(rig, _unique_copies([web], 2000))
     with capsys.disabled():
-        print(f"\nprocess_chunk: {llm_heavy:.2f} µs/span on the capture, {plain:.2f} µs/span on plain APM spans")
+        print(f"\nLLM stage + router: {llm_heavy:.2f} µs/span on the capture, {plain:.2f} µs/span on plain APM spans")
     assert llm_heavy > plain > 0
+
+
+def test_a_call_whose_processing_fails_is_still_counted_from_its_other_copy():
+    """Nothing is marked counted or shipped until a call's processing finished: when the v0.4 copy fails
+    (here the scrubber raises), the EVP copy of the same call is counted and shipped, not discarded."""
+    rig = Rig()
+    chunk = capture_chunks()[0]
+    evp = evp_copy(chunk[0])
+    real_scrub = rig.llm._text._scrub
+    rig.llm._text._scrub = lambda text: 1 / 0
+    spans, events, _ = rig.process_chunk(chunk)
+    assert len(spans) == 2 and events == []  # the APM spans still go on
+    assert rig.telemetry.component("processing").get("errors") == 1
+    rig.llm._text._scrub = real_scrub
+    shipped, _ = rig.process_llmobs_events([evp])
+    assert len(shipped) == 1
+    series, _ = rig.metrics()
+    assert series[("llm.requests", call_tags(CHAT, "/v1/chat/completions"))] == 1

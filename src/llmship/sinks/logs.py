@@ -18,7 +18,7 @@ import orjson
 from llmship.compression import compress_fast, decompress
 from llmship.config import Config
 from llmship.delivery.payload import Payload, register_splitter
-from llmship.events import LogRecord
+from llmship.model import LogRecord
 from llmship.log import RateLimited, get_logger
 from llmship.sinks.batch import BatchedSink, Batcher
 from llmship.telemetry import Telemetry

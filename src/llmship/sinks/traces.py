@@ -29,7 +29,7 @@ from llmship import protobuf as pb
 from llmship.compression import compress_fast, decompress
 from llmship.config import Config
 from llmship.delivery.payload import Payload, register_splitter
-from llmship.events import Span, TracerInfo, root_span
+from llmship.model import LLMOBS_STRUCT_KEY, Span, TracerInfo, root_span
 from llmship.log import RateLimited, get_logger
 from llmship.sinks.batch import BatchedSink, Batcher
 from llmship.telemetry import Telemetry
@@ -239,7 +239,7 @@ def _encode_span(s: Span, fallback_service: str) -> bytes:
     # The minimum of the Agent's normalizer the intake relies on: no empty service, name or resource.
     name = s.name or DEFAULT_SPAN_NAME
     meta = s.meta
-    events = s.extra.get("span_events")
+    events = s.span_events
     if events and "events" not in meta:
         meta = {**meta, "events": _span_events_json(events)}
     parts = [
@@ -250,8 +250,8 @@ def _encode_span(s: Span, fallback_service: str) -> bytes:
     parts.extend([_meta_entry(item) for item in meta.items()])
     parts.extend([_metric_entry(k, v) for k, v in s.metrics.items()])
     parts.append(_str_field(12, s.type))
-    parts.extend([_bytes_entry(_META_STRUCT, k, v) for k, v in s.meta_struct.items()])
-    parts.extend(pb.f_msg(14, _span_link(link)) for link in s.extra.get("span_links") or ())
+    parts.extend([_bytes_entry(_META_STRUCT, k, v) for k, v in s.meta_struct.items() if k != LLMOBS_STRUCT_KEY])
+    parts.extend(pb.f_msg(14, _span_link(link)) for link in s.span_links or ())
     return b"".join(parts)
 
 

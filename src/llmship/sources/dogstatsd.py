@@ -68,7 +68,7 @@ class DogStatsDParser:
     """Parses DogStatsD payloads and hands the results to the pipeline. One instance per agent."""
 
     def __init__(self, pipeline, comp: Component, hostname: str) -> None:
-        self._add = pipeline.aggregator.add
+        self._add = pipeline.add_metric
         self._submit_event = pipeline.submit_dsd_event
         self._submit_service_check = pipeline.submit_service_check
         self._comp = comp

@@ -28,7 +28,7 @@ from aiohttp import web
 
 from llmship.compression import DecompressionLimit, decompress
 from llmship.config import Config, parse_host_port
-from llmship.events import LogRecord
+from llmship.model import LogRecord
 from llmship.log import RateLimited, get_logger
 from llmship.telemetry import Component
 from llmship.transforms.logs import TRUNCATED_TAG

@@ -18,7 +18,7 @@ Per record, in this order:
 from __future__ import annotations
 
 from llmship.config import Config
-from llmship.events import LogRecord
+from llmship.model import LogRecord
 from llmship.tags import agent_default_tags, normalize_tag, tag_key
 from llmship.telemetry import Telemetry
 from llmship.transforms.sampling import Sampler

@@ -1,0 +1,215 @@
+"""Carriers -> ``LLMCall``: the one place that knows how each client carries an LLM call.
+
+Two carriers today (OTLP GenAI spans are the next):
+- a v0.4 APM span with its LLM Observability event in ``meta_struct["_llmobs"]`` (ddtrace with APM on), or
+  an ``llm`` span without one (the call is still counted from the span's own tags and metrics);
+- an event posted to the EVP proxy (``DD_APM_TRACING_ENABLED=false``, or spans the tracer expects dropped).
+
+Either way the result is the same ``LLMCall`` with the event in the shape ddtrace posts on the EVP path, so
+the policies that follow never ask where a call came from.
+"""
+
+from __future__ import annotations
+
+import msgpack
+
+from llmship.model import LLMOBS_STRUCT_KEY, LLMCall, LLMObsEvent, Span, Tokens
+
+# ddtrace ROOT_PARENT_ID: the parent_id of a root LLM Observability span
+ROOT_PARENT_ID = "undefined"
+_MASK64 = (1 << 64) - 1
+
+# OpenAI operation ids (the APM span's resource; the LLM Obs span is named "<provider>.<operation>") and
+# their endpoints: ddtrace/contrib/internal/openai/_endpoint_hooks.py (OPERATION_ID, ENDPOINT_NAME). Events
+# posted to the EVP proxy carry no endpoint, so this is how both paths agree on it.
+OPENAI_ENDPOINTS = {
+    "createCompletion": "/v1/completions",
+    "createChatCompletion": "/v1/chat/completions",
+    "parseChatCompletion": "/v1/chat/completions",
+    "createEmbedding": "/v1/embeddings",
+    "createResponse": "/v1/responses",
+    "parseResponse": "/v1/responses",
+}
+# ddtrace's shadows of the event's token metrics on the APM span, then the GenAI convention's names.
+_APM_TOKEN_METRICS = (
+    ("_dd.llmobs.input_tokens", "gen_ai.usage.input_tokens"),
+    ("_dd.llmobs.output_tokens", "gen_ai.usage.output_tokens"),
+    ("_dd.llmobs.total_tokens", "gen_ai.usage.total_tokens"),
+)
+# What a malformed event raises while it is read (RecursionError: absurdly nested input/output).
+BAD_EVENT = (AttributeError, KeyError, TypeError, ValueError, RecursionError, OverflowError,
+             msgpack.UnpackException)
+
+
+class BadEvent(ValueError):
+    """An LLM Observability event that cannot be read; its APM span, if any, is still good."""
+
+
+def carries_call(span: Span) -> bool:
+    """Does this span carry an LLM Observability span (an event, or an ``llm`` span without one)?"""
+    return span.type == "llm" or LLMOBS_STRUCT_KEY in span.meta_struct
+
+
+def from_span(span: Span, default_service: str, default_env: str, default_version: str) -> LLMCall:
+    """The call a v0.4 span carries. Raises BadEvent when its ``_llmobs`` struct cannot be read (the caller
+    may then read the call from the span alone: ``from_span`` on the span without the struct)."""
+    try:
+        event = None
+        raw = span.meta_struct.get(LLMOBS_STRUCT_KEY)
+        if raw is not None:
+            data = msgpack.unpackb(raw, raw=False, strict_map_key=False, unicode_errors="replace")
+            if not isinstance(data, dict):
+                raise BadEvent("_llmobs is not a map")
+            event = llmobs_event(data, span)
+        meta = span.meta
+        if event is not None:
+            ev_meta = event["meta"]
+            kind = _str((ev_meta.get("span") or {}).get("kind")) or "llm"
+        else:
+            ev_meta = {}
+            kind = meta.get("_dd.llmobs.span_kind") or "llm"
+        call = LLMCall("span", kind, span.trace_id & _MASK64, span.span_id, bool(span.error), span.start,
+                       span.duration, span.service or default_service, meta.get("env") or default_env,
+                       meta.get("version") or default_version, event=event, span=span)
+        if call.is_call:
+            identify(call, ev_meta, _str(event.get("name")) if event else "", meta, span.resource)
+            if event is not None:
+                call.tokens = event_tokens(event)
+            else:
+                metrics = span.metrics
+                call.tokens = Tokens(*(_number(metrics.get(ours, metrics.get(semconv)))
+                                       for ours, semconv in _APM_TOKEN_METRICS))
+    except BAD_EVENT as e:
+        raise BadEvent(f"{type(e).__name__}: {e}") from None
+    return call
+
+
+def from_event(event: LLMObsEvent, identity: tuple[str, str, str], defaults: tuple[str, str, str]) -> LLMCall:
+    """The call an EVP event is. ``identity``: the service, env and version its own tags name ("" where
+    none); ``defaults``: the agent's. Raises BadEvent for an event that is not an object."""
+    if not isinstance(event, dict):
+        raise BadEvent(f"an LLM Observability event must be an object, got {type(event).__name__}")
+    try:
+        ev_meta = event.get("meta")
+        if not isinstance(ev_meta, dict):
+            ev_meta = event["meta"] = {}
+        kind = _str((ev_meta.get("span") or {}).get("kind")) or "llm"
+        call = LLMCall("evp", kind, event_trace_id(event), _parse_span_id(event.get("span_id")),
+                       event.get("status") == "error", int(event.get("start_ns") or 0),
+                       int(event.get("duration") or 0), identity[0] or defaults[0], identity[1] or defaults[1],
+                       identity[2] or defaults[2], event=event)
+        if call.is_call:
+            identify(call, ev_meta, _str(event.get("name")), {}, "")
+            call.tokens = event_tokens(event)
+    except BAD_EVENT as e:
+        raise BadEvent(f"{type(e).__name__}: {e}") from None
+    return call
+
+
+def identify(call: LLMCall, ev_meta: dict, name: str, apm_meta: dict, resource: str) -> None:
+    """Model, provider and endpoint from the event and the APM span, preferring what both paths have (the
+    event) so that a call is tagged the same whichever way it arrived."""
+    call.model = (_str(ev_meta.get("model_name")) or apm_meta.get("_dd.llmobs.model_name")
+                  or apm_meta.get("openai.response.model") or apm_meta.get("openai.request.model")
+                  or apm_meta.get("gen_ai.request.model") or "")
+    prefix, dot, operation = name.rpartition(".")
+    call.provider = (_known(ev_meta.get("model_provider")) or apm_meta.get("openai.request.provider")
+                     or (prefix if dot else "") or _known(apm_meta.get("_dd.llmobs.model_provider"))
+                     or _known(apm_meta.get("gen_ai.provider.name")) or "")
+    call.endpoint = (apm_meta.get("openai.request.endpoint") or OPENAI_ENDPOINTS.get(operation)
+                     or OPENAI_ENDPOINTS.get(resource) or "")
+
+
+def event_tokens(event: LLMObsEvent) -> Tokens:
+    metrics = event.get("metrics")
+    if not isinstance(metrics, dict):
+        return Tokens()
+    get = metrics.get
+    return Tokens(_number(get("input_tokens")), _number(get("output_tokens")), _number(get("total_tokens")))
+
+
+def llmobs_event(data: dict, span: Span) -> LLMObsEvent:
+    """A ``meta_struct["_llmobs"]`` struct joined with its APM span, in the shape ddtrace posts on the EVP
+    path: ddtrace/llmobs/_llmobs.py ``_llmobs_span_event`` and ``_llmobs_tags``, reading the same keys."""
+    apm_trace_id = format_trace_id(span)
+    meta = data.get("meta")
+    meta = dict(meta) if isinstance(meta, dict) else {}
+    if data.get("pagent_name") is not None or data.get("pagent_span_id") is not None:
+        meta["agent_attribution"] = {"pagent_name": data.get("pagent_name"),
+                                     "pagent_span_id": data.get("pagent_span_id")}
+    tags = data.get("tags")
+    tags = dict(tags) if isinstance(tags, dict) else {}
+    tags["error"] = str(span.error)
+    if span.meta.get("error.type"):
+        tags["error_type"] = span.meta["error.type"]
+    dd = data.get("_dd")
+    event: LLMObsEvent = {
+        # ddtrace refuses to build an event without its LLM Observability trace id; the APM one is the
+        # closest stand-in rather than losing the event.
+        "trace_id": data.get("trace_id") or apm_trace_id,
+        "span_id": str(span.span_id),
+        "parent_id": data.get("parent_id") or ROOT_PARENT_ID,
+        "name": data.get("name") or span.name,
+        "start_ns": span.start,
+        "duration": span.duration,
+        "status": "error" if span.error else "ok",
+        "meta": meta,
+        "metrics": data.get("metrics") if isinstance(data.get("metrics"), dict) else {},
+        "tags": sorted(f"{k}:{v}" for k, v in tags.items()),
+        "_dd": {**(dd if isinstance(dd, dict) else {}), "span_id": str(span.span_id),
+                "trace_id": apm_trace_id, "apm_trace_id": apm_trace_id},
+    }
+    for key in ("config", "session_id", "span_links"):
+        if data.get(key):
+            event[key] = data[key]
+    return event
+
+
+def format_trace_id(span: Span) -> str:
+    """ddtrace format_trace_id: 32 hex digits for a 128-bit id (high half in meta _dd.p.tid), else decimal."""
+    try:
+        high = int(span.meta.get("_dd.p.tid", "0"), 16)
+    except ValueError:
+        high = 0
+    return f"{high:016x}{span.trace_id:016x}" if high else str(span.trace_id)
+
+
+def event_trace_id(event: LLMObsEvent) -> int | None:
+    """The APM trace id's low 64 bits (the sampling key both paths share) from an EVP event:
+    ``_dd.apm_trace_id`` (128-bit hex, as ddtrace writes it) or else ``trace_id`` (hex or decimal)."""
+    dd = event.get("_dd")
+    raw = dd.get("apm_trace_id") if isinstance(dd, dict) else None
+    raw = raw or event.get("trace_id")
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return raw & _MASK64
+    if isinstance(raw, str):
+        try:
+            if len(raw) == 32:
+                return int(raw[16:], 16)
+            if raw.isdigit():
+                return int(raw) & _MASK64
+        except ValueError:
+            return None
+    return None
+
+
+def _parse_span_id(value) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return None
+
+
+def _str(value) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _known(value) -> str:
+    """A provider name unless the tracer said it does not know (ddtrace reports "unknown" for base URLs
+    it does not recognise)."""
+    return value if isinstance(value, str) and value.lower() != "unknown" else ""
+
+
+def _number(value) -> float | None:
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None

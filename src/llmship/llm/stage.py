@@ -1,0 +1,147 @@
+"""The LLM stage of the processing plane: carriers in, ``CallOutput``s out.
+
+For a trace chunk, it finds the spans that carry an LLM Observability span (``extract.carries_call``),
+extracts each ``LLMCall`` and applies the policies (``llm/policies.py``); for EVP events, the same. It
+writes nowhere: each call's output (the event to ship, its metric samples, its sample log) goes to the
+router, which ships an event and counts a call once even when the tracer sent it on both paths.
+
+A call whose event cannot be read, or whose text processing fails, still yields its metrics (they come
+from the span's own tags when the event is unreadable); only the event is dropped and counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from llmship.config import Config
+from llmship.llm import extract, policies
+from llmship.llm.policies import Proxies, Tags, TextPolicy
+from llmship.log import RateLimited, get_logger
+from llmship.model import LLMCall, LLMObsEvent, LogRecord, MetricSample, Span
+from llmship.tags import agent_default_tags
+from llmship.telemetry import Telemetry
+from llmship.transforms.pricing import Pricing
+from llmship.transforms.sampling import Sampler
+
+_log = RateLimited(get_logger("llm"))
+
+
+@dataclass(slots=True)
+class CallOutput:
+    """What one call produces; the router ships the event once per ``span_id`` and the samples and log
+    once per ``span_id`` (None: no id to de-duplicate on, always shipped)."""
+
+    span_id: int | None
+    event: LLMObsEvent | None = None
+    samples: list[MetricSample] = field(default_factory=list)
+    log: LogRecord | None = None
+
+
+class LLMStage:
+    def __init__(self, cfg: Config, scrubber, telemetry: Telemetry) -> None:
+        self._scrub = scrubber.scrub
+        self._tel = telemetry.component("llm")
+        self._identities: dict[tuple, tuple[str, str, str]] = {}  # an EVP event's tags -> its identity
+        self.reload(cfg)
+
+    def reload(self, cfg: Config) -> None:
+        agent, llm = cfg.agent, cfg.llm
+        self._hostname = agent.hostname
+        self._defaults = (agent.service, agent.env, agent.version)
+        self._pricing = Pricing(llm.pricing)
+        self._proxies = Proxies(llm.instrumented_proxy_urls)
+        self._tags = Tags(agent_default_tags(agent))
+        self._text = TextPolicy(self._scrub, llm.max_text_chars, Sampler(llm.sampling))
+        agent_tags = agent_default_tags(agent)
+        # what every APM span gets in meta when it lacks the key (the service is a field of its own)
+        self.span_defaults = tuple((key, tag[len(key) + 1:]) for key, tag in agent_tags.items()
+                                   if key != "service" and ":" in tag)
+
+    # ------------------------------------------------------------------------------------------ carriers
+
+    def process_chunk(self, spans: list[Span]) -> list[CallOutput]:
+        """The calls one trace chunk carries (usually none: then this costs one scan of the span types)."""
+        self._apply_span_defaults(spans)
+        carriers = [s for s in spans if extract.carries_call(s)]
+        if not carriers:
+            return []
+        proxied = self._proxies.proxied_parents(spans)
+        outputs = []
+        service, env, version = self._defaults
+        for span in carriers:
+            try:
+                call = extract.from_span(span, service, env, version)
+            except extract.BadEvent as e:
+                self._bad_event(e)
+                # The APM span is good and still says it was a call: count it from its own tags and metrics.
+                span.meta_struct = {k: v for k, v in span.meta_struct.items() if k != "_llmobs"}
+                call = extract.from_span(span, service, env, version)
+            if span.span_id in proxied:
+                policies.make_workflow(call)
+                self._tel.inc("proxied_calls")
+            outputs.append(self._process(call))
+        return outputs
+
+    def process_events(self, events: list) -> list[CallOutput]:
+        """Events posted to the EVP proxy; one that cannot be read is counted and the rest carry on."""
+        outputs = []
+        for event in events:
+            try:
+                identity = policies.own_identity(event.get("tags") if isinstance(event, dict) else None,
+                                                 self._identities)
+                call = extract.from_event(event, identity, self._defaults)
+            except extract.BadEvent as e:
+                self._bad_event(e)
+                continue
+            outputs.append(self._process(call))
+        return outputs
+
+    def _apply_span_defaults(self, spans: list[Span]) -> None:
+        """The agent's service, env, version and tags on every span that lacks them."""
+        default_service = self._defaults[0]
+        span_defaults = self.span_defaults
+        for span in spans:
+            if not span.service and default_service:
+                span.service = default_service
+            if span_defaults:
+                meta = span.meta
+                for key, value in span_defaults:
+                    if key not in meta:
+                        meta[key] = value
+
+    # ------------------------------------------------------------------------------------------ policies
+
+    def _process(self, call: LLMCall) -> CallOutput:
+        out = CallOutput(call.span_id)
+        if call.event is not None:
+            try:
+                decision = self._text.apply(call)
+                if decision.keep_log:
+                    out.log = policies.sample_log(call, self._tags.of(call), self._hostname)
+                self._text.drop_unsampled(call, decision)
+                self._tags.tag_event(call.event, call, decision.markers)
+                self._count_text(decision)
+                out.event = call.event
+            except extract.BAD_EVENT as e:  # an event shape we did not foresee: ship the call's metrics anyway
+                self._bad_event(e)
+                out.log = None
+        if call.span is not None:
+            self._tags.tag_span(call)
+        if call.is_call:
+            out.samples, unknown_cost = policies.call_metrics(call, self._tags.of(call).metric_tags, self._pricing)
+            if unknown_cost:
+                self._tel.inc("unknown_model_cost")
+        return out
+
+    def _count_text(self, decision) -> None:
+        if decision.truncated:
+            self._tel.inc("text_truncated")
+        if decision.estimated:
+            self._tel.inc("tokens_estimated")
+        if not decision.keep_text:
+            self._tel.inc("text_sampled_out")
+
+    def _bad_event(self, error: Exception) -> None:
+        self._tel.inc("dropped", reason="bad_llmobs_event")
+        self._tel.error("bad_llmobs_event", f"{type(error).__name__}: {error}")
+        _log.warning("bad_llmobs_event", "llmobs_event_rejected", error=f"{type(error).__name__}: {error}")
