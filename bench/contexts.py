@@ -18,7 +18,8 @@ What it does (Linux: it reads /proc):
      (the baseline: interpreter and libraries), holding them, after the flush was delivered, after the
      next flush (idle counters ship zeros), and its peak (VmHWM); and the longest time
      its /ready endpoint took to answer while the flushes ran (an event-loop stall).
-The goal (issue 2): RSS under 100 MB with 100,000 contexts, and no stall of the loop for seconds.
+Goals (the core redesign issue), with 100,000 contexts, on the file sink and on HTTP: RSS under 100 MiB
+once the flush was delivered, peak under 110 MiB; and no stall of the loop for seconds.
 """
 
 from __future__ import annotations
@@ -43,9 +44,8 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent / "src"))
 sys.path.insert(0, str(BENCH))
 
-from common import free_port  # noqa: E402  (bench/common.py)
-import dogstatsd as dsd  # noqa: E402  (bench/dogstatsd.py: load generator and agent process helpers)
-import traces as tb  # noqa: E402  (bench/traces.py: the null intake)
+from common import Goal, NullIntake, proc_kib, result, save_results, sent, stat  # noqa: E402
+import dogstatsd as dsd  # noqa: E402  (bench/dogstatsd.py: the load generator and the DogStatsD agent)
 
 from llmship.aggregation import Aggregator  # noqa: E402
 from llmship.config import load_config_text  # noqa: E402
@@ -57,13 +57,9 @@ T0 = 1_700_000_000.0
 SEND_RATE = 50_000  # lines/s over loopback UDP: what the agent takes without loss on a busy machine
 PROBE_SECS = 0.002  # the in-process loop probe wakes this often
 READY_PROBE_SECS = 0.02  # the agent's /ready is asked this often
-
-
-def _kib(pid: int | str, field: str) -> int:
-    for row in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if row.startswith(field + ":"):
-            return int(row.split()[1])
-    return 0
+GOAL_CONTEXTS = 100_000  # the memory goals are for this many contexts
+GOAL_AFTER_FLUSH = Goal(100, "MiB", strict=True)  # RSS once the flush was delivered
+GOAL_PEAK = Goal(110, "MiB", strict=True)  # VmHWM
 
 
 def mib(kib: int) -> str:
@@ -129,10 +125,10 @@ def in_process(contexts: int) -> None:
     payloads = []
     sink = MetricsSink(cfg, payloads.append, telemetry)
     clock[0] += 10
-    rss_before = _kib("self", "VmRSS")
+    rss_before = proc_kib("self", "VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
     wall, stall = asyncio.run(_flush_with_probe(aggregator, sink, clock[0]))
-    peak = _kib("self", "VmHWM")
+    peak = proc_kib("self", "VmHWM")
     comp = telemetry.component("metrics_sink")
     series, sketches = comp.get("series_encoded"), comp.get("sketches_encoded")
 
@@ -175,14 +171,12 @@ class _ReadyProbe(threading.Thread):
             self.worst = max(self.worst, time.perf_counter() - start)
 
 
-def _encoded(agent: dsd.AgentProcess, status: dict) -> float:
-    return agent.counter("metrics_sink", "series_encoded", status) + \
-        agent.counter("metrics_sink", "sketches_encoded", status)
+def _encoded(c: dict) -> float:
+    return stat(c, "series_encoded") + stat(c, "sketches_encoded")
 
 
-def _written(agent: dsd.AgentProcess, status: dict) -> float:
-    return agent.counter("delivery.series", "events_sent", status) + \
-        agent.counter("delivery.sketches", "events_sent", status)
+def _written(c: dict) -> float:
+    return sent(c, "series") + sent(c, "sketches")
 
 
 def _wait(what: str, predicate, timeout: float) -> bool:
@@ -200,50 +194,47 @@ def real_agent(contexts: int, sink: str) -> None:
     no-account default, which also decodes every payload to write it as lines)."""
     ctx = mp.get_context("fork")
     with tempfile.TemporaryDirectory(prefix="llmship-bench-contexts-") as tmp:
-        intake = None
-        url = ""
-        if sink == "http":
-            port = free_port()
-            ready = ctx.Event()
-            intake = ctx.Process(target=tb.null_intake_main, args=(port, ready), daemon=True)
-            intake.start()
-            ready.wait(30)
-            url = f"http://127.0.0.1:{port}"
-        agent = dsd.AgentProcess(Path(tmp), intake_url=url)
-        pid = agent.proc.pid
+        intake = NullIntake(cpu=0) if sink == "http" else None
+        agent = dsd.DsdAgent(Path(tmp), intake_url=intake.url if intake else "")
+        pid = agent.pid
         try:
-            start_kib = _kib(pid, "VmRSS")
+            start_kib = proc_kib(pid, "VmRSS")
             datagrams, counts = dsd.pack(dsd.llm_lines(contexts, 99, distinct_contexts=True), dsd.UDP_PACKET_BYTES)
             held = 0
             for _ in range(3):  # UDP may lose some on a busy machine: sending again adds only what is missing
                 dsd.send(ctx, ("127.0.0.1", agent.udp_port), socket.AF_INET, datagrams, counts, SEND_RATE)
                 dsd.wait_until_idle(pid, time.monotonic() + 30)
-                held = agent.status()["components"]["aggregator"]["gauges"].get("contexts") or 0
+                held = stat(agent.counters(), "contexts")
                 if held >= contexts:
                     break
-            holding_kib = _kib(pid, "VmRSS")
+            holding_kib = proc_kib(pid, "VmRSS")
             probe = _ReadyProbe(agent.status_port)
             probe.start()
             # Every context is in the next flush or the one after (a flush may have cut the sending).
-            status = agent.status
-            _wait("the flush of every context", lambda: _encoded(agent, status()) >= held, 60)
-            _wait("delivery", lambda: (s := status()) and _written(agent, s) >= _encoded(agent, s), 60)
-            first = _encoded(agent, status())
-            after_kib = _kib(pid, "VmRSS")
-            _wait("the next flush", lambda: _encoded(agent, status()) > first, 30)
-            _wait("delivery", lambda: (s := status()) and _written(agent, s) >= _encoded(agent, s), 60)
+            counters = agent.counters
+            _wait("the flush of every context", lambda: _encoded(counters()) >= held, 60)
+            _wait("delivery", lambda: (c := counters()) and _written(c) >= _encoded(c), 60)
+            first = _encoded(counters())
+            after_kib = proc_kib(pid, "VmRSS")
+            _wait("the next flush", lambda: _encoded(counters()) > first, 30)
+            _wait("delivery", lambda: (c := counters()) and _written(c) >= _encoded(c), 60)
             probe.stop.set()
             probe.join()
-            next_kib, peak_kib = _kib(pid, "VmRSS"), _kib(pid, "VmHWM")
-            print(f"agent shipping to {sink}, {held:,} contexts (goal < 100 MB with 100,000): RSS {mib(start_kib)} at start (baseline), "
+            next_kib, peak_kib = proc_kib(pid, "VmRSS"), proc_kib(pid, "VmHWM")
+            print(f"agent shipping to {sink}, {held:,.0f} contexts: RSS {mib(start_kib)} at start (baseline), "
                   f"{mib(holding_kib)} holding them ({(holding_kib - start_kib) * 1024 / max(held, 1):.0f} B per "
-                  f"context over the baseline), {mib(after_kib)} once the flush was delivered, {mib(next_kib)} after "
-                  f"the next flush, peak {mib(peak_kib)}; longest /ready answer during the flushes "
-                  f"{probe.worst * 1000:.0f} ms")
+                  f"context over the baseline), {mib(next_kib)} after the next flush; longest /ready answer during "
+                  f"the flushes {probe.worst * 1000:.0f} ms")
+            not_judged = "" if contexts >= GOAL_CONTEXTS else f"the goal is for {GOAL_CONTEXTS:,} contexts"
+            name = f"contexts, {contexts:,} on the {sink} sink"
+            print(f"  RSS after the flush  {mib(after_kib):>8}   "
+                  f"{result(name, 'RSS after the flush', after_kib / 1024, 'MiB', GOAL_AFTER_FLUSH, not_judged)}")
+            print(f"  peak RSS (VmHWM)     {mib(peak_kib):>8}   "
+                  f"{result(name, 'peak RSS', peak_kib / 1024, 'MiB', GOAL_PEAK, not_judged)}")
         finally:
             agent.stop()
             if intake is not None:
-                intake.kill()
+                intake.stop()
 
 
 def main() -> int:
@@ -251,6 +242,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="10,000 contexts")
     parser.add_argument("--contexts", type=int, help="how many distinct contexts (default 100,000)")
     parser.add_argument("--skip-agent", action="store_true", help="only the in-process part")
+    parser.add_argument("--results", metavar="PATH", help="append the headline figures to PATH (JSON lines, "
+                        "for bench/core.py)")
     args = parser.parse_args()
     contexts = args.contexts or (10_000 if args.quick else 100_000)
     print(f"llmship contexts bench: Python {sys.version.split()[0]}, {contexts:,} distinct contexts")
@@ -258,6 +251,7 @@ def main() -> int:
     if not args.skip_agent:
         for sink in ("http", "file"):
             real_agent(contexts, sink)
+    save_results(args.results)
     return 0
 
 
