@@ -1,0 +1,69 @@
+"""Builds the optional compiled span encoder (src/llmship/sinks/_spanenc.pyx); everything else is in
+pyproject.toml.
+
+Like aiohttp's setup.py: the extension is built when a compiler works, and when it does not (no compiler,
+a failing one, an unsupported platform) the install goes on without it and llmship runs the pure-Python
+twin (llmship.sinks.spanenc.encode_span_py), with a warning. ``LLMSHIP_NO_EXTENSIONS=1`` at build time skips
+the build; at run time it makes an installed extension unused.
+"""
+
+import os
+import sys
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+# setuptools' names for the distutils errors: the classes its build machinery raises (a separate
+# `from setuptools._distutils.errors import` can name other class objects than `distutils.errors`).
+from setuptools.errors import CCompilerError, CompileError, ExecError, PlatformError
+
+NO_EXTENSIONS = os.environ.get("LLMSHIP_NO_EXTENSIONS", "") not in ("", "0") or \
+    sys.implementation.name != "cpython"
+
+BUILD_ERRORS = (CCompilerError, CompileError, ExecError, PlatformError, ValueError, OSError)
+
+
+def _warn(message: str) -> None:
+    print(f"WARNING: {message}; llmship will use the pure-Python span encoder", file=sys.stderr)
+
+
+class OptionalBuildExt(build_ext):
+    """build_ext whose failure is a warning, not an install failure."""
+
+    def finalize_options(self):
+        # Cythonize here, not at import: Cython is a build requirement, and a failure is one more
+        # reason to go without the extension.
+        try:
+            from Cython.Build import cythonize
+
+            self.distribution.ext_modules[:] = cythonize(
+                self.distribution.ext_modules, language_level=3, quiet=True)
+            for ext in self.distribution.ext_modules:
+                # not copied into the source tree (editable installs) when it failed to build; set
+                # here because cythonize makes new Extension objects without it
+                ext.optional = True
+        except Exception as e:  # Cython missing or the .pyx not compiling to C
+            _warn(f"cythonizing the span encoder failed ({e})")
+            self.distribution.ext_modules[:] = []
+        super().finalize_options()
+
+    def run(self):
+        try:
+            super().run()
+        except BUILD_ERRORS as e:
+            _warn(f"building the compiled span encoder failed ({e})")
+
+    def build_extension(self, ext):
+        try:
+            super().build_extension(ext)
+        except BUILD_ERRORS as e:
+            _warn(f"building {ext.name} failed ({e})")
+
+
+extensions = [] if NO_EXTENSIONS else [
+    Extension("llmship.sinks._spanenc", ["src/llmship/sinks/_spanenc.pyx"], optional=True),
+]
+if NO_EXTENSIONS:
+    print("LLMSHIP_NO_EXTENSIONS is set: not building the compiled span encoder", file=sys.stderr)
+
+setup(ext_modules=extensions, cmdclass={"build_ext": OptionalBuildExt})

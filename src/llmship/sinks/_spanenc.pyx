@@ -1,0 +1,390 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, infer_types=False
+"""The compiled span encoder: ``encode_span(span, fallback_service, meta_defaults) -> bytes``.
+
+Same contract, same bytes and same exceptions as ``llmship.sinks.spanenc.encode_span_py`` (its docstring
+is the specification; tests/sinks/test_spanenc.py compares the two). Varints, tags and UTF-8 are written
+straight into one growing buffer (on the stack up to 4 KiB): no Python object per entry on the common path.
+Span links and span events, rare, go through Python objects as in the twin.
+"""
+
+from libc.stdint cimport uint64_t, int64_t
+from libc.stdlib cimport malloc, realloc, free
+from libc.string cimport memcpy
+
+import orjson
+
+cdef extern from "Python.h":
+    # Declared here, not cimported, so that errors are checked by hand (no implicit propagation).
+    bint PyUnicode_Check(object o) noexcept
+    bint PyLong_Check(object o) noexcept
+    bint PyLong_CheckExact(object o) noexcept
+    bint PyFloat_CheckExact(object o) noexcept
+    bint PyDict_Check(object o) noexcept
+    bint PyBytes_Check(object o) noexcept
+    bint PyByteArray_Check(object o) noexcept
+    const char* PyUnicode_AsUTF8AndSize(object o, Py_ssize_t* size) except NULL
+    unsigned long long PyLong_AsUnsignedLongLong(object o) noexcept
+    long long PyLong_AsLongLong(object o) noexcept
+    double PyFloat_AS_DOUBLE(object o) noexcept
+    double PyFloat_AsDouble(object o) noexcept
+    int PyFloat_Pack8(double x, char* p, int le) noexcept
+    char* PyBytes_AS_STRING(object o) noexcept
+    Py_ssize_t PyBytes_GET_SIZE(object o) noexcept
+    char* PyByteArray_AS_STRING(object o) noexcept
+    Py_ssize_t PyByteArray_GET_SIZE(object o) noexcept
+    object PyBytes_FromStringAndSize(const char* v, Py_ssize_t n)
+    int PyDict_Next(object d, Py_ssize_t* pos, PyObject** key, PyObject** value) noexcept
+    int PyDict_Contains(object d, object key) except -1
+    PyObject* PyErr_Occurred() noexcept
+    void PyErr_Clear() noexcept
+    ctypedef struct PyObject
+
+cdef enum:
+    STACK_BYTES = 4096  # the buffer on the C stack; larger spans move to the heap
+
+# Tags: (field << 3) | wire type (0 varint, 1 64-bit, 2 length-delimited)
+cdef enum:
+    TAG_META = 0x52          # Span.meta = 10
+    TAG_METRICS = 0x5A       # Span.metrics = 11
+    TAG_TYPE = 0x62          # Span.type = 12
+    TAG_META_STRUCT = 0x6A   # Span.meta_struct = 13
+    TAG_LINK = 0x72          # Span.spanLinks = 14
+    TAG_LINK_ATTRIBUTES = 0x22  # SpanLink.attributes = 4
+    TAG_LINK_TRACESTATE = 0x2A  # SpanLink.tracestate = 5
+    TAG_KEY = 0x0A
+    TAG_STRING_VALUE = 0x12
+    TAG_DOUBLE_VALUE = 0x11
+
+DEFAULT_SERVICE_NAME = "service"
+DEFAULT_SPAN_NAME = "service.trace"
+LLMOBS_STRUCT_KEY = "_llmobs"
+MAX_ATTRIBUTE_DEPTH = 64
+cdef dict _EMPTY = {}
+cdef object _MIN_INT64 = -(1 << 63)
+cdef object _UINT64_END = 1 << 64
+cdef int _NON_STR_KEYS = orjson.OPT_NON_STR_KEYS
+
+
+cdef struct Buf:
+    char* data
+    Py_ssize_t len
+    Py_ssize_t cap
+    bint heap
+
+
+cdef int _grow(Buf* b, Py_ssize_t need) except -1:
+    cdef Py_ssize_t cap = b.cap * 2
+    cdef char* p
+    while cap < b.len + need:
+        cap *= 2
+    if b.heap:
+        p = <char*>realloc(b.data, cap)
+    else:
+        p = <char*>malloc(cap)
+        if p != NULL:
+            memcpy(p, b.data, b.len)
+    if p == NULL:
+        raise MemoryError()
+    b.data = p
+    b.cap = cap
+    b.heap = True
+    return 0
+
+
+cdef inline int _reserve(Buf* b, Py_ssize_t need) except -1:
+    if b.len + need > b.cap:
+        return _grow(b, need)
+    return 0
+
+
+cdef inline Py_ssize_t _varint_size(uint64_t v) noexcept:
+    cdef Py_ssize_t n = 1
+    while v >= 0x80:
+        v >>= 7
+        n += 1
+    return n
+
+
+cdef inline void _put_byte(Buf* b, unsigned char c) noexcept:  # room reserved by the caller
+    b.data[b.len] = <char>c
+    b.len += 1
+
+
+cdef inline void _put_varint(Buf* b, uint64_t v) noexcept:  # room reserved by the caller (10 bytes)
+    while v >= 0x80:
+        b.data[b.len] = <char>((v & 0x7F) | 0x80)
+        b.len += 1
+        v >>= 7
+    b.data[b.len] = <char>v
+    b.len += 1
+
+
+cdef inline void _put_raw(Buf* b, const char* p, Py_ssize_t n) noexcept:  # room reserved by the caller
+    memcpy(b.data + b.len, p, n)
+    b.len += n
+
+
+cdef inline const char* _utf8(object s, Py_ssize_t* n) except NULL:
+    if not PyUnicode_Check(s):
+        raise ValueError(f"expected a str, not {type(s).__name__}")
+    # ASCII strings (nearly all keys and values) are their own UTF-8: a pointer, no copy. Others get their
+    # UTF-8 cached in the str object, freed with it. UnicodeEncodeError (a ValueError) for a lone surrogate.
+    return PyUnicode_AsUTF8AndSize(s, n)
+
+
+cdef int _put_str_field(Buf* b, unsigned char tag, object s) except -1:
+    """A string field of the span (omitted when empty/falsy, as protobuf does)."""
+    cdef Py_ssize_t n = 0
+    cdef const char* p
+    if not s:
+        return 0
+    p = _utf8(s, &n)
+    _reserve(b, 11 + n)
+    _put_byte(b, tag)
+    _put_varint(b, <uint64_t>n)
+    _put_raw(b, p, n)
+    return 0
+
+
+cdef uint64_t _uint64_slow(object n, int field) except? 0:
+    if not PyLong_Check(n):
+        raise ValueError(f"span field {field} must be an int, not {type(n).__name__}")
+    if _MIN_INT64 <= n < 0:
+        return <uint64_t>PyLong_AsLongLong(n)
+    raise OverflowError(f"span field {field} out of the 64-bit range: {n}")
+
+
+cdef int _put_varint_field(Buf* b, int field, object n) except -1:
+    """An integer field of the span: uint64, negatives as 64-bit two's complement, omitted when zero/falsy."""
+    cdef unsigned long long x
+    if not PyLong_Check(n):
+        if not n:
+            return 0
+        x = _uint64_slow(n, field)  # raises
+    else:
+        x = PyLong_AsUnsignedLongLong(n)
+        if x == <unsigned long long>-1 and PyErr_Occurred() != NULL:
+            PyErr_Clear()
+            x = _uint64_slow(n, field)
+        if x == 0:
+            return 0
+    _reserve(b, 11)
+    _put_byte(b, <unsigned char>(field << 3))
+    _put_varint(b, x)
+    return 0
+
+
+cdef int _put_entry(Buf* b, unsigned char tag, object key, object value) except -1:
+    """A map<string,string> entry; the value is written even when empty."""
+    cdef Py_ssize_t lk = 0, lv = 0, size
+    cdef const char* k = _utf8(key, &lk)
+    cdef const char* v = _utf8(value, &lv)
+    size = 2 + _varint_size(lk) + lk + _varint_size(lv) + lv
+    _reserve(b, 11 + size)
+    _put_byte(b, tag)
+    _put_varint(b, <uint64_t>size)
+    _put_byte(b, TAG_KEY)
+    _put_varint(b, <uint64_t>lk)
+    _put_raw(b, k, lk)
+    _put_byte(b, TAG_STRING_VALUE)
+    _put_varint(b, <uint64_t>lv)
+    _put_raw(b, v, lv)
+    return 0
+
+
+cdef int _put_bytes_entry(Buf* b, unsigned char tag, object key, object value) except -1:
+    cdef Py_ssize_t lk = 0, lv = 0, size
+    cdef const char* v
+    cdef const char* k = _utf8(key, &lk)
+    if PyBytes_Check(value):
+        v = PyBytes_AS_STRING(value)
+        lv = PyBytes_GET_SIZE(value)
+    elif PyByteArray_Check(value):
+        v = PyByteArray_AS_STRING(value)
+        lv = PyByteArray_GET_SIZE(value)
+    else:
+        raise ValueError(f"meta_struct[{key!r}] must be bytes, not {type(value).__name__}")
+    size = 2 + _varint_size(lk) + lk + _varint_size(lv) + lv
+    _reserve(b, 11 + size)
+    _put_byte(b, tag)
+    _put_varint(b, <uint64_t>size)
+    _put_byte(b, TAG_KEY)
+    _put_varint(b, <uint64_t>lk)
+    _put_raw(b, k, lk)
+    _put_byte(b, TAG_STRING_VALUE)
+    _put_varint(b, <uint64_t>lv)
+    _put_raw(b, v, lv)
+    return 0
+
+
+cdef int _put_metric(Buf* b, object key, object value) except -1:
+    cdef Py_ssize_t lk = 0, size
+    cdef const char* k
+    cdef double d
+    if PyFloat_CheckExact(value):
+        d = PyFloat_AS_DOUBLE(value)
+    else:
+        d = PyFloat_AsDouble(value)  # what struct.pack("<d") takes: floats, ints, __float__, __index__
+        if d == -1.0 and PyErr_Occurred() != NULL:
+            PyErr_Clear()
+            raise (OverflowError if isinstance(value, int) else ValueError)(
+                f"metric {key!r} is not a float: {type(value).__name__}")
+    k = _utf8(key, &lk)
+    size = 10 + _varint_size(lk) + lk
+    _reserve(b, 11 + size)
+    _put_byte(b, TAG_METRICS)
+    _put_varint(b, <uint64_t>size)
+    _put_byte(b, TAG_KEY)
+    _put_varint(b, <uint64_t>lk)
+    _put_raw(b, k, lk)
+    _put_byte(b, TAG_DOUBLE_VALUE)
+    PyFloat_Pack8(d, b.data + b.len, 1)
+    b.len += 8
+    return 0
+
+
+cdef object _dict(object value, str what):
+    if PyDict_Check(value):
+        return value
+    if value:
+        raise ValueError(f"{what} must be a dict, not {type(value).__name__}")
+    return _EMPTY
+
+
+def encode_span(span, fallback_service, meta_defaults=()):
+    """The protobuf Span message body (without tag/length); see llmship.sinks.spanenc."""
+    cdef char stack[STACK_BYTES]
+    cdef Buf b
+    cdef Py_ssize_t pos = 0
+    cdef PyObject* k = NULL
+    cdef PyObject* v = NULL
+    cdef object key, value, events_json = None
+    service, name, resource = span.service, span.name, span.resource
+    trace_id, span_id, parent_id, start, duration, error = (
+        span.trace_id, span.span_id, span.parent_id, span.start, span.duration, span.error)
+    meta, metrics, type_, meta_struct = span.meta, span.metrics, span.type, span.meta_struct
+    links, events = span.span_links, span.span_events
+    b.data = stack
+    b.len = 0
+    b.cap = STACK_BYTES
+    b.heap = False
+    try:
+        meta = _dict(meta, "meta")
+        metrics = _dict(metrics, "metrics")
+        meta_struct = _dict(meta_struct, "meta_struct")
+        if events and not PyDict_Contains(meta, "events") and isinstance(events, (list, tuple)):
+            events_json = span_events_json(events)
+        name = name or DEFAULT_SPAN_NAME
+        if duration and PyLong_Check(duration) and duration < 0:
+            duration = 0
+        _put_str_field(&b, 0x0A, service or fallback_service)
+        _put_str_field(&b, 0x12, name)
+        _put_str_field(&b, 0x1A, resource or name)
+        _put_varint_field(&b, 4, trace_id)
+        _put_varint_field(&b, 5, span_id)
+        _put_varint_field(&b, 6, parent_id)
+        _put_varint_field(&b, 7, start)
+        _put_varint_field(&b, 8, duration)
+        _put_varint_field(&b, 9, error)
+        # PyDict_Next lends its references; key and value own them while the entry is written, since a
+        # metric's __float__ (spans built by code) could change the dict under us. PyDict_Next itself
+        # stays within the dict's current table, so such a change cannot crash the loop.
+        while PyDict_Next(meta, &pos, &k, &v):
+            key = <object>k
+            value = <object>v
+            _put_entry(&b, TAG_META, key, value)
+        if events_json is not None:
+            _put_entry(&b, TAG_META, "events", events_json)
+        for key, value in meta_defaults:
+            if not PyDict_Contains(meta, key) and (events_json is None or key != "events"):
+                _put_entry(&b, TAG_META, key, value)
+        pos = 0
+        while PyDict_Next(metrics, &pos, &k, &v):
+            key = <object>k
+            value = <object>v
+            _put_metric(&b, key, value)
+        _put_str_field(&b, TAG_TYPE, type_)
+        pos = 0
+        while PyDict_Next(meta_struct, &pos, &k, &v):
+            key = <object>k
+            value = <object>v
+            if key != LLMOBS_STRUCT_KEY:
+                _put_bytes_entry(&b, TAG_META_STRUCT, key, value)
+        if links and isinstance(links, (list, tuple)):
+            for link in links:
+                _put_link(&b, link)
+        return PyBytes_FromStringAndSize(b.data, b.len)
+    except (TypeError, AttributeError) as e:  # a value of the wrong type somewhere (orjson's errors too)
+        raise ValueError(f"span cannot be encoded: {e}") from e
+    finally:
+        if b.heap:
+            free(b.data)
+
+
+cdef int _put_link(Buf* b, object link) except -1:
+    cdef Buf sub
+    cdef char stack[256]
+    if not isinstance(link, dict):
+        _reserve(b, 2)
+        _put_byte(b, TAG_LINK)
+        _put_byte(b, 0)
+        return 0
+    sub.data = stack
+    sub.len = 0
+    sub.cap = 256
+    sub.heap = False
+    try:
+        _put_varint_field(&sub, 1, _link_uint(link.get("trace_id")))
+        _put_varint_field(&sub, 2, _link_uint(link.get("trace_id_high")))
+        _put_varint_field(&sub, 3, _link_uint(link.get("span_id")))
+        attributes = link.get("attributes")
+        if isinstance(attributes, dict):
+            for ak, av in attributes.items():
+                key, value = str(ak), str(av)
+                _put_entry(&sub, TAG_LINK_ATTRIBUTES, key, value)
+        _put_str_field(&sub, TAG_LINK_TRACESTATE, str(link.get("tracestate") or ""))
+        _put_varint_field(&sub, 6, _link_uint(link.get("flags")) & 0xFFFFFFFF)
+        _reserve(b, 11 + sub.len)
+        _put_byte(b, TAG_LINK)
+        _put_varint(b, <uint64_t>sub.len)
+        _put_raw(b, sub.data, sub.len)
+    finally:
+        if sub.heap:
+            free(sub.data)
+    return 0
+
+
+cdef object _link_uint(object value):
+    return value & 0xFFFFFFFFFFFFFFFF if isinstance(value, int) else 0
+
+
+_ATTRIBUTE_VALUE_KEYS = {0: "string_value", 1: "bool_value", 2: "int_value", 3: "double_value"}
+
+
+def span_events_json(events):
+    """As llmship.sinks.spanenc.span_events_json."""
+    out = []
+    for event in events:
+        if isinstance(event, dict):
+            attributes = event.get("attributes")
+            plain = ({str(k): _plain_attribute(v, 0) for k, v in attributes.items()}
+                     if isinstance(attributes, dict) else {})
+            out.append({"name": event.get("name", ""), "time_unix_nano": event.get("time_unix_nano", 0),
+                        "attributes": plain})
+    return orjson.dumps(out, default=str, option=_NON_STR_KEYS).decode()
+
+
+cdef object _plain_attribute(object value, int depth):
+    if not isinstance(value, dict) or "type" not in value:
+        return value
+    kind = value.get("type")
+    if not isinstance(kind, (int, float)):
+        return None
+    if kind == 4:
+        if depth >= MAX_ATTRIBUTE_DEPTH:
+            raise ValueError("span event attribute arrays nested too deeply")
+        array = value.get("array_value")
+        items = array.get("values") if isinstance(array, dict) else None
+        return [_plain_attribute(v, depth + 1) for v in items] if isinstance(items, (list, tuple)) else []
+    key = _ATTRIBUTE_VALUE_KEYS.get(kind)
+    return value.get(key) if key else None
