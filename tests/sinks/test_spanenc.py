@@ -15,12 +15,10 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from llmship import events
 from llmship import protobuf as pb
 from llmship.intake.decode import _span as decode_span
 from llmship.model import Span
 from llmship.sinks import spanenc
-from llmship.sinks.traces import _encode_span as encode_span_today
 
 from harness import CAPTURES as CAPTURES_ROOT
 
@@ -57,15 +55,6 @@ def v05_spans() -> list[Span]:
 CAPTURE_SPANS = v04_spans() + v05_spans()
 
 
-def as_old_span(s: Span) -> events.Span:
-    """The same span as the events.Span today's encoder takes (no _llmobs, links and events in extra)."""
-    extra = {k: v for k, v in (("span_links", s.span_links), ("span_events", s.span_events)) if v is not None}
-    return events.Span(trace_id=s.trace_id, span_id=s.span_id, parent_id=s.parent_id, service=s.service,
-                       name=s.name, resource=s.resource, type=s.type, start=s.start, duration=s.duration,
-                       error=s.error, meta=dict(s.meta), metrics=dict(s.metrics),
-                       meta_struct={k: v for k, v in s.meta_struct.items() if k != "_llmobs"}, extra=extra)
-
-
 def outcome(encode, span, fallback="python", defaults=()):
     """The bytes, or the exception class: what both implementations must agree on."""
     try:
@@ -96,12 +85,6 @@ def test_captures_are_there():
 def test_native_and_twin_agree_on_the_captures(defaults):
     for s in CAPTURE_SPANS:
         assert spanenc.encode_span_native(s, "python", defaults) == spanenc.encode_span_py(s, "python", defaults)
-
-
-@pytest.mark.parametrize("encode", IMPLEMENTATIONS)
-def test_same_bytes_as_todays_encoder_on_the_captures(encode):
-    for s in CAPTURE_SPANS:
-        assert encode(s, "python", ()) == encode_span_today(as_old_span(s), "python")
 
 
 @pytest.mark.parametrize("encode", IMPLEMENTATIONS)
@@ -297,12 +280,6 @@ def test_native_and_twin_raise_alike_on_odd_spans(kind):
             outcome(spanenc.encode_span_py, span, "python", defaults)
 
     check()
-
-
-@FAST
-@given(spans())
-def test_twin_equals_todays_encoder_without_defaults(span):
-    assert spanenc.encode_span_py(span, "python", ()) == encode_span_today(as_old_span(span), "python")
 
 
 @FAST

@@ -154,28 +154,14 @@ def test_apm_spans_get_identity_and_agent_tags():
     assert len(spans) == 12 and len(events) == 6
     assert [log["status"] for log in logs] == ["error"]  # at prompt_log_rate 0.1 only the error (always) here
     llm_span, http_span = spans[0], spans[1]
-    assert {k: llm_span.meta[k] for k in ("model", "provider", "endpoint", "team", "region")} == {
-        "model": CHAT, "provider": "openai", "endpoint": "/v1/chat/completions", "team": "ml",
-        "region": "eu-west"}
-    assert llm_span.meta["env"] == "staging"  # the span's own value wins over any default
-    assert "model" not in http_span.meta and http_span.meta["team"] == "ml"
+    assert {k: llm_span.meta[k] for k in ("model", "provider", "endpoint")} == {
+        "model": CHAT, "provider": "openai", "endpoint": "/v1/chat/completions"}
+    # the agent's own tags are not written into spans here: the span encoder adds them as data
+    assert llm_span.meta["env"] == "staging" and "team" not in llm_span.meta
+    assert "model" not in http_span.meta
     assert [s.meta["endpoint"] for s in spans if s.type == "llm"] == [
         "/v1/chat/completions", "/v1/chat/completions", "/v1/completions", "/v1/completions",
         "/v1/embeddings", "/v1/chat/completions"]
-
-
-def test_agent_defaults_fill_what_the_span_lacks():
-    cfg = load_config_text('[agent]\nhostname = "h"\nenv = "prod"\nservice = "fallback-svc"\nversion = "9"\n'
-                           'tags = ["team:ml", "env:ignored"]\n')
-    telemetry = Telemetry()
-    llm = LLMStage(cfg, Scrubber(), telemetry)
-    bare = Span(trace_id=1, span_id=2, parent_id=0, service="", name="web.request", resource="/", type="web",
-                start=0, duration=1, meta={})
-    own = Span(trace_id=1, span_id=3, parent_id=2, service="api", name="x", resource="x", type="",
-               start=0, duration=1, meta={"env": "staging"})
-    llm.process_chunk([bare, own])
-    assert bare.service == "fallback-svc" and bare.meta == {"env": "prod", "version": "9", "team": "ml"}
-    assert own.service == "api" and own.meta == {"env": "staging", "version": "9", "team": "ml"}
 
 
 def test_event_tags_are_the_tracers_plus_identity_and_agent_tags():

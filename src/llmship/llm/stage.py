@@ -52,16 +52,11 @@ class LLMStage:
         self._proxies = Proxies(llm.instrumented_proxy_urls)
         self._tags = Tags(agent_default_tags(agent))
         self._text = TextPolicy(self._scrub, llm.max_text_chars, Sampler(llm.sampling))
-        agent_tags = agent_default_tags(agent)
-        # what every APM span gets in meta when it lacks the key (the service is a field of its own)
-        self.span_defaults = tuple((key, tag[len(key) + 1:]) for key, tag in agent_tags.items()
-                                   if key != "service" and ":" in tag)
 
     # ------------------------------------------------------------------------------------------ carriers
 
     def process_chunk(self, spans: list[Span]) -> list[CallOutput]:
         """The calls one trace chunk carries (usually none: then this costs one scan of the span types)."""
-        self._apply_span_defaults(spans)
         carriers = [s for s in spans if extract.carries_call(s)]
         if not carriers:
             return []
@@ -95,19 +90,6 @@ class LLMStage:
                 continue
             outputs.append(self._process(call))
         return outputs
-
-    def _apply_span_defaults(self, spans: list[Span]) -> None:
-        """The agent's service, env, version and tags on every span that lacks them."""
-        default_service = self._defaults[0]
-        span_defaults = self.span_defaults
-        for span in spans:
-            if not span.service and default_service:
-                span.service = default_service
-            if span_defaults:
-                meta = span.meta
-                for key, value in span_defaults:
-                    if key not in meta:
-                        meta[key] = value
 
     # ------------------------------------------------------------------------------------------ policies
 

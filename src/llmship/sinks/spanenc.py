@@ -39,19 +39,18 @@ attribute maps that are not dicts.
 
 from __future__ import annotations
 
-import os
 import struct
 from typing import Any
 
 import orjson
 
+from llmship import NO_EXTENSIONS
 from llmship import protobuf as pb
+from llmship.model import LLMOBS_STRUCT_KEY  # never shipped to the trace intake (see the module docstring)
 
 # Fallbacks of the Agent's span normalizer (pkg/trace/api/normalizer.go).
 DEFAULT_SERVICE_NAME = "service"
 DEFAULT_SPAN_NAME = "service.trace"
-# Never shipped to the trace intake (see the module docstring).
-LLMOBS_STRUCT_KEY = "_llmobs"
 # What encode_span raises for a span it cannot encode (see the module docstring).
 ENCODE_ERRORS = (ValueError, OverflowError)
 # Deepest nesting of array attributes in span events.
@@ -265,6 +264,5 @@ def _load_native() -> Any:
 
 encode_span_native = _load_native()
 # Read at import: set it before the agent starts to run the twin (a machine whose build misbehaves, a bisect).
-NO_EXTENSIONS = os.environ.get("LLMSHIP_NO_EXTENSIONS", "") not in ("", "0")
 NATIVE = encode_span_native is not None and not NO_EXTENSIONS
 encode_span = encode_span_native if NATIVE else encode_span_py

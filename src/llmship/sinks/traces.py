@@ -19,19 +19,17 @@ predicts exactly that and sends the LLM Observability events of such traces on i
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable, Iterable
-from typing import Any
-
-import orjson
 
 from llmship import protobuf as pb
 from llmship.compression import compress_fast, decompress
 from llmship.config import Config
 from llmship.delivery.payload import Payload, register_splitter
-from llmship.model import LLMOBS_STRUCT_KEY, Span, TracerInfo, root_span
+from llmship.model import Span, TracerInfo, root_span
 from llmship.log import RateLimited, get_logger
 from llmship.sinks.batch import BatchedSink, Batcher
+from llmship.sinks.spanenc import DEFAULT_SERVICE_NAME, ENCODE_ERRORS, encode_span
+from llmship.tags import agent_default_tags
 from llmship.telemetry import Telemetry
 
 # The Datadog Agent release whose trace API llmship implements. Tracers read it from /info and the
@@ -50,9 +48,6 @@ TARGET_TPS = 10.0
 ERROR_TPS = 10.0
 # apm_config.env default: what the Agent reports when neither the span nor the config names an env.
 DEFAULT_ENV = "none"
-# Fallbacks of the Agent's span normalizer (pkg/trace/api/normalizer.go).
-DEFAULT_SERVICE_NAME = "service"
-DEFAULT_SPAN_NAME = "service.trace"
 # Room for the AgentPayload fields around the chunks (host, env, version, TPS values).
 AGENT_PAYLOAD_OVERHEAD = 256
 SAMPLING_PRIORITY_KEY = "_sampling_priority_v1"
@@ -60,13 +55,10 @@ AUTO_KEEP = 1  # ddtrace constants.AUTO_KEEP
 LANGUAGES_HEADER = "X-Datadog-Reported-Languages"
 # Largest body the splitter inflates back (a payload we built ourselves, so well under this).
 _SPLIT_MAX_BYTES = 64 << 20
-# Encoded meta and metrics entries remembered by (key, value): most repeat from span to span (env,
-# component, model, process tags, flags). Emptied when full, so unique values (ids) cannot grow it;
-# about 3 MB when full plus the key and value strings it holds (measured on the capture).
-_MAX_CACHED_ENTRIES = 16_384
 _MAX_CACHED_HEADERS = 1024  # tracer payload headers: one per tracer process, env and version
 
 _LEN, _FIXED64 = pb.LEN, pb.FIXED64
+_SPAN_TAG = pb.tag(3, _LEN)  # TraceChunk.spans
 _log = RateLimited(get_logger("traces_sink"))
 
 
@@ -82,6 +74,11 @@ class TraceSink(BatchedSink):
     def reload(self, cfg: Config) -> None:
         self._hostname = cfg.agent.hostname
         self._env = cfg.agent.env or DEFAULT_ENV
+        self._service = cfg.agent.service  # for spans that name none
+        # What every span gets in meta when it lacks the key, passed to the encoder as data: the agent's env,
+        # version and tags (the service is a field of its own).
+        self._meta_defaults = tuple((key, tag[len(key) + 1:]) for key, tag in agent_default_tags(cfg.agent).items()
+                                    if key != "service" and ":" in tag)
         # The trace intake takes gzip (the Agent's default) or zstd (apm_config.compression).
         self._encoding = "zstd" if cfg.sinks.datadog.compression == "zstd" else "gzip"
         self._headers: dict[tuple, bytes] = {}
@@ -103,8 +100,15 @@ class TraceSink(BatchedSink):
         # A chunk without a tracer decision is one we keep: AUTO_KEEP, never 0 (AUTO_REJECT).
         chunk_fields = (pb.f_varint(1, AUTO_KEEP if priority is None else priority)
                         + pb.f_str(2, root.meta.get("_dd.origin", "")))
-        fallback_service = tracer.language or DEFAULT_SERVICE_NAME
-        encoded = [_encode_span(s, fallback_service) for s in spans]
+        fallback_service = self._service or tracer.language or DEFAULT_SERVICE_NAME
+        meta_defaults = self._meta_defaults
+        encoded = []
+        for s in spans:
+            try:
+                encoded.append(encode_span(s, fallback_service, meta_defaults))
+            except ENCODE_ERRORS as e:  # a span built by code with what the wire cannot carry (never decoded ones)
+                self._tel.inc("dropped", reason="unencodable_span")
+                _log.warning("unencodable_span", "span_dropped", error=f"{type(e).__name__}: {e}")
         # A chunk too large for one payload is cut into several (tracers flush partial chunks too);
         # 32 bytes for the item's prefixes and the chunk's own tag and length.
         room = MAX_PAYLOAD_BYTES - AGENT_PAYLOAD_OVERHEAD - len(header) - len(chunk_fields) - 32
@@ -155,69 +159,6 @@ def _priority(spans: list[Span]) -> int | None:
     return None
 
 
-# The encoder's hot path (one call per meta and metrics entry): precomputed tags, table-driven varints,
-# and entries remembered by (key, value): measured on the ddtrace capture with per-trace ids and token
-# counts, ~275 -> ~70 us a span with the first two, ~40 -> ~20 us with the rest.
-_META, _METRICS, _META_STRUCT, _LINK_ATTRIBUTES = (pb.tag(n, _LEN) for n in (10, 11, 13, 4))
-_KEY, _STRING_VALUE, _DOUBLE_VALUE = b"\x0a", b"\x12", b"\x11"  # entry key=1 (LEN), value=2 (LEN / 64-bit)
-_SPAN_TAG = pb.tag(3, _LEN)  # TraceChunk.spans
-_VARINT_TAGS = [pb.tag(n, pb.VARINT) for n in range(16)]
-_LEN_TAGS = [pb.tag(n, _LEN) for n in range(16)]
-_pack_double = struct.Struct("<d").pack
-def _str_field(field: int, s: str) -> bytes:
-    """pb.f_str for the Span's own fields (numbers below 16)."""
-    if not s:
-        return b""
-    b = s.encode()
-    return _LEN_TAGS[field] + pb.varint(len(b)) + b
-
-
-def _varint_field(field: int, n: int) -> bytes:
-    """pb.f_varint for the Span's own fields (numbers below 16)."""
-    return _VARINT_TAGS[field] + pb.varint(n) if n else b""
-
-
-_entries: dict[tuple, bytes] = {}  # (key, value) -> meta entry; (key, packed double, None) -> metrics entry
-
-
-def _meta_entry(item: tuple[str, str]) -> bytes:
-    entry = _entries.get(item)
-    if entry is None:
-        if len(_entries) >= _MAX_CACHED_ENTRIES:
-            _entries.clear()
-        entry = _entries[item] = _str_entry(_META, *item)
-    return entry
-
-
-def _metric_entry(key: str, value: float) -> bytes:
-    packed = _pack_double(value)  # by its bits: 0.0 == -0.0, and NaN equals nothing
-    item = (key, packed, None)
-    entry = _entries.get(item)
-    if entry is None:
-        if len(_entries) >= _MAX_CACHED_ENTRIES:
-            _entries.clear()
-        entry = _entries[item] = _double_entry(_METRICS, key, packed)
-    return entry
-
-
-def _bytes_entry(field_tag: bytes, key: str, value: bytes) -> bytes:
-    """A map<string,string|bytes> entry; the value is written even when empty, so readers see the key."""
-    k = key.encode()
-    lk, lv = pb.varint(len(k)), pb.varint(len(value))
-    size = 2 + len(lk) + len(k) + len(lv) + len(value)
-    return b"".join((field_tag, pb.varint(size), _KEY, lk, k, _STRING_VALUE, lv, value))
-
-
-def _str_entry(field_tag: bytes, key: str, value: str) -> bytes:
-    return _bytes_entry(field_tag, key, value.encode())
-
-
-def _double_entry(field_tag: bytes, key: str, packed: bytes) -> bytes:
-    k = key.encode()
-    lk = pb.varint(len(k))
-    return b"".join((field_tag, pb.varint(10 + len(lk) + len(k)), _KEY, lk, k, _DOUBLE_VALUE, packed))
-
-
 def _tracer_payload_header(tracer: TracerInfo, *, env: str, hostname: str, app_version: str) -> bytes:
     """Every TracerPayload field but the chunks (field 6), which are appended after it."""
     return b"".join((
@@ -233,68 +174,6 @@ def _agent_payload(hostname: str, env: str, tracer_payloads: Iterable[bytes]) ->
         *(pb.f_msg(5, tp) for tp in tracer_payloads),
         pb.f_str(7, AGENT_VERSION), pb.f_double(8, TARGET_TPS), pb.f_double(9, ERROR_TPS),
     ))
-
-
-def _encode_span(s: Span, fallback_service: str) -> bytes:
-    # The minimum of the Agent's normalizer the intake relies on: no empty service, name or resource.
-    name = s.name or DEFAULT_SPAN_NAME
-    meta = s.meta
-    events = s.span_events
-    if events and "events" not in meta:
-        meta = {**meta, "events": _span_events_json(events)}
-    parts = [
-        _str_field(1, s.service or fallback_service), _str_field(2, name), _str_field(3, s.resource or name),
-        _varint_field(4, s.trace_id), _varint_field(5, s.span_id), _varint_field(6, s.parent_id),
-        _varint_field(7, s.start), _varint_field(8, max(0, s.duration)), pb.f_varint(9, s.error),
-    ]
-    parts.extend([_meta_entry(item) for item in meta.items()])
-    parts.extend([_metric_entry(k, v) for k, v in s.metrics.items()])
-    parts.append(_str_field(12, s.type))
-    parts.extend([_bytes_entry(_META_STRUCT, k, v) for k, v in s.meta_struct.items() if k != LLMOBS_STRUCT_KEY])
-    parts.extend(pb.f_msg(14, _span_link(link)) for link in s.span_links or ())
-    return b"".join(parts)
-
-
-def _span_link(link: Any) -> bytes:
-    if not isinstance(link, dict):
-        return b""
-    attributes = link.get("attributes") or {}
-    return b"".join((
-        pb.f_varint(1, _uint64(link.get("trace_id"))), pb.f_varint(2, _uint64(link.get("trace_id_high"))),
-        pb.f_varint(3, _uint64(link.get("span_id"))),
-        *(_str_entry(_LINK_ATTRIBUTES, str(k), str(v)) for k, v in attributes.items()),
-        pb.f_str(5, str(link.get("tracestate") or "")), pb.f_varint(6, _uint64(link.get("flags")) & 0xFFFFFFFF),
-    ))
-
-
-def _uint64(value: Any) -> int:
-    return value & 0xFFFFFFFFFFFFFFFF if isinstance(value, int) else 0
-
-
-def _span_events_json(events: Any) -> str:
-    """Native v0.4 span events -> the ``events`` meta tag tracers write when the Agent lacks native support.
-
-    Native attributes are typed (AttributeAnyValue: type 0 string, 1 bool, 2 int, 3 double, 4 array, per
-    pkg/proto/datadog/trace/span.proto); the meta form holds plain JSON values.
-    """
-    out = []
-    for event in events if isinstance(events, list) else ():
-        if isinstance(event, dict):
-            attributes = event.get("attributes") or {}
-            out.append({"name": event.get("name", ""), "time_unix_nano": event.get("time_unix_nano", 0),
-                        "attributes": {str(k): _plain_attribute(v) for k, v in attributes.items()}})
-    return orjson.dumps(out, default=str).decode()
-
-
-def _plain_attribute(value: Any) -> Any:
-    if not isinstance(value, dict) or "type" not in value:
-        return value
-    kind = value.get("type")
-    if kind == 4:
-        items = (value.get("array_value") or {}).get("values") or []
-        return [_plain_attribute(v) for v in items]
-    key = {0: "string_value", 1: "bool_value", 2: "int_value", 3: "double_value"}.get(kind)
-    return value.get(key) if key else None
 
 
 def _groups_within(encoded: list[bytes], limit: int) -> Iterable[list[bytes] | None]:
