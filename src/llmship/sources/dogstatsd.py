@@ -25,11 +25,11 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import stat
 import sys
 import time
 from pathlib import Path
 
+from llmship import unixsock
 from llmship.config import Config, parse_host_port
 from llmship.log import RateLimited, get_logger
 from llmship.telemetry import Component
@@ -362,7 +362,7 @@ class DogStatsDSource:
         self._datagram_socks: list[socket.socket] = []
         self._stream_server: asyncio.AbstractServer | None = None
         self._stream_transports: set[asyncio.Transport] = set()
-        self._socket_files: list[tuple[str, int]] = []  # (path, inode) we created, removed on shutdown
+        self._socket_files: list[tuple[str, unixsock.FileId]] = []  # files we created, removed on shutdown
         self._bad_input_log = RateLimited(log)
         self._started = False
 
@@ -383,7 +383,11 @@ class DogStatsDSource:
             raise
 
     async def shutdown(self, deadline: float) -> None:
-        """Stop listening; parse what the kernel already holds (until ``deadline``); remove socket files."""
+        """Remove our socket files; stop listening; parse what the kernel already holds (until ``deadline``)."""
+        # First, while the sockets are open (see unixsock.remove_if_ours): no new client finds us after this.
+        for path, file_id in self._socket_files:
+            unixsock.remove_if_ours(path, file_id)
+        self._socket_files.clear()
         loop = asyncio.get_running_loop()
         if self._stream_server is not None:
             self._stream_server.close()
@@ -399,9 +403,6 @@ class DogStatsDSource:
             self._read_datagrams(sock, deadline=deadline)
             sock.close()
         self._datagram_socks.clear()
-        for path, inode in self._socket_files:
-            _remove_socket_file(path, inode)
-        self._socket_files.clear()
 
     # ------------------------------------------------------------------------------------------ datagrams
 
@@ -519,14 +520,7 @@ class DogStatsDSource:
         log.info("listener_bound", transport="unix_stream", address=path)
 
     def _bind_unix(self, sock: socket.socket, path: str) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_socket_file(path, sock.type)
-        try:
-            sock.bind(path)
-        except OSError as e:
-            raise OSError(e.errno, f"dogstatsd: cannot listen on {path}: {e.strerror}") from None
-        os.chmod(path, _SOCKET_FILE_MODE)
-        self._socket_files.append((path, os.stat(path).st_ino))
+        self._socket_files.append((path, unixsock.bind_unix(sock, path, _SOCKET_FILE_MODE, "dogstatsd")))
 
 
 class _StreamProtocol(asyncio.Protocol):
@@ -621,31 +615,3 @@ def linux_unix_datagram_queue_length() -> int | None:
         return int(Path("/proc/sys/net/unix/max_dgram_qlen").read_text())
     except (OSError, ValueError):  # not Linux, or /proc not mounted
         return None
-
-
-def _remove_stale_socket_file(path: str, kind: int) -> None:
-    """Remove a socket file left by a process that is gone; refuse to touch anything else."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise OSError(f"dogstatsd: {path} exists and is not a socket; not removing it")
-    probe = socket.socket(socket.AF_UNIX, kind)
-    try:
-        probe.connect(path)
-    except OSError:  # ECONNREFUSED: nobody listens there any more
-        os.unlink(path)
-        return
-    finally:
-        probe.close()
-    raise OSError(f"dogstatsd: {path} is in use by another process")
-
-
-def _remove_socket_file(path: str, inode: int) -> None:
-    """Remove our socket file, unless another process has replaced it since."""
-    try:
-        if os.lstat(path).st_ino == inode:
-            os.unlink(path)
-    except FileNotFoundError:
-        pass
