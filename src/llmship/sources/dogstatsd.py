@@ -593,10 +593,18 @@ def _grow_receive_buffer(sock: socket.socket, wanted: int) -> int:
     return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
 
 
+class GaugeUnavailable(LookupError):
+    """A gauge's source has no value to give; the message says why (shown as the gauge's error)."""
+
+
 def linux_udp_drops(inode: int) -> int:
     """The `drops` column of /proc/net/udp[6] for the socket with ``inode``: datagrams the kernel
-    discarded because the receive buffer was full."""
+    discarded because the receive buffer was full.
+
+    Raises GaugeUnavailable when the socket's row cannot be found or read: 0 would claim "no drops"
+    when nothing is known (the telemetry snapshot then shows the gauge as None with this reason)."""
     wanted = str(inode)
+    problems = []
     for table in ("/proc/net/udp", "/proc/net/udp6"):
         try:
             with open(table) as f:
@@ -605,9 +613,10 @@ def linux_udp_drops(inode: int) -> int:
                     cols = row.split()
                     if len(cols) >= 13 and cols[9] == wanted:
                         return int(cols[12])
-        except OSError:
-            continue
-    return 0
+        except OSError as e:
+            problems.append(f"{table}: {e.strerror or e}")
+    raise GaugeUnavailable(f"no row for socket inode {inode} in /proc/net/udp or /proc/net/udp6"
+                           + (f" ({'; '.join(problems)})" if problems else ""))
 
 
 def linux_unix_datagram_queue_length() -> int | None:
