@@ -36,6 +36,11 @@ from llmship.transforms.scrub import Scrubber
 
 log = get_logger("agent")
 
+# The flush loop wakes this long after a bucket's end: the event loop's timers run on the monotonic clock
+# and may fire up to a clock tick early, and the wall clock may be slewed meanwhile; a wake-up before the
+# end would find the bucket still open (harmless: the loop flushes nothing and sleeps until the end).
+_FLUSH_AFTER_BUCKET_END_SECS = 0.05
+
 
 @dataclass
 class Topology:
@@ -85,6 +90,8 @@ class Agent:
         self._stop = asyncio.Event()
         self._signals_seen = 0
         self._tasks: list[asyncio.Task] = []
+        self._clock = time.time  # bucket times are wall-clock seconds (the aggregator's clock)
+        self._sleep = asyncio.sleep
 
     def _info(self) -> dict:
         return {**describe_config(self.cfg), "destination": self._destination()}
@@ -142,11 +149,12 @@ class Agent:
         self._stop.set()
 
     async def _flush_loop(self) -> None:
-        interval = self.cfg.agent.flush_interval_secs
-        next_at = time.monotonic() + interval
+        """Flush as each bucket closes (the aggregator's own bucket ends, which follow a reload's new
+        interval), so a hard kill loses at most the open bucket, not also a closed one waiting for a tick."""
+        aggregator = self.topology.aggregator
         while True:
-            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-            next_at += interval
+            now = self._clock()
+            await self._sleep(max(0.0, aggregator.next_flush_at(now) + _FLUSH_AFTER_BUCKET_END_SECS - now))
             await self._flush_metrics()
 
     async def _flush_metrics(self, final: bool = False) -> None:
@@ -157,7 +165,7 @@ class Agent:
             if self.cfg.status.ship_self_metrics:
                 for name, mtype, value, tags in self_metrics(t.telemetry):
                     t.aggregator.add(name, mtype, value, tags)
-            result = t.aggregator.flush(time.time(), final=final)
+            result = t.aggregator.flush(self._clock(), final=final)
             if final:
                 t.metrics_sink.ship(result)
             else:
@@ -185,7 +193,8 @@ class Agent:
             notify.ready()
             return
         t = self.topology
-        for component in (t.aggregator, t.llm, t.log_processor, t.delivery, t.metrics_sink, *t.sinks, t.status):
+        for component in (t.aggregator, t.llm, t.log_processor, t.delivery, t.metrics_sink, *t.sinks, t.status,
+                          *t.sources):
             reload = getattr(component, "reload", None)
             if reload is not None:
                 reload(new)

@@ -23,6 +23,7 @@ the general parser.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import socket
 import sys
@@ -76,6 +77,11 @@ class DogStatsDParser:
         # suffix after the value ("h|@0.5|#env:prod") -> (mtype, tags, rate, host), for float types only
         self._suffixes: dict[str, tuple[str, str, float, str | None]] = {}
         self._bad_input_log = RateLimited(log)
+
+    def reload(self, hostname: str) -> None:
+        """The host events and service checks get when they name none. Metric hosts are the
+        aggregator's (its own reload); the suffix cache holds no host of the agent's, only `host:` tags."""
+        self._hostname = hostname
 
     # ------------------------------------------------------------------------------------------ hot path
 
@@ -365,6 +371,18 @@ class DogStatsDSource:
         self._socket_files: list[tuple[str, unixsock.FileId]] = []  # files we created, removed on shutdown
         self._bad_input_log = RateLimited(log)
         self._started = False
+
+    def reload(self, cfg: Config) -> None:
+        """SIGHUP: apply what is read per datagram or per connection; listener addresses and the receive
+        buffer need a restart (rebinding would lose what the kernel holds for us)."""
+        self.parser.reload(cfg.agent.hostname)
+        new, old = cfg.sources.dogstatsd, self._cfg
+        kept = ("udp", "socket", "stream_socket", "receive_buffer_bytes")
+        changed = [key for key in kept if getattr(new, key) != getattr(old, key)]
+        if changed:
+            log.warning("reload_needs_restart", keys=[f"sources.dogstatsd.{key}" for key in changed])
+        # max_packet_bytes: read by every batch of datagrams, and by each new stream connection
+        self._cfg = dataclasses.replace(new, **{key: getattr(old, key) for key in kept})
 
     async def start(self) -> None:
         if self._started:
