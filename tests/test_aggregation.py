@@ -327,3 +327,28 @@ def test_next_flush_at_is_the_end_of_the_open_bucket() -> None:
     clock.now = agg.next_flush_at(clock.now) + 0.05  # where the flush loop wakes: exactly the closed bucket
     assert by_name(agg.flush(clock.now))["c"].points == [(int(T0), 0.1)]
 
+
+def test_context_cap_drops_new_contexts_and_keeps_existing_ones_exact() -> None:
+    agg, clock, telemetry = make("max_metric_contexts = 3\n")
+    for i in range(3):
+        agg.add(f"m{i}", "c", 1, "a:1,k:v")
+    for _ in range(4):
+        agg.add("m0", "c", 2, "a:1,k:v")  # existing: aggregated as ever
+        agg.add("m1", "c", 1, "k:v,a:1")  # a new raw key for an existing context (tag order): aggregated
+        agg.add("over", "c", 5, "k:v")  # would be a fourth context: dropped
+        agg.add("m2", "g", 7, "k:v")  # a new type is a new context: dropped too
+    agg.add("ts", "c", 1, "k:v", timestamp=T0)  # timestamped samples are no contexts: not capped
+    assert len(agg) == 3
+    comp = telemetry.component("aggregator")
+    assert comp.get("dropped", reason="context_limit") == 8
+    assert comp.info["max_metric_contexts"] == 3
+    clock.now = T0 + 10
+    out = by_name(agg.flush(clock.now))
+    assert out["m0"].points == [(int(T0), (1 + 4 * 2) / 10)]
+    assert out["m1"].points == [(int(T0), (1 + 4) / 10)]
+    assert set(out) == {"m0", "m1", "m2", "ts"}
+    # the cap is on live contexts: once some expire, new ones are taken again
+    clock.now = T0 + 400
+    agg.flush(clock.now)
+    agg.add("over", "c", 5, "k:v")
+    assert len(agg) == 1

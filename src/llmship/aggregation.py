@@ -16,6 +16,9 @@ Agent behaviour followed here (sources in datadog-agent unless noted):
   one point per series and timestamp: a repeat would replace counts, not add to them). Until a restart,
   the new buckets are aligned on that switch time rather than on ``t - t % interval``; each point ships
   with the length of its own bucket as ``interval``, so value x interval stays the count.
+- Cardinality cap (ours; the Agent has none): past ``[agent] max_metric_contexts`` live contexts, a
+  sample that would create a context is dropped (dropped{reason=context_limit}); existing contexts keep
+  aggregating. Checked only when a context is created, never on the per-sample path.
 - Counter (``c``): sum of value/rate, shipped as RATE = sum / interval with ``interval`` set (counter.go).
 - Gauge (``g``): last value, rate ignored (gauge.go). Set (``s``): number of distinct values, as a gauge
   (set.go).
@@ -264,9 +267,11 @@ class Aggregator:
         self._tel.gauge("samples", lambda: self._samples)
 
     def reload(self, cfg) -> None:
-        """Take new agent settings: interval (from the end of the open bucket), hostname and
+        """Take new agent settings: interval (from the end of the open bucket), context cap, hostname and
         default tags (for the samples received from now on)."""
         agent = cfg.agent
+        self._max_contexts = agent.max_metric_contexts
+        self._tel.set_info("max_metric_contexts", self._max_contexts)
         default_tags = agent_default_tags(agent)
         if self._hostname is not None and (agent.hostname, default_tags) != (self._hostname, self._default_tags):
             # Raw keys resolve again, to contexts with the new host and tags; the old contexts ship what
@@ -423,7 +428,16 @@ class Aggregator:
         # Names and hosts repeat across contexts: interned, each is stored once.
         host = self._hostname if host is None else sys.intern(host)
         candidate = cls(sys.intern(name), host, self._canonical_tags(raw_tags))
-        ctx = self._contexts.setdefault(candidate, candidate)  # the same context under another tag order
+        if len(self._contexts) >= self._max_contexts:  # here only: a raw key seen before never gets here
+            ctx = self._contexts.get(candidate)  # the same context under another tag order is no new one
+            if ctx is None:
+                self._tel.inc("dropped", reason="context_limit")
+                self._rl.warning("context_limit", "metric_context_limit_reached", metric=name[:200],
+                                 max_metric_contexts=self._max_contexts,
+                                 hint="a tag with unbounded values (ids)? or raise agent.max_metric_contexts")
+                return None
+        else:
+            ctx = self._contexts.setdefault(candidate, candidate)  # the same context under another tag order
         self._by_raw[raw_key] = ctx
         return ctx
 
