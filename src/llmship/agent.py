@@ -12,6 +12,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from llmship import __version__, notify
 from llmship import log as logmod
@@ -60,6 +61,10 @@ class Topology:
 def build(cfg: Config, telemetry: Telemetry | None = None, *, readiness=None, info_provider=None) -> Topology:
     """Construct every component from config without binding a socket or starting a task."""
     telemetry = telemetry or Telemetry()
+    if cfg.delivery.spool_dir:
+        problem = directory_problem(cfg.delivery.spool_dir)
+        if problem:  # found now, not at the first failed delivery (when the spool is what should help)
+            raise ConfigError([f"delivery.spool_dir: {problem}"])
     delivery = Delivery(cfg, telemetry)
     aggregator = Aggregator(cfg, telemetry)
     metrics_sink = MetricsSink(cfg, delivery.submit, telemetry)
@@ -80,6 +85,28 @@ def build(cfg: Config, telemetry: Telemetry | None = None, *, readiness=None, in
     status = StatusServer(cfg, telemetry, info_provider or (lambda: {}), readiness or (lambda: False))
     return Topology(cfg, telemetry, delivery, aggregator, metrics_sink, llm, log_processor, pipeline,
                     [trace_sink, llmobs_sink, logs_sink], sources, status)
+
+
+def directory_problem(path: str) -> str | None:
+    """Why ``path`` cannot serve as a directory this process writes in (creating it if need be), or None.
+
+    Checked with os.access for this process's user; a directory that exists must allow writing and
+    entering, a missing one needs its nearest existing parent to allow that."""
+    target = Path(path)
+    if target.exists() or target.is_symlink():
+        if not target.is_dir():
+            return f"{path} exists and is not a directory"
+        if not os.access(target, os.W_OK | os.X_OK):
+            return f"{path} is not writable by this user (uid {os.geteuid()})"
+        return None
+    parent = target.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"cannot be created: {parent} is not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot be created: {parent} is not writable by this user (uid {os.geteuid()})"
+    return None
 
 
 class Agent:
