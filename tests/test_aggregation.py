@@ -273,3 +273,82 @@ def test_final_flush_ships_the_open_bucket() -> None:
     agg.add("g", "g", 2)  # still in the same bucket: kept and shipped by the next flush
     clock.now = T0 + 10
     assert by_name(agg.flush(clock.now))["g"].points == [(int(T0), 2.0)]
+
+
+def _counts_at_an_intake(shipped: list) -> dict[tuple, float]:
+    """What an intake keeps: one point per (metric, tags, host, timestamp), the last one sent; and the
+    count each point stands for (a RATE point is value x interval)."""
+    kept: dict[tuple, float] = {}
+    for s in shipped:
+        for ts, value in s.points:
+            kept[(s.metric, s.tags, s.host, ts)] = value * s.interval if s.type == RATE else value
+    return kept
+
+
+@pytest.mark.parametrize(("old", "new"), [(10, 15), (10, 3), (1, 3), (3, 10), (7, 10)])
+def test_an_interval_change_by_reload_never_ships_a_bucket_twice_nor_loses_counts(old, new) -> None:
+    """Counters sampled every second across a reload that changes flush_interval_secs; flushed when the
+    aggregator says each bucket closes (as the agent's flush loop does)."""
+    agg, clock, _ = make(f"flush_interval_secs = {old}\n")
+    clock.now = T0 + 0.5
+    shipped, sent, flushes = [], 0, set()
+    next_flush = agg.next_flush_at(clock.now)
+    for step in range(80):
+        if step == 23:  # mid-bucket for every pair above
+            agg.reload(load_config_text(f'[agent]\nhostname = "host-a"\nflush_interval_secs = {new}\n'))
+            next_flush = min(next_flush, agg.next_flush_at(clock.now))
+        agg.add("req", "c", 1.0, "a:1")
+        agg.add("hist", "h", 2.0)
+        sent += 1
+        clock.now += 1.0
+        if clock.now >= next_flush:
+            result = agg.flush(clock.now)
+            shipped += result.series
+            flushes.add(int(clock.now))
+            next_flush = agg.next_flush_at(clock.now)
+    shipped += agg.flush(clock.now, final=True).series
+    points = [(s.metric, ts) for s in shipped for ts, _ in s.points]
+    assert len(points) == len(set(points)), "a bucket start was shipped twice for one series"
+    kept = _counts_at_an_intake(shipped)
+    assert sum(v for k, v in kept.items() if k[0] == "req") == pytest.approx(sent)
+    assert sum(v for k, v in kept.items() if k[0] == "hist.count") == pytest.approx(sent)
+    # after the change, points are `new` seconds apart and carry interval = new
+    late = sorted(ts for s in shipped if s.metric == "req" for ts, _ in s.points if ts > T0 + 40)
+    assert {b - a for a, b in zip(late, late[1:])} == {new}
+    assert {s.interval for s in shipped if s.metric == "req" and s.points[0][0] > T0 + 40} == {new}
+
+
+def test_next_flush_at_is_the_end_of_the_open_bucket() -> None:
+    agg, clock, _ = make()
+    assert agg.next_flush_at(T0 + 0.2) == T0 + 10
+    assert agg.next_flush_at(T0 + 9.99) == T0 + 10
+    assert agg.next_flush_at(T0 + 10) == T0 + 20
+    agg.add("c", "c", 1)
+    clock.now = agg.next_flush_at(clock.now) + 0.05  # where the flush loop wakes: exactly the closed bucket
+    assert by_name(agg.flush(clock.now))["c"].points == [(int(T0), 0.1)]
+
+
+def test_context_cap_drops_new_contexts_and_keeps_existing_ones_exact() -> None:
+    agg, clock, telemetry = make("max_metric_contexts = 3\n")
+    for i in range(3):
+        agg.add(f"m{i}", "c", 1, "a:1,k:v")
+    for _ in range(4):
+        agg.add("m0", "c", 2, "a:1,k:v")  # existing: aggregated as ever
+        agg.add("m1", "c", 1, "k:v,a:1")  # a new raw key for an existing context (tag order): aggregated
+        agg.add("over", "c", 5, "k:v")  # would be a fourth context: dropped
+        agg.add("m2", "g", 7, "k:v")  # a new type is a new context: dropped too
+    agg.add("ts", "c", 1, "k:v", timestamp=T0)  # timestamped samples are no contexts: not capped
+    assert len(agg) == 3
+    comp = telemetry.component("aggregator")
+    assert comp.get("dropped", reason="context_limit") == 8
+    assert comp.info["max_metric_contexts"] == 3
+    clock.now = T0 + 10
+    out = by_name(agg.flush(clock.now))
+    assert out["m0"].points == [(int(T0), (1 + 4 * 2) / 10)]
+    assert out["m1"].points == [(int(T0), (1 + 4) / 10)]
+    assert set(out) == {"m0", "m1", "m2", "ts"}
+    # the cap is on live contexts: once some expire, new ones are taken again
+    clock.now = T0 + 400
+    agg.flush(clock.now)
+    agg.add("over", "c", 5, "k:v")
+    assert len(agg) == 1

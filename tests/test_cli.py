@@ -7,6 +7,8 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
 from harness import TEST_API_KEY
 
 
@@ -77,3 +79,32 @@ def test_validate_rejects_a_scrub_rule_without_a_regex_or_a_default_to_override(
     result = llmship("validate", "--config", str(path))
     assert result.returncode == 2
     assert result.stderr.startswith("llmship: invalid config: scrub.rules:"), result.stderr
+
+
+def test_validate_rejects_a_spool_dir_that_is_a_file_or_cannot_be_created(tmp_path):
+    a_file = tmp_path / "not-a-dir"
+    a_file.write_text("x")
+    for spool_dir, reason in ((a_file, f"{a_file} exists and is not a directory"),
+                              (a_file / "spool", f"cannot be created: {a_file} is not a directory")):
+        path = tmp_path / "llmship.toml"
+        path.write_text(f'[delivery]\nspool_dir = "{spool_dir}"\n')
+        result = llmship("validate", "--config", str(path))
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip() == f"llmship: invalid config: delivery.spool_dir: {reason}"
+    path.write_text(f'[delivery]\nspool_dir = "{tmp_path / "new" / "spool"}"\n')  # made at start: fine
+    assert llmship("validate", "--config", str(path)).returncode == 0
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere on a writable file system")
+def test_validate_rejects_an_unwritable_spool_dir(tmp_path):
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    spool.chmod(0o500)
+    try:
+        path = tmp_path / "llmship.toml"
+        path.write_text(f'[delivery]\nspool_dir = "{spool}"\n')
+        result = llmship("validate", "--config", str(path))
+        assert result.returncode == 2
+        assert f"delivery.spool_dir: {spool} is not writable by this user" in result.stderr
+    finally:
+        spool.chmod(0o700)

@@ -307,3 +307,19 @@ def test_self_metrics_ship_increases_as_counts_and_gauges_as_is():
     second = {(name, tags): (mtype, value) for name, mtype, value, tags in self_metrics(telemetry)}
     assert second[("llmship.events_received", "llmship:self,component:dogstatsd")] == ("c", 6)
     assert second[("llmship.dropped", "llmship:self,component:dogstatsd,reason:parse_error")] == ("c", 0)
+
+
+def test_a_failing_gauge_is_reported_with_its_error_not_silently_none():
+    telemetry = Telemetry()
+    comp = telemetry.component("delivery.logs")
+    comp.inc("events_received", 3)
+    comp.gauge("queue_items", lambda: 1)
+    comp.gauge("spool_bytes", lambda: 1 / 0)
+    doc = telemetry.snapshot()
+    data = doc["components"]["delivery.logs"]
+    assert data["gauges"] == {"queue_items": 1, "spool_bytes": None}
+    assert data["info"]["gauge_errors"] == {"spool_bytes": "ZeroDivisionError: division by zero"}
+    assert comp.info.get("gauge_errors") is None  # the snapshot says it; the component keeps no stale copy
+    table = render_table(doc)
+    assert "Gauges not read:" in table
+    assert "delivery.logs  spool_bytes: unavailable: ZeroDivisionError: division by zero" in table

@@ -12,6 +12,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from llmship import __version__, notify
 from llmship import log as logmod
@@ -37,6 +38,11 @@ from llmship.transforms.scrub import Scrubber
 
 log = get_logger("agent")
 
+# The flush loop wakes this long after a bucket's end: the event loop's timers run on the monotonic clock
+# and may fire up to a clock tick early, and the wall clock may be slewed meanwhile; a wake-up before the
+# end would find the bucket still open (harmless: the loop flushes nothing and sleeps until the end).
+_FLUSH_AFTER_BUCKET_END_SECS = 0.05
+
 
 @dataclass
 class Topology:
@@ -57,6 +63,10 @@ class Topology:
 def build(cfg: Config, telemetry: Telemetry | None = None, *, readiness=None, info_provider=None) -> Topology:
     """Construct every component from config without binding a socket or starting a task."""
     telemetry = telemetry or Telemetry()
+    if cfg.delivery.spool_dir:
+        problem = directory_problem(cfg.delivery.spool_dir)
+        if problem:  # found now, not at the first failed delivery (when the spool is what should help)
+            raise ConfigError([f"delivery.spool_dir: {problem}"])
     delivery = Delivery(cfg, telemetry)
     aggregator = Aggregator(cfg, telemetry)
     metrics_sink = MetricsSink(cfg, delivery.submit, telemetry)
@@ -79,6 +89,28 @@ def build(cfg: Config, telemetry: Telemetry | None = None, *, readiness=None, in
                     [trace_sink, llmobs_sink, logs_sink], sources, status)
 
 
+def directory_problem(path: str) -> str | None:
+    """Why ``path`` cannot serve as a directory this process writes in (creating it if need be), or None.
+
+    Checked with os.access for this process's user; a directory that exists must allow writing and
+    entering, a missing one needs its nearest existing parent to allow that."""
+    target = Path(path)
+    if target.exists() or target.is_symlink():
+        if not target.is_dir():
+            return f"{path} exists and is not a directory"
+        if not os.access(target, os.W_OK | os.X_OK):
+            return f"{path} is not writable by this user (uid {os.geteuid()})"
+        return None
+    parent = target.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"cannot be created: {parent} is not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot be created: {parent} is not writable by this user (uid {os.geteuid()})"
+    return None
+
+
 class Agent:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -87,6 +119,8 @@ class Agent:
         self._stop = asyncio.Event()
         self._signals_seen = 0
         self._tasks: list[asyncio.Task] = []
+        self._clock = time.time  # bucket times are wall-clock seconds (the aggregator's clock)
+        self._sleep = asyncio.sleep
 
     def _info(self) -> dict:
         return {**describe_config(self.cfg), "destination": self._destination()}
@@ -144,11 +178,12 @@ class Agent:
         self._stop.set()
 
     async def _flush_loop(self) -> None:
-        interval = self.cfg.agent.flush_interval_secs
-        next_at = time.monotonic() + interval
+        """Flush as each bucket closes (the aggregator's own bucket ends, which follow a reload's new
+        interval), so a hard kill loses at most the open bucket, not also a closed one waiting for a tick."""
+        aggregator = self.topology.aggregator
         while True:
-            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-            next_at += interval
+            now = self._clock()
+            await self._sleep(max(0.0, aggregator.next_flush_at(now) + _FLUSH_AFTER_BUCKET_END_SECS - now))
             await self._flush_metrics()
 
     async def _flush_metrics(self, final: bool = False) -> None:
@@ -159,7 +194,7 @@ class Agent:
             if self.cfg.status.ship_self_metrics:
                 for name, mtype, value, tags in self_metrics(t.telemetry):
                     t.aggregator.add(name, mtype, value, tags)
-            result = t.aggregator.flush(time.time(), final=final)
+            result = t.aggregator.flush(self._clock(), final=final)
             if final:
                 t.metrics_sink.ship(result)
             else:
@@ -187,7 +222,8 @@ class Agent:
             notify.ready()
             return
         t = self.topology
-        for component in (t.aggregator, t.llm, t.log_processor, t.delivery, t.metrics_sink, *t.sinks, t.status):
+        for component in (t.aggregator, t.llm, t.log_processor, t.delivery, t.metrics_sink, *t.sinks, t.status,
+                          *t.sources):
             reload = getattr(component, "reload", None)
             if reload is not None:
                 reload(new)

@@ -9,7 +9,16 @@ time a raw key is seen.
 Agent behaviour followed here (sources in datadog-agent unless noted):
 - Buckets: a sample lands in the bucket ``t - t % interval`` of its arrival time; ``flush(now)`` ships every
   bucket that ended at or before the start of now's bucket, stamped with the bucket start
-  (TimeSampler.calculateBucketStart / isBucketStillOpen / flushSeries).
+  (TimeSampler.calculateBucketStart / isBucketStillOpen / flushSeries). ``next_flush_at(now)`` is when
+  now's bucket closes: the agent's flush loop wakes then, so a bucket ships as soon as it closes.
+- A new ``flush_interval_secs`` (SIGHUP) takes effect where the bucket open at the reload ends: buckets
+  never overlap, so no bucket start (a point's timestamp) is shipped twice for a series (the intake keeps
+  one point per series and timestamp: a repeat would replace counts, not add to them). Until a restart,
+  the new buckets are aligned on that switch time rather than on ``t - t % interval``; each point ships
+  with the length of its own bucket as ``interval``, so value x interval stays the count.
+- Cardinality cap (ours; the Agent has none): past ``[agent] max_metric_contexts`` live contexts, a
+  sample that would create a context is dropped (dropped{reason=context_limit}); existing contexts keep
+  aggregating. Checked only when a context is created, never on the per-sample path.
 - Counter (``c``): sum of value/rate, shipped as RATE = sum / interval with ``interval`` set (counter.go).
 - Gauge (``g``): last value, rate ignored (gauge.go). Set (``s``): number of distinct values, as a gauge
   (set.go).
@@ -66,6 +75,7 @@ from llmship.telemetry import Telemetry
 COUNT, RATE, GAUGE = 1, 2, 3
 
 COUNTER_EXPIRY_SECS = 300  # dogstatsd_expiry_seconds: how long an idle counter keeps shipping zeros
+_FIRST_EPOCH = -(1 << 62)  # the start of the first interval "epoch": before any bucket
 CONTEXT_EXPIRY_SECS = 20  # dogstatsd_context_expiry_seconds
 HISTOGRAM_PERCENTILES = (95,)  # histogram_percentiles default ["0.95"]
 MAX_PENDING_TIMESTAMPED = 100_000  # bound on `T` points waiting for the next flush (ours, not the Agent's)
@@ -242,17 +252,77 @@ class Aggregator:
         self._timestamped: list[Series] = []
         self._last_cutoff = 0
         self._samples = 0
+        # Bucket grid: start = t - (t - phase) % interval. phase is 0 until a reload changes the interval;
+        # _pending is (switch time, new interval) until the bucket open at that reload has ended;
+        # _epochs lists (from, interval) so a bucket's length is known after a change.
+        interval = _interval_of(cfg)
+        self.interval, self._phase = interval, 0
+        self._pending: tuple[int, int] | None = None
+        self._epochs: list[tuple[int, int]] = [(_FIRST_EPOCH, interval)]
+        self._hostname = None
+        self._default_tags = None
         self.reload(cfg)
         self._tel.gauge("contexts", lambda: len(self._contexts))
         # samples accepted; those of the open bucket are counted when it is flushed (no cost per sample)
         self._tel.gauge("samples", lambda: self._samples)
 
     def reload(self, cfg) -> None:
-        """Take new agent settings (hostname, default tags, interval). Known contexts keep their tags."""
+        """Take new agent settings: interval (from the end of the open bucket), context cap, hostname and
+        default tags (for the samples received from now on)."""
         agent = cfg.agent
-        self.interval = max(1, int(round(agent.flush_interval_secs)))
+        self._max_contexts = agent.max_metric_contexts
+        self._tel.set_info("max_metric_contexts", self._max_contexts)
+        default_tags = agent_default_tags(agent)
+        if self._hostname is not None and (agent.hostname, default_tags) != (self._hostname, self._default_tags):
+            # Raw keys resolve again, to contexts with the new host and tags; the old contexts ship what
+            # they hold and expire as idle contexts do.
+            self._by_raw = {}
         self._hostname = agent.hostname
-        self._default_tags = agent_default_tags(agent)
+        self._default_tags = default_tags
+        self._change_interval(_interval_of(cfg))
+
+    def _change_interval(self, interval: int) -> None:
+        now = int(self._clock())
+        self._switch_if_due(now)
+        if self._pending is not None:
+            switch_at = self._pending[0]  # a second reload before the first took effect: same switch time
+        elif interval == self.interval:
+            return
+        else:
+            switch_at = now - (now - self._phase) % self.interval + self.interval  # end of the open bucket
+        self._pending = None if interval == self.interval else (switch_at, interval)
+
+    def _switch_if_due(self, now: int) -> None:
+        if self._pending is not None and now >= self._pending[0]:
+            switch_at, interval = self._pending
+            self._pending = None
+            self.interval, self._phase = interval, switch_at % interval
+            self._epochs.append((switch_at, interval))
+
+    def next_flush_at(self, now: float) -> int:
+        """When the bucket holding ``now`` ends: the first time ``flush`` has it to ship."""
+        t = int(now)
+        if self._pending is not None and t >= self._pending[0]:
+            switch_at, interval = self._pending
+            phase = switch_at % interval
+        else:
+            interval, phase = self.interval, self._phase
+        return t - (t - phase) % interval + interval
+
+    def _length_of(self) -> Callable[[int], int]:
+        """bucket start -> its length, for what one flush renders (a snapshot: later reloads don't count)."""
+        epochs = tuple(self._epochs)
+        if len(epochs) == 1:
+            interval = epochs[0][1]
+            return lambda bucket: interval
+
+        def length(bucket: int) -> int:
+            for start, interval in reversed(epochs):
+                if bucket >= start:
+                    return interval
+            return epochs[0][1]
+
+        return length
 
     def __len__(self) -> int:
         return len(self._contexts)
@@ -339,7 +409,9 @@ class Aggregator:
         return True
 
     def _advance(self, now: float) -> None:
-        start = int(now) - int(now) % self.interval
+        t = int(now)
+        self._switch_if_due(t)
+        start = t - (t - self._phase) % self.interval
         self._bucket, self._bucket_end = start, start + self.interval
 
     def _enter_bucket(self, ctx: _Context) -> None:
@@ -356,7 +428,16 @@ class Aggregator:
         # Names and hosts repeat across contexts: interned, each is stored once.
         host = self._hostname if host is None else sys.intern(host)
         candidate = cls(sys.intern(name), host, self._canonical_tags(raw_tags))
-        ctx = self._contexts.setdefault(candidate, candidate)  # the same context under another tag order
+        if len(self._contexts) >= self._max_contexts:  # here only: a raw key seen before never gets here
+            ctx = self._contexts.get(candidate)  # the same context under another tag order is no new one
+            if ctx is None:
+                self._tel.inc("dropped", reason="context_limit")
+                self._rl.warning("context_limit", "metric_context_limit_reached", metric=name[:200],
+                                 max_metric_contexts=self._max_contexts,
+                                 hint="a tag with unbounded values (ids)? or raise agent.max_metric_contexts")
+                return None
+        else:
+            ctx = self._contexts.setdefault(candidate, candidate)  # the same context under another tag order
         self._by_raw[raw_key] = ctx
         return ctx
 
@@ -402,12 +483,17 @@ class Aggregator:
         This only takes the ready aggregates, decides the counters' zeros and expires contexts, in one pass
         over the contexts (about 1 us each); the series and sketches are built as the result is drained
         (see FlushResult), while samples arriving meanwhile go to the new bucket."""
+        t = int(now)
+        self._switch_if_due(t)
         interval = self.interval
-        cutoff = int(now) - int(now) % interval
-        limit = math.inf if final else cutoff  # a bucket is ready once bucket + interval <= limit
-        closed = [row for row in self._closed if row[0] + interval <= limit]
+        cutoff = t - (t - self._phase) % interval
+        length_of = self._length_of()
+        # A bucket is ready once it ended by the limit. Buckets never straddle a grid boundary (an interval
+        # change takes effect at one), so a bucket starting before the cutoff has ended by it.
+        limit = math.inf if final else cutoff
+        closed = [row for row in self._closed if row[0] < limit]
         if closed:
-            self._closed = [row for row in self._closed if row[0] + interval > limit]
+            self._closed = [row for row in self._closed if row[0] >= limit]
         rows = list(closed)
         idle_counters: list[_Context] = []  # counters with no aggregate taken in this pass
         expired: list[_Context] = []
@@ -417,7 +503,7 @@ class Aggregator:
         samples = 0
         for ctx in self._contexts:
             bucket, n = ctx.bucket, ctx.n
-            if n and bucket + interval <= limit:
+            if n and bucket < limit:
                 rows.append((bucket, ctx, n, ctx.acc))
                 ctx.n, ctx.acc = 0, 0.0  # detached: no buffer until sampled again
                 samples += n
@@ -428,9 +514,11 @@ class Aggregator:
                 expired.append(ctx)
         self._samples += samples + sum(row[2] for row in closed)
         buckets = sorted({row[0] for row in rows})
-        if not buckets and self._last_cutoff + interval <= cutoff:
-            buckets = [cutoff - interval]  # nothing sampled: still ship the counters' zeros
+        if not buckets and self._last_cutoff < cutoff:
+            buckets = [cutoff - length_of(cutoff - 1)]  # nothing sampled: still ship the counters' zeros
         self._last_cutoff = cutoff
+        while len(self._epochs) > 1 and self._epochs[1][0] <= cutoff:
+            del self._epochs[0]  # every bucket of that epoch ended by the cutoff: shipped (or in this result)
         zeros: list[_Context] = []  # counters that get a zero for the only bucket (see below)
         if len(buckets) == 1:
             sampled = {id(row[1]) for row in closed}
@@ -439,7 +527,7 @@ class Aggregator:
         elif buckets:  # a late flush: a counter may lack some buckets, and has one series for them all
             rows.extend(_counter_zeros(rows, [c for c in self._contexts if c.kind == _COUNTER], buckets))
             rows.sort(key=lambda row: (id(row[1]), row[0]))  # a context's rows together, in time order
-        pending = self._render(rows, zeros, buckets[0] if zeros else 0, interval) if rows or zeros else None
+        pending = self._render(rows, zeros, buckets[0] if zeros else 0, length_of) if rows or zeros else None
         result = FlushResult(series=self._timestamped, pending=pending)
         self._timestamped = []
         if expired:
@@ -447,14 +535,18 @@ class Aggregator:
         return result
 
     def _render(self, rows: list[_Row], zeros: list[_Context], zeros_bucket: int,
-                interval: int) -> Iterator[Series | SketchSeries]:
+                length_of: Callable[[int], int]) -> Iterator[Series | SketchSeries]:
         """Series and sketches from ``rows`` (a context's rows are consecutive, in time order), releasing
-        each row once rendered; then a zero at ``zeros_bucket`` for each of the ``zeros`` counters."""
+        each row once rendered; then a zero at ``zeros_bucket`` for each of the ``zeros`` counters. A series
+        holds buckets of one length (its ``interval``): after an interval change, a context's buckets of
+        each length make a series each."""
         rows.reverse()  # popped from the end, in order
         while rows:
             bucket, ctx, _, acc = rows.pop()
             group = [(bucket, acc)]
-            while rows and rows[-1][1] is ctx:  # the same context in a later bucket (a late flush)
+            interval = length_of(bucket)
+            # the same context in a later bucket of the same length (a late flush)
+            while rows and rows[-1][1] is ctx and length_of(rows[-1][0]) == interval:
                 row = rows.pop()
                 group.append((row[0], row[3]))
             if ctx.kind == _DISTRIBUTION:
@@ -474,7 +566,7 @@ class Aggregator:
                     yield Series(ctx.name + suffix if suffix else ctx.name, mtype, interval, points, ctx.tags,
                                  ctx.host)
         for ctx in zeros:
-            yield Series(ctx.name, RATE, interval, [(zeros_bucket, 0.0)], ctx.tags, ctx.host)
+            yield Series(ctx.name, RATE, length_of(zeros_bucket), [(zeros_bucket, 0.0)], ctx.tags, ctx.host)
 
     def _values(self, kind: int, acc: object, interval: int) -> tuple[float, ...]:
         """One bucket's values of a context's series, in _SERIES_SHAPES order."""
@@ -534,3 +626,7 @@ def _weighted_rank(samples: list[tuple[float, int]], target: int) -> float:
         if seen > target:
             return value
     return samples[-1][0]
+
+
+def _interval_of(cfg) -> int:
+    return max(1, int(round(cfg.agent.flush_interval_secs)))

@@ -41,6 +41,9 @@ class AgentConfig:
     version: str = ""
     tags: tuple[str, ...] = ()
     flush_interval_secs: float = 10.0  # the Datadog Agent's DogStatsD bucket size
+    # Live metric contexts at most; samples that would create more are dropped (reason=context_limit).
+    # About 480 bytes a context (README): 500,000 is ~240 MB, a bound on a runaway tag, not a budget.
+    max_metric_contexts: int = 500_000
     data_dir: str = "llmship-data"
     log_level: str = "info"
     log_format: str = "auto"  # auto: console on a terminal, JSON otherwise
@@ -355,6 +358,7 @@ def _validate(cfg: Config, problems: list[str]) -> None:
 
     a = cfg.agent
     positive("agent.flush_interval_secs", a.flush_interval_secs)
+    positive("agent.max_metric_contexts", a.max_metric_contexts)
     check(a.log_level.lower() in ("debug", "info", "warning", "error"), "agent.log_level",
           f"expected debug, info, warning or error, got {a.log_level!r}")
     check(a.log_format in ("auto", "console", "json"), "agent.log_format",

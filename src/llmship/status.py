@@ -319,6 +319,11 @@ def _human_bytes(n: float) -> str:
     raise AssertionError("unreachable")
 
 
+def _one_line(text: object) -> str:
+    text = " ".join(str(text).split())
+    return text[:_MAX_DETAIL_CHARS] + "..." if len(text) > _MAX_DETAIL_CHARS else text
+
+
 def _count(n: float | None) -> str:
     return "-" if n is None else f"{n:,.0f}"
 
@@ -377,7 +382,7 @@ def render_table(status_json: dict[str, Any], now: float | None = None) -> str:
     header = ("COMPONENT", "RECEIVED (ev / bytes)", "SENT (ev / bytes)", "DROPPED", "RETRIES",
               "QUEUE (items / bytes)", "SPOOL (files / bytes)")
     rows = [header]
-    drops, errors, idle = [], [], []
+    drops, errors, gauge_errors, idle = [], [], [], []
     for name, data in components:
         gauges = data.get("gauges", {})
         cells = (
@@ -404,6 +409,10 @@ def render_table(status_json: dict[str, Any], now: float | None = None) -> str:
             when = _ago(last.get("at"), now)
             errors.append((name, f"{last.get('reason', '?')}: {detail}  "
                                  f"({when + ', ' if when else ''}errors: {_count(_counter(data, 'errors'))})"))
+        failed = data.get("info", {}).get("gauge_errors")  # telemetry.snapshot: gauges that could not be read
+        if isinstance(failed, dict):
+            for gauge, error in sorted(failed.items()):
+                gauge_errors.append((name, f"{gauge}: unavailable: {_one_line(error)}"))
     if len(rows) == 1:
         out.append("no components have reported yet")
     else:
@@ -414,7 +423,8 @@ def render_table(status_json: dict[str, Any], now: float | None = None) -> str:
     if idle:
         out.append(f"(nothing counted yet: {', '.join(idle)})")
 
-    for title, entries in (("Dropped, by reason:", drops), ("Last error:", errors)):
+    for title, entries in (("Dropped, by reason:", drops), ("Last error:", errors),
+                           ("Gauges not read:", gauge_errors)):
         if entries:
             width = max(len(name) for name, _ in entries)
             out += ["", title] + [f"  {name.ljust(width)}  {text}" for name, text in entries]

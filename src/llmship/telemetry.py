@@ -66,17 +66,20 @@ class Telemetry:
         out: dict[str, Any] = {"uptime_secs": round(time.time() - self.started, 3), "components": {}}
         for name, comp in sorted(self.components.items()):
             gauges = {}
+            gauge_errors = {}
             for gname, read in comp.gauges.items():
                 try:
                     gauges[gname] = read()
-                except Exception:  # a gauge must never break the status endpoint
+                except Exception as e:  # a gauge must never break the status endpoint, nor fail unseen
                     gauges[gname] = None
+                    gauge_errors[gname] = f"{type(e).__name__}: {e}"[:500]
             out["components"][name] = {
                 "counters": [
                     {"name": n, "labels": dict(labels), "value": v}
                     for (n, labels), v in sorted(comp.counters.items())
                 ],
                 "gauges": gauges,
-                "info": comp.info,
+                # None above says "unknown"; gauge_errors says why (a gauge that recovers drops out of it)
+                "info": {**comp.info, "gauge_errors": gauge_errors} if gauge_errors else comp.info,
             }
         return out

@@ -238,3 +238,24 @@ async def test_kind_names_cannot_escape_the_spool_directory(tmp_path):
     await spool.open()
     with pytest.raises(ValueError):
         await spool.write("../etc", [payload(1, kind="../etc")])
+
+
+async def test_a_failing_free_space_check_is_an_error_not_disk_low(tmp_path, monkeypatch):
+    """statvfs failing says nothing about free space: counted as an error with its reason, and the write
+    is still attempted (it succeeds here), never refused as "spool_disk_low"."""
+    import errno
+
+    tel = Telemetry()
+    spool = make_spool(tmp_path, tel)
+    await spool.open()
+
+    def broken_disk_usage(path):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(shutil, "disk_usage", broken_disk_usage)
+    assert await spool.write("logs", [payload(3)]) is None
+    assert spool.files("logs") == 1
+    comp = tel.component("delivery.logs")
+    assert comp.get("errors", reason="spool_disk_usage") == 1
+    assert comp.get("dropped") == 0
+    assert "Input/output error" in comp.info["last_error"]["detail"]

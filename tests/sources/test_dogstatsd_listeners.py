@@ -315,3 +315,18 @@ def test_every_listener_on_uvloop(tmp_path):
 
     assert uvloop.run(scenario()) == [("via.stream", "c", 3.0, ""), ("via.udp", "c", 1.0, ""),
                                       ("via.unix", "c", 2.0, "")]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the drops column is Linux's /proc/net/udp")
+def test_kernel_drops_of_an_unknown_socket_is_unavailable_with_its_reason_not_zero():
+    from llmship.sources.dogstatsd import GaugeUnavailable, linux_udp_drops
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as not_udp:  # an inode no /proc/net/udp row has
+        inode = os.fstat(not_udp.fileno()).st_ino
+        with pytest.raises(GaugeUnavailable, match=f"no row for socket inode {inode}"):
+            linux_udp_drops(inode)
+        telemetry = Telemetry()
+        telemetry.component("dogstatsd").gauge("kernel_drops", lambda: linux_udp_drops(inode))
+        doc = telemetry.snapshot()["components"]["dogstatsd"]
+    assert doc["gauges"]["kernel_drops"] is None
+    assert f"no row for socket inode {inode}" in doc["info"]["gauge_errors"]["kernel_drops"]

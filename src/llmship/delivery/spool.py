@@ -202,7 +202,7 @@ class Spool:
             raise ValueError(f"payload kind {kind!r} is not a valid spool directory name")
         metas = [_meta(p) for p in payloads]
         size = FILE_HEADER.size + sum(RECORD_HEADER.size + len(m) + len(p.body) for m, p in zip(metas, payloads))
-        refused = self._make_room(size)
+        refused = self._make_room(size, kind)
         if refused:
             return refused
         self._seq = (self._seq + 1) % 1_000_000
@@ -221,13 +221,18 @@ class Spool:
         self._add(SpoolFile(path, kind, size, _written(name), records))
         return None
 
-    def _make_room(self, size: int) -> str | None:
+    def _make_room(self, size: int, kind: str) -> str | None:
         """None when ``size`` more bytes fit (evicting the oldest files for the budget), else why not."""
         try:
             free = shutil.disk_usage(self.directory).free
-        except OSError:
-            free = 0
-        if free - size < self.min_free_bytes:  # checked first: refusing must not cost evictions
+        except OSError as e:
+            # Unknown is not "low": say what failed, and let the write itself find out (it fails with
+            # its own error, or succeeds: refusing would drop data over a failed statvfs).
+            detail = f"cannot read free space of {self.directory}: {type(e).__name__}: {e.strerror or e}"
+            self._component(kind).error("spool_disk_usage", detail)
+            self._limited.error(f"disk_usage:{kind}", "spool_disk_usage_failed", kind=kind, error=detail)
+            free = None
+        if free is not None and free - size < self.min_free_bytes:  # first: refusing must not cost evictions
             self._limited.warning("disk_low", "spool_disk_low", directory=str(self.directory), free_bytes=free,
                                   min_free_bytes=self.min_free_bytes)
             return "spool_disk_low"

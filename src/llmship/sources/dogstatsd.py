@@ -23,13 +23,14 @@ the general parser.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import socket
-import stat
 import sys
 import time
 from pathlib import Path
 
+from llmship import unixsock
 from llmship.config import Config, parse_host_port
 from llmship.log import RateLimited, get_logger
 from llmship.telemetry import Component
@@ -76,6 +77,11 @@ class DogStatsDParser:
         # suffix after the value ("h|@0.5|#env:prod") -> (mtype, tags, rate, host), for float types only
         self._suffixes: dict[str, tuple[str, str, float, str | None]] = {}
         self._bad_input_log = RateLimited(log)
+
+    def reload(self, hostname: str) -> None:
+        """The host events and service checks get when they name none. Metric hosts are the
+        aggregator's (its own reload); the suffix cache holds no host of the agent's, only `host:` tags."""
+        self._hostname = hostname
 
     # ------------------------------------------------------------------------------------------ hot path
 
@@ -362,9 +368,21 @@ class DogStatsDSource:
         self._datagram_socks: list[socket.socket] = []
         self._stream_server: asyncio.AbstractServer | None = None
         self._stream_transports: set[asyncio.Transport] = set()
-        self._socket_files: list[tuple[str, int]] = []  # (path, inode) we created, removed on shutdown
+        self._socket_files: list[tuple[str, unixsock.FileId]] = []  # files we created, removed on shutdown
         self._bad_input_log = RateLimited(log)
         self._started = False
+
+    def reload(self, cfg: Config) -> None:
+        """SIGHUP: apply what is read per datagram or per connection; listener addresses and the receive
+        buffer need a restart (rebinding would lose what the kernel holds for us)."""
+        self.parser.reload(cfg.agent.hostname)
+        new, old = cfg.sources.dogstatsd, self._cfg
+        kept = ("udp", "socket", "stream_socket", "receive_buffer_bytes")
+        changed = [key for key in kept if getattr(new, key) != getattr(old, key)]
+        if changed:
+            log.warning("reload_needs_restart", keys=[f"sources.dogstatsd.{key}" for key in changed])
+        # max_packet_bytes: read by every batch of datagrams, and by each new stream connection
+        self._cfg = dataclasses.replace(new, **{key: getattr(old, key) for key in kept})
 
     async def start(self) -> None:
         if self._started:
@@ -383,7 +401,11 @@ class DogStatsDSource:
             raise
 
     async def shutdown(self, deadline: float) -> None:
-        """Stop listening; parse what the kernel already holds (until ``deadline``); remove socket files."""
+        """Remove our socket files; stop listening; parse what the kernel already holds (until ``deadline``)."""
+        # First, while the sockets are open (see unixsock.remove_if_ours): no new client finds us after this.
+        for path, file_id in self._socket_files:
+            unixsock.remove_if_ours(path, file_id)
+        self._socket_files.clear()
         loop = asyncio.get_running_loop()
         if self._stream_server is not None:
             self._stream_server.close()
@@ -399,9 +421,6 @@ class DogStatsDSource:
             self._read_datagrams(sock, deadline=deadline)
             sock.close()
         self._datagram_socks.clear()
-        for path, inode in self._socket_files:
-            _remove_socket_file(path, inode)
-        self._socket_files.clear()
 
     # ------------------------------------------------------------------------------------------ datagrams
 
@@ -519,14 +538,7 @@ class DogStatsDSource:
         log.info("listener_bound", transport="unix_stream", address=path)
 
     def _bind_unix(self, sock: socket.socket, path: str) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_socket_file(path, sock.type)
-        try:
-            sock.bind(path)
-        except OSError as e:
-            raise OSError(e.errno, f"dogstatsd: cannot listen on {path}: {e.strerror}") from None
-        os.chmod(path, _SOCKET_FILE_MODE)
-        self._socket_files.append((path, os.stat(path).st_ino))
+        self._socket_files.append((path, unixsock.bind_unix(sock, path, _SOCKET_FILE_MODE, "dogstatsd")))
 
 
 class _StreamProtocol(asyncio.Protocol):
@@ -599,10 +611,18 @@ def _grow_receive_buffer(sock: socket.socket, wanted: int) -> int:
     return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
 
 
+class GaugeUnavailable(LookupError):
+    """A gauge's source has no value to give; the message says why (shown as the gauge's error)."""
+
+
 def linux_udp_drops(inode: int) -> int:
     """The `drops` column of /proc/net/udp[6] for the socket with ``inode``: datagrams the kernel
-    discarded because the receive buffer was full."""
+    discarded because the receive buffer was full.
+
+    Raises GaugeUnavailable when the socket's row cannot be found or read: 0 would claim "no drops"
+    when nothing is known (the telemetry snapshot then shows the gauge as None with this reason)."""
     wanted = str(inode)
+    problems = []
     for table in ("/proc/net/udp", "/proc/net/udp6"):
         try:
             with open(table) as f:
@@ -611,9 +631,10 @@ def linux_udp_drops(inode: int) -> int:
                     cols = row.split()
                     if len(cols) >= 13 and cols[9] == wanted:
                         return int(cols[12])
-        except OSError:
-            continue
-    return 0
+        except OSError as e:
+            problems.append(f"{table}: {e.strerror or e}")
+    raise GaugeUnavailable(f"no row for socket inode {inode} in /proc/net/udp or /proc/net/udp6"
+                           + (f" ({'; '.join(problems)})" if problems else ""))
 
 
 def linux_unix_datagram_queue_length() -> int | None:
@@ -621,31 +642,3 @@ def linux_unix_datagram_queue_length() -> int | None:
         return int(Path("/proc/sys/net/unix/max_dgram_qlen").read_text())
     except (OSError, ValueError):  # not Linux, or /proc not mounted
         return None
-
-
-def _remove_stale_socket_file(path: str, kind: int) -> None:
-    """Remove a socket file left by a process that is gone; refuse to touch anything else."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise OSError(f"dogstatsd: {path} exists and is not a socket; not removing it")
-    probe = socket.socket(socket.AF_UNIX, kind)
-    try:
-        probe.connect(path)
-    except OSError:  # ECONNREFUSED: nobody listens there any more
-        os.unlink(path)
-        return
-    finally:
-        probe.close()
-    raise OSError(f"dogstatsd: {path} is in use by another process")
-
-
-def _remove_socket_file(path: str, inode: int) -> None:
-    """Remove our socket file, unless another process has replaced it since."""
-    try:
-        if os.lstat(path).st_ino == inode:
-            os.unlink(path)
-    except FileNotFoundError:
-        pass

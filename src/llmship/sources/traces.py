@@ -47,7 +47,7 @@ import functools
 import hashlib
 import math
 import os
-import stat
+import socket
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -58,6 +58,7 @@ import orjson
 from aiohttp import web
 
 from llmship import NO_EXTENSIONS as _NO_EXTENSIONS
+from llmship import unixsock
 from llmship.compression import DecompressionLimit, decompress
 from llmship.config import Config, parse_host_port
 from llmship.model import LLMOBS_STRUCT_KEY, LLMObsEvent, Span, TracerInfo, root_span
@@ -124,6 +125,7 @@ class TraceSource:
         self._state = hashlib.sha256(self._info_body).hexdigest()
         self._decoders = asyncio.Semaphore(DECODERS)
         self._runner: web.AppRunner | None = None
+        self._socket_file: tuple[socket.socket, unixsock.FileId] | None = None
 
     # ------------------------------------------------------------------------------------ lifecycle
 
@@ -151,11 +153,14 @@ class TraceSource:
                 host, port = parse_host_port(self._cfg.listen)
                 await web.TCPSite(runner, host, port).start()
             if self._cfg.socket:
-                _remove_stale_socket(self._cfg.socket)
-                await web.UnixSite(runner, self._cfg.socket).start()
-                os.chmod(self._cfg.socket, SOCKET_MODE)
+                self._socket_file = _bind_unix_socket(self._cfg.socket)
+                await web.SockSite(runner, self._socket_file[0]).start()
         except BaseException:
+            sock = self._socket_file[0] if self._socket_file else None
+            self._remove_socket_file()
             await runner.cleanup()
+            if sock is not None:
+                sock.close()  # bound but never served: runner.cleanup() does not know it
             raise
         self._runner = runner
         for address in runner.addresses:
@@ -170,12 +175,17 @@ class TraceSource:
         runner, self._runner = self._runner, None
         if runner is None:
             return
+        self._remove_socket_file()  # first, while the socket is open (see unixsock.remove_if_ours)
         try:
             await asyncio.wait_for(runner.cleanup(), timeout=max(0.1, deadline - time.monotonic()))
         except TimeoutError:
             log.warning("shutdown_deadline_passed", component="traces")
-        if self._cfg.socket:
-            _remove_stale_socket(self._cfg.socket)
+
+    def _remove_socket_file(self) -> None:
+        # only the file this process bound: another agent may own the path now (llmship.unixsock)
+        bound, self._socket_file = self._socket_file, None
+        if bound is not None:
+            unixsock.remove_if_ours(self._cfg.socket, bound[1])
 
     # ------------------------------------------------------------------------------------ handlers
 
@@ -648,12 +658,14 @@ def _tracer_info(headers: Mapping[str, str], chunks: Chunks) -> TracerInfo:
     )
 
 
-def _remove_stale_socket(path: str) -> None:
-    """Remove a socket left by a previous run; refuse to remove anything that is not a socket."""
+def _bind_unix_socket(path: str) -> tuple[socket.socket, unixsock.FileId]:
+    """A listening unix stream socket at ``path``: refuses a path another process listens on, replaces a
+    stale file (llmship.unixsock). aiohttp's UnixSite would unlink whatever is there without asking."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise OSError(f"cannot reuse {path!r}: not a unix socket")
-    os.remove(path)
+        file_id = unixsock.bind_unix(sock, path, SOCKET_MODE, "traces")
+        sock.listen(128)
+    except BaseException:
+        sock.close()
+        raise
+    return sock, file_id
