@@ -18,8 +18,10 @@ from llmship import log as logmod
 from llmship.aggregation import Aggregator
 from llmship.config import Config, ConfigError, is_loopback, load_config, parse_host_port
 from llmship.delivery import Delivery
+from llmship.delivery.transport import make_transport
 from llmship.log import get_logger
 from llmship.pipeline import Pipeline
+from llmship.sinks.intakes import ROUTES
 from llmship.sinks.llmobs import LLMObsSink
 from llmship.sinks.logs import LogsSink
 from llmship.sinks.metrics import MetricsSink
@@ -55,7 +57,7 @@ class Topology:
 def build(cfg: Config, telemetry: Telemetry | None = None, *, readiness=None, info_provider=None) -> Topology:
     """Construct every component from config without binding a socket or starting a task."""
     telemetry = telemetry or Telemetry()
-    delivery = Delivery(cfg, telemetry)
+    delivery = Delivery(cfg, telemetry, make_transport, spool_routes=ROUTES)
     aggregator = Aggregator(cfg, telemetry)
     metrics_sink = MetricsSink(cfg, delivery.submit, telemetry)
     try:

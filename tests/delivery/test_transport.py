@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from llmship.config import load_config_text
-from llmship.delivery.payload import ENDPOINTS
-from llmship.delivery.transport import FileTransport, HttpTransport, base_url, make_transport
+from llmship.delivery.payload import Route
+from llmship.delivery.transport import FileTransport, HttpTransport, base_url, make_transport, url_for
+from llmship.sinks.intakes import ROUTES
 
 
 @pytest.mark.parametrize("kind, url", [
@@ -17,8 +18,8 @@ from llmship.delivery.transport import FileTransport, HttpTransport, base_url, m
 ])
 def test_site_endpoints(kind, url):
     cfg = load_config_text('[sinks.datadog]\napi_key = "k"\nsite = "datadoghq.eu"\n', env={})
-    assert base_url(cfg, kind) == url
-    assert url + ENDPOINTS[kind][1] == {
+    assert base_url(cfg, ROUTES[kind]) == url
+    assert url_for(cfg, ROUTES[kind]) == {
         "series": "https://api.datadoghq.eu/api/v2/series",
         "logs": "https://http-intake.logs.datadoghq.eu/api/v2/logs",
         "llmobs": "https://llmobs-intake.datadoghq.eu/api/v2/llmobs",
@@ -28,9 +29,9 @@ def test_site_endpoints(kind, url):
 
 def test_url_override_keeps_scheme_host_and_port_only():
     cfg = load_config_text('[sinks.datadog]\nurl = "http://user:secret@proxy.local:8080/some/prefix"\n', env={})
-    assert base_url(cfg, "logs") == "http://proxy.local:8080"
-    assert base_url(cfg, "series") == "http://proxy.local:8080"
-    assert base_url(cfg, "no_such_kind") is None
+    assert base_url(cfg, ROUTES["logs"]) == "http://proxy.local:8080"
+    assert url_for(cfg, ROUTES["series"]) == "http://proxy.local:8080/api/v2/series"
+    assert url_for(cfg, Route("anything", "/x/y")) == "http://proxy.local:8080/x/y"  # routes are opaque
     transport = make_transport(cfg)
     assert isinstance(transport, HttpTransport)
     assert "secret" not in transport.destination and transport.destination == "http://proxy.local:8080"
