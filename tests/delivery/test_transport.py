@@ -51,3 +51,87 @@ def test_a_key_alone_ships_to_the_site_and_is_not_in_the_destination():
     transport = make_transport(cfg)
     assert isinstance(transport, HttpTransport)
     assert transport.destination == "Datadog (datadoghq.com)"
+
+
+# ---------------------------------------------------------------------------------------------- file sink
+
+
+def _sink_payloads(compression: str) -> list:
+    """Payloads of every kind, built by the real sinks from real client captures where there are some."""
+    import json
+
+    from harness import CAPTURES
+    from llmship.aggregation import GAUGE, RATE, FlushResult, Series, SketchSeries
+    from llmship.events import TracerInfo
+    from llmship.sinks.llmobs import LLMObsSink
+    from llmship.sinks.logs import LogsSink
+    from llmship.sinks.metrics import MetricsSink
+    from llmship.sinks.traces import TraceSink
+    from llmship.sketch import Sketch
+    from llmship.sources.traces import decode_v04
+    from llmship.telemetry import Telemetry
+
+    cfg = load_config_text(f'[agent]\nhostname = "h"\n[sinks.datadog]\ncompression = "{compression}"\n', env={})
+    out: list = []
+    tel = Telemetry()
+    metrics = MetricsSink(cfg, out.append, tel)
+    sk = Sketch()
+    for v in (1.0, 2.5, -3.0):
+        sk.insert(v)
+    metrics.ship(FlushResult(
+        series=[Series("req", RATE, 10, [(1700000000, 0.5), (1700000010, 1e-9)], ("a:1", "é:ü"), "h"),
+                Series("depth", GAUGE, 10, [(1700000000, -0.0)], (), "")],
+        sketches=[SketchSeries("lat", "h", ("k:v",), [(1700000000, sk)]), SketchSeries("lat2", "", (), [])]))
+    metrics.send_service_check({"check": "c", "status": 2, "message": "m\n\"q\"", "tags": "a:b"})
+    metrics.ship(FlushResult())
+    metrics.send_event({"title": "t", "text": "x\ny", "tags": ["a:b"]})
+    logs = LogsSink(cfg, out.append, tel)
+    for i in range(3):
+        logs.add({"message": f"line {i} \u2028 ✓", "ddtags": ["env:dev"], "nested": {"n": i, "f": 1.5}})
+    logs.flush()
+    llmobs = LLMObsSink(cfg, out.append, tel)
+    capture = CAPTURES / "ddtrace-4.16" / "evp_llmobs_spans_apm_tracing_disabled.json"
+    for envelope in json.loads(capture.read_text())["body"]:
+        for event in envelope["spans"]:
+            llmobs.add(event)
+    llmobs.flush()
+    traces = TraceSink(cfg, out.append, tel)
+    chunks, _ = decode_v04((CAPTURES / "ddtrace-4.16" / "v04_traces_llmobs_default.msgpack").read_bytes(),
+                           "application/msgpack")
+    for chunk in chunks:
+        traces.add_chunk(chunk, TracerInfo(language="python", runtime_id="rt"))
+    traces.add_chunk(chunks[0], TracerInfo(language="go"))
+    traces.flush()
+    assert {p.kind for p in out} == {"series", "sketches", "service_checks", "events", "logs", "llmobs", "traces"}
+    return out
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd", "identity"])
+async def test_the_file_sink_writes_the_same_lines_as_decoding_whole_payloads(tmp_path, compression):
+    """Lines are what the file sink wrote before it stopped decoding whole payloads: the intake decoder's
+    items, one orjson line each."""
+    import orjson
+
+    from llmship.delivery.payload import Payload
+    from llmship.intake.decode import decode_payload
+
+    payloads = _sink_payloads(compression)
+    expected: dict[str, bytes] = {}
+    for p in payloads:
+        lines = b"".join(orjson.dumps(x, option=orjson.OPT_APPEND_NEWLINE)
+                         for x in decode_payload(p.kind, p.body, p.content_encoding))
+        expected[p.kind] = expected.get(p.kind, b"") + lines
+    transport = FileTransport(tmp_path / "new")
+    legacy = FileTransport(tmp_path / "legacy")
+    try:
+        for p in payloads:
+            assert (await transport.send(p)).status == 200
+            # the same payload without boundaries (a format 1 spool record) takes the whole-decode path
+            bare = Payload(p.kind, p.route, p.body, p.content_type, p.content_encoding, p.items)
+            assert (await legacy.send(bare)).status == 200
+    finally:
+        await transport.close()
+        await legacy.close()
+    for kind, lines in expected.items():
+        assert (tmp_path / "new" / f"{kind}.ndjson").read_bytes() == lines, kind
+        assert (tmp_path / "legacy" / f"{kind}.ndjson").read_bytes() == lines, kind

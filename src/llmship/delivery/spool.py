@@ -396,7 +396,7 @@ def _read_record(path: Path, offset: int, length: int, version: int = VERSION,
     meta = raw[start:start + meta_len]
     index = raw[start + meta_len:start + meta_len + index_len]
     body = raw[start + meta_len + index_len:]
-    check = zlib.crc32(body, zlib.crc32(meta)) if version == 1 else zlib.crc32(body, zlib.crc32(index, zlib.crc32(meta)))
+    check = zlib.crc32(body, zlib.crc32(index, zlib.crc32(meta)))  # index is empty in version 1
     if check != crc:
         raise SpoolCorrupt("checksum mismatch")
     try:
