@@ -18,7 +18,7 @@ import pytest
 
 from llmship.config import Config, DogStatsDConfig, LogsSourceConfig, StatusConfig, TracesConfig
 from llmship.config import load_config, load_config_text, parse_host_port
-from llmship.delivery.payload import ENDPOINTS
+from llmship.sinks.intakes import ROUTES
 from llmship.status import StatusServer
 from llmship.telemetry import Telemetry
 
@@ -344,7 +344,7 @@ def test_every_container_is_bounded_and_locked_down(manifests, k8s_configs, dock
     # Memory: every payload kind may hold queue_max_bytes in memory, plus the agent's own working set.
     cfg = agent_config(pod, k8s_configs)
     baseline = 128 * 1024**2
-    queues = len(ENDPOINTS) * cfg.delivery.queue_max_bytes
+    queues = len(ROUTES) * cfg.delivery.queue_max_bytes
     assert memory_bytes(agent["resources"]["limits"]["memory"]) > queues + baseline
 
 

@@ -1,4 +1,4 @@
-"""The small shared pieces: compression bounds, protobuf wire helpers, the batcher, telemetry."""
+"""The small shared pieces: compression bounds, protobuf wire helpers, telemetry (the packer: tests/shipping)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ import pytest
 
 from llmship import protobuf as pb
 from llmship.compression import DecompressionLimit, compress, decompress
-from llmship.delivery.payload import Payload
-from llmship.sinks.batch import Batcher
 from llmship.telemetry import Telemetry
 
 
@@ -61,43 +59,6 @@ def test_protobuf_round_trip():
 def test_protobuf_decode_rejects_truncated_input(garbage):
     with pytest.raises(ValueError):
         pb.decode(garbage)
-
-
-def _json_array_batcher(max_items=3, max_bytes=100):
-    sent: list[Payload] = []
-    tel = Telemetry().component("test")
-
-    def encode(items):
-        body = b"[" + b",".join(items) + b"]"
-        return Payload("logs", body, "application/json", "identity", len(items))
-
-    return Batcher(encode, sent.append, max_items=max_items, max_bytes=max_bytes, max_age_secs=1,
-                   telemetry=tel), sent, tel
-
-
-def test_batcher_cuts_at_max_items():
-    batcher, sent, _ = _json_array_batcher(max_items=3)
-    for i in range(7):
-        batcher.add(b'"%d"' % i)
-    batcher.flush()
-    assert [p.items for p in sent] == [3, 3, 1]
-
-
-def test_batcher_never_exceeds_max_bytes():
-    batcher, sent, _ = _json_array_batcher(max_items=1000, max_bytes=100)
-    for _ in range(50):
-        batcher.add(b'"' + b"x" * 20 + b'"')
-    batcher.flush()
-    assert sum(p.items for p in sent) == 50
-    assert all(len(p.body) <= 100 for p in sent)
-
-
-def test_batcher_counts_an_item_too_large_to_ever_send():
-    batcher, sent, tel = _json_array_batcher(max_bytes=100)
-    batcher.add(b"x" * 200)
-    batcher.flush()
-    assert sent == []
-    assert tel.get("dropped", reason="item_too_large") == 1
 
 
 def test_telemetry_counts_by_label_and_snapshots():

@@ -19,10 +19,12 @@ from llmship import log as logmod
 from llmship.aggregation import Aggregator
 from llmship.config import Config, ConfigError, is_loopback, load_config, parse_host_port
 from llmship.delivery import Delivery
+from llmship.delivery.transport import make_transport
 from llmship.llm.stage import LLMStage
 from llmship.log import get_logger
 from llmship.processing import Emitter
 from llmship.shipping.router import Router
+from llmship.sinks.intakes import ROUTES
 from llmship.sinks.llmobs import LLMObsSink
 from llmship.sinks.logs import LogsSink
 from llmship.sinks.metrics import MetricsSink
@@ -67,7 +69,7 @@ def build(cfg: Config, telemetry: Telemetry | None = None, *, readiness=None, in
         problem = directory_problem(cfg.delivery.spool_dir)
         if problem:  # found now, not at the first failed delivery (when the spool is what should help)
             raise ConfigError([f"delivery.spool_dir: {problem}"])
-    delivery = Delivery(cfg, telemetry)
+    delivery = Delivery(cfg, telemetry, make_transport, spool_routes=ROUTES)
     aggregator = Aggregator(cfg, telemetry)
     metrics_sink = MetricsSink(cfg, delivery.submit, telemetry)
     try:

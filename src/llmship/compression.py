@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import zlib
 
 import zstandard
@@ -54,14 +55,15 @@ class _Identity:
         return b""
 
 
-def stream_compressor(encoding: str) -> tuple[object, int | None]:
+def stream_compressor(encoding: str, level: int | None = None) -> tuple[object, int | None]:
     """A streaming compressor for ``encoding`` and the flush mode that empties it without ending the stream
     (None: nothing to flush). Same formats and default levels as ``compress``."""
+    level = DEFAULT_LEVELS.get(encoding) if level is None else level
     if encoding in ("gzip", "deflate"):
         wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
-        return zlib.compressobj(DEFAULT_LEVELS[encoding], zlib.DEFLATED, wbits), zlib.Z_SYNC_FLUSH
+        return zlib.compressobj(level, zlib.DEFLATED, wbits), zlib.Z_SYNC_FLUSH
     if encoding == "zstd":
-        return zstandard.ZstdCompressor(level=DEFAULT_LEVELS["zstd"]).compressobj(), zstandard.COMPRESSOBJ_FLUSH_BLOCK
+        return zstandard.ZstdCompressor(level=level).compressobj(), zstandard.COMPRESSOBJ_FLUSH_BLOCK
     if encoding in ("identity", ""):
         return _Identity(), None
     raise ValueError(f"unknown content encoding {encoding!r}")
@@ -102,6 +104,48 @@ def decompress(body: bytes, encoding: str | None, max_bytes: int) -> bytes:
                 raise DecompressionLimit(f"body inflates past {max_bytes} bytes")
         return bytes(out)
     raise ValueError(f"unsupported content encoding {encoding!r}")
+
+
+class Inflater:
+    """Reads a compressed body back a given number of bytes at a time, inflating no more than it is asked
+    for (plus a zstd block): a payload's items are read one by one, never the whole body at once.
+    ``read(n)`` returns exactly ``n`` bytes, or fewer at the end of the stream."""
+
+    def __init__(self, body: bytes, encoding: str | None) -> None:
+        encoding = (encoding or "identity").strip().lower()
+        self._zlib = None
+        if encoding in ("identity", ""):
+            self._reader = io.BytesIO(body)
+        elif encoding in ("gzip", "x-gzip", "deflate"):
+            self._reader = None
+            self._zlib = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding != "deflate" else 32 + zlib.MAX_WBITS)
+            self._tail = body  # compressed bytes not given to the codec yet
+        elif encoding == "zstd":
+            self._reader = zstandard.ZstdDecompressor().stream_reader(body)
+        else:
+            raise ValueError(f"unsupported content encoding {encoding!r}")
+
+    def read(self, n: int) -> bytes:
+        """Raises ValueError on a corrupt stream."""
+        try:
+            return self._read(n)
+        except (zlib.error, zstandard.ZstdError) as e:
+            raise ValueError(f"corrupt compressed body: {e}") from e
+
+    def _read(self, n: int) -> bytes:
+        out = bytearray()
+        while len(out) < n:
+            if self._zlib is not None:
+                if not self._tail:
+                    break
+                got = self._zlib.decompress(self._tail, n - len(out))
+                self._tail = self._zlib.unconsumed_tail
+            else:
+                got = self._reader.read(n - len(out))
+            if not got:
+                break
+            out += got
+        return bytes(out)
 
 
 def _bounded_zlib(body: bytes, wbits: int, max_bytes: int) -> bytes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from email.utils import formatdate
 from pathlib import Path
 
@@ -11,10 +12,13 @@ import orjson
 import pytest
 
 from harness import TEST_API_KEY, free_port
-from llmship.compression import compress
 from llmship.config import load_config_text
 from llmship.delivery import Delivery
-from llmship.delivery.payload import ENDPOINTS, Payload, register_splitter
+from llmship.delivery.payload import Payload
+from llmship.delivery.transport import make_transport
+from llmship.shipping.packer import build_payloads
+from llmship.sinks.intakes import ROUTES
+from llmship.sinks.logs import LOGS
 from llmship.telemetry import Telemetry
 
 
@@ -47,10 +51,12 @@ api_key = "{api_key}"
 """)
 
 
-def logs_payload(tag: str, n: int = 3, kind: str = "logs", encoding: str = "gzip") -> Payload:
-    records = [{"message": f"{tag}-{i}", "ddsource": "test", "service": "svc"} for i in range(n)]
-    return Payload(kind=kind, body=compress(orjson.dumps(records), encoding), content_type="application/json",
-                   content_encoding=encoding, items=n)
+def logs_payload(tag: str, n: int = 3, kind: str = "logs", encoding: str = "gzip", size: int = 0) -> Payload:
+    """One logs payload built by the real packer (so it records its item boundaries)."""
+    records = [{"message": f"{tag}-{i}" + "x" * size, "ddsource": "test", "service": "svc"} for i in range(n)]
+    [payload] = build_payloads(replace(LOGS, kind=kind, compression=encoding, level=None, max_age_secs=None),
+                               [orjson.dumps(r) for r in records])
+    return payload
 
 
 def messages(intake) -> list[str]:
@@ -64,7 +70,7 @@ async def running():
 
     async def start(cfg, telemetry: Telemetry | None = None) -> tuple[Delivery, Telemetry]:
         telemetry = telemetry or Telemetry()
-        delivery = Delivery(cfg, telemetry)
+        delivery = Delivery(cfg, telemetry, make_transport)
         await delivery.start()
         started.append(delivery)
         return delivery, telemetry
@@ -125,16 +131,9 @@ async def test_429_waits_until_a_retry_after_http_date(start_intake, tmp_path, r
 
 
 @pytest.mark.parametrize("from_spool", [False, True])
-async def test_413_splits_until_the_halves_fit(start_intake, tmp_path, running, monkeypatch, from_spool):
-    monkeypatch.setitem(ENDPOINTS, "test_json", ENDPOINTS["logs"])
-
-    def halve(p: Payload) -> list[Payload]:
-        records = orjson.loads(p.body)
-        mid = len(records) // 2
-        return [Payload(kind=p.kind, body=orjson.dumps(part), content_type=p.content_type,
-                        content_encoding="identity", items=len(part)) for part in (records[:mid], records[mid:])]
-
-    register_splitter("test_json", halve)
+async def test_413_splits_until_the_halves_fit(start_intake, tmp_path, running, from_spool):
+    # A lane of its own ("test_json") whose payloads go to the logs route: delivery needs no table of kinds,
+    # and splits at the item boundaries the packer recorded, without decoding.
     # from_spool: a first 503 sends the payload to the spool, so the 413 and the split happen on replay.
     first = ["--fail-first", "1", "--fail-status", "503"] if from_spool else []
     intake = start_intake(*first, "--max-body-bytes", "250")
@@ -153,8 +152,7 @@ async def test_413_splits_until_the_halves_fit(start_intake, tmp_path, running, 
                          what="the split record's file deleted")
 
     # One item that is too large on its own cannot be split: dropped and counted, not retried forever.
-    lone = Payload(kind="test_json", body=orjson.dumps([{"message": "x" * 1000}]), content_type="application/json",
-                   content_encoding="identity", items=1)
+    lone = logs_payload("lone", n=1, kind="test_json", encoding="identity", size=1000)
     delivery.submit(lone)
     await eventually(lambda: comp.get("dropped", reason="too_large") == 1, what="the unsplittable payload dropped")
 
@@ -222,7 +220,8 @@ async def test_failing_intake_data_reaches_the_spool_within_flush_secs(start_int
 async def test_drain_spools_the_rest_and_a_new_delivery_replays_it_oldest_first(start_intake, tmp_path):
     failing = start_intake("--fail-first", "100000", "--fail-status", "503")
     tel = Telemetry()
-    first = Delivery(config(failing.url, tmp_path, spool=True, retry_initial_secs=30, retry_max_secs=30), tel)
+    first = Delivery(config(failing.url, tmp_path, spool=True, retry_initial_secs=30, retry_max_secs=30), tel,
+                     make_transport)
     await first.start()
     for i in range(5):
         assert first.submit(logs_payload(f"batch{i}", n=2))
@@ -237,7 +236,7 @@ async def test_drain_spools_the_rest_and_a_new_delivery_replays_it_oldest_first(
 
     healthy = start_intake()
     tel2 = Telemetry()
-    second = Delivery(config(healthy.url, tmp_path, spool=True, max_concurrency=1), tel2)
+    second = Delivery(config(healthy.url, tmp_path, spool=True, max_concurrency=1), tel2, make_transport)
     await second.start()
     try:
         await eventually(lambda: len(messages(healthy)) == 10, what="the spooled logs replayed")
@@ -251,7 +250,8 @@ async def test_drain_spools_the_rest_and_a_new_delivery_replays_it_oldest_first(
 async def test_drain_without_a_spool_counts_what_it_could_not_deliver(start_intake, tmp_path):
     failing = start_intake("--fail-first", "100000", "--fail-status", "500")
     tel = Telemetry()
-    delivery = Delivery(config(failing.url, tmp_path, retry_initial_secs=0.05, retry_max_secs=0.05), tel)
+    delivery = Delivery(config(failing.url, tmp_path, retry_initial_secs=0.05, retry_max_secs=0.05), tel,
+                        make_transport)
     await delivery.start()
     for i in range(4):
         delivery.submit(logs_payload(f"lost{i}"))
@@ -293,11 +293,16 @@ retry_max_secs = 0.1
     await eventually(lambda: out.exists() and len(out.read_text().splitlines()) == 4, what="4 lines")
     lines = out.read_text().splitlines()
     assert [orjson.loads(line)["message"] for line in lines] == [f"file-{i}" for i in range(4)]
-    garbage = Payload(kind="logs", body=b"not json", content_type="application/json",
-                      content_encoding="identity", items=2)
+    garbage = Payload(kind="logs", route=ROUTES["logs"], body=b"not json", content_type="application/json",
+                      content_encoding="identity", items=2)  # no boundaries: decoded whole, and refused
     delivery.submit(garbage)
     comp = tel.component("delivery.logs")
     await eventually(lambda: comp.get("dropped", reason="http_400") == 2, what="garbage dropped as a 400")
+    short = logs_payload("short", n=2)
+    short.body = short.body[:len(short.body) // 2]  # shorter than the boundaries it records
+    delivery.submit(short)
+    await eventually(lambda: comp.get("dropped", reason="http_400") == 4, what="a truncated body dropped as a 400")
+    assert len(out.read_text().splitlines()) == 4  # neither left a line
 
 
 async def test_reload_lowers_concurrency_and_loses_nothing_in_flight(start_intake, tmp_path, running):

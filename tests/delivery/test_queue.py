@@ -6,12 +6,14 @@ from llmship.config import load_config_text
 from llmship.delivery import Delivery
 from llmship.delivery.payload import Payload
 from llmship.delivery.queue import ByteQueue, WhenFull
+from llmship.delivery.transport import make_transport
+from llmship.sinks.intakes import ROUTES
 from llmship.telemetry import Telemetry
 
 
 def payload(size: int, items: int = 1, kind: str = "logs") -> Payload:
-    return Payload(kind=kind, body=b"x" * size, content_type="application/json", content_encoding="identity",
-                   items=items)
+    return Payload(kind=kind, route=ROUTES["logs"], body=b"x" * size, content_type="application/json",
+                   content_encoding="identity", items=items)
 
 
 def test_bounded_in_bytes_not_items():
@@ -58,7 +60,7 @@ data_dir = "{tmp_path}"
 queue_max_bytes = 1000
 """)
     tel = Telemetry()
-    delivery = Delivery(cfg, tel)  # not started: nothing drains the queue
+    delivery = Delivery(cfg, tel, make_transport)  # not started: nothing drains the queue
     assert not delivery.overloaded("logs")
     accepted = [delivery.submit(payload(300, items=2)) for _ in range(6)]
     assert accepted == [True, True, True, True, False, False]
@@ -77,7 +79,7 @@ queue_max_bytes = 1000
 spool_dir = "{tmp_path / 'spool'}"
 """)
     tel = Telemetry()
-    delivery = Delivery(cfg, tel)
+    delivery = Delivery(cfg, tel, make_transport)
     results = [delivery.submit(payload(300)) for _ in range(8)]
     # 4 fill the queue (soft bound), 1 fills the spill buffer (a quarter of the budget), the rest are
     # refused until the flusher has written the spill buffer to disk.

@@ -5,27 +5,31 @@ from __future__ import annotations
 import os
 import shutil
 import time
+import zlib
 from pathlib import Path
 
+import orjson
 import pytest
 
-from llmship.delivery.payload import Payload
-from llmship.delivery.spool import FILE_HEADER, MAGIC, RECORD_HEADER, Spool
+from llmship.delivery.payload import Framing, Payload, Route, split
+from llmship.delivery.spool import FILE_HEADER, MAGIC, RECORD_HEADER, RECORD_HEADER_V1, VERSION, Spool
+from llmship.shipping.packer import Encoding, Packer
+from llmship.sinks.intakes import ROUTES
 from llmship.telemetry import Telemetry
 
 MiB = 1024 * 1024
 
 
 def make_spool(directory: Path, telemetry: Telemetry, **limits) -> Spool:
-    settings = dict(max_bytes=64 * MiB, max_age_secs=3600, min_free_bytes=0)
+    settings = dict(max_bytes=64 * MiB, max_age_secs=3600, min_free_bytes=0, legacy_routes=ROUTES)
     settings.update(limits)
     return Spool(directory, component=lambda kind: telemetry.component(f"delivery.{kind}"), **settings)
 
 
 def payload(n: int, kind: str = "logs", size: int = 100, created: float | None = None) -> Payload:
     body = (f"[{n}]".encode() + b" " * size)[:max(size, 8)]
-    p = Payload(kind=kind, body=body, content_type="application/json", content_encoding="identity", items=n,
-                extra_headers={"X-Test": str(n)})
+    p = Payload(kind=kind, route=ROUTES.get(kind, ROUTES["logs"]), body=body, content_type="application/json",
+                content_encoding="identity", items=n, extra_headers={"X-Test": str(n)})
     if created is not None:
         p.created = created
     return p
@@ -55,7 +59,8 @@ async def test_round_trip_keeps_every_field_and_deletes_files_once_delivered(tmp
     assert spool.files("logs") == 1 and spool.bytes("logs") == spool_files(tmp_path)[0].stat().st_size
     got = await replay_all(spool)
     def fields(p: Payload) -> tuple:
-        return p.id, p.body, p.items, p.created, p.extra_headers, p.content_type, p.content_encoding
+        return (p.id, p.body, p.items, p.created, p.extra_headers, p.content_type, p.content_encoding, p.route,
+                p.framing, p.lengths, p.counts, p.level)
 
     assert [fields(p) for p in got] == [fields(p) for p in written]
     assert spool_files(tmp_path) == [] and spool.files() == 0 and spool.bytes() == 0
@@ -68,9 +73,10 @@ async def test_file_format_header_and_no_temp_files_left(tmp_path):
     [path] = spool_files(tmp_path)
     raw = path.read_bytes()
     magic, version, _flags = FILE_HEADER.unpack_from(raw)
-    assert magic == MAGIC == b"LLMSPOOL" and version == 1
-    meta_len, body_len, _crc = RECORD_HEADER.unpack_from(raw, FILE_HEADER.size)
-    assert FILE_HEADER.size + RECORD_HEADER.size + meta_len + body_len == len(raw)
+    assert magic == MAGIC == b"LLMSPOOL" and version == VERSION == 2
+    meta_len, index_len, body_len, _crc = RECORD_HEADER.unpack_from(raw, FILE_HEADER.size)
+    assert FILE_HEADER.size + RECORD_HEADER.size + meta_len + index_len + body_len == len(raw)
+    assert b"api_key" not in raw.lower() and b"dd-api-key" not in raw.lower()
     assert not [p for p in (tmp_path / "logs").iterdir() if p.name.endswith(".tmp")]
 
 
@@ -259,3 +265,73 @@ async def test_a_failing_free_space_check_is_an_error_not_disk_low(tmp_path, mon
     assert comp.get("errors", reason="spool_disk_usage") == 1
     assert comp.get("dropped") == 0
     assert "Input/output error" in comp.info["last_error"]["detail"]
+
+
+def packed(kind: str = "traces", compression: str = "zstd") -> Payload:
+    """A payload from the real packer: items of several events each, a head and a tail, a level."""
+    out: list[Payload] = []
+    encoding = Encoding(kind, Route("trace.agent", "/api/v0.2/traces"), "application/x-protobuf", 1 << 20, 1 << 20,
+                        Framing(b"HEAD", b"", b"TAIL"), compression=compression, level=1,
+                        extra_headers={"X-Datadog-Reported-Languages": "python"})
+    packer = Packer(encoding, out.append)
+    for i in range(5):
+        packer.add(b"item-%d;" % i * (i + 1), events=i + 1)
+    packer.flush()
+    return out[0]
+
+
+async def test_route_framing_and_boundaries_survive_the_spool_and_still_split(tmp_path):
+    spool = make_spool(tmp_path, Telemetry())
+    await spool.open()
+    original = packed()
+    assert original.counts and original.framing.head == b"HEAD" and original.level == 1
+    await spool.write("traces", [original])
+    restarted = make_spool(tmp_path, Telemetry())  # read back by a new index, as after a restart
+    await restarted.open()
+    [got] = await replay_all(restarted, "traces")
+    for name in ("kind", "route", "body", "content_type", "content_encoding", "items", "id", "created",
+                 "extra_headers", "framing", "lengths", "counts", "level"):
+        assert getattr(got, name) == getattr(original, name), name
+    assert [p.items for p in split(got)] == [p.items for p in split(original)]
+
+
+def write_v1_file(path: Path, records: list[tuple[dict, bytes]]) -> None:
+    """A spool file as format 1 wrote it (no route, no boundaries)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = bytearray(FILE_HEADER.pack(MAGIC, 1, 0))
+    for meta, body in records:
+        m = orjson.dumps(meta)
+        out += RECORD_HEADER_V1.pack(len(m), len(body), zlib.crc32(body, zlib.crc32(m))) + m + body
+    path.write_bytes(bytes(out))
+
+
+async def test_version_1_files_are_read_with_the_route_of_their_kind(tmp_path):
+    tel = Telemetry()
+    meta = {"kind": "logs", "content_type": "application/json", "content_encoding": "identity", "items": 2,
+            "id": "abc", "created": 1.5, "extra_headers": {"X-Test": "1"}}
+    write_v1_file(tmp_path / "logs" / f"{time.time_ns():020d}-000001.spool", [(meta, b'[{"a":1},{"b":2}]')])
+    unknown = dict(meta, kind="gone")
+    write_v1_file(tmp_path / "gone" / f"{time.time_ns():020d}-000002.spool", [(unknown, b"[]")])
+    spool = make_spool(tmp_path, tel)
+    await spool.open()
+    [got] = await replay_all(spool, "logs")
+    assert (got.route, got.items, got.id, got.body, got.framing) == (ROUTES["logs"], 2, "abc", b'[{"a":1},{"b":2}]',
+                                                                     None)
+    assert split(got) == [got]  # no boundaries: a 413 cannot split it
+    assert await replay_all(spool, "gone") == []  # no route known for its kind: skipped and counted
+    assert tel.component("delivery.gone").get("dropped", reason="spool_corrupt") == 2
+
+
+async def test_an_unknown_format_version_is_skipped_and_counted(tmp_path):
+    tel = Telemetry()
+    spool = make_spool(tmp_path, tel)
+    await spool.open()
+    await spool.write("logs", [payload(1)])
+    [path] = spool_files(tmp_path)
+    raw = bytearray(path.read_bytes())
+    FILE_HEADER.pack_into(raw, 0, MAGIC, 99, 0)
+    path.write_bytes(bytes(raw))
+    reopened = make_spool(tmp_path, tel)
+    await reopened.open()
+    assert await replay_all(reopened) == []
+    assert tel.component("delivery.logs").get("errors", reason="spool_corrupt") == 1

@@ -17,7 +17,8 @@ import pytest
 
 from harness import PYTHON, TEST_API_KEY, wait_for
 from llmship.compression import compress
-from llmship.delivery.payload import ENDPOINTS, PAYLOAD_ID_HEADER
+from llmship.delivery.payload import PAYLOAD_ID_HEADER
+from llmship.sinks.intakes import ROUTES
 from llmship.intake import cli
 
 
@@ -27,7 +28,7 @@ def post(url: str, kind: str, items, encoding: str = "gzip", payload_id: str | N
     headers = {"DD-API-KEY": TEST_API_KEY, "Content-Encoding": encoding, "Content-Type": "application/json"}
     if payload_id:
         headers[PAYLOAD_ID_HEADER] = payload_id
-    request = urllib.request.Request(url + ENDPOINTS[kind][1], data=compress(body, encoding), headers=headers)
+    request = urllib.request.Request(url + ROUTES[kind].path, data=compress(body, encoding), headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=10) as resp:
             return resp.status, orjson.loads(resp.read()), dict(resp.headers)

@@ -11,7 +11,8 @@ import pytest
 
 from llmship import protobuf as pb
 from llmship.compression import compress
-from llmship.delivery.payload import ENDPOINTS, PAYLOAD_ID_HEADER
+from llmship.delivery.payload import PAYLOAD_ID_HEADER
+from llmship.sinks.intakes import ROUTES
 from llmship.intake.server import Faults, IntakeServer
 from llmship.intake.store import IntakeStore
 
@@ -45,7 +46,7 @@ class Client:
             all_headers["Content-Encoding"] = encoding
         if payload_id:
             all_headers[PAYLOAD_ID_HEADER] = payload_id
-        async with self.session.request(method, self.url + (path or ENDPOINTS[kind][1]), data=body,
+        async with self.session.request(method, self.url + (path or ROUTES[kind].path), data=body,
                                         headers=all_headers) as resp:
             return resp.status, await resp.json(), dict(resp.headers)
 
@@ -70,7 +71,7 @@ async def start(tmp_path: Path):
         store.close()
 
 
-@pytest.mark.parametrize("kind", list(ENDPOINTS))
+@pytest.mark.parametrize("kind", list(ROUTES))
 async def test_every_endpoint_accepts_records_and_answers_like_datadog(start, kind, tmp_path):
     client, store = await start()
     status, body, _ = await client.post(kind, encoding="gzip", payload_id=f"p-{kind}")
@@ -79,7 +80,7 @@ async def test_every_endpoint_accepts_records_and_answers_like_datadog(start, ki
     assert records and {r["payload_id"] for r in records} == {f"p-{kind}"}
     [request] = store.requests(kind)
     assert request["status"] == 202 and request["items"] == len(records) and request["api_key_present"]
-    assert request["content_encoding"] == "gzip" and request["path"] == ENDPOINTS[kind][1]
+    assert request["content_encoding"] == "gzip" and request["path"] == ROUTES[kind].path
     assert request["fault"] is None and request["reason"] is None
     # the key's value is never written anywhere in the database
     assert not any(API_KEY.encode() in p.read_bytes() for p in tmp_path.glob("intake-0.sqlite*"))

@@ -144,7 +144,8 @@ def test_splitters_halve_and_keep_everything() -> None:
     sink.ship(FlushResult())
     series_payload, checks_payload = sent
     halves = split(series_payload)
-    assert [p.items for p in halves] == [50, 51] and all(p.content_encoding == "gzip" for p in halves)
+    # cut at the item boundary nearest the middle of the bytes, without decoding
+    assert sorted(p.items for p in halves) == [50, 51] and all(p.content_encoding == "gzip" for p in halves)
     assert series_of(halves) == series_of([series_payload])
     check_halves = split(checks_payload)
     assert [c["check"] for p in check_halves for c in orjson.loads(body(p))] == ["c0", "c1", "c2"]
@@ -158,7 +159,7 @@ def test_splitters_halve_and_keep_everything() -> None:
     sink.ship(agg.flush(now[0]))
     [sketches] = sent
     parts = split(sketches)
-    assert [p.items for p in parts] == [2, 3]
+    assert sorted(p.items for p in parts) == [2, 3]
     names = [pb.decode(s)[1][0] for p in parts for s in pb.decode(body(p))[1]]
     assert sorted(names) == [b"d0", b"d1", b"d2", b"d3", b"d4"]
     assert all(pb.decode(body(p))[2] == [b""] for p in parts)

@@ -179,29 +179,31 @@ def test_a_chunk_larger_than_a_payload_is_cut_and_a_huge_span_counted():
     assert tel.get("dropped", reason="span_too_large") == 1
 
 
-def test_splitter_halves_by_tracer_payload_chunk_and_span():
+def test_a_413_splits_between_tracer_payloads_without_decoding():
     sink, submitted, _ = make_sink()
     sink.add_chunk([span(1, trace_id=1)], PYTHON)
     sink.add_chunk([span(1, trace_id=2)], TracerInfo(language="go"))  # a second tracer payload
-    sink.add_chunk([span(1, trace_id=3)], PYTHON)
+    sink.add_chunk([span(1, trace_id=3), span(2, parent_id=1, trace_id=3)], PYTHON)
     sink.flush()
-    by_tracer = split(submitted[0])
-    assert len(by_tracer) == 2 and sum(p.items for p in by_tracer) == 3
-    assert sorted(s["trace_id"] for p in by_tracer for s in decoded(p)) == [1, 2, 3]
+    (payload,) = submitted
+    assert payload.items == 4 and len(payload.item_lengths()) == 3  # three TracerPayloads, four spans
+    halves = split(payload)
+    assert len(halves) == 2 and sum(p.items for p in halves) == 4
+    assert sorted((s["trace_id"], s["span_id"]) for p in halves for s in decoded(p)) == [(1, 1), (2, 1), (3, 1), (3, 2)]
+    for part in halves:
+        assert part.extra_headers == payload.extra_headers and part.content_encoding == "gzip"
+        assert {s["agent_payload"]["agent_version"] for s in decoded(part)} == {AGENT_VERSION}  # tail kept
+    two = next(p for p in halves if len(p.item_lengths()) == 2)
+    assert sorted(p.items for p in split(two)) == sorted(two.item_counts(2))
 
-    by_chunk = split(by_tracer[0] if by_tracer[0].items == 2 else by_tracer[1])
-    assert [p.items for p in by_chunk] == [1, 1]
-
+    # consecutive chunks of one tracer payload header are one TracerPayload: it cannot be cut further
     sink.add_chunk([span(i, parent_id=0 if i == 1 else 1) for i in range(1, 5)], PYTHON)
+    sink.add_chunk([span(9, trace_id=9)], PYTHON)
     sink.flush()
-    by_span = split(submitted[1])
-    assert [p.items for p in by_span] == [2, 2]
-    for part in by_span:
-        assert {s["chunk"]["priority"] for s in decoded(part)} == {1}
-        assert part.extra_headers == submitted[1].extra_headers
-    assert split(by_span[0])[0].items == 1
-    single = split(split(by_span[0])[0])
-    assert len(single) == 1 and single[0].items == 1  # one span cannot be cut further
+    single = split(submitted[1])
+    assert len(single) == 1 and single[0].items == 5
+    agent = pb.decode(decompress(submitted[1].body, "gzip", 1 << 20))
+    assert len(agent[5]) == 1 and len(pb.decode(agent[5][0])[6]) == 2
 
 
 async def test_shutdown_flushes_what_is_pending():

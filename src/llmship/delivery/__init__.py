@@ -1,12 +1,16 @@
 """Delivery: moves encoded payloads to their intake, and decides only when to try again.
 
+It knows no protocol: a payload carries its route, which the injected transport (HTTP, files) resolves,
+and its item boundaries, which ``payload.split`` uses to cut it on a 413.
+
 Per payload kind ("lane"): a FIFO bounded in bytes, ``max_concurrency`` workers, and one ``Backoff``
 shared by those workers. A worker waits out the lane's backoff window, takes the oldest payload (from
 memory or from the disk spool, whichever is older), and sends it through the transport:
 
 - delivered: counted (events_sent, bytes_sent), the lane's backoff resets;
 - permanent (400, other 4xx): dropped, counted (dropped{reason="http_<status>"}), logged with why;
-- too large (413): split in two (``payload.split``) and each half sent, holding the same worker;
+- too large (413): split in two at an item boundary (``payload.split``, in a worker thread: it inflates
+  and compresses) and each half sent, holding the same worker;
 - retryable (408, 5xx, no answer), throttled (429), unauthorized (401/403, logged loudly): the lane backs
   off (full jitter, Retry-After as a floor). With a spool the payload is written to disk and replayed
   later; without one the worker keeps it and tries again, so a retry storm is at most ``max_concurrency``
@@ -27,15 +31,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
 from llmship.config import Config
-from llmship.delivery.payload import ENDPOINTS, Payload, split
+from llmship.delivery.payload import Payload, Route, split
 from llmship.delivery.queue import ByteQueue, WhenFull
 from llmship.delivery.retry import Backoff, Disposition, classify, parse_retry_after
-from llmship.delivery.spool import Lease, Spool
-from llmship.delivery.transport import SendResult, Transport, make_transport
+from llmship.delivery.spool import LANE_NAME, Lease, Spool
+from llmship.delivery.transport import SendResult, Transport
 from llmship.log import RateLimited, get_logger
 from llmship.telemetry import Component, Telemetry
 
@@ -90,8 +94,13 @@ class _Lane:
 
 
 class Delivery:
-    def __init__(self, cfg: Config, telemetry: Telemetry) -> None:
+    def __init__(self, cfg: Config, telemetry: Telemetry, transport: Callable[[Config], Transport], *,
+                 spool_routes: Mapping[str, Route] | None = None) -> None:
+        """``transport`` makes the transport for a config (again on a reload that changes [sinks]);
+        ``spool_routes`` gives the route of each kind for spool records written before payloads carried
+        their route (spool format 1)."""
         self._cfg = cfg
+        self._make_transport = transport
         self._telemetry = telemetry
         self._comp = telemetry.component("delivery")
         self._limited = RateLimited(_log)  # per instance: a restarted delivery says it again
@@ -100,9 +109,10 @@ class Delivery:
         if d.spool_dir:
             self._spool = Spool(d.spool_dir, max_bytes=d.spool_max_bytes, max_age_secs=d.spool_max_age_secs,
                                 min_free_bytes=d.spool_min_free_bytes,
-                                component=lambda kind: telemetry.component(f"delivery.{kind}"))
+                                component=lambda kind: telemetry.component(f"delivery.{kind}"),
+                                legacy_routes=spool_routes)
         self._when_full = WhenFull.from_config(d.when_full, d.spool_dir)
-        self._transport: Transport = make_transport(cfg)
+        self._transport: Transport = transport(cfg)
         self._lanes: dict[str, _Lane] = {}
         self._started = False
         self._draining = False
@@ -133,9 +143,9 @@ class Delivery:
 
     def submit(self, payload: Payload) -> bool:
         """Queue ``payload`` for delivery; never blocks. False when it was dropped (and counted)."""
-        if payload.kind not in ENDPOINTS:  # a sink bug, not input: say it once per kind
-            self._comp.inc("dropped", payload.items, reason="unknown_kind")
-            self._limited.error(f"unknown:{payload.kind}", "unknown_payload_kind", kind=payload.kind)
+        if not LANE_NAME.fullmatch(payload.kind):  # a sink bug, not input: say it once per kind
+            self._comp.inc("dropped", payload.items, reason="bad_kind")
+            self._limited.error(f"bad:{payload.kind}"[:80], "bad_payload_kind", kind=payload.kind[:80])
             return False
         lane = self._lane(payload.kind)
         if self._closed:
@@ -177,7 +187,7 @@ class Delivery:
         self._when_full = WhenFull.from_config(d.when_full if active_spool_dir else "", active_spool_dir)
         new_destination = cfg.sinks != old.sinks
         if new_destination:
-            retired, self._transport = self._transport, make_transport(cfg)
+            retired, self._transport = self._transport, self._make_transport(cfg)
             task = asyncio.get_running_loop().create_task(retired.close())
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
@@ -327,7 +337,7 @@ class Delivery:
             self._limited.warning(f"{lane.kind}:retry", "intake_unavailable_retrying", **fields)
 
     async def _split(self, lane: _Lane, payload: Payload, lease: Lease | None, result: SendResult) -> None:
-        parts = split(payload)
+        parts = await self._stoppable(asyncio.to_thread(split, payload))
         if len(parts) < 2:
             self._limited.error(f"{lane.kind}:too_large", "payload_too_large_dropped", kind=lane.kind,
                                 items=payload.items, bytes=len(payload.body), detail=result.detail)

@@ -5,13 +5,21 @@ payload kind so each kind replays in its own order. A file is written under a te
 (``.<name>.tmp``), fsynced, renamed, and the directory fsynced: a file with the final name is complete.
 Leftover temporary files after a crash are deleted at start.
 
-File format (little-endian):
+File format (little-endian), version 2:
 
-    header  : magic b"LLMSPOOL" (8 bytes) | version u16 (= 1) | flags u16 (= 0)
-    record* : meta_len u32 | body_len u32 | crc32(meta + body) u32 | meta (JSON) | body
+    header  : magic b"LLMSPOOL" (8 bytes) | version u16 (= 2) | flags u16 (= 0)
+    record* : meta_len u32 | index_len u32 | body_len u32 | crc32(meta + index + body) u32
+              | meta (JSON) | index | body
 
-``meta`` holds the payload's kind, content type and encoding, item count, id, creation time and extra
-headers; ``body`` is the payload exactly as it would be sent. At start only the record headers and metas
+``meta`` holds the payload's kind, route, content type and encoding, compression level, item count, id,
+creation time, extra headers and framing (head, separator, tail, base64); ``index`` is the payload's item
+boundaries (its ``lengths`` then its ``counts``, packed varints; meta says where one ends); ``body`` is the
+payload exactly as it would be sent. Never the API key: the transport adds it at send time.
+
+Version 1 files (before payloads carried their route and boundaries: record ``meta_len u32 | body_len u32 |
+crc32 u32 | meta | body``) are still read: the route comes from ``legacy_routes`` (kind -> Route, given by
+whoever builds delivery), and such a payload has no boundaries, so a 413 cannot split it (it is dropped,
+counted dropped{reason="too_large"}) and the file transport decodes it whole. At start only the record headers and metas
 are read (fast); each record's checksum is verified when it is read for sending. A bad header, a
 truncated record or a checksum mismatch skips what it affects and is counted (errors{reason=
 "spool_corrupt"}, and dropped{reason="spool_corrupt"} for the items when known): never a crash loop.
@@ -31,6 +39,7 @@ The index lives on the event loop thread; only file reads and writes run in a wo
 from __future__ import annotations
 
 import asyncio
+import base64
 import bisect
 import os
 import re
@@ -38,26 +47,30 @@ import shutil
 import struct
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
 
-from llmship.delivery.payload import Payload
+from llmship.delivery.payload import Framing, Payload, Route
 from llmship.log import RateLimited, get_logger
 from llmship.telemetry import Component
 
 MAGIC = b"LLMSPOOL"
-VERSION = 1
+VERSION = 2
 FILE_HEADER = struct.Struct("<8sHH")
-RECORD_HEADER = struct.Struct("<III")  # meta_len, body_len, crc32(meta + body)
+RECORD_HEADER = struct.Struct("<IIII")  # meta_len, index_len, body_len, crc32(meta + index + body)
+RECORD_HEADER_V1 = struct.Struct("<III")  # meta_len, body_len, crc32(meta + body)
 SUFFIX = ".spool"
 # Sanity bounds on lengths read back, so a corrupt length cannot make us allocate gigabytes. The largest
 # payload any intake takes is far below (traces flush at ~3.2 MB, others cap at 5 MiB): PROTOCOLS.md.
 MAX_META_BYTES = 64 * 1024
+MAX_INDEX_BYTES = 64 * 1024 * 1024  # two varints an item at most: far above what a payload's limits allow
 MAX_BODY_BYTES = 256 * 1024 * 1024
-_KIND = re.compile(r"[a-z0-9_]{1,64}")  # kinds are code-defined names; refuse anything path-like
+# Payload kinds (lanes) are code-defined names and name spool directories: refuse anything path-like.
+LANE_NAME = re.compile(r"[a-z0-9_]{1,64}")
+_KIND = LANE_NAME
 _NAME = re.compile(r"(\d{20})-(\d{6})" + re.escape(SUFFIX))
 
 PENDING, LEASED, DONE = "pending", "leased", "done"
@@ -85,6 +98,7 @@ class SpoolFile:
     size: int
     written: float  # wall-clock seconds, from the name
     records: list[Record] = field(default_factory=list)
+    version: int = VERSION
 
     def undelivered_items(self) -> int:
         return sum(r.items for r in self.records if r.state != DONE)
@@ -108,8 +122,10 @@ class Spool:
         max_age_secs: float,
         min_free_bytes: int,
         component: Callable[[str], Component],
+        legacy_routes: Mapping[str, Route] | None = None,
     ) -> None:
         self.directory = Path(directory)
+        self._legacy_routes = dict(legacy_routes or {})  # kind -> route, for version 1 records
         self.max_bytes = max_bytes
         self.max_age_secs = max_age_secs
         self.min_free_bytes = min_free_bytes
@@ -176,7 +192,7 @@ class Spool:
         """The leased payload; None (counted, and the record marked done) when it is corrupt or gone."""
         try:
             return await asyncio.to_thread(_read_record, lease.file.path, lease.record.offset,
-                                           lease.record.length)
+                                           lease.record.length, lease.file.version, self._legacy_routes)
         except (OSError, SpoolCorrupt) as e:
             self._corrupt(lease.file.kind, f"{type(e).__name__}: {e}", str(lease.file.path), lease.record.items)
             self.done(lease)
@@ -201,7 +217,8 @@ class Spool:
         if not _KIND.fullmatch(kind):
             raise ValueError(f"payload kind {kind!r} is not a valid spool directory name")
         metas = [_meta(p) for p in payloads]
-        size = FILE_HEADER.size + sum(RECORD_HEADER.size + len(m) + len(p.body) for m, p in zip(metas, payloads))
+        size = FILE_HEADER.size + sum(RECORD_HEADER.size + len(m) + len(p.lengths) + len(p.counts) + len(p.body)
+                                      for m, p in zip(metas, payloads))
         refused = self._make_room(size, kind)
         if refused:
             return refused
@@ -304,15 +321,24 @@ class Spool:
 # These run in a worker thread: they touch files only, never the index or telemetry.
 
 
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
 def _meta(payload: Payload) -> bytes:
+    f = payload.framing
     return orjson.dumps({
         "kind": payload.kind,
+        "route": [payload.route.host, payload.route.path],
         "content_type": payload.content_type,
         "content_encoding": payload.content_encoding,
+        "level": payload.level,
         "items": payload.items,
         "id": payload.id,
         "created": payload.created,
         "extra_headers": payload.extra_headers,
+        "framing": None if f is None else [_b64(f.head), _b64(f.separator), _b64(f.tail)],
+        "lengths_bytes": len(payload.lengths),
     })
 
 
@@ -329,12 +355,13 @@ def _write_file(path: Path, metas: list[bytes], payloads: list[Payload]) -> list
         with open(tmp, "wb") as f:
             f.write(FILE_HEADER.pack(MAGIC, VERSION, 0))
             for meta, payload in zip(metas, payloads):
-                header = RECORD_HEADER.pack(len(meta), len(payload.body),
-                                            zlib.crc32(payload.body, zlib.crc32(meta)))
-                f.write(header)
+                index = payload.lengths + payload.counts
+                crc = zlib.crc32(payload.body, zlib.crc32(index, zlib.crc32(meta)))
+                f.write(RECORD_HEADER.pack(len(meta), len(index), len(payload.body), crc))
                 f.write(meta)
+                f.write(index)
                 f.write(payload.body)
-                length = RECORD_HEADER.size + len(meta) + len(payload.body)
+                length = RECORD_HEADER.size + len(meta) + len(index) + len(payload.body)
                 records.append(Record(offset, length, payload.items, payload.created))
                 offset += length
             f.flush()
@@ -356,23 +383,52 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _read_record(path: Path, offset: int, length: int) -> Payload:
+def _read_record(path: Path, offset: int, length: int, version: int = VERSION,
+                 legacy_routes: Mapping[str, Route] | None = None) -> Payload:
     with open(path, "rb") as f:
         f.seek(offset)
         raw = f.read(length)
     if len(raw) != length:
         raise SpoolCorrupt("truncated record")
-    meta_len, body_len, crc = RECORD_HEADER.unpack_from(raw)
-    if RECORD_HEADER.size + meta_len + body_len != length:
+    if version == 1:
+        meta_len, body_len, crc = RECORD_HEADER_V1.unpack_from(raw)
+        index_len, start = 0, RECORD_HEADER_V1.size
+    else:
+        meta_len, index_len, body_len, crc = RECORD_HEADER.unpack_from(raw)
+        start = RECORD_HEADER.size
+    if start + meta_len + index_len + body_len != length:
         raise SpoolCorrupt("record lengths changed")
-    meta = raw[RECORD_HEADER.size:RECORD_HEADER.size + meta_len]
-    body = raw[RECORD_HEADER.size + meta_len:]
-    if zlib.crc32(body, zlib.crc32(meta)) != crc:
+    meta = raw[start:start + meta_len]
+    index = raw[start + meta_len:start + meta_len + index_len]
+    body = raw[start + meta_len + index_len:]
+    check = zlib.crc32(body, zlib.crc32(index, zlib.crc32(meta)))  # index is empty in version 1
+    if check != crc:
         raise SpoolCorrupt("checksum mismatch")
-    m = orjson.loads(meta)
-    return Payload(kind=m["kind"], body=body, content_type=m["content_type"],
-                   content_encoding=m["content_encoding"], items=m["items"], id=m["id"], created=m["created"],
-                   extra_headers=m["extra_headers"])
+    try:
+        m = orjson.loads(meta)
+        payload = Payload(kind=m["kind"], route=_route(m, legacy_routes), body=body, content_type=m["content_type"],
+                          content_encoding=m["content_encoding"], items=m["items"], id=m["id"],
+                          created=m["created"], extra_headers=m["extra_headers"])
+        if version > 1:
+            payload.level = m["level"]
+            if m["framing"] is not None:
+                head, separator, tail = (base64.b64decode(x) for x in m["framing"])
+                payload.framing = Framing(head, separator, tail)
+                cut = int(m["lengths_bytes"])
+                payload.lengths, payload.counts = index[:cut], index[cut:]
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise SpoolCorrupt(f"corrupt record metadata: {e}") from None
+    return payload
+
+
+def _route(meta: dict, legacy_routes: Mapping[str, Route] | None) -> Route:
+    if "route" in meta:
+        host, path = meta["route"]
+        return Route(str(host), str(path))
+    route = (legacy_routes or {}).get(meta["kind"])
+    if route is None:
+        raise ValueError(f"no route known for a version 1 record of kind {meta['kind']!r}")
+    return route
 
 
 def _scan(directory: Path) -> tuple[list[SpoolFile], list[tuple[str, str, Path]]]:
@@ -414,16 +470,22 @@ def _scan_file(path: Path, kind: str) -> tuple[SpoolFile, str]:
         if len(header) < FILE_HEADER.size:
             return spool_file, "truncated file header"
         magic, version, _flags = FILE_HEADER.unpack(header)
-        if magic != MAGIC or version != VERSION:
+        if magic != MAGIC or version not in (1, VERSION):
             return spool_file, f"bad file header (magic {magic!r}, version {version})"
+        spool_file.version = version
+        record_header = RECORD_HEADER_V1 if version == 1 else RECORD_HEADER
         offset = FILE_HEADER.size
         while offset < size:
-            raw = f.read(RECORD_HEADER.size)
-            if len(raw) < RECORD_HEADER.size:
+            raw = f.read(record_header.size)
+            if len(raw) < record_header.size:
                 return spool_file, "truncated record header"
-            meta_len, body_len, _crc = RECORD_HEADER.unpack(raw)
-            length = RECORD_HEADER.size + meta_len + body_len
-            if meta_len > MAX_META_BYTES or body_len > MAX_BODY_BYTES or offset + length > size:
+            if version == 1:
+                (meta_len, body_len, _crc), index_len = record_header.unpack(raw), 0
+            else:
+                meta_len, index_len, body_len, _crc = record_header.unpack(raw)
+            length = record_header.size + meta_len + index_len + body_len
+            if (meta_len > MAX_META_BYTES or index_len > MAX_INDEX_BYTES or body_len > MAX_BODY_BYTES
+                    or offset + length > size):
                 return spool_file, "truncated or corrupt record"
             try:
                 meta = orjson.loads(f.read(meta_len))
@@ -433,6 +495,6 @@ def _scan_file(path: Path, kind: str) -> tuple[SpoolFile, str]:
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
                 return spool_file, f"corrupt record metadata: {e}"
             spool_file.records.append(Record(offset, length, items, created))
-            f.seek(body_len, os.SEEK_CUR)
+            f.seek(index_len + body_len, os.SEEK_CUR)
             offset += length
     return spool_file, ""

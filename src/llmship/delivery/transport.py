@@ -2,6 +2,8 @@
 
 A transport makes one attempt and reports what happened (``SendResult``); deciding what that means and
 when to try again is retry.py's job. Neither ever puts the API key in a result, a log or telemetry.
+Delivery is given one by ``make_transport`` (its caller injects it) and never looks at a payload's route:
+the transport resolves it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import orjson
 from llmship import __version__
 from llmship.compression import DecompressionLimit
 from llmship.config import Config
-from llmship.delivery.payload import ENDPOINTS, PAYLOAD_ID_HEADER, Payload
+from llmship.delivery.payload import PAYLOAD_ID_HEADER, Payload, Route, iter_items
 from llmship.intake.decode import DecodeError, decode_payload
 
 USER_AGENT = f"llmship/{__version__}"
@@ -49,17 +51,17 @@ def make_transport(cfg: Config) -> Transport:
     return HttpTransport(cfg) if cfg.ships_to_datadog else FileTransport(cfg.file_sink_dir)
 
 
-def base_url(cfg: Config, kind: str) -> str | None:
-    """``https://<subdomain>.<site>`` for ``kind``, or the scheme and host of [sinks.datadog] url."""
-    endpoint = ENDPOINTS.get(kind)
-    if endpoint is None:
-        return None
-    subdomain, _path = endpoint
+def base_url(cfg: Config, route: Route) -> str:
+    """``https://<route.host>.<site>``, or the scheme and host of [sinks.datadog] url."""
     if cfg.sinks.datadog.url:
         parts = urlsplit(cfg.sinks.datadog.url)
         host = parts.netloc.rpartition("@")[2]  # drop any user:password@, which we never log
         return f"{parts.scheme}://{host}"
-    return f"https://{subdomain}.{cfg.sinks.datadog.site}"
+    return f"https://{route.host}.{cfg.sinks.datadog.site}"
+
+
+def url_for(cfg: Config, route: Route) -> str:
+    return base_url(cfg, route) + route.path
 
 
 class _InFlight:
@@ -93,16 +95,13 @@ class HttpTransport:
         self._session: aiohttp.ClientSession | None = None
         self._inflight = _InFlight()
         url = cfg.sinks.datadog.url
-        self.destination = base_url(cfg, "series") if url else f"Datadog ({cfg.sinks.datadog.site})"
-
-    def _url(self, kind: str) -> str | None:
-        base = base_url(self._cfg, kind)
-        return None if base is None else base + ENDPOINTS[kind][1]
+        self.destination = base_url(cfg, Route("", "")) if url else f"Datadog ({cfg.sinks.datadog.site})"
+        self._urls: dict[Route, str] = {}
 
     async def send(self, payload: Payload) -> SendResult:
-        url = self._url(payload.kind)
+        url = self._urls.get(payload.route)
         if url is None:
-            return SendResult(400, detail=f"no intake endpoint for payload kind {payload.kind!r}")
+            url = self._urls[payload.route] = url_for(self._cfg, payload.route)
         if self._session is None:
             self._session = aiohttp.ClientSession(headers={"User-Agent": USER_AGENT})
         headers = {**payload.extra_headers, "Content-Type": payload.content_type, PAYLOAD_ID_HEADER: payload.id}
@@ -136,20 +135,28 @@ class HttpTransport:
             self._session = None
 
 
+# Kinds whose items are JSON objects written to their NDJSON file exactly as packed: what the intake's
+# decoder returns for them re-serializes byte for byte to the item (orjson both ways, keys in order).
+_VERBATIM = frozenset({"series", "service_checks", "events", "logs"})
+
+
 class FileTransport:
     """Appends one JSON line per item to ``<dir>/<kind>.ndjson``: data stays visible with no API key.
 
-    The body is decoded exactly as our intake would decode it, so a payload the intake would refuse is
-    refused here too (400, or 413 when it inflates past the kind's intake limit). Lines are written
-    LINES_PER_WRITE at a time and each decoded item is let go once written, so a payload's NDJSON is
-    never all in memory next to its decoded items.
+    Items are read from the compressed body one at a time, at the boundaries the payload records, and
+    written as they are for JSON kinds whose items are the lines (series, service checks, events, logs).
+    For the others (sketches and traces, which are protobuf, and LLM Observability envelopes, whose lines
+    are their spans) each item alone is framed and decoded with the intake's decoder: the lines are the
+    ones ``llmship intake`` would show, and only one item is ever decoded at a time. A payload without
+    boundaries (a spool record of format 1) is decoded whole, as before. LINES_PER_WRITE lines go out per
+    write. An item the decoder refuses, or a body that does not inflate to its boundaries, answers 400 and
+    leaves none of the payload's lines in the file.
     """
 
     def __init__(self, directory: str | os.PathLike) -> None:
         self.directory = Path(directory)
         self.destination = f"files in {self.directory}"
-        # One thread writes every file, a payload at a time: lines stay whole, and only one payload is
-        # decoded at once (orjson parsing a 5 MB series body peaks near 90 MB).
+        # One thread writes every file, a payload at a time: lines stay whole.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmship-file-sink")
         self._inflight = _InFlight()
 
@@ -159,22 +166,44 @@ class FileTransport:
                 await asyncio.get_running_loop().run_in_executor(self._writer, self._append, payload)
             except DecompressionLimit as e:
                 return SendResult(413, detail=str(e)[:_DETAIL_CHARS])
-            except DecodeError as e:
+            except (DecodeError, ValueError) as e:  # ValueError: a body shorter than its boundaries
                 return SendResult(400, detail=str(e)[:_DETAIL_CHARS])
             except OSError as e:  # disk full, permissions: not the payload's fault, so retryable
                 return SendResult(None, detail=f"{type(e).__name__}: {e}"[:_DETAIL_CHARS])
         return SendResult(200)
 
+    def _lines(self, payload: Payload):
+        """The payload's NDJSON lines, an item's worth at a time."""
+        framing = payload.framing
+        if framing is None:  # no boundaries: decode it whole
+            for item in decode_payload(payload.kind, payload.body, payload.content_encoding):
+                yield orjson.dumps(item, option=orjson.OPT_APPEND_NEWLINE)
+            return
+        verbatim = payload.kind in _VERBATIM
+        for item in iter_items(payload):
+            if verbatim:
+                yield item + b"\n"
+                continue
+            for decoded in decode_payload(payload.kind, framing.head + item + framing.tail, "identity"):
+                yield orjson.dumps(decoded, option=orjson.OPT_APPEND_NEWLINE)
+
     def _append(self, payload: Payload) -> None:
-        items = decode_payload(payload.kind, payload.body, payload.content_encoding)
-        items.reverse()  # taken from the end, in order: each is released once written
         self.directory.mkdir(parents=True, exist_ok=True)
         with open(self.directory / f"{payload.kind}.ndjson", "ab") as f:
-            while items:
+            start = f.tell()
+            try:
                 lines = bytearray()
-                for _ in range(min(LINES_PER_WRITE, len(items))):
-                    lines += orjson.dumps(items.pop(), option=orjson.OPT_APPEND_NEWLINE)
+                count = 0
+                for line in self._lines(payload):
+                    lines += line
+                    count += 1
+                    if count == LINES_PER_WRITE:
+                        f.write(lines)
+                        lines, count = bytearray(), 0
                 f.write(lines)
+            except Exception:
+                f.truncate(start)  # a payload refused part way leaves none of its lines
+                raise
 
     async def close(self) -> None:
         await self._inflight.idle()

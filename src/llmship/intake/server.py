@@ -19,10 +19,11 @@ from typing import Any
 from aiohttp import web
 
 from llmship.compression import DecompressionLimit
-from llmship.delivery.payload import ENDPOINTS, PAYLOAD_ID_HEADER
+from llmship.delivery.payload import PAYLOAD_ID_HEADER
 from llmship.intake.decode import DecodeError, UnsupportedEncoding, decode_payload
 from llmship.intake.store import IntakeStore
 from llmship.log import RateLimited, get_logger
+from llmship.sinks.intakes import ROUTES
 
 API_KEY_HEADER = "DD-API-KEY"
 
@@ -55,7 +56,7 @@ ACCEPTED_BODY: dict[str, dict[str, Any]] = {
     "traces": {},  # not documented; the trace-agent's sender treats any 2xx as success
 }
 
-_KIND_BY_PATH = {path: kind for kind, (_subdomain, path) in ENDPOINTS.items()}
+_KIND_BY_PATH = {route.path: kind for kind, route in ROUTES.items()}
 
 
 @dataclass(frozen=True, slots=True)

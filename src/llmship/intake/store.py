@@ -21,7 +21,7 @@ CREATE TABLE IF NOT EXISTS requests (
     at REAL NOT NULL,               -- unix time the request arrived
     method TEXT NOT NULL,
     path TEXT NOT NULL,
-    kind TEXT,                      -- a key of delivery.payload.ENDPOINTS; NULL for unknown paths
+    kind TEXT,                      -- a key of sinks.intakes.ROUTES; NULL for unknown paths
     status INTEGER NOT NULL,        -- the status we answered
     payload_id TEXT,                -- header X-Llmship-Payload-Id
     api_key_present INTEGER NOT NULL,

@@ -5,21 +5,26 @@ one envelope per event, ``{"_dd.stage": "raw", "_dd.tracer_version": ..., "event
 "spans": [event]}`` (plus ``"_dd.scope": "experiments"`` for experiment spans). Limits are ddtrace's:
 a batch stays under 5 MiB, and an event of 5 MB or more has its input and output replaced by a
 placeholder and ``collection_errors: ["dropped_io"]`` (``_truncate_span_event``) rather than being lost.
+
+Each envelope is one item of the packer (llmship.shipping.packer): framed ``[`` ``,`` ``]``, submitted at
+1000 events, 5 MiB, or after FLUSH_SECS.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import orjson
 
-from llmship.compression import compress_fast, decompress
+from llmship.compression import FAST_LEVELS
 from llmship.config import Config
-from llmship.delivery.payload import Payload, register_splitter
+from llmship.delivery.payload import Framing, Payload
 from llmship.model import LLMObsEvent
 from llmship.log import RateLimited, get_logger
-from llmship.sinks.batch import BatchedSink, Batcher
+from llmship.shipping.packer import Encoding, Packer, accepted
+from llmship.sinks.intakes import ROUTES
 from llmship.telemetry import Telemetry
 
 # 5 MiB: ddtrace DEFAULT_EVP_PAYLOAD_SIZE_LIMIT ("actual server limit is 5.1 MB")
@@ -34,22 +39,40 @@ FLUSH_SECS = 1.0
 DROPPED_VALUE_TEXT = "[This value has been dropped because this span's size exceeds the 5MB size limit.]"
 DROPPED_IO = "dropped_io"
 _TRACER_VERSION_TAG = "ddtrace.version:"
-_SPLIT_MAX_BYTES = 64 << 20  # inflating back a payload we built ourselves
+# The LLM Observability intake is an EVP intake: gzip is the one encoding known to reach it (the Agent's EVP
+# proxy forwards Content-Encoding, dd-trace-java sends gzip to EVP intakes: DataDog/dd-trace-java#6569);
+# nothing documents zstd or deflate for it, so those fall back to gzip. identity is plain JSON, what ddtrace
+# itself posts to the Agent's EVP proxy.
+_ACCEPTS = ("gzip", "identity")
+
+LLMOBS = Encoding("llmobs", ROUTES["llmobs"], "application/json", MAX_PAYLOAD_BYTES, MAX_PAYLOAD_BYTES,
+                  Framing(b"[", b",", b"]"), max_items=MAX_EVENTS_PER_PAYLOAD, max_age_secs=FLUSH_SECS)
 
 _log = RateLimited(get_logger("llmobs_sink"))
 
 
-class LLMObsSink(BatchedSink):
+class LLMObsSink:
     def __init__(self, cfg: Config, submit: Callable[[Payload], object], telemetry: Telemetry) -> None:
         self._tel = telemetry.component("llmobs_sink")
-        self._batcher = Batcher(self._encode, submit, max_items=MAX_EVENTS_PER_PAYLOAD,
-                                max_bytes=MAX_PAYLOAD_BYTES, max_age_secs=FLUSH_SECS, telemetry=self._tel)
+        self._packer = Packer(LLMOBS, submit, on_too_large=self._too_large)
+        self._tel.gauge("batch_items", lambda: len(self._packer))
         self.reload(cfg)
 
     def reload(self, cfg: Config) -> None:
-        # gzip unless told to send plain JSON: the EVP intakes take Content-Encoding gzip (the Agent's EVP
-        # proxy forwards it), and nothing documents zstd or deflate for them.
-        self._encoding = "identity" if cfg.sinks.datadog.compression == "identity" else "gzip"
+        compression = accepted(cfg.sinks.datadog.compression, _ACCEPTS)
+        self._packer.reconfigure(replace(LLMOBS, compression=compression, level=FAST_LEVELS.get(compression)))
+
+    async def start(self) -> None:
+        self._packer.start()
+
+    async def shutdown(self, deadline: float) -> None:
+        await self._packer.shutdown(deadline)
+
+    def flush(self) -> None:
+        self._packer.flush()
+
+    def _too_large(self, events: int) -> None:
+        self._tel.inc("dropped", events, reason="item_too_large")
 
     def add(self, event: LLMObsEvent) -> None:
         self._tel.inc("events_received")
@@ -67,10 +90,7 @@ class LLMObsSink(BatchedSink):
                 _log.error("event_too_large_after_reduction", "llmobs_event_dropped", size_bytes=len(data),
                            limit_bytes=MAX_EVENT_BYTES)
                 return
-        self._batcher.add(data)
-
-    def _encode(self, items: list[bytes]) -> Payload:
-        return _payload(items, self._encoding)
+        self._packer.add(data)
 
 
 def envelope(event: LLMObsEvent) -> dict[str, Any]:
@@ -116,22 +136,3 @@ def _json_default(value: Any) -> Any:
 def _dumps(value: Any) -> bytes:
     # OPT_NON_STR_KEYS: msgpack maps may have integer keys, which JSON writes as strings.
     return orjson.dumps(value, default=_json_default, option=orjson.OPT_NON_STR_KEYS)
-
-
-def _payload(items: list[bytes], encoding: str) -> Payload:
-    body = b"[" + b",".join(items) + b"]"
-    return Payload(kind="llmobs", body=compress_fast(body, encoding), content_type="application/json",
-                   content_encoding=encoding, items=len(items))
-
-
-def split_llmobs_payload(payload: Payload) -> list[Payload]:
-    """Two payloads with half the envelopes each, for a 413."""
-    envelopes = orjson.loads(decompress(payload.body, payload.content_encoding, _SPLIT_MAX_BYTES))
-    if not isinstance(envelopes, list) or len(envelopes) < 2:
-        return [payload]
-    half = len(envelopes) // 2
-    return [_payload([_dumps(e) for e in part], payload.content_encoding)
-            for part in (envelopes[:half], envelopes[half:])]
-
-
-register_splitter("llmobs", split_llmobs_payload)

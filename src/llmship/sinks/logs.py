@@ -6,21 +6,24 @@ Limits, from the intake's documentation (docs.datadoghq.com/api/latest/logs/#sen
 entries and 5 MB uncompressed per request, 1 MB per log. The intake accepts a larger log and truncates it;
 we cut it ourselves first (its longest strings, marked with ``…[truncated]`` and the tag
 ``llmship.truncated:true``) so that one huge record can neither be refused as part of a batch nor dropped.
+Each record is one item of the packer (llmship.shipping.packer), framed ``[`` ``,`` ``]``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import orjson
 
-from llmship.compression import compress_fast, decompress
+from llmship.compression import FAST_LEVELS
 from llmship.config import Config
-from llmship.delivery.payload import Payload, register_splitter
+from llmship.delivery.payload import Framing, Payload
 from llmship.model import LogRecord
 from llmship.log import RateLimited, get_logger
-from llmship.sinks.batch import BatchedSink, Batcher
+from llmship.shipping.packer import Encoding, Packer, accepted
+from llmship.sinks.intakes import ROUTES
 from llmship.telemetry import Telemetry
 from llmship.transforms.logs import TRUNCATED_TAG
 from llmship.transforms.truncate import TRUNCATION_MARKER, truncate_text
@@ -34,25 +37,42 @@ MAX_ENTRY_BYTES = 1_000_000
 BATCH_WAIT_SECS = 5.0
 _MARKER_BYTES = len(TRUNCATION_MARKER.encode())
 _RESERVED = ("message", "ddsource", "ddtags", "hostname", "service", "status", "timestamp")
-_SPLIT_MAX_BYTES = 64 << 20  # inflating back a payload we built ourselves
+# The logs intake takes zstd (the Agent's logs_config.compression_kind, "zstd" by default in current Agents:
+# datadog-agent pkg/config/setup/config.go DefaultLogCompressionKind) and gzip; the API docs (Send logs,
+# Content-Encoding) list gzip and deflate. Every [sinks.datadog] compression is accepted.
+_ACCEPTS = ("gzip", "deflate", "zstd", "identity")
+
+# The limit as sent is the uncompressed one: a body can only compress below it.
+LOGS = Encoding("logs", ROUTES["logs"], "application/json", MAX_PAYLOAD_BYTES, MAX_PAYLOAD_BYTES,
+                Framing(b"[", b",", b"]"), max_items=MAX_ENTRIES_PER_PAYLOAD, max_age_secs=BATCH_WAIT_SECS)
 
 _log = RateLimited(get_logger("logs_sink"))
 
 
-class LogsSink(BatchedSink):
+class LogsSink:
     def __init__(self, cfg: Config, submit: Callable[[Payload], object], telemetry: Telemetry) -> None:
         self._tel = telemetry.component("logs_sink")
-        self._encoding = cfg.sinks.datadog.compression
-        self._hostname = cfg.agent.hostname
-        self._batcher = Batcher(self._encode, submit, max_items=MAX_ENTRIES_PER_PAYLOAD,
-                                max_bytes=MAX_PAYLOAD_BYTES,
-                                max_age_secs=min(BATCH_WAIT_SECS, cfg.agent.flush_interval_secs),
-                                telemetry=self._tel)
-        register_splitter("logs", split_payload)
+        self._packer = Packer(LOGS, submit, on_too_large=self._too_large)
+        self._tel.gauge("batch_items", lambda: len(self._packer))
+        self.reload(cfg)
 
     def reload(self, cfg: Config) -> None:
-        self._encoding = cfg.sinks.datadog.compression
         self._hostname = cfg.agent.hostname
+        compression = accepted(cfg.sinks.datadog.compression, _ACCEPTS)
+        self._packer.reconfigure(replace(LOGS, compression=compression, level=FAST_LEVELS.get(compression),
+                                         max_age_secs=min(BATCH_WAIT_SECS, cfg.agent.flush_interval_secs)))
+
+    async def start(self) -> None:
+        self._packer.start()
+
+    async def shutdown(self, deadline: float) -> None:
+        await self._packer.shutdown(deadline)
+
+    def flush(self) -> None:
+        self._packer.flush()
+
+    def _too_large(self, events: int) -> None:
+        self._tel.inc("dropped", events, reason="item_too_large")
 
     def add(self, record: LogRecord) -> None:
         self._tel.inc("events_received")
@@ -69,7 +89,7 @@ class LogsSink(BatchedSink):
             return
         if len(data) > MAX_ENTRY_BYTES:
             data = self._reduce(record, data)
-        self._batcher.add(data)
+        self._packer.add(data)
 
     def _reduce(self, record: LogRecord, data: bytes) -> bytes:
         size = len(data)
@@ -78,27 +98,6 @@ class LogsSink(BatchedSink):
         _log.warning("entry_too_large", "log_entry_truncated", size_bytes=size, reduced_bytes=len(data),
                      limit_bytes=MAX_ENTRY_BYTES)
         return data
-
-    def _encode(self, items: list[bytes]) -> Payload:
-        return _payload(items, self._encoding)
-
-
-def _payload(items: list[bytes], encoding: str) -> Payload:
-    body = b"[" + b",".join(items) + b"]"
-    return Payload(kind="logs", body=compress_fast(body, encoding),
-                   content_type="application/json", content_encoding=encoding, items=len(items))
-
-
-def split_payload(payload: Payload) -> list[Payload]:
-    """Cut a logs payload in two (for a 413): decode, halve, re-encode."""
-    records = orjson.loads(decompress(payload.body, payload.content_encoding, _SPLIT_MAX_BYTES))
-    half = len(records) // 2
-    parts = []
-    for chunk in (records[:half], records[half:]):
-        part = _payload([orjson.dumps(r) for r in chunk], payload.content_encoding)
-        part.extra_headers = dict(payload.extra_headers)
-        parts.append(part)
-    return parts
 
 
 # ----------------------------------------------------------------------------------------- oversize

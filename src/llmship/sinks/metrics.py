@@ -27,12 +27,13 @@ service_checks -> POST /api/v1/check_run, application/json, an array batched per
   Limits: the Agent posts check runs to this endpoint within serializer_max_payload_size and
   serializer_max_uncompressed_payload_size, so we do too.
 
-Payloads are built as the items come (``_Packer``, the Agent's stream compressor): each item is encoded and
-appended to the open payload, which is compressed as it grows and submitted once full, so a flush of 100k
-contexts holds one open payload per kind, never every encoded series. ``ship_async`` does it in slices of
-about SLICE_SECS and lets the event loop run between them.
+Payloads are built as the items come (llmship.shipping.packer, the Agent's stream compressor): each item is
+encoded and handed to the packer of its kind, which compresses as the payload grows and submits it once full,
+so a flush of 100k contexts holds one open payload per kind, never every encoded series. ``ship_async`` does
+it in slices of about SLICE_SECS and lets the event loop run between them. A payload records its item
+boundaries, so delivery splits it on a 413 without decoding it.
 
-Every kind registers a splitter (decode, halve, re-encode) so delivery can split a payload on a 413.
+Compression: [sinks.datadog] compression where the intake takes it (see each encoding), else gzip.
 """
 
 from __future__ import annotations
@@ -40,15 +41,17 @@ from __future__ import annotations
 import asyncio
 import struct
 import time
+from dataclasses import replace
 from collections.abc import Callable, Iterable, Iterator
 
 import orjson
 
 from llmship import protobuf as pb
 from llmship.aggregation import FlushResult, Series, SketchSeries
-from llmship.compression import compress, compress_bound, decompress, stream_compressor
-from llmship.delivery.payload import Payload, register_splitter
+from llmship.delivery.payload import Framing, Payload
 from llmship.log import RateLimited, get_logger
+from llmship.shipping.packer import Encoding, Packer, accepted, build_payloads
+from llmship.sinks.intakes import ROUTES
 from llmship.tags import add_missing, agent_default_tags, split_tags
 from llmship.telemetry import Telemetry
 
@@ -67,9 +70,6 @@ MAX_PENDING_SERVICE_CHECKS = 10_000  # per flush interval; a bound of ours, beyo
 # this long for their reader (the kernel's receive buffer holds them meanwhile).
 SLICE_SECS = 0.005
 _CLOCK_EVERY_ITEMS = 32  # items encoded between looks at the clock (a look costs about an item's encoding)
-# The Agent's stream compressor stops flushing a payload for an exact size after this many times and
-# calls it full: each flush costs a little compression (datadog-agent pkg/serializer/internal/stream).
-MAX_REPACKS = 40
 
 _JSON = "application/json"
 _PROTOBUF = "application/x-protobuf"
@@ -131,181 +131,32 @@ def encode_sketch(sketch: SketchSeries) -> bytes:
     return _len_field(_TAG_SKETCH, b"".join(fields))
 
 
-class _Kind:
-    """How one payload kind is framed, limited and labelled."""
+# The Agent's serializer compresses series, sketches and check runs with serializer_compressor_kind: zlib
+# (Content-Encoding: deflate) or zstd, zstd by default in current Agents (datadog-agent
+# pkg/config/setup/config.go DefaultCompressorKind = "zstd", pkg/serializer/compression/internal/
+# zstd_strategy.go ContentEncoding "zstd"); the v2 series API documents deflate, zstd and gzip (Datadog API
+# docs, Submit metrics, Content-Encoding). We have always sent gzip to all three, so gzip stays accepted.
+_METRICS_ENCODINGS = ("gzip", "deflate", "zstd", "identity")
+# POST /api/v1/events is the public API, not the Agent's path (it posts events to /intake/): gzip and
+# deflate are what we have sent it; zstd is not documented for it, so zstd falls back to gzip.
+_EVENTS_ENCODINGS = ("gzip", "deflate", "identity")
 
-    def __init__(self, name: str, content_type: str, head: bytes, tail: bytes, separator: bytes,
-                 max_bytes: int, max_uncompressed: int, max_items: int | None = None) -> None:
-        self.name = name
-        self.content_type = content_type
-        self.head = head  # framing bytes before the items
-        self.tail = tail  # and after them
-        self.separator = separator  # bytes between items
-        self.max_bytes = max_bytes  # as sent (compressed)
-        self.max_uncompressed = max_uncompressed
-        self.max_items = max_items  # None: as many as the sizes allow
-
-    def frame(self, items: Iterable[bytes]) -> bytes:
-        """One body with every item (to split a payload on a 413)."""
-        body = bytearray(self.head)
-        for i, item in enumerate(items):
-            if i:
-                body += self.separator
-            body += item
-        body += self.tail
-        return bytes(body)
+SERIES = Encoding("series", ROUTES["series"], _JSON, SERIES_MAX_BYTES, SERIES_MAX_UNCOMPRESSED_BYTES,
+                  Framing(b'{"series":[', b",", b"]}"))
+SKETCHES = Encoding("sketches", ROUTES["sketches"], _PROTOBUF, AGENT_MAX_PAYLOAD_BYTES, AGENT_MAX_UNCOMPRESSED_BYTES,
+                    Framing(b"", b"", _SKETCH_FOOTER))
+SERVICE_CHECKS = Encoding("service_checks", ROUTES["service_checks"], _JSON, AGENT_MAX_PAYLOAD_BYTES,
+                          AGENT_MAX_UNCOMPRESSED_BYTES, Framing(b"[", b",", b"]"))
+EVENTS = Encoding("events", ROUTES["events"], _JSON, AGENT_MAX_PAYLOAD_BYTES, AGENT_MAX_UNCOMPRESSED_BYTES,
+                  max_items=1)  # POST /api/v1/events takes one event
 
 
-SERIES = _Kind("series", _JSON, b'{"series":[', b"]}", b",", SERIES_MAX_BYTES, SERIES_MAX_UNCOMPRESSED_BYTES)
-SKETCHES = _Kind("sketches", _PROTOBUF, b"", _SKETCH_FOOTER, b"", AGENT_MAX_PAYLOAD_BYTES,
-                 AGENT_MAX_UNCOMPRESSED_BYTES)
-SERVICE_CHECKS = _Kind("service_checks", _JSON, b"[", b"]", b",", AGENT_MAX_PAYLOAD_BYTES,
-                       AGENT_MAX_UNCOMPRESSED_BYTES)
-EVENTS = _Kind("events", _JSON, b"", b"", b"", AGENT_MAX_PAYLOAD_BYTES, AGENT_MAX_UNCOMPRESSED_BYTES,
-               max_items=1)  # POST /api/v1/events takes one event
-
-
-# ---------------------------------------------------------------------------------------------- packing
-
-
-class _Packer:
-    """Packs encoded items of one kind into payloads as they come, compressing as it goes, like the
-    Agent's stream compressor (datadog-agent pkg/serializer/internal/stream/compressor.go).
-
-    Items wait uncompressed until the worst case of compressing them (``compress_bound``) would not fit
-    in what is left below the compressed limit. Then they are compressed and the compressor flushed, which
-    gives the exact compressed size so far, and the item is checked again; if it still does not fit (or
-    after MAX_REPACKS such flushes) the payload is submitted and a new one started. The uncompressed
-    limit is checked exactly. So no payload is over either limit, nothing is compressed twice, and only
-    the open payload is held. An item that cannot fit even alone goes to ``on_too_large``.
-    """
-
-    def __init__(self, kind: _Kind, encoding: str, submit: Callable[[Payload], None],
-                 on_too_large: Callable[[int], None]) -> None:
-        self._kind = kind
-        self._encoding = encoding
-        self._submit = submit
-        self._on_too_large = on_too_large
-        self._framing = len(kind.separator) + len(kind.tail)  # what an item adds besides itself, at most
-        self._open()
-        self._max_item = self._max_pending - len(kind.head) - len(kind.tail)  # the largest that fits alone
-
-    def _open(self) -> None:
-        self._compressor, self._flush_mode = stream_compressor(self._encoding)
-        self._chunks: list[bytes] = []  # compressed so far
-        self._compressed = 0  # their length
-        self._fed = 0  # uncompressed bytes given to the compressor
-        self._pending = bytearray(self._kind.head)  # not compressed yet
-        self._items = 0
-        self._repacks = 0
-        self._max_pending = self._room()
-
-    def add(self, item: bytes) -> None:
-        if len(item) > self._max_item:
-            self._on_too_large(1)
-            return
-        if self._items and not self._fits(item):
-            self.close()
-        if self._items:
-            self._pending += self._kind.separator
-        self._pending += item
-        self._items += 1
-
-    def close(self) -> None:
-        """Submit the open payload, if it holds anything, and open a new one."""
-        if not self._items:
-            return
-        self._pending += self._kind.tail
-        self._feed()
-        self._chunks.append(self._compressor.flush())
-        body = b"".join(self._chunks)
-        self._submit(Payload(self._kind.name, body, self._kind.content_type, self._encoding, items=self._items))
-        self._open()
-
-    def _fits(self, item: bytes) -> bool:
-        """Can ``item`` join the open payload? Compresses what waits, to learn the exact size, when that is
-        what it takes to know."""
-        if self._kind.max_items is not None and self._items >= self._kind.max_items:
-            return False
-        return self._has_room(item) or self._repack_for(item)
-
-    def _has_room(self, item: bytes) -> bool:
-        return len(self._pending) + self._framing + len(item) <= self._max_pending
-
-    def _room(self) -> int:
-        """The most uncompressed bytes that may wait: fed to the compressor, even incompressible, they would
-        still fit below both limits. Computed once per flush of the compressor, not per item."""
-        space = self._kind.max_bytes - self._compressed
-        n = space
-        while n > 0 and (excess := compress_bound(self._encoding, n) - space) > 0:
-            n -= excess  # the bound shrinks about as fast as n: this ends in a step or two
-        return max(0, min(n, self._kind.max_uncompressed - self._fed))
-
-    def _repack_for(self, item: bytes) -> bool:
-        """Compress what waits and learn the exact size: is there room for ``item`` now?"""
-        if self._flush_mode is None or self._repacks >= MAX_REPACKS:
-            return False
-        self._feed()
-        flushed = self._compressor.flush(self._flush_mode)
-        self._chunks.append(flushed)
-        self._compressed += len(flushed)
-        self._repacks += 1
-        self._max_pending = self._room()
-        return self._has_room(item)
-
-    def _feed(self) -> None:
-        out = self._compressor.compress(self._pending)
-        self._fed += len(self._pending)
-        self._pending = bytearray()
-        if out:
-            self._chunks.append(out)
-            self._compressed += len(out)
-
-
-def build_payloads(kind: _Kind, items: Iterable[bytes], encoding: str,
-                   on_too_large: Callable[[int], None] = lambda n: None) -> list[Payload]:
-    """Pack pre-encoded items into as few payloads as the kind's limits allow (see _Packer)."""
-    payloads: list[Payload] = []
-    packer = _Packer(kind, encoding, payloads.append, on_too_large)
-    for item in items:
-        packer.add(item)
-    packer.close()
-    return payloads
-
-
-# ---------------------------------------------------------------------------------------------- splitters
-
-
-def _split(kind: _Kind, payload: Payload, entries: list, encode: Callable[[object], bytes]) -> list[Payload]:
-    if len(entries) < 2:
-        return [payload]
-    half = len(entries) // 2
-    return [
-        Payload(kind.name, compress(kind.frame(map(encode, part)), payload.content_encoding), kind.content_type,
-                payload.content_encoding, items=len(part), extra_headers=dict(payload.extra_headers))
-        for part in (entries[:half], entries[half:])
-    ]
-
-
-def _inflate(payload: Payload, kind: _Kind) -> bytes:
-    return decompress(payload.body, payload.content_encoding, kind.max_uncompressed * 2)
-
-
-def split_series(payload: Payload) -> list[Payload]:
-    return _split(SERIES, payload, orjson.loads(_inflate(payload, SERIES))["series"], orjson.dumps)
-
-
-def split_sketches(payload: Payload) -> list[Payload]:
-    return _split(SKETCHES, payload, pb.decode(_inflate(payload, SKETCHES)).get(1, []), lambda s: pb.f_msg(1, s))
-
-
-def split_service_checks(payload: Payload) -> list[Payload]:
-    return _split(SERVICE_CHECKS, payload, orjson.loads(_inflate(payload, SERVICE_CHECKS)), orjson.dumps)
-
-
-register_splitter("series", split_series)
-register_splitter("sketches", split_sketches)
-register_splitter("service_checks", split_service_checks)
+def metrics_encodings(compression: str) -> dict[str, Encoding]:
+    """The four encodings for [sinks.datadog] compression (levels: the codecs' defaults, as before)."""
+    metrics, events = accepted(compression, _METRICS_ENCODINGS), accepted(compression, _EVENTS_ENCODINGS)
+    return {"series": replace(SERIES, compression=metrics), "sketches": replace(SKETCHES, compression=metrics),
+            "service_checks": replace(SERVICE_CHECKS, compression=metrics),
+            "events": replace(EVENTS, compression=events)}
 
 
 # ---------------------------------------------------------------------------------------------- the sink
@@ -326,7 +177,7 @@ class MetricsSink:
         self.reload(cfg)
 
     def reload(self, cfg) -> None:
-        self._encoding = cfg.sinks.datadog.compression
+        self._encodings = metrics_encodings(cfg.sinks.datadog.compression)
         self._hostname = cfg.agent.hostname
         self._default_tags = agent_default_tags(cfg.agent)
 
@@ -367,8 +218,8 @@ class MetricsSink:
                 self._shipments.pop(0)
 
     def _encode(self, result: FlushResult) -> Iterator[None]:
-        series = _Packer(SERIES, self._encoding, self._submit_one, self._too_large("series"))
-        sketches = _Packer(SKETCHES, self._encoding, self._submit_one, self._too_large("sketches"))
+        series = Packer(self._encodings["series"], self._submit_one, on_too_large=self._too_large("series"))
+        sketches = Packer(self._encodings["sketches"], self._submit_one, on_too_large=self._too_large("sketches"))
         encoded = {Series: 0, SketchSeries: 0}
         slice_end = time.perf_counter() + SLICE_SECS
         for i, item in enumerate(result.drain(), 1):
@@ -381,8 +232,8 @@ class MetricsSink:
                 self._count_encoded(encoded)
                 yield
                 slice_end = time.perf_counter() + SLICE_SECS
-        series.close()
-        sketches.close()
+        series.flush()
+        sketches.flush()
         self._count_encoded(encoded)
         self._flush_service_checks()
 
@@ -407,7 +258,7 @@ class MetricsSink:
         if "aggregation_key" in body:
             body["aggregation_key"] = str(body["aggregation_key"])[:EVENT_AGGREGATION_KEY_MAX_CHARS]
         self._tel.inc("events_encoded")
-        self._submit_all(build_payloads(EVENTS, [orjson.dumps(body)], self._encoding, self._too_large("events")))
+        self._submit_all(build_payloads(self._encodings["events"], [orjson.dumps(body)], self._too_large("events")))
 
     def send_service_check(self, check: dict) -> None:
         """Queue one service check for the next ``ship``. Keys: check (or name), status 0-3, host_name
@@ -444,7 +295,8 @@ class MetricsSink:
             return
         items, self._checks = self._checks, []
         self._tel.inc("service_checks_encoded", len(items))
-        self._submit_all(build_payloads(SERVICE_CHECKS, items, self._encoding, self._too_large("service_checks")))
+        self._submit_all(build_payloads(self._encodings["service_checks"], items,
+                                        self._too_large("service_checks")))
 
     def _tags(self, raw: str | Iterable[str] | None) -> list[str]:
         tags = split_tags(raw if isinstance(raw, str) else ",".join(map(str, raw or ())))

@@ -13,6 +13,11 @@ Maps are repeated entry messages {key=1, value=2}.
 
 Like the Agent's trace writer (pkg/trace/writer/trace.go) the sink flushes at 3.2 MB of encoded chunks
 or every 5 s, and sends ``Content-Type: application/x-protobuf`` and ``X-Datadog-Reported-Languages``.
+Payloads are built by the packer (llmship.shipping.packer): an item is one TracerPayload (AgentPayload field
+5: the tracer payload header and the chunks that share it, as the Agent's writer appends one TracerPayload
+per tracer request), between the AgentPayload's head (hostName, env) and tail (agentVersion, targetTPS,
+errorTPS). Consecutive chunks with the same header gather into one TracerPayload of at most
+TRACER_PAYLOAD_MAX_BYTES; a 413 splits a payload between TracerPayloads.
 Like the Agent's priority sampler it does not ship chunks whose sampling priority is <= 0 (ddtrace
 predicts exactly that and sends the LLM Observability events of such traces on its own).
 """
@@ -22,12 +27,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from llmship import protobuf as pb
-from llmship.compression import compress_fast, decompress
+from llmship.compression import FAST_LEVELS
 from llmship.config import Config
-from llmship.delivery.payload import Payload, register_splitter
+from llmship.delivery.payload import Framing, Payload
 from llmship.model import Span, TracerInfo, root_span
 from llmship.log import RateLimited, get_logger
-from llmship.sinks.batch import BatchedSink, Batcher
+from llmship.shipping.packer import Encoding, Packer, accepted
+from llmship.sinks.intakes import ROUTES
 from llmship.sinks.spanenc import DEFAULT_SERVICE_NAME, ENCODE_ERRORS, encode_span
 from llmship.tags import agent_default_tags
 from llmship.telemetry import Telemetry
@@ -41,35 +47,43 @@ AGENT_VERSION = "7.64.3"
 MAX_PAYLOAD_BYTES = 3_200_000
 # 5 s: the Agent trace writer's flush period (pkg/trace/writer/trace.go, tick)
 FLUSH_SECS = 5.0
-# Not an intake limit: only a bound on how many chunks one payload may gather.
+# Not an intake limit: only a bound on how many tracer payloads one payload may gather.
 MAX_CHUNKS_PER_PAYLOAD = 100_000
+# Not an intake limit: consecutive chunks sharing a tracer payload header are gathered into one TracerPayload
+# up to this size, which is also the smallest a 413 can cut a payload into.
+TRACER_PAYLOAD_MAX_BYTES = 256 * 1024
 # apm_config.target_traces_per_second and errors_per_second defaults, reported as the Agent does.
 TARGET_TPS = 10.0
 ERROR_TPS = 10.0
 # apm_config.env default: what the Agent reports when neither the span nor the config names an env.
 DEFAULT_ENV = "none"
-# Room for the AgentPayload fields around the chunks (host, env, version, TPS values).
-AGENT_PAYLOAD_OVERHEAD = 256
 SAMPLING_PRIORITY_KEY = "_sampling_priority_v1"
 AUTO_KEEP = 1  # ddtrace constants.AUTO_KEEP
 LANGUAGES_HEADER = "X-Datadog-Reported-Languages"
-# Largest body the splitter inflates back (a payload we built ourselves, so well under this).
-_SPLIT_MAX_BYTES = 64 << 20
+# The trace intake takes gzip or zstd; current Agents send zstd by default (DataDog/datadog-agent#28603,
+# "[APM] Use zstd compression by default", at zstd.BestSpeed: pkg/trace/writer/zstd.go) and gzip at
+# BestSpeed before that (pkg/trace/writer/trace.go). deflate and identity fall back to gzip: the Agent always
+# compresses trace payloads.
+_ACCEPTS = ("gzip", "zstd")
 _MAX_CACHED_HEADERS = 1024  # tracer payload headers: one per tracer process, env and version
 
-_LEN, _FIXED64 = pb.LEN, pb.FIXED64
-_SPAN_TAG = pb.tag(3, _LEN)  # TraceChunk.spans
+_LEN = pb.LEN
 _log = RateLimited(get_logger("traces_sink"))
 
 
-class TraceSink(BatchedSink):
+class TraceSink:
     def __init__(self, cfg: Config, submit: Callable[[Payload], object], telemetry: Telemetry) -> None:
         self._tel = telemetry.component("traces_sink")
+        self._submit = submit
         self._languages: set[str] = set()  # every language seen, as the Agent reports them
-        self._batcher = Batcher(self._encode, submit, max_items=MAX_CHUNKS_PER_PAYLOAD,
-                                max_bytes=MAX_PAYLOAD_BYTES, max_age_secs=FLUSH_SECS,
-                                telemetry=self._tel, framing_bytes=AGENT_PAYLOAD_OVERHEAD)
+        # The TracerPayload being gathered: its header, its chunk fields, their size and span count.
+        self._open_header: bytes | None = None
+        self._open_chunks: list[bytes] = []
+        self._open_bytes = 0
+        self._open_spans = 0
+        self._packer: Packer | None = None
         self.reload(cfg)
+        self._tel.gauge("batch_items", lambda: len(self._packer) + bool(self._open_chunks))
 
     def reload(self, cfg: Config) -> None:
         self._hostname = cfg.agent.hostname
@@ -79,9 +93,28 @@ class TraceSink(BatchedSink):
         # version and tags (the service is a field of its own).
         self._meta_defaults = tuple((key, tag[len(key) + 1:]) for key, tag in agent_default_tags(cfg.agent).items()
                                     if key != "service" and ":" in tag)
-        # The trace intake takes gzip (the Agent's default) or zstd (apm_config.compression).
-        self._encoding = "zstd" if cfg.sinks.datadog.compression == "zstd" else "gzip"
+        compression = accepted(cfg.sinks.datadog.compression, _ACCEPTS)
+        encoding = Encoding(
+            "traces", ROUTES["traces"], "application/x-protobuf", MAX_PAYLOAD_BYTES, MAX_PAYLOAD_BYTES,
+            Framing(pb.f_str(1, self._hostname) + pb.f_str(2, self._env), b"",
+                    pb.f_str(7, AGENT_VERSION) + pb.f_double(8, TARGET_TPS) + pb.f_double(9, ERROR_TPS)),
+            max_items=MAX_CHUNKS_PER_PAYLOAD, compression=compression, level=FAST_LEVELS.get(compression),
+            max_age_secs=FLUSH_SECS)
+        if self._packer is None:
+            self._packer = Packer(encoding, self._submit_payload, on_too_large=self._too_large,
+                                  before_flush=self._close_tracer_payload)
+        else:
+            self._packer.reconfigure(encoding)
         self._headers: dict[tuple, bytes] = {}
+
+    async def start(self) -> None:
+        self._packer.start()
+
+    async def shutdown(self, deadline: float) -> None:
+        await self._packer.shutdown(deadline)
+
+    def flush(self) -> None:
+        self._packer.flush()
 
     def add_chunk(self, spans: list[Span], tracer: TracerInfo) -> None:
         """Queue one trace chunk (spans of one trace from one tracer payload) for the intake."""
@@ -110,15 +143,39 @@ class TraceSink(BatchedSink):
                 self._tel.inc("dropped", reason="unencodable_span")
                 _log.warning("unencodable_span", "span_dropped", error=f"{type(e).__name__}: {e}")
         # A chunk too large for one payload is cut into several (tracers flush partial chunks too);
-        # 32 bytes for the item's prefixes and the chunk's own tag and length.
-        room = MAX_PAYLOAD_BYTES - AGENT_PAYLOAD_OVERHEAD - len(header) - len(chunk_fields) - 32
+        # 32 bytes for the TracerPayload's and the chunk's own tags and lengths.
+        room = self._packer.max_item - len(header) - len(chunk_fields) - 32
         for group in _groups_within(encoded, room):
             if group is None:
                 self._tel.inc("dropped", reason="span_too_large")
                 _log.warning("span_too_large", "span_too_large", limit_bytes=MAX_PAYLOAD_BYTES)
                 continue
-            chunk = chunk_fields + b"".join([_SPAN_TAG + pb.varint(len(s)) + s for s in group])
-            self._batcher.add(_item(len(group), header, pb.f_msg(6, chunk)))
+            chunk = pb.f_msg(6, chunk_fields + b"".join([_SPAN_TAG + pb.varint(len(s)) + s for s in group]))
+            if self._open_header != header or self._open_bytes + len(chunk) > TRACER_PAYLOAD_MAX_BYTES:
+                self._close_tracer_payload()
+                self._open_header = header
+                self._open_bytes = len(header)
+            self._open_chunks.append(chunk)
+            self._open_bytes += len(chunk)
+            self._open_spans += len(group)
+            self._packer.hold()
+
+    def _close_tracer_payload(self) -> None:
+        """Hand the TracerPayload being gathered to the packer (AgentPayload.tracerPayloads, field 5)."""
+        if self._open_chunks:
+            item = pb.f_msg(5, self._open_header + b"".join(self._open_chunks))
+            spans = self._open_spans
+            self._open_chunks, self._open_bytes, self._open_spans = [], 0, 0
+            self._packer.add(item, spans)
+        self._open_header = None
+
+    def _submit_payload(self, payload: Payload) -> None:
+        if self._languages:
+            payload.extra_headers[LANGUAGES_HEADER] = "|".join(sorted(self._languages))
+        self._submit(payload)
+
+    def _too_large(self, spans: int) -> None:
+        self._tel.inc("dropped", spans, reason="span_too_large")
 
     def _header(self, tracer: TracerInfo, env: str, hostname: str, app_version: str) -> bytes:
         key = (tracer.container_id, tracer.language, tracer.language_version, tracer.tracer_version,
@@ -130,21 +187,6 @@ class TraceSink(BatchedSink):
             header = self._headers[key] = _tracer_payload_header(tracer, env=env, hostname=hostname,
                                                                  app_version=app_version)
         return header
-
-    def _encode(self, items: list[bytes]) -> Payload:
-        """Group the chunks by tracer payload header and wrap them in one AgentPayload."""
-        by_header: dict[bytes, list[bytes]] = {}
-        spans = 0
-        for item in items:
-            n, header, chunk = _parse_item(item)
-            spans += n
-            by_header.setdefault(header, []).append(chunk)
-        tracer_payloads = [header + b"".join(chunks) for header, chunks in by_header.items()]
-        body = _agent_payload(self._hostname, self._env, tracer_payloads)
-        headers = {LANGUAGES_HEADER: "|".join(sorted(self._languages))} if self._languages else {}
-        return Payload(kind="traces", body=compress_fast(body, self._encoding),
-                       content_type="application/x-protobuf", content_encoding=self._encoding,
-                       items=spans, extra_headers=headers)
 
 
 # ------------------------------------------------------------------------------------------ encoding
@@ -159,20 +201,15 @@ def _priority(spans: list[Span]) -> int | None:
     return None
 
 
+_SPAN_TAG = pb.tag(3, _LEN)  # TraceChunk.spans
+
+
 def _tracer_payload_header(tracer: TracerInfo, *, env: str, hostname: str, app_version: str) -> bytes:
     """Every TracerPayload field but the chunks (field 6), which are appended after it."""
     return b"".join((
         pb.f_str(1, tracer.container_id), pb.f_str(2, tracer.language), pb.f_str(3, tracer.language_version),
         pb.f_str(4, tracer.tracer_version), pb.f_str(5, tracer.runtime_id), pb.f_str(8, env),
         pb.f_str(9, hostname), pb.f_str(10, app_version),
-    ))
-
-
-def _agent_payload(hostname: str, env: str, tracer_payloads: Iterable[bytes]) -> bytes:
-    return b"".join((
-        pb.f_str(1, hostname), pb.f_str(2, env),
-        *(pb.f_msg(5, tp) for tp in tracer_payloads),
-        pb.f_str(7, AGENT_VERSION), pb.f_double(8, TARGET_TPS), pb.f_double(9, ERROR_TPS),
     ))
 
 
@@ -192,104 +229,3 @@ def _groups_within(encoded: list[bytes], limit: int) -> Iterable[list[bytes] | N
         size += cost
     if group:
         yield group
-
-
-def _item(spans: int, header: bytes, chunk_field: bytes) -> bytes:
-    """A batcher item: span count and tracer payload header (both varint-prefixed), then the chunk field."""
-    return b"".join((pb.varint(spans), pb.varint(len(header)), header, chunk_field))
-
-
-def _parse_item(item: bytes) -> tuple[int, bytes, bytes]:
-    spans, pos = pb.read_varint(item, 0)
-    header_len, pos = pb.read_varint(item, pos)
-    return spans, item[pos:pos + header_len], item[pos + header_len:]
-
-
-# ------------------------------------------------------------------------------------------ splitting
-
-
-def _raw_fields(buf: bytes) -> list[tuple[int, bytes, bytes]]:
-    """(field number, the field's bytes as written, its payload if length-delimited) in order."""
-    out = []
-    pos = 0
-    while pos < len(buf):
-        start = pos
-        key, pos = pb.read_varint(buf, pos)
-        field, wire_type = key >> 3, key & 7
-        payload = b""
-        if wire_type == pb.VARINT:
-            _, pos = pb.read_varint(buf, pos)
-        elif wire_type == _FIXED64:
-            pos += 8
-        elif wire_type == _LEN:
-            n, pos = pb.read_varint(buf, pos)
-            payload = buf[pos:pos + n]
-            pos += n
-        elif wire_type == pb.FIXED32:
-            pos += 4
-        else:
-            raise ValueError(f"unsupported wire type {wire_type}")
-        if pos > len(buf):
-            raise ValueError("truncated message")
-        out.append((field, buf[start:pos], payload))
-    return out
-
-
-def _split_message(message: bytes, repeated_field: int) -> tuple[bytes, list[bytes]]:
-    """A message's other fields, and the payloads of ``repeated_field``."""
-    rest, repeated = [], []
-    for field, raw, payload in _raw_fields(message):
-        if field == repeated_field:
-            repeated.append(payload)
-        else:
-            rest.append(raw)
-    return b"".join(rest), repeated
-
-
-def _count_spans(tracer_payload: bytes) -> int:
-    return sum(len(_split_message(chunk, 3)[1]) for chunk in _split_message(tracer_payload, 6)[1])
-
-
-def _halves(items: list[bytes]) -> tuple[list[bytes], list[bytes]]:
-    """Two non-empty groups of about equal encoded size."""
-    total = sum(len(i) for i in items)
-    best_cut, best_gap, size = 1, total, 0
-    for cut, item in enumerate(items[:-1], start=1):
-        size += len(item)
-        if abs(2 * size - total) < best_gap:
-            best_cut, best_gap = cut, abs(2 * size - total)
-    return items[:best_cut], items[best_cut:]
-
-
-def split_traces_payload(payload: Payload) -> list[Payload]:
-    """Cut an AgentPayload in two (by tracer payloads, else chunks, else spans) for a 413."""
-    raw = decompress(payload.body, payload.content_encoding, _SPLIT_MAX_BYTES)
-    agent_rest, tracer_payloads = _split_message(raw, 5)
-    if len(tracer_payloads) >= 2:
-        halves = _halves(tracer_payloads)
-    elif len(tracer_payloads) == 1:
-        tp_rest, chunks = _split_message(tracer_payloads[0], 6)
-        if len(chunks) >= 2:
-            halves = tuple([tp_rest + b"".join(pb.f_msg(6, c) for c in half)] for half in _halves(chunks))
-        elif len(chunks) == 1:
-            chunk_rest, spans = _split_message(chunks[0], 3)
-            if len(spans) < 2:
-                return [payload]
-            halves = tuple(
-                [tp_rest + pb.f_msg(6, chunk_rest + b"".join(pb.f_msg(3, s) for s in half))]
-                for half in _halves(spans))
-        else:
-            return [payload]
-    else:
-        return [payload]
-    out = []
-    for half in halves:
-        body = agent_rest + b"".join(pb.f_msg(5, tp) for tp in half)
-        out.append(Payload(kind=payload.kind, body=compress_fast(body, payload.content_encoding),
-                           content_type=payload.content_type, content_encoding=payload.content_encoding,
-                           items=sum(_count_spans(tp) for tp in half),
-                           extra_headers=dict(payload.extra_headers)))
-    return out
-
-
-register_splitter("traces", split_traces_payload)

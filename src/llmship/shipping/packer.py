@@ -1,0 +1,255 @@
+"""One packer for every destination: encoded items in, payloads within the destination's limits out.
+
+A sink knows its destination's format and limits and declares them as an ``Encoding``; it encodes each
+item once and hands it to a ``Packer`` built from that encoding. The packer is the Agent's stream
+compressor (datadog-agent pkg/serializer/internal/stream/compressor.go) made generic:
+
+- items are framed as ``head item (separator item)* tail`` and fed to a streaming compressor as they come,
+  at most about FEED_BYTES at a time, so no call compresses a whole payload and the event loop is never
+  held for long (a flush of 100k series, or a 5 MB batch of logs, is compressed in ~64 KiB steps);
+- what waits uncompressed may grow only while the worst case of compressing it (``compress_bound``) still
+  fits below the compressed limit; past that the compressor is flushed, which gives the exact compressed
+  size so far, and the item checked again (at most MAX_REPACKS times a payload, as the Agent does). The
+  uncompressed limit and the item limit are checked exactly. So no payload is over any limit, an item is
+  never cut, nothing is compressed twice, and only the open payload is held;
+- each payload records its framing and every item's uncompressed length (packed varints, two bytes an item
+  for most), and for items that carry several events (a TracerPayload of many spans) their counts: delivery
+  splits a payload on a 413 at those boundaries without parsing it (delivery.payload.split), and the file
+  transport writes items as they are;
+- a payload is submitted once full, once its oldest item has waited ``max_age_secs`` (when the encoding
+  sets one; ``start`` runs that timer), on ``flush`` and on ``shutdown``.
+
+An item too large to fit even alone is never sent (the intake would refuse it): ``on_too_large(events)``
+counts it. Sinks reduce items (truncation, dropped input/output) before they get here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from llmship import protobuf as pb
+from llmship.compression import compress_bound, stream_compressor
+from llmship.delivery.payload import Framing, Payload, Route
+
+# Uncompressed bytes that may wait before they are fed to the compressor: each feed is one small call
+# (gzip level 6 compresses 64 KiB of JSON in about 2 ms, zstd or gzip level 1 in well under 1 ms).
+FEED_BYTES = 64 * 1024
+# The Agent's stream compressor stops flushing a payload for an exact size after this many times and
+# calls it full: each flush costs a little compression (datadog-agent pkg/serializer/internal/stream).
+MAX_REPACKS = 40
+
+
+@dataclass(frozen=True, slots=True)
+class Encoding:
+    """A destination's format and limits, as its sink declares them."""
+
+    kind: str  # the lane: delivery's queue, spool directory and counters
+    route: Route  # where payloads go; the transport resolves it
+    content_type: str
+    max_bytes: int  # a payload as sent (compressed)
+    max_uncompressed: int  # a payload once decompressed
+    framing: Framing = Framing()
+    max_items: int | None = None  # None: as many as the sizes allow
+    compression: str = "gzip"  # Content-Encoding: gzip, deflate, zstd or identity
+    level: int | None = None  # None: the codec's default (compression.DEFAULT_LEVELS)
+    extra_headers: Mapping[str, str] = field(default_factory=dict)
+    max_age_secs: float | None = None  # submit a payload once its oldest item waited this long
+
+
+def accepted(configured: str, accepts: Iterable[str], fallback: str = "gzip") -> str:
+    """``configured`` ([sinks.datadog] compression) if the intake accepts it, else ``fallback``."""
+    return configured if configured in accepts else fallback
+
+
+def _max_fitting(encoding: str, space: int) -> int:
+    """The most uncompressed bytes whose worst-case compressed size fits in ``space``."""
+    n = space
+    while n > 0 and (excess := compress_bound(encoding, n) - space) > 0:
+        n -= excess  # the bound shrinks about as fast as n: this ends in a step or two
+    return max(0, n)
+
+
+class Packer:
+    def __init__(self, encoding: Encoding, submit: Callable[[Payload], object], *,
+                 on_too_large: Callable[[int], None] = lambda events: None,
+                 before_flush: Callable[[], None] | None = None) -> None:
+        self._submit = submit
+        self._on_too_large = on_too_large
+        # A sink that gathers an item over several calls (the trace sink's open TracerPayload) adds it here
+        # before any payload is closed by the timer, ``flush`` or ``shutdown``.
+        self._before_flush = before_flush
+        self._task: asyncio.Task | None = None
+        self._oldest: float | None = None  # when the oldest waiting item came (monotonic)
+        self._configure(encoding)
+        self._open()
+
+    # ------------------------------------------------------------------------------------------ public
+
+    @property
+    def encoding(self) -> Encoding:
+        return self._enc
+
+    def __len__(self) -> int:
+        """Items in the open payload."""
+        return self._items
+
+    @property
+    def max_item(self) -> int:
+        """The largest item that fits in a payload on its own."""
+        return self._max_item
+
+    def reconfigure(self, encoding: Encoding) -> None:
+        """Use ``encoding`` from now on; the open payload is submitted first if the encoding changed."""
+        if encoding != self._enc:
+            self._close()
+            self._configure(encoding)
+            self._open()
+
+    def add(self, item: bytes, events: int = 1) -> None:
+        """Pack one encoded item carrying ``events`` events."""
+        n = len(item)
+        if n > self._max_item:
+            self._on_too_large(events)
+            return
+        if self._items and not self._fits(n):
+            self._close()
+        if self._items:
+            self._pending += self._enc.framing.separator
+            self._raw += len(self._enc.framing.separator)
+            self._segment += len(self._enc.framing.separator)
+        self.hold()
+        self._pending += item
+        self._raw += n
+        self._segment += n
+        self._lengths += pb.varint(n)
+        if events != 1 and not self._counted:
+            self._counts = bytearray(b"\x01" * self._items)  # every item so far carried one event
+            self._counted = True
+        if self._counted:
+            self._counts += pb.varint(events)
+        self._items += 1
+        self._events += events
+        if len(self._pending) >= FEED_BYTES:
+            self._feed()
+        if self._enc.max_items is not None and self._items >= self._enc.max_items:
+            self._close()  # full: no reason to wait for the next item
+
+    def hold(self) -> None:
+        """Something waits to be packed (here or in the sink): start the max-age clock if it is not running."""
+        if self._oldest is None:
+            self._oldest = time.monotonic()
+
+    def flush(self) -> None:
+        """Submit what is waiting, if anything."""
+        if self._before_flush is not None:
+            self._before_flush()
+        self._close()
+        self._oldest = None
+
+    def start(self) -> None:
+        """Run the max-age timer (only for an encoding with ``max_age_secs``)."""
+        if self._task is None and self._enc.max_age_secs is not None:
+            self._task = asyncio.create_task(self._age_loop(), name=f"packer-{self._enc.kind}")
+
+    async def shutdown(self, deadline: float | None = None) -> None:
+        """Stop the timer and submit what is waiting (idempotent)."""
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        self.flush()
+
+    # ------------------------------------------------------------------------------------------ packing
+
+    def _configure(self, encoding: Encoding) -> None:
+        self._enc = encoding
+        f = encoding.framing
+        self._framing_cost = len(f.separator) + len(f.tail)  # what an item adds besides itself, at most
+        # The largest item that fits alone, below both limits.
+        alone = min(encoding.max_uncompressed, _max_fitting(encoding.compression, encoding.max_bytes))
+        self._max_item = alone - len(f.head) - len(f.tail)
+
+    def _open(self) -> None:
+        enc = self._enc
+        self._compressor, self._flush_mode = stream_compressor(enc.compression, enc.level)
+        self._chunks: list[bytes] = []  # compressed so far
+        self._out = 0  # their length
+        self._flushed = 0  # compressed length as of the last flush of the compressor (exact then)
+        self._pending = bytearray(enc.framing.head)  # not fed to the compressor yet
+        self._raw = len(enc.framing.head)  # uncompressed bytes so far
+        self._segment = self._raw  # uncompressed bytes since the last flush of the compressor
+        self._lengths = bytearray()
+        self._counts = bytearray()
+        self._counted = False
+        self._items = 0
+        self._events = 0
+        self._repacks = 0
+        self._max_segment = _max_fitting(enc.compression, enc.max_bytes)
+
+    def _fits(self, n: int) -> bool:
+        """Can an item of ``n`` bytes join the open payload? Flushes the compressor, to learn the exact size,
+        when that is what it takes to know."""
+        need = n + self._framing_cost
+        if self._raw + need > self._enc.max_uncompressed:
+            return False
+        return self._segment + need <= self._max_segment or self._repack_for(need)
+
+    def _repack_for(self, need: int) -> bool:
+        if self._flush_mode is None or self._repacks >= MAX_REPACKS:
+            return False
+        self._feed()
+        flushed = self._compressor.flush(self._flush_mode)
+        self._chunks.append(flushed)
+        self._out += len(flushed)
+        self._flushed = self._out
+        self._segment = 0
+        self._repacks += 1
+        self._max_segment = _max_fitting(self._enc.compression, self._enc.max_bytes - self._flushed)
+        return need <= self._max_segment
+
+    def _feed(self) -> None:
+        if not self._pending:
+            return
+        out = self._compressor.compress(self._pending)
+        self._pending = bytearray()
+        if out:
+            self._chunks.append(out)
+            self._out += len(out)
+
+    def _close(self) -> None:
+        """Submit the open payload, if it holds anything, and open a new one."""
+        if not self._items:
+            return
+        enc = self._enc
+        self._pending += enc.framing.tail
+        self._feed()
+        self._chunks.append(self._compressor.flush())
+        payload = Payload(
+            kind=enc.kind, route=enc.route, body=b"".join(self._chunks), content_type=enc.content_type,
+            content_encoding=enc.compression, items=self._events, extra_headers=dict(enc.extra_headers),
+            framing=enc.framing, lengths=bytes(self._lengths), counts=bytes(self._counts), level=enc.level)
+        self._open()
+        self._oldest = None
+        self._submit(payload)
+
+    async def _age_loop(self) -> None:
+        max_age = self._enc.max_age_secs
+        assert max_age is not None
+        while True:
+            await asyncio.sleep(min(0.25, max_age / 4))
+            max_age = self._enc.max_age_secs or max_age  # a reload may change it
+            if self._oldest is not None and time.monotonic() - self._oldest >= max_age:
+                self.flush()
+
+
+def build_payloads(encoding: Encoding, items: Iterable[bytes],
+                   on_too_large: Callable[[int], None] = lambda events: None) -> list[Payload]:
+    """Pack items of one event each into as few payloads as ``encoding``'s limits allow."""
+    payloads: list[Payload] = []
+    packer = Packer(encoding, payloads.append, on_too_large=on_too_large)
+    for item in items:
+        packer.add(item)
+    packer.flush()
+    return payloads
