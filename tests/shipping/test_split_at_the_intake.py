@@ -14,7 +14,7 @@ from llmship.aggregation import GAUGE, FlushResult, Series, SketchSeries
 from llmship.config import load_config_text
 from llmship.delivery import Delivery
 from llmship.delivery.transport import make_transport
-from llmship.events import Span, TracerInfo
+from llmship.model import Span, TracerInfo
 from llmship.sinks.intakes import ROUTES
 from llmship.sinks.llmobs import LLMObsSink
 from llmship.sinks.logs import LogsSink

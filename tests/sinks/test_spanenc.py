@@ -56,11 +56,13 @@ CAPTURE_SPANS = v04_spans() + v05_spans()
 
 
 def outcome(encode, span, fallback="python", defaults=()):
-    """The bytes, or the exception class: what both implementations must agree on."""
+    """The bytes, or which of ENCODE_ERRORS was raised: what both implementations must agree on (a span
+    with several faults may be refused for a different one first: a lone surrogate is a UnicodeEncodeError,
+    a ValueError like a wrong type)."""
     try:
         return encode(span, fallback, defaults)
     except spanenc.ENCODE_ERRORS as e:
-        return type(e)
+        return next(kind for kind in spanenc.ENCODE_ERRORS if isinstance(e, kind))
 
 
 def meta_entries(body: bytes) -> list[tuple[str, str]]:
