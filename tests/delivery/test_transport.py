@@ -96,8 +96,8 @@ def _sink_payloads(compression: str) -> list:
             llmobs.add(event)
     llmobs.flush()
     traces = TraceSink(cfg, out.append, tel)
-    chunks, _ = decode_v04((CAPTURES / "ddtrace-4.16" / "v04_traces_llmobs_default.msgpack").read_bytes(),
-                           "application/msgpack")
+    chunks = decode_v04((CAPTURES / "ddtrace-4.16" / "v04_traces_llmobs_default.msgpack").read_bytes(),
+                        "application/msgpack")
     for chunk in chunks:
         traces.add_chunk(chunk, TracerInfo(language="python", runtime_id="rt"))
     traces.add_chunk(chunks[0], TracerInfo(language="go"))
