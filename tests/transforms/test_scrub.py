@@ -29,6 +29,7 @@ def tel() -> Component:
 
 
 ENGINES = ["python", pytest.param("hyperscan", marks=pytest.mark.skipif(hyperscan is None, reason="no hyperscan"))]
+ENGINE_NAMES = ["python"] + (["hyperscan"] if hyperscan is not None else [])
 
 
 @pytest.fixture(params=ENGINES)
@@ -71,6 +72,8 @@ def scrub(tel, engine):
     ("loopback ::1 and link fe80::1%eth0", "loopback [REDACTED:ipv6] and link [REDACTED:ipv6]"),
     ("mapped ::ffff:10.1.2.3 here", "mapped [REDACTED:ipv6] here"),
     ("[2001:db8::1]:443", "[[REDACTED:ipv6]]:443"),
+    ("ping [::1]:8080", "ping [[REDACTED:ipv6]]:8080"),  # "[" after a non-word character
+    ("n 4111 1 1 1 1 1 1 1 1 1 1 1 1 n", "n [REDACTED:credit_card] n"),  # a separator between all but four
 ])
 def test_default_rules_redact(scrub, text, expected):
     assert scrub(text) == expected
@@ -192,9 +195,9 @@ def test_a_secret_across_the_truncation_boundary_is_still_caught(scrub):
 # ----------------------------------------------------------------------------------- exactness, speed
 
 # The specification: the default rules as they were written for Python ``re``, with lookarounds (before
-# they had to run in RE2 and Hyperscan too). Heads, triggers, windows and contexts are shortcuts: the result
-# must equal plain pattern.sub with these.
-_T_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+# they had to run in RE2 and Hyperscan too), digits now ASCII ones (\d was any script's). Heads, triggers
+# and contexts are shortcuts: the result must equal plain pattern.sub with these.
+_T_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _T_IPV4 = rf"{_T_OCTET}(?:\.{_T_OCTET}){{3}}"
 _T_H = r"[0-9A-Fa-f]{1,4}"
 
@@ -203,7 +206,7 @@ _TODAY: tuple[ScrubRule, ...] = (
     ScrubRule("anthropic_api_key", r"\bsk-ant-[A-Za-z0-9_-]{32,}", "[REDACTED:anthropic_api_key]"),
     # OpenAI: "sk-", "sk-proj-", "sk-svcacct-", "sk-admin-" then 48+ URL-safe characters. Requiring a digit
     # and 32+ characters keeps hyphenated words ("sk-learn-compatible") out.
-    ScrubRule("openai_api_key", r"\bsk-(?=[A-Za-z0-9_-]{0,300}\d)[A-Za-z0-9_-]{32,}", "[REDACTED:openai_api_key]"),
+    ScrubRule("openai_api_key", r"\bsk-(?=[A-Za-z0-9_-]{0,300}[0-9])[A-Za-z0-9_-]{32,}", "[REDACTED:openai_api_key]"),
     # AWS access key ids: "AKIA" (long-term) or "ASIA" (temporary) then 16 base32 upper-case characters.
     ScrubRule("aws_access_key_id", r"\b(?:AKIA|ASIA)[A-Z2-7]{16}\b", "[REDACTED:aws_access_key_id]"),
     # A Datadog API key is 32 hex digits (an application key 40): alone it looks like an MD5 sum or a W3C
@@ -224,7 +227,7 @@ _TODAY: tuple[ScrubRule, ...] = (
     # 13-19 digits starting with an issuer digit 2-6 (Mastercard 2-series, Amex/Diners/JCB, Visa,
     # Mastercard, Discover/UnionPay), the first four together (as every card is printed), then single
     # spaces or dashes between digits; Luhn-checked before it counts as a match.
-    ScrubRule("credit_card", r"(?<![\d.-])[2-6]\d{3}(?:[ -]?\d){9,15}(?![\d]|[.-]\d)", "[REDACTED:credit_card]"),
+    ScrubRule("credit_card", r"(?<![0-9.-])[2-6][0-9]{3}(?:[ -]?[0-9]){9,15}(?![0-9]|[.-][0-9])", "[REDACTED:credit_card]"),
     # Word characters or colons on either side mean code ("Class::method"), a MAC or a time, not an address;
     # so does a word just before a "[" (a slice, a[::2]; but [::1]:443 is an address).
     ScrubRule("ipv6", (
@@ -237,7 +240,7 @@ _TODAY: tuple[ScrubRule, ...] = (
         r")(?:%[0-9A-Za-z]+)?(?![\w:])"  # optional zone index (fe80::1%eth0)
     ), "[REDACTED:ipv6]"),
     # Not part of a longer dotted number ("1.2.3.4.5" is a version, not an address).
-    ScrubRule("ipv4", rf"(?<![\w.]){_T_IPV4}(?!\w|\.\d)", "[REDACTED:ipv4]"),
+    ScrubRule("ipv4", rf"(?<![\w.]){_T_IPV4}(?!\w|\.[0-9])", "[REDACTED:ipv4]"),
 )
 
 
@@ -254,7 +257,7 @@ def _reference(text: str) -> str:
 
 _PIECES = [" ", "\n", ":", "::", ".", "-", "@", "key", "Key=", "KEY: ", "api_", "DD_API_", "Bearer ", "bearer",
            "sk-", "sk-ant-", "AKIA", "ASIA", "4111", "1111", "10", "255", "0", "a", "f", "ff", "db8", "x",
-           "example.com", "com", "%eth0", "_", "'", '"', "=", "é", "日本"] + [
+           "example.com", "com", "%eth0", "_", "'", '"', "=", "é", "日本", "٣"] + [
     OPENAI_LEGACY, ANTHROPIC, AWS_KEY_ID, DD_KEY, "4111 1111 1111 1111", "192.168.0.1", "2001:db8::1"]
 
 
@@ -347,3 +350,119 @@ def test_scrub_truncate_goes_on_when_a_secret_shrinks_the_head(tel, engine):
     out, cut = Scrubber((), tel, engine=engine).scrub_truncate(text, 100)
     assert out.startswith("Bearer [REDACTED:bearer_token] then [REDACTED:email] word") and cut
     assert tel.get("scrub_matches") == 2
+
+
+# ----------------------------------------------------------------------------------- engines, linear time
+
+# Pieces that put contexts next to each other and next to non-ASCII text: slices before addresses, dotted
+# numbers, zones, digits of other scripts, the case-folding pairs K/K and s/ſ, runs of local-part characters.
+_HARD_PIECES = _CUT_PIECES + [
+    "[", "a[", "x[", "1.2.3.4.5", "%", "%eth0:", "2", "3", "5", "6", "9", "K", "ſ", "fe80::1", "::ffff:10.1.2.3",
+    "1:2:3:4:5:6:7:8", "ffff:", "2001:db8::", "]", "4111-1111-", "5555555555554444", "a@b.io", "john.doe",
+    "@mail.example.co.uk", "sk-proj-", "abcdefghijklmnopqrstuvwxyz" * 3, "0123456789abcdef", "application_",
+    "APPLICATION_", "apiKey", "app", "ication ", "\t", "  ", "key=", "bearer\t", "Bearer  ", "TICKET-12", "secret"]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(_HARD_PIECES), max_size=60))
+def test_both_engines_give_the_reference_result(pieces):
+    text = "".join(pieces)
+    expected = _reference(text)
+    for engine in ENGINE_NAMES:
+        tel = Component("scrub")
+        assert Scrubber((), tel, engine=engine).scrub(text) == expected, engine
+
+
+# User rules run in RE2: where RE2 and Python agree (these patterns, on any text), the result is re.sub's.
+_USER_RULES = (ScrubRule("ticket", r"(?P<kind>TICKET)-([0-9]+)", r"\g<kind>#\2"), ScrubRule("empty", r"x*", "-"),
+               ScrubRule("folded", r"(?i)secret|k", "<\\g<0>>"), ScrubRule("accents", r"é+", "e"))
+
+
+def _user_reference(text: str) -> tuple[str, dict[str, int]]:
+    counts = {}
+    for rule in _USER_RULES:
+        text, counts[rule.name] = re.subn(rule.regex, rule.replacement, text)
+    return text, counts
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(_HARD_PIECES + ["x", "xx", "é", "ée", "K", "SECRET"]), max_size=40))
+def test_user_rules_give_re_sub_results_and_counts_in_both_engines(pieces):
+    text = "".join(pieces)
+    defaults_off = tuple(ScrubRule(r.name, enabled=False) for r in DEFAULT_RULES)
+    expected, counts = _user_reference(text)
+    for engine in ENGINE_NAMES:
+        tel = Component("scrub")
+        assert Scrubber(defaults_off + _USER_RULES, tel, engine=engine).scrub(text) == expected, engine
+        assert {r.name: tel.get("scrub_matches", rule=r.name) for r in _USER_RULES} == counts, engine
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(_HARD_PIECES + ["x", "é", "SECRET"]), max_size=50))
+def test_engines_agree_on_text_and_counts_with_defaults_and_user_rules(pieces):
+    text = "".join(pieces)
+    rules = _USER_RULES + (ScrubRule("email", "", "<email>"), ScrubRule("after_at", r"@(?P<secret>[a-z]+)", "@***"))
+    results = []
+    for engine in ENGINE_NAMES:
+        tel = Component("scrub")
+        results.append((Scrubber(rules, tel, engine=engine).scrub(text), tel.counters))
+    assert all(r == results[0] for r in results)
+
+
+def test_only_rules_hyperscan_cannot_prefilter(engine):
+    # an empty match needs HS_FLAG_ALLOWEMPTY: the rule runs on every text; no head is left to scan for
+    rules = tuple(ScrubRule(r.name, enabled=False) for r in DEFAULT_RULES) + (ScrubRule("empty", r"x*", "-"),)
+    assert Scrubber(rules, engine=engine).scrub("axb") == "-a--b-" == re.sub(r"x*", "-", "axb")
+
+
+def test_the_secret_group_alone_is_replaced(engine):
+    scrub = Scrubber((ScrubRule("pin", r"pin[:=](?P<secret>[0-9]{4})\b", "****"),), engine=engine).scrub
+    assert scrub("pin=1234 and pin:5678.") == "pin=**** and pin:****."
+
+
+def test_text_with_a_lone_surrogate_is_scrubbed(engine):
+    # no valid UTF-8, so Hyperscan cannot scan it: the twin does
+    assert Scrubber(engine=engine).scrub("\ud800 a@b.io 10.0.0.1") == "\ud800 [REDACTED:email] [REDACTED:ipv4]"
+    assert Scrubber((ScrubRule("x", "x", "y"),), engine=engine).scrub("\ud800x") == "\ud800y"
+
+
+@pytest.mark.parametrize("text", ["aaaaaaaaaaaaaaaaaaaaaaaaaaaa!", "a" * 100_000 + "!"])
+def test_a_backtracking_user_regex_runs_in_linear_time(engine, text):
+    # 29 bytes took Python re 20-36 s: (a+)+ tries every way to split the run before failing at "!"
+    scrubber = Scrubber((ScrubRule("evil", r"(a+)+$", "X"),), engine=engine)
+    start = time.process_time()
+    assert scrubber.scrub(text) == text
+    assert scrubber.scrub(text[:-1]) == "X"
+    assert time.process_time() - start < 1.0
+
+
+def test_default_regexes_have_no_lookarounds_and_compile_in_re2():
+    import re2
+
+    for rule in DEFAULT_RULES:
+        assert not re.search(r"\(\?<?[=!]", rule.regex), rule.name
+        re2.compile(rule.regex)  # raises for backreferences and lookarounds
+
+
+def test_the_engine_is_hyperscan_unless_missing_or_turned_off(monkeypatch):
+    from llmship.transforms import scrub as module
+
+    monkeypatch.delenv("LLMSHIP_NO_EXTENSIONS", raising=False)
+    assert Scrubber().engine == ("hyperscan" if hyperscan is not None else "python")
+    monkeypatch.setenv("LLMSHIP_NO_EXTENSIONS", "1")
+    assert Scrubber().engine == "python"
+    monkeypatch.delenv("LLMSHIP_NO_EXTENSIONS")
+    monkeypatch.setattr(module, "hyperscan", None)  # as when the import failed
+    assert Scrubber().engine == "python"
+    with pytest.raises(RuntimeError):
+        Scrubber(engine="hyperscan")
+
+
+def test_scrubbing_from_several_threads_at_once(engine):
+    from concurrent.futures import ThreadPoolExecutor
+
+    scrubber = Scrubber((ScrubRule("ticket", r"TICKET-[0-9]+", "T"),), engine=engine)
+    texts = [f"{i} TICKET-{i} mail{i}@example.com 10.0.0.{i % 250} " * 20 + "é" * (i % 2) for i in range(200)]
+    expected = [scrubber.scrub(t) for t in texts]
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(scrubber.scrub, texts * 5)) == expected * 5

@@ -81,9 +81,10 @@ DEFAULT_RULES: tuple[ScrubRule, ...] = (
                        r"(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,63}\b)", "[REDACTED:email]"),
     # 13-19 digits starting with an issuer digit 2-6 (Mastercard 2-series, Amex/Diners/JCB, Visa,
     # Mastercard, Discover/UnionPay), the first four together (as every card is printed), then single
-    # spaces or dashes between digits, not inside a longer number or a decimal; Luhn-checked.
-    ScrubRule("credit_card", r"(?:^|[^\d.-])(?P<secret>[2-6][0-9]{3}(?:[ -]?[0-9]){9,15})(?:$|[^\d.-]|[.-](?:$|\D))",
-              "[REDACTED:credit_card]"),
+    # spaces or dashes between digits, not inside a longer number or a decimal; Luhn-checked. Digits are ASCII
+    # digits, here and in every rule (RE2, Hyperscan and the Luhn check know no others).
+    ScrubRule("credit_card", r"(?:^|[^0-9.-])(?P<secret>[2-6][0-9]{3}(?:[ -]?[0-9]){9,15})"
+                             r"(?:$|[^0-9.-]|[.-](?:$|[^0-9]))", "[REDACTED:credit_card]"),
     # Word characters or colons on either side mean code ("Class::method"), a MAC or a time, not an address;
     # so does a word just before a "[" (a slice, a[::2]; but [::1]:443 is an address).
     ScrubRule("ipv6", (
@@ -96,7 +97,7 @@ DEFAULT_RULES: tuple[ScrubRule, ...] = (
         r")(?:%[0-9A-Za-z]+)?)(?:$|[^\w:])"  # optional zone index (fe80::1%eth0)
     ), "[REDACTED:ipv6]"),
     # Not part of a longer dotted number ("1.2.3.4.5" is a version, not an address).
-    ScrubRule("ipv4", rf"(?:^|[^\w.])(?P<secret>{_IPV4})(?:$|[^\w.]|\.(?:$|\D))", "[REDACTED:ipv4]"),
+    ScrubRule("ipv4", rf"(?:^|[^\w.])(?P<secret>{_IPV4})(?:$|[^\w.]|\.(?:$|[^0-9]))", "[REDACTED:ipv4]"),
 )
 
 
@@ -123,12 +124,15 @@ _VALIDATORS: dict[str, Callable[[re.Match], bool]] = {
 # included: one character before the secret (or 0, where "^" stands for that character), two for ipv6's
 # "x[" context.
 
-_LOCAL_PART_RUN = re.compile(r"[A-Za-z0-9._%+-]{1,65}\Z")
-# A head lies inside the address, which is at most 45 characters (8 groups, or 6 and an IPv4): the run of
-# hex digits and colons it belongs to starts at most 60 characters before the head's end (heads are at most
-# 16 long, the twin's first one in a run starts within the address).
-_HEX_COLON_RUN = re.compile(r"[0-9A-Fa-f:]{1,60}\Z")
-_DOTTED_RUN = re.compile(r"[0-9.]{1,16}\Z")  # an IPv4 address is at most 15 characters; its head ends by the 13th
+_LOCAL_PART_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._%+-"
+_HEX_COLON_CHARS = "0123456789ABCDEFabcdef:"
+
+
+def _run_start(text: str, end: int, chars: str, longest: int) -> int:
+    """Where the run of ``chars`` ending at ``end`` starts, looking back at most ``longest`` characters
+    (``rstrip`` runs in C)."""
+    window = text[max(0, end - longest):end]
+    return end - (len(window) - len(window.rstrip(chars)))
 
 
 def _before(secret_start: int) -> int:
@@ -136,18 +140,26 @@ def _before(secret_start: int) -> int:
 
 
 def _email_starts(text: str, end: int) -> tuple[int, ...]:
-    """The "@" ends at ``end``: the run of local-part characters before it is the only candidate."""
-    run = _LOCAL_PART_RUN.search(text, max(0, end - 66), end - 1)
-    return (_before(run.start()),) if run is not None else ()
+    """The "@" ends at ``end``: the run of local-part characters before it is the only candidate. A run
+    longer than 64 characters holds no local part and is cut at 65, where the context then fails."""
+    at = end - 1
+    start = _run_start(text, at, _LOCAL_PART_CHARS, 65)
+    return (_before(start),) if start < at else ()
 
 
-def _run_starts(run_pattern: re.Pattern, text: str, end: int, width: int) -> tuple[int, ...]:
-    """An address starts where the run of its characters starts (context forbids them before it)."""
-    run = run_pattern.search(text, max(0, end - width), end)
-    if run is None:
-        return ()
-    start = run.start()
+def _ipv6_starts(text: str, end: int) -> tuple[int, ...]:
+    """An address starts where the run of hex digits and colons holding its head starts (its context
+    forbids either before it). A head lies inside the address, which is at most 45 characters (8 groups,
+    or 6 and an IPv4): the run starts at most 60 characters before the head's end (heads are at most 16
+    long, and the twin's first one in a run starts within the address); a longer run is cut there, where
+    the context then fails. The context is one character, or two ("x[")."""
+    start = _run_start(text, end, _HEX_COLON_CHARS, 60)
     return (start - 2, start - 1) if start > 1 else (0,)
+
+
+def _ipv4_starts(text: str, end: int) -> tuple[int, ...]:
+    """Likewise: an IPv4 address is at most 15 characters and its head ends by the 13th."""
+    return (_before(_run_start(text, end, "0123456789.", 16)),)
 
 
 def _datadog_starts(key: int) -> tuple[int, ...]:
@@ -156,8 +168,8 @@ def _datadog_starts(key: int) -> tuple[int, ...]:
 
 
 def _card_starts(text: str, end: int) -> list[int]:
-    """The head is a card's first 13 digits (13 to 25 characters): its first digit is a 2-6 in that span."""
-    return [_before(p) for p in range(max(0, end - 25), end - 12) if text[p] in "23456"]
+    """The head is a card's first 13 digits (13 to 22 characters): its first digit is a 2-6 in that span."""
+    return [_before(p) for p in range(max(0, end - 22), end - 12) if text[p] in "23456"]
 
 
 # Any IPv6 address has a "::" or three full groups between colons ("12:30:45" has not).
@@ -174,8 +186,8 @@ _HEADS: dict[str, tuple[str, Callable[[str, int], Iterable[int]]]] = {
     "bearer_token": ("[Bb]earer", lambda text, end: (end - 6,)),
     "email": ("@", _email_starts),
     "credit_card": ("[2-6][0-9]{3}(?:[ -]?[0-9]){9}", _card_starts),
-    "ipv6": (_IPV6_HEAD, lambda text, end: _run_starts(_HEX_COLON_RUN, text, end, 60)),
-    "ipv4": (r"[0-9]\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]", lambda text, end: _run_starts(_DOTTED_RUN, text, end, 16)[-1:]),
+    "ipv6": (_IPV6_HEAD, _ipv6_starts),
+    "ipv4": (r"[0-9]\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]", _ipv4_starts),
 }
 
 
@@ -247,13 +259,13 @@ def _candidates(text: str) -> dict[str, list[int] | None]:
         if email := [s for at in _finds(text, "@") for s in _email_starts(text, at + 1)]:
             found["email"] = email
     if ":" in text:
-        if ipv6 := sorted({s for m in _IPV6_HINT.finditer(text) for s in _HEADS["ipv6"][1](text, m.end())}):
+        if ipv6 := sorted({s for m in _IPV6_HINT.finditer(text) for s in _ipv6_starts(text, m.end())}):
             found["ipv6"] = ipv6
     if ("2" in text or "3" in text or "4" in text or "5" in text or "6" in text) and _has_card_digits(text):
         found["credit_card"] = _EVERYWHERE
     if "." in text and ("0" in text or "1" in text or "2" in text or "3" in text or "4" in text
                         or "5" in text or "6" in text or "7" in text or "8" in text or "9" in text):
-        if ipv4 := sorted({s for m in _IPV4_HINT.finditer(text) for s in _HEADS["ipv4"][1](text, m.end())}):
+        if ipv4 := sorted({s for m in _IPV4_HINT.finditer(text) for s in _ipv4_starts(text, m.end())}):
             found["ipv4"] = ipv4
     return found
 
@@ -266,7 +278,8 @@ def _on_match(rule_id: int, start: int, end: int, flags: int, hits: list) -> Non
 
 class _Hyperscan:
     """One block-mode database: every default rule's head (exact) and every user rule in prefilter mode
-    (a superset of its matches; only whether it may match is used). A scratch per thread: Hyperscan's
+    (a superset of its matches; only whether it may match is used; UTF-8 mode, where Hyperscan's classes
+    and case folding are RE2's or wider; the tests compare both on non-ASCII text). A scratch per thread: Hyperscan's
     scratch space must not be shared by concurrent scans. Built through ``_hyperscan`` (cached: compiling
     the heads takes some 50 ms, most of it the card's)."""
 
@@ -280,35 +293,63 @@ class _Hyperscan:
             self._names.append(name)
             self._starts.append(_HEADS[name][1])
         prefilter = hyperscan.HS_FLAG_PREFILTER | hyperscan.HS_FLAG_UTF8 | hyperscan.HS_FLAG_SINGLEMATCH
-        self.unscanned: set[str] = set()  # user rules Hyperscan cannot prefilter: they run on every text
+        self._unscanned: set[str] = set()  # user rules Hyperscan cannot prefilter: they run on every text
         for name, regex in user:
-            if regex.isascii() and "\\x{" not in regex and _hyperscan_compiles(regex, prefilter):
+            if _hyperscan_compiles(regex, prefilter):
                 patterns.append(regex.encode())
                 flags.append(prefilter)
                 self._names.append(name)
                 self._starts.append(None)
             else:
-                self.unscanned.add(name)
+                self._unscanned.add(name)
         self._user = {name for name, _ in user}
-        self._db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-        self._db.compile(expressions=patterns, ids=list(range(len(patterns))), flags=flags)
+        self._db = None  # nothing to scan for (Hyperscan refuses an empty database)
+        if patterns:
+            self._db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+            self._db.compile(expressions=patterns, ids=list(range(len(patterns))), flags=flags)
         self._local = threading.local()
 
     def candidates(self, text: str) -> dict[str, list[int] | None] | None:
-        """Like ``_candidates``, and user rules that may match (value None); None for a text that is no
+        """Like ``_candidates``, and the user rules that may match (value None); None for a text that is no
         valid UTF-8 (a lone surrogate): the twin takes it."""
-        ascii_ = text.isascii()
+        found = self._scan(text, 0, len(text), {})
+        if found is not None:
+            found.update(dict.fromkeys(self._unscanned))
+        return found
+
+    def rescan(self, found: dict[str, list[int] | None], text: str, lo: int, hi: int,
+               delta: int) -> dict[str, list[int] | None] | None:
+        """``candidates(text)`` once a rule replaced secrets between ``lo`` and ``hi`` of the text before,
+        making it ``delta`` characters longer. A start is at most 68 characters before its head's end, and
+        depends on the text between (``_HEADS``); a head is at most 25 characters: starts more than
+        ``_REACH`` from the change stay (shifted by ``delta`` after it), the others come from a scan of the
+        changed part and ``2 * _REACH`` around it. User rules run again on the new text."""
+        kept: dict[str, list[int] | None] = {}
+        for name, starts in found.items():
+            if starts is not None:
+                kept[name] = [s for s in starts if s < lo - _REACH] + [s + delta for s in starts if s > hi + _REACH]
+        kept = self._scan(text, max(0, lo - 2 * _REACH), hi + delta + 2 * _REACH, kept)
+        if kept is not None:
+            kept.update(dict.fromkeys(self._user))
+        return kept
+
+    def _scan(self, text: str, lo: int, hi: int, found: dict[str, list[int] | None]) -> dict | None:
+        """Adds to ``found`` the starts from every head in ``text[lo:hi]`` and the user rules that may match
+        there. None if that part is no valid UTF-8."""
+        if self._db is None:
+            return found
+        part = text[lo:hi]
         try:
-            data = text.encode()
+            data = part.encode()
         except UnicodeEncodeError:
             return None
-        scratch = getattr(self._local, "scratch", None)
-        if scratch is None:
+        try:
+            scratch = self._local.scratch
+        except AttributeError:
             scratch = self._local.scratch = hyperscan.Scratch(self._db)
         hits: list[tuple[int, int]] = []
         self._db.scan(data, match_event_handler=_on_match, context=hits, scratch=scratch)
-        found: dict[str, list[int] | None] = {}
-        if not ascii_:
+        if not part.isascii():
             hits.sort()
             # Heads are ASCII: each end is a character boundary; count characters in one pass.
             chars, done = 0, 0
@@ -316,23 +357,21 @@ class _Hyperscan:
                 chars += len(data[done:end].decode())
                 done = end
                 hits[i] = (chars, rule_id)
-            # RE2 and Hyperscan may differ on non-ASCII text (case folding of K/U+212A, S/U+017F): a user
-            # rule runs there whatever Hyperscan says.
-            found.update(dict.fromkeys(self._user))
+        changed = set()
         for end, rule_id in hits:
             starts = self._starts[rule_id]
             name = self._names[rule_id]
             if starts is None:
                 found[name] = None
             else:
-                found.setdefault(name, []).extend(s for s in starts(text, end) if s >= 0)
-        for name, starts in found.items():
-            if starts is not None:
-                found[name] = sorted(set(starts))
-        found.update(dict.fromkeys(self.unscanned))
+                found.setdefault(name, []).extend([s for s in starts(text, lo + end) if s >= 0])
+                changed.add(name)
+        for name in changed:
+            found[name] = sorted(set(found[name]))
         return found
 
 
+_REACH = 100
 _hyperscan = functools.lru_cache(maxsize=8)(_Hyperscan)
 
 
@@ -408,46 +447,77 @@ def effective_rules(user_rules: tuple[ScrubRule, ...],
     return [r for r in merged if r.enabled]
 
 
+def rule_problems(rule: ScrubRule) -> list[tuple[str, str]]:
+    """Why ``rule`` cannot run, as (field, reason) pairs, for ``llmship validate``."""
+    default = next((r for r in DEFAULT_RULES if r.name == rule.name), None)
+    regex = rule.regex or (default.regex if default is not None else "")
+    if not regex:
+        return []
+    try:
+        if default is not None and regex == default.regex:
+            pattern = re.compile(regex)
+        else:
+            pattern = re2.compile(regex, _RE2_OPTIONS)
+    except re2.error as e:
+        reason = e.args[0].decode(errors="replace") if isinstance(e.args[0], bytes) else str(e.args[0])
+        try:
+            re.compile(regex)
+        except re.error:
+            return [("regex", f"not a valid regular expression: {reason}")]
+        return [("regex", f"only a backtracking engine can run it, in time that can grow exponentially with the "
+                          f"text; scrub rules run in RE2, in linear time, which has no backreferences nor "
+                          f"lookarounds ({reason}). Match the context too and name the part to replace "
+                          f"(?P<secret>...)")]
+    try:
+        _parse_template(rule.replacement, pattern.groups, pattern.groupindex)
+    except (re.error, IndexError) as e:
+        return [("replacement", f"bad replacement for its regex: {e}")]
+    return []
+
+
 class _Rule:
     """A compiled rule. ``headed``: a default's own regex, run in Python ``re`` where ``_HEADS`` says a
     match may start; otherwise the regex runs in RE2 over the whole text."""
 
-    __slots__ = ("name", "pattern", "replacement", "headed", "validate", "group", "context")
+    __slots__ = ("name", "pattern", "replacement", "template", "headed", "validate", "group", "context")
 
     def __init__(self, rule: ScrubRule, headed: bool) -> None:
         self.name = rule.name
         self.headed = headed
         self.validate = _VALIDATORS.get(rule.name) if headed else None
-        if headed:
-            self.pattern = re.compile(rule.regex)
-            self.replacement: str | list = rule.replacement
-        else:
-            self.pattern = re2.compile(rule.regex, _RE2_OPTIONS)
-            self.replacement = _parse_template(rule.replacement, self.pattern.groups, self.pattern.groupindex)
-        self.group = "secret" if "secret" in self.pattern.groupindex else 0
+        self.pattern = re.compile(rule.regex) if headed else re2.compile(rule.regex, _RE2_OPTIONS)
+        self.replacement = rule.replacement
+        template = _parse_template(rule.replacement, self.pattern.groups, self.pattern.groupindex)
+        # literal text and group numbers; for RE2, which runs on UTF-8, the literal text encoded
+        self.template = template if headed else [p.encode("utf-8", "surrogatepass") if isinstance(p, str) else p
+                                                 for p in template]
+        self.group = self.pattern.groupindex.get("secret", 0)  # the part replaced
         self.context = 2 if self.group else 0  # how far before a secret its context may start
 
 
-def _parse_template(replacement: str, groups: int, groupindex: dict[str, int]) -> list[bytes | int]:
-    """Python ``re`` replacement syntax, parsed by Python: expanding it for two matches of a pattern with the
-    same groups, each holding a character that differs between the two, tells group references (those
-    characters) from literal text. Returns literal text (UTF-8, one piece a character) and group numbers."""
+def _parse_template(replacement: str, groups: int, groupindex: dict[str, int]) -> list[str | int]:
+    """Python ``re`` replacement syntax (``\\1``, ``\\g<name>``, ``\\n``), parsed by Python itself: expanding
+    it for two matches of a pattern with the same groups, each group holding a character that differs
+    between the two, tells group references (those characters) from literal text. Returns literal strings
+    and group numbers, parsed once: ``Match.expand`` parses its template at every call (4 us)."""
     names = {i: n for n, i in groupindex.items()}
     dummy = re.compile("." + "".join(f"(?P<{names[i]}>.)" if i in names else "(.)" for i in range(1, groups + 1)),
                        re.DOTALL)
-    first, second = ((dummy.fullmatch("".join(chr(base + i) for i in range(groups + 1))).expand(replacement), base)
+    first, second = (dummy.fullmatch("".join(chr(base + i) for i in range(groups + 1))).expand(replacement)
                      for base in (0x100000, 0x100400))
-    out: list[bytes | int] = []
+    out: list[str | int] = []
     skip = 0
-    for a, b in zip(first[0], second[0]):
+    for a, b in zip(first, second):
         if skip:
             skip -= 1
-        elif a == b:
-            out.append(a.encode("utf-8", "surrogatepass"))
-        else:
-            group = ord(a) - first[1]
+        elif a != b:
+            group = ord(a) - 0x100000
             out.append(group)
             skip = groups if group == 0 else 0  # \g<0> expanded to the whole dummy match
+        elif out and isinstance(out[-1], str):
+            out[-1] += a
+        else:
+            out.append(a)
     return out
 
 
@@ -476,29 +546,36 @@ class Scrubber:
         # _ANY_HINT and the cut points cover the default rules only.
         short_cut = all(r.headed for r in compiled)
         cuttable = short_cut and all(r.replacement[-1:] in _SAFE_REPLACEMENT_END for r in compiled)
+        hs = None
         if self.engine == "hyperscan":
-            find = _hyperscan(tuple((r.name, _HEADS[r.name][0]) for r in compiled if r.headed),
-                              tuple((r.name, r.pattern.pattern) for r in compiled if not r.headed)).candidates
-        else:
-            find = None
+            hs = _hyperscan(tuple((r.name, _HEADS[r.name][0]) for r in compiled if r.headed),
+                            tuple((r.name, r.pattern.pattern) for r in compiled if not r.headed))
         # One assignment: a scrub running in another thread sees the old state or the new one.
-        self._state = (compiled, find, short_cut, cuttable)
+        self._state = (compiled, hs, short_cut, cuttable)
 
     def scrub(self, text: str) -> str:
-        rules, find, short_cut, _ = self._state
+        rules, hs, short_cut, _ = self._state
         if short_cut and len(text) <= _SHORT_TEXT and _ANY_HINT.search(text) is None:
             return text
-        found = _find(find, rules, text)
+        found = hs.candidates(text) if hs is not None else None
+        if found is None:  # the twin (or a text Hyperscan cannot take)
+            hs, found = None, _twin(rules, text)
         for rule in rules:
             if rule.name not in found:
                 continue
             if rule.headed:
-                text, n = _sub(rule, text, found[rule.name])
+                text, n, lo, hi, delta = _sub(rule, text, found[rule.name])
             else:
                 text, n = _sub_re2(rule, text)
             if n:
                 self.telemetry.inc("scrub_matches", n, rule=rule.name)
-                found = _find(find, rules, text)  # the text changed: look again, for the rules after this one
+                # the text changed: look again, for the rules after this one
+                if hs is not None and rule.headed:
+                    found = hs.rescan(found, text, lo, hi, delta)
+                else:
+                    found = hs.candidates(text) if hs is not None else None
+                if found is None:
+                    hs, found = None, _twin(rules, text)
         return text
 
     def scrub_truncate(self, text: str, max_chars: int) -> tuple[str, bool]:
@@ -514,20 +591,19 @@ class Scrubber:
         return truncate_text(self.scrub(text), max_chars)
 
 
-def _find(find, rules: list[_Rule], text: str) -> dict[str, list[int] | None]:
-    """Rule name -> where its match may start (None: anywhere) for every rule that may match."""
-    found = find(text) if find is not None else None
-    if found is None:  # the twin (or a text Hyperscan cannot take)
-        found = _candidates(text)
-        found.update((r.name, None) for r in rules if not r.headed)
+def _twin(rules: list[_Rule], text: str) -> dict[str, list[int] | None]:
+    """``_candidates``, and every user rule (their regexes run on every text)."""
+    found = _candidates(text)
+    found.update((r.name, None) for r in rules if not r.headed)
     return found
 
 
-def _sub(rule: _Rule, text: str, starts: list[int] | None) -> tuple[str, int]:
+def _sub(rule: _Rule, text: str, starts: list[int] | None) -> tuple[str, int, int, int, int]:
     """What ``re.sub`` gives with the rule's regex written with lookarounds: leftmost matches, each secret
     after the one before, whose context may reach back into the secret before it (by at most
     ``rule.context`` characters). Tries only ``starts`` (None: everywhere); a match failing ``validate`` is
-    passed over whole, not replaced."""
+    passed over whole, not replaced. Returns the new text, the number of secrets replaced, where the first
+    began and the last ended, and how much longer the text became."""
     pattern, group, validate = rule.pattern, rule.group, rule.validate
     pieces: list[str] = []
     end = copied = pos = 0  # end: where the last secret (replaced or passed over) ended
@@ -552,12 +628,14 @@ def _sub(rule: _Rule, text: str, starts: list[int] | None) -> tuple[str, int]:
         if validate is not None and not validate(m):
             continue
         pieces.append(text[copied:a])
-        pieces.append(m.expand(rule.replacement))
+        pieces.append("".join(p if isinstance(p, str) else m.group(p) or "" for p in rule.template))
         copied = b
     if not pieces:
-        return text, 0
+        return text, 0, 0, 0, 0
+    lo = len(pieces[0])
     pieces.append(text[copied:])
-    return "".join(pieces), len(pieces) // 2
+    new = "".join(pieces)
+    return new, len(pieces) // 2, lo, copied, len(new) - len(text)
 
 
 def _sub_re2(rule: _Rule, text: str) -> tuple[str, int]:
@@ -565,7 +643,7 @@ def _sub_re2(rule: _Rule, text: str) -> tuple[str, int]:
     named ``secret``, only it is replaced and the next match starts after it. RE2 runs on the UTF-8 bytes,
     encoded once: given a ``str``, the google-re2 wrapper encodes the whole text again for every search."""
     data = text.encode("utf-8", "surrogatepass")
-    pattern, group, template = rule.pattern, rule.group, rule.replacement
+    pattern, group, template = rule.pattern, rule.group, rule.template
     pieces: list[bytes] = []
     copied = pos = 0
     while pos <= len(data) and (m := pattern.search(data, pos)) is not None:
