@@ -163,7 +163,7 @@ def _ipv4_starts(text: str, end: int) -> tuple[int, ...]:
 
 
 def _datadog_starts(key: int) -> tuple[int, ...]:
-    """"ication_key", "api_key", "apikey": the prefix is 8, 4 or 3 characters before "key"."""
+    """The prefix ("ication_", "api_", "api") starts 8, 4 or 3 characters before "key"."""
     return tuple(s for s in (key - 8, key - 4, key - 3) if s >= 0)
 
 
