@@ -102,3 +102,27 @@ def test_parse_host_port(address, expected):
 def test_parse_host_port_rejects(address):
     with pytest.raises(ValueError):
         parse_host_port(address)
+
+
+@pytest.mark.parametrize(("regex", "why"), [
+    (r"(?<=key=)\w+", "backtracking"),  # a lookbehind
+    (r"(a)\1", "backtracking"),  # a backreference
+    ("(", "not a valid regular expression"),
+])
+def test_scrub_rules_must_run_in_linear_time(regex, why):
+    text = f"[[scrub.rules]]\nname = \"x\"\nregex = '{regex}'\n"
+    with pytest.raises(ConfigError) as e:
+        load_config_text(text, env={})
+    assert len(e.value.problems) == 1 and e.value.problems[0].startswith("scrub.rules[0].regex: ")
+    assert why in e.value.problems[0]
+
+
+def test_a_nested_quantifier_is_accepted_it_runs_in_re2():
+    cfg = load_config_text("[[scrub.rules]]\nname = \"x\"\nregex = '(a+)+$'\n", env={})
+    assert cfg.scrub.rules[0].regex == "(a+)+$"
+
+
+def test_a_scrub_replacement_must_name_groups_of_its_regex():
+    with pytest.raises(ConfigError) as e:
+        load_config_text("[[scrub.rules]]\nname = \"x\"\nregex = 'a(b)'\nreplacement = '\\2'\n", env={})
+    assert e.value.problems[0].startswith("scrub.rules[0].replacement: ")

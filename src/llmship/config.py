@@ -408,13 +408,12 @@ def _validate(cfg: Config, problems: list[str]) -> None:
             except re.error as e:
                 problems.append(f"llm.sampling.rules[{i}].{key}: bad glob: {e}")
 
+    from llmship.transforms.scrub import rule_problems  # here: scrub imports this module
+
     for i, rule in enumerate(cfg.scrub.rules):
         check(bool(rule.name), f"scrub.rules[{i}].name", "must not be empty")
-        if rule.regex:
-            try:
-                re.compile(rule.regex)
-            except re.error as e:
-                problems.append(f"scrub.rules[{i}].regex: not a valid regular expression: {e}")
+        for key, reason in rule_problems(rule):  # user regexes run in RE2: linear time, no lookarounds
+            problems.append(f"scrub.rules[{i}].{key}: {reason}")
 
     dl = cfg.delivery
     positive("delivery.max_concurrency", dl.max_concurrency)

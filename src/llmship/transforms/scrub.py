@@ -1,84 +1,197 @@
 """Scrubbing of secrets and personal data from prompt/completion text, before truncation and shipping.
 
-It runs on every prompt and completion (sample logs and span text), so it must be cheap on text that
-holds nothing to scrub, which is nearly all text. Python's regex engine scans fast only for a pattern
-that starts with a literal (it then skips to that literal in C, about 1 ns a character); a pattern that
-starts with a character class is tried at every position, some 10 times slower. So a default rule never
-runs its regex over clean text: each carries a *trigger*, a necessary condition that C code checks with
-substring searches, and either
+It runs on every prompt and completion (sample logs and span text), so it must be cheap on text that holds
+nothing to scrub, which is nearly all text, and every rule must run in time linear in the text (a
+backtracking pattern such as ``(a+)+$`` takes seconds on a 29-byte line and would stall every listener).
 
-- ``prefilter(text) -> bool``: the rule's regex runs over the whole text only when it says yes (for
-  rules whose triggers are rare in ordinary text: "sk-", "AKIA", 13 digits in a row), or
-- ``starts(text) -> positions``: where a match could start, found from a literal (an "@", "key",
-  "bearer"), so the regex is only tried there (``pattern.match``), for triggers common in prose.
+Every regex here is lookaround-free, so RE2 and Hyperscan can run it (tests compile each one in RE2).
+What used to be a lookaround is now context that the regex consumes around a group named ``secret``:
+only that group is replaced, the characters around it stay, and the next match may use them as context
+again (see ``_sub``). A default rule runs in Python ``re`` only where a match can start; every default is
+written without nested ambiguous repetition, so backtracking stays linear.
 
-Both are exact: they never rule out a position where the rule's regex would match, so results equal
-``pattern.sub`` over the whole text. Every regex is linear in its input (lookbehinds pin a match to
-the start of a run), so a 256 kB line of one long word cannot make a rule quadratic.
+Finding where a default rule's match can start: each default has a *head*, a short literal-like pattern
+every match of the rule contains, and a function from a head's end to the few positions where a match
+holding that head can start (``_HEADS``). Two engines find the heads and give the same results:
+
+- ``hyperscan``: one Hyperscan database holds every head and every user rule (in prefilter mode) and
+  finds them all in one native pass over the text;
+- ``python``, the twin: substring searches in C, gated on characters that are rare in prose
+  (``_candidates``); some rules there run their regex over the whole text once a trigger is seen.
+
+Hyperscan is used when it imports and ``LLMSHIP_NO_EXTENSIONS=1`` is not set; ``Scrubber(engine=...)``
+chooses explicitly (the tests run both).
+
+User rules, and defaults whose regex the user replaced, run in RE2 (google-re2), linear in the text by
+construction; ``llmship validate`` rejects a regex RE2 cannot compile (backreferences, lookarounds).
+Their ``replacement`` keeps Python ``re`` template syntax (``\\1``, ``\\g<name>``, ``\\n``). A group named
+``secret`` works there too: only it is replaced.
 
 Rules apply in order, each to the output of the one before. A user rule ``[[scrub.rules]]`` whose name
 is a default rule's name replaces it in place (an empty regex keeps the default's regex, so only the
 replacement or ``enabled`` changes); ``enabled = false`` disables it; other user rules run after the
-defaults, with no trigger (their regex runs over every text).
+defaults.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 import re
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterable
+
+import re2
 
 from llmship.config import ScrubRule
 from llmship.telemetry import Component
 from llmship.transforms.truncate import truncate_text
 
-_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+try:
+    import hyperscan
+except ImportError:  # no wheel for this platform: the Python twin runs
+    hyperscan = None
+
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _IPV4 = rf"{_OCTET}(?:\.{_OCTET}){{3}}"
 _H = r"[0-9A-Fa-f]{1,4}"
 
 DEFAULT_RULES: tuple[ScrubRule, ...] = (
     # Anthropic: "sk-ant-api03-..." / "sk-ant-admin01-..." then 90+ URL-safe characters.
     ScrubRule("anthropic_api_key", r"\bsk-ant-[A-Za-z0-9_-]{32,}", "[REDACTED:anthropic_api_key]"),
-    # OpenAI: "sk-", "sk-proj-", "sk-svcacct-", "sk-admin-" then 48+ URL-safe characters. Requiring a digit
-    # and 32+ characters keeps hyphenated words ("sk-learn-compatible") out.
-    ScrubRule("openai_api_key", r"\bsk-(?=[A-Za-z0-9_-]{0,300}\d)[A-Za-z0-9_-]{32,}", "[REDACTED:openai_api_key]"),
+    # OpenAI: "sk-", "sk-proj-", "sk-svcacct-", "sk-admin-" then 48+ URL-safe characters. A digit among the
+    # first 301 (bounded: linear) and 32+ characters (``_VALIDATORS``) keep hyphenated words out
+    # ("sk-learn-compatible").
+    ScrubRule("openai_api_key", r"\bsk-[A-Za-z_-]{0,300}[0-9][A-Za-z0-9_-]*", "[REDACTED:openai_api_key]"),
     # AWS access key ids: "AKIA" (long-term) or "ASIA" (temporary) then 16 base32 upper-case characters.
     ScrubRule("aws_access_key_id", r"\b(?:AKIA|ASIA)[A-Z2-7]{16}\b", "[REDACTED:aws_access_key_id]"),
     # A Datadog API key is 32 hex digits (an application key 40): alone it looks like an MD5 sum or a W3C
     # trace id, so it is only scrubbed after "api key"/"app key" words: DD_API_KEY=, "DD-API-KEY: ",
-    # "apiKey": ", "dd_app_key=". The match starts at "key" so that literal can find its candidates.
+    # "apiKey": ", "dd_app_key=". Group 1, kept, is everything before the key.
     ScrubRule("datadog_api_key",
-              r"(?:(?<=api|Api|API|app|App|APP)|(?<=(?:api|Api|API|app|App|APP)[-_. ])"
-              r"|(?<=ication[-_. ])|(?<=ICATION[-_. ]))"
-              r"((?:key|Key|KEY)[\"']?\s{0,3}[:=]?\s{0,3}[\"']?)[0-9a-f]{32}(?:[0-9a-f]{8})?\b",
+              r"((?:(?:api|Api|API|app|App|APP)[-_. ]?|(?:ication|ICATION)[-_. ])(?:key|Key|KEY)"
+              r"[\"']?\s{0,3}[:=]?\s{0,3}[\"']?)[0-9a-f]{32}(?:[0-9a-f]{8})?\b",
               r"\1[REDACTED:datadog_api_key]"),
     # "Authorization: Bearer <token>" in any of its usual spellings; the word is kept.
     ScrubRule("bearer_token", r"\b([Bb]earer)[ \t]+[A-Za-z0-9\-._~+/]{8,}=*",
               r"\1 [REDACTED:bearer_token]"),
-    # The lookbehind pins the match to the start of the run of local-part characters: linear, and
-    # exactly the run before the "@" (at most 64 characters: RFC 5321).
-    ScrubRule("email", r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
-                       r"\.[A-Za-z]{2,63}\b", "[REDACTED:email]"),
+    # The whole run of local-part characters before the "@", at most 64 (RFC 5321 4.5.3.1.1): the
+    # character before it is context (not a local-part character).
+    ScrubRule("email", r"(?:^|[^A-Za-z0-9._%+-])(?P<secret>[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]+"
+                       r"(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,63}\b)", "[REDACTED:email]"),
     # 13-19 digits starting with an issuer digit 2-6 (Mastercard 2-series, Amex/Diners/JCB, Visa,
     # Mastercard, Discover/UnionPay), the first four together (as every card is printed), then single
-    # spaces or dashes between digits; Luhn-checked before it counts as a match.
-    ScrubRule("credit_card", r"(?<![\d.-])[2-6]\d{3}(?:[ -]?\d){9,15}(?![\d]|[.-]\d)", "[REDACTED:credit_card]"),
+    # spaces or dashes between digits, not inside a longer number or a decimal; Luhn-checked. Digits are ASCII
+    # digits, here and in every rule (RE2, Hyperscan and the Luhn check know no others).
+    ScrubRule("credit_card", r"(?:^|[^0-9.-])(?P<secret>[2-6][0-9]{3}(?:[ -]?[0-9]){9,15})"
+                             r"(?:$|[^0-9.-]|[.-](?:$|[^0-9]))", "[REDACTED:credit_card]"),
     # Word characters or colons on either side mean code ("Class::method"), a MAC or a time, not an address;
     # so does a word just before a "[" (a slice, a[::2]; but [::1]:443 is an address).
     ScrubRule("ipv6", (
-        r"(?<![\w:.])(?<!\w\[)(?:"
+        r"(?:^|[^\w:.\[]|(?:^|\W)\[)(?P<secret>(?:"
         rf"(?:{_H}:){{6}}{_IPV4}|(?:{_H}:){{1,5}}:{_IPV4}|::(?:ffff(?::0{{1,4}})?:)?{_IPV4}"  # embedded IPv4
         rf"|(?:{_H}:){{7}}{_H}"  # the full form
         rf"|(?:{_H}:){{1,6}}:{_H}(?::{_H}){{0,5}}"  # "::" in the middle
         rf"|(?:{_H}:){{1,7}}:"  # "::" at the end (2001:db8::)
         rf"|::{_H}(?::{_H}){{0,6}}"  # "::" at the start (::1)
-        r")(?:%[0-9A-Za-z]+)?(?![\w:])"  # optional zone index (fe80::1%eth0)
+        r")(?:%[0-9A-Za-z]+)?)(?:$|[^\w:])"  # optional zone index (fe80::1%eth0)
     ), "[REDACTED:ipv6]"),
     # Not part of a longer dotted number ("1.2.3.4.5" is a version, not an address).
-    ScrubRule("ipv4", rf"(?<![\w.]){_IPV4}(?!\w|\.\d)", "[REDACTED:ipv4]"),
+    ScrubRule("ipv4", rf"(?:^|[^\w.])(?P<secret>{_IPV4})(?:$|[^\w.]|\.(?:$|[^0-9]))", "[REDACTED:ipv4]"),
 )
 
 
-# ------------------------------------------------------------------------------------------- triggers
+def luhn_valid(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i % 2:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+# Matches of these rules must also pass a check before they are replaced (and counted); a match that fails
+# is passed over whole, as ``re.sub`` with a function would.
+_VALIDATORS: dict[str, Callable[[re.Match], bool]] = {
+    "credit_card": lambda m: luhn_valid(m.group("secret").replace(" ", "").replace("-", "")),
+    "openai_api_key": lambda m: m.end() - m.start() >= 35,  # "sk-" and 32+
+}
+
+
+# ------------------------------------------------------------------------------------------- heads
+# From a head's end to where a match holding it may start. A start is where the regex starts, context
+# included: one character before the secret (or 0, where "^" stands for that character), two for ipv6's
+# "x[" context.
+
+_LOCAL_PART_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._%+-"
+_HEX_COLON_CHARS = "0123456789ABCDEFabcdef:"
+
+
+def _run_start(text: str, end: int, chars: str, longest: int) -> int:
+    """Where the run of ``chars`` ending at ``end`` starts, looking back at most ``longest`` characters
+    (``rstrip`` runs in C)."""
+    window = text[max(0, end - longest):end]
+    return end - (len(window) - len(window.rstrip(chars)))
+
+
+def _before(secret_start: int) -> int:
+    return secret_start - 1 if secret_start else 0
+
+
+def _email_starts(text: str, end: int) -> tuple[int, ...]:
+    """The "@" ends at ``end``: the run of local-part characters before it is the only candidate. A run
+    longer than 64 characters holds no local part and is cut at 65, where the context then fails."""
+    at = end - 1
+    start = _run_start(text, at, _LOCAL_PART_CHARS, 65)
+    return (_before(start),) if start < at else ()
+
+
+def _ipv6_starts(text: str, end: int) -> tuple[int, ...]:
+    """An address starts where the run of hex digits and colons holding its head starts (its context
+    forbids either before it). A head lies inside the address, which is at most 45 characters (8 groups,
+    or 6 and an IPv4): the run starts at most 60 characters before the head's end (heads are at most 16
+    long, and the twin's first one in a run starts within the address); a longer run is cut there, where
+    the context then fails. The context is one character, or two ("x[")."""
+    start = _run_start(text, end, _HEX_COLON_CHARS, 60)
+    return (start - 2, start - 1) if start > 1 else (0,)
+
+
+def _ipv4_starts(text: str, end: int) -> tuple[int, ...]:
+    """Likewise: an IPv4 address is at most 15 characters and its head ends by the 13th."""
+    return (_before(_run_start(text, end, "0123456789.", 16)),)
+
+
+def _datadog_starts(key: int) -> tuple[int, ...]:
+    """The prefix ("ication_", "api_", "api") starts 8, 4 or 3 characters before "key"."""
+    return tuple(s for s in (key - 8, key - 4, key - 3) if s >= 0)
+
+
+def _card_starts(text: str, end: int) -> list[int]:
+    """The head is a card's first 13 digits (13 to 22 characters): its first digit is a 2-6 in that span."""
+    return [_before(p) for p in range(max(0, end - 22), end - 12) if text[p] in "23456"]
+
+
+# Any IPv6 address has a "::" or three full groups between colons ("12:30:45" has not).
+_IPV6_HEAD = r":(?::|[0-9A-Fa-f]{1,4}:[0-9A-Fa-f]{1,4}:[0-9A-Fa-f]{1,4}:)"
+_KEY_HEAD = r"(?:api|Api|API|app|App|APP)[-_. ]?(?:key|Key|KEY)|(?:ication|ICATION)[-_. ](?:key|Key|KEY)"
+
+# name: (head, starts(text, head_end)). Heads are ASCII, so a byte offset in UTF-8 after one is a character
+# boundary, and every match of the rule holds one.
+_HEADS: dict[str, tuple[str, Callable[[str, int], Iterable[int]]]] = {
+    "anthropic_api_key": ("sk-ant-", lambda text, end: (end - 7,)),
+    "openai_api_key": ("sk-", lambda text, end: (end - 3,)),
+    "aws_access_key_id": ("AKIA|ASIA", lambda text, end: (end - 4,)),
+    "datadog_api_key": (_KEY_HEAD, lambda text, end: _datadog_starts(end - 3)),
+    "bearer_token": ("[Bb]earer", lambda text, end: (end - 6,)),
+    "email": ("@", _email_starts),
+    "credit_card": ("[2-6][0-9]{3}(?:[ -]?[0-9]){9}", _card_starts),
+    "ipv6": (_IPV6_HEAD, _ipv6_starts),
+    "ipv4": (r"[0-9]\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]", _ipv4_starts),
+}
+
+
+# ------------------------------------------------------------------------------------------- the twin
 # A scan of a 500-character text costs about 0.4 us, whatever finds the needle (``in``, ``find``, a regex
 # that starts with a literal), except a single-character ``in`` (memchr, ten times faster). So one
 # function looks for every default rule's trigger, sharing scans ("k" finds both "key" and "sk-") and
@@ -86,19 +199,16 @@ DEFAULT_RULES: tuple[ScrubRule, ...] = (
 
 _LOWER_K_HINT = re.compile(r"k(?:ey|(?<=sk)-)")  # "key" (datadog) or "sk-" (openai, anthropic)
 _UPPER_K_HINT = re.compile(r"K(?:ey|EY|IA(?<=AKIA))")  # "Key", "KEY" (datadog) or "AKIA" (aws)
-_IPV4_HINT = re.compile(r"\.\d{1,3}\.\d{1,3}\.\d")  # starts with the literal "."
-# Any IPv6 address has a "::" or three full groups between colons ("12:30:45" has not).
-_IPV6_HINT = re.compile(r":(?::|[0-9A-Fa-f]{1,4}:[0-9A-Fa-f]{1,4}:[0-9A-Fa-f]{1,4}:)")
+_IPV4_HINT = re.compile(r"\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]")  # starts with the literal "."; ends as the head does
+_IPV6_HINT = re.compile(_IPV6_HEAD)
 _CARD_HINT = re.compile(rb"0000(?:[ -]?0){9,15}")
 _DIGITS_TO_ZERO = bytes(0x30 if 0x30 <= b <= 0x39 else b for b in range(256))
-_LOCAL_PART_RUN = re.compile(r"[A-Za-z0-9._%+-]{1,65}\Z")
-_HEX_COLON_RUN = re.compile(r"[0-9A-Fa-f:]{1,46}\Z")
 # Something every default rule's match contains: "sk-", "AKIA"/"ASIA", "key", "Bearer", "@", ":", a digit
 # after a dot, four digits. Written as one character class then assertions, so the engine only stops at
 # those few characters; still a scan at every position, so it only pays on short texts, where it replaces
 # the triggers' dozen calls with one search.
 _ANY_HINT = re.compile(r"[-AyYBb@:.0-9](?:(?<=sk-)|(?<=A)(?=[KS]IA)|(?<=[Kk]ey)|(?<=KEY)|(?<=[Bb])(?=earer)"
-                       r"|(?<=[@:])|(?<=\.)(?=\d)|(?<=\d)(?=\d\d\d))")
+                       r"|(?<=[@:])|(?<=\.)(?=[0-9])|(?<=[0-9])(?=[0-9][0-9][0-9]))")
 _SHORT_TEXT = 128
 _EVERYWHERE = None  # a rule whose regex must run over the whole text (no start positions known)
 
@@ -119,26 +229,6 @@ def _has_card_digits(text: str) -> bool:
     return _CARD_HINT.search(text.encode("utf-8", "surrogatepass").translate(_DIGITS_TO_ZERO)) is not None
 
 
-def _email_starts(text: str) -> list[int]:
-    """Each "@" gives one candidate: the start of the run of local-part characters just before it."""
-    starts = []
-    for at in _finds(text, "@"):
-        run = _LOCAL_PART_RUN.search(text, max(0, at - 65), at)
-        if run is not None:
-            starts.append(run.start())
-    return starts
-
-
-def _ipv6_starts(text: str) -> list[int]:
-    """An address can only start where its run of hex digits and colons starts: one candidate a run."""
-    starts: list[int] = []
-    for hint in _IPV6_HINT.finditer(text):
-        run = _HEX_COLON_RUN.search(text, max(0, hint.start() - 45), hint.start() + 1)
-        if run is not None and (not starts or run.start() > starts[-1]):
-            starts.append(run.start())
-    return starts
-
-
 def _candidates(text: str) -> dict[str, list[int] | None]:
     """The default rules that may match ``text``, each with the positions where a match may start
     (``_EVERYWHERE``: its regex runs over the whole text). Exact: a rule left out cannot match, and a
@@ -153,61 +243,164 @@ def _candidates(text: str) -> dict[str, list[int] | None]:
     if found and "sk-ant-" in text:
         found["anthropic_api_key"] = _EVERYWHERE
     if "K" in text:  # rare in prose: the second scan is mostly skipped
-        upper = []
         for m in _UPPER_K_HINT.finditer(text):
             if text[m.start() + 1] == "I":  # "AKIA"
                 found["aws_access_key_id"] = _EVERYWHERE
             else:
-                upper.append(m.start())
-        if upper:
-            keys = sorted(keys + upper)
+                keys.append(m.start())
     if keys:
-        found["datadog_api_key"] = keys
+        found["datadog_api_key"] = sorted({s for k in keys for s in _datadog_starts(k)})
     if "aws_access_key_id" not in found and "S" in text and "ASIA" in text:
         found["aws_access_key_id"] = _EVERYWHERE
     if "earer" in text:  # [Bb]earer: the match starts one character before
         if bearer := [i - 1 for i in _finds(text, "earer") if i]:
             found["bearer_token"] = bearer
     if "@" in text:
-        if email := _email_starts(text):
+        if email := [s for at in _finds(text, "@") for s in _email_starts(text, at + 1)]:
             found["email"] = email
     if ":" in text:
-        if ipv6 := _ipv6_starts(text):
+        if ipv6 := sorted({s for m in _IPV6_HINT.finditer(text) for s in _ipv6_starts(text, m.end())}):
             found["ipv6"] = ipv6
-    # A card starts with an ASCII digit 2-6; an IPv4 address may be written in any script's digits (\d).
     if ("2" in text or "3" in text or "4" in text or "5" in text or "6" in text) and _has_card_digits(text):
         found["credit_card"] = _EVERYWHERE
-    if (not text.isascii() or "0" in text or "1" in text or "2" in text or "3" in text or "4" in text
-            or "5" in text or "6" in text or "7" in text or "8" in text or "9" in text) and _IPV4_HINT.search(text):
-        found["ipv4"] = _EVERYWHERE
+    if "." in text and ("0" in text or "1" in text or "2" in text or "3" in text or "4" in text
+                        or "5" in text or "6" in text or "7" in text or "8" in text or "9" in text):
+        if ipv4 := sorted({s for m in _IPV4_HINT.finditer(text) for s in _ipv4_starts(text, m.end())}):
+            found["ipv4"] = ipv4
     return found
 
 
-def luhn_valid(digits: str) -> bool:
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = ord(ch) - 48
-        if i % 2:
-            d = d * 2 - 9 if d > 4 else d * 2
-        total += d
-    return total % 10 == 0
+# ------------------------------------------------------------------------------------------- hyperscan
+
+def _on_match(rule_id: int, start: int, end: int, flags: int, hits: list) -> None:
+    hits.append((end, rule_id))
 
 
-# Matches of these rules must also pass a check before they are replaced (and counted).
-_VALIDATORS: dict[str, Callable[[re.Match], bool]] = {
-    "credit_card": lambda m: luhn_valid(m.group(0).replace(" ", "").replace("-", "")),
-}
+class _Hyperscan:
+    """One block-mode database: every default rule's head (exact) and every user rule in prefilter mode
+    (a superset of its matches; only whether it may match is used; UTF-8 mode, where Hyperscan's classes
+    and case folding are RE2's or wider; the tests compare both on non-ASCII text). A scratch per thread: Hyperscan's
+    scratch space must not be shared by concurrent scans. Built through ``_hyperscan`` (cached: compiling
+    the heads takes some 50 ms, most of it the card's)."""
+
+    def __init__(self, heads: tuple[tuple[str, str], ...], user: tuple[tuple[str, str], ...]) -> None:
+        self._names: list[str] = []
+        self._starts: list[Callable[[str, int], Iterable[int]] | None] = []
+        patterns, flags = [], []
+        for name, head in heads:
+            patterns.append(head.encode())
+            flags.append(0)
+            self._names.append(name)
+            self._starts.append(_HEADS[name][1])
+        prefilter = hyperscan.HS_FLAG_PREFILTER | hyperscan.HS_FLAG_UTF8 | hyperscan.HS_FLAG_SINGLEMATCH
+        self._unscanned: set[str] = set()  # user rules Hyperscan cannot prefilter: they run on every text
+        for name, regex in user:
+            if _hyperscan_compiles(regex, prefilter):
+                patterns.append(regex.encode())
+                flags.append(prefilter)
+                self._names.append(name)
+                self._starts.append(None)
+            else:
+                self._unscanned.add(name)
+        self._user = {name for name, _ in user}
+        self._db = None  # nothing to scan for (Hyperscan refuses an empty database)
+        if patterns:
+            self._db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+            self._db.compile(expressions=patterns, ids=list(range(len(patterns))), flags=flags)
+        self._local = threading.local()
+
+    def candidates(self, text: str) -> dict[str, list[int] | None] | None:
+        """Like ``_candidates``, and the user rules that may match (value None); None for a text that is no
+        valid UTF-8 (a lone surrogate): the twin takes it."""
+        found = self._scan(text, 0, len(text), {})
+        if found is not None:
+            found.update(dict.fromkeys(self._unscanned))
+        return found
+
+    def rescan(self, found: dict[str, list[int] | None], text: str, lo: int, hi: int,
+               delta: int) -> dict[str, list[int] | None] | None:
+        """``candidates(text)`` once a rule replaced secrets between ``lo`` and ``hi`` of the text before,
+        making it ``delta`` characters longer. A start is at most 68 characters before its head's end, and
+        depends on the text between (``_HEADS``); a head is at most 25 characters: starts more than
+        ``_REACH`` from the change stay (shifted by ``delta`` after it), the others come from a scan of the
+        changed part and ``2 * _REACH`` around it. User rules run again on the new text."""
+        kept: dict[str, list[int] | None] = {}
+        for name, starts in found.items():
+            if starts is not None:
+                kept[name] = [s for s in starts if s < lo - _REACH] + [s + delta for s in starts if s > hi + _REACH]
+        kept = self._scan(text, max(0, lo - 2 * _REACH), hi + delta + 2 * _REACH, kept)
+        if kept is not None:
+            kept.update(dict.fromkeys(self._user))
+        return kept
+
+    def _scan(self, text: str, lo: int, hi: int, found: dict[str, list[int] | None]) -> dict | None:
+        """Adds to ``found`` the starts from every head in ``text[lo:hi]`` and the user rules that may match
+        there. None if that part is no valid UTF-8."""
+        if self._db is None:
+            return found
+        part = text[lo:hi]
+        try:
+            data = part.encode()
+        except UnicodeEncodeError:
+            return None
+        try:
+            scratch = self._local.scratch
+        except AttributeError:
+            scratch = self._local.scratch = hyperscan.Scratch(self._db)
+        hits: list[tuple[int, int]] = []
+        self._db.scan(data, match_event_handler=_on_match, context=hits, scratch=scratch)
+        if not part.isascii():
+            hits.sort()
+            # Heads are ASCII: each end is a character boundary; count characters in one pass.
+            chars, done = 0, 0
+            for i, (end, rule_id) in enumerate(hits):
+                chars += len(data[done:end].decode())
+                done = end
+                hits[i] = (chars, rule_id)
+        changed = set()
+        for end, rule_id in hits:
+            starts = self._starts[rule_id]
+            name = self._names[rule_id]
+            if starts is None:
+                found[name] = None
+            else:
+                found.setdefault(name, []).extend([s for s in starts(text, lo + end) if s >= 0])
+                changed.add(name)
+        for name in changed:
+            found[name] = sorted(set(found[name]))
+        return found
+
+
+_REACH = 100
+_hyperscan = functools.lru_cache(maxsize=8)(_Hyperscan)
+
+
+def _hyperscan_compiles(regex: str, flags: int) -> bool:
+    db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+    try:
+        db.compile(expressions=[regex.encode()], ids=[0], flags=[flags])
+    except hyperscan.error:
+        return False
+    return True
+
+
+def default_engine() -> str:
+    """"hyperscan" when it imports and ``LLMSHIP_NO_EXTENSIONS=1`` is not set, else "python"."""
+    if hyperscan is None or os.environ.get("LLMSHIP_NO_EXTENSIONS") == "1":
+        return "python"
+    return "hyperscan"
 
 
 # ------------------------------------------------------------------------------------------- cutting
 # Text past ``max_chars`` is cut once scrubbed, so only the head that can be kept needs scrubbing; but the
 # head must end where scrubbing it alone gives what scrubbing the whole text gives there: where no match
-# of any rule can cross, and where every lookaround sees what it sees at the end (or start) of a text.
+# of any rule can cross, and where every context a regex reads sees what it sees at the end (or start) of
+# a text ("^" and "$" stand for a context character).
 # A space just after a lower-case letter other than "i n p r y" is such a place:
 # - a default rule's match holds a space only after "r" (bearer: "Bearer abc"), a digit (card: "4111 1111")
-#   or, in the datadog rule, after "y"/"Y", a quote, ":", "=" or whitespace ('api_key = "..."');
-# - the datadog rule's lookbehind reads across a space in "api key", "app key", "application key";
-# - a space is no word character, nor any of ". - : [ %" that the other lookarounds look for.
+#   or, in the datadog rule, after "y"/"Y", a quote, ":", "=" or whitespace ('api_key = "..."') and after
+#   "api", "app", "application" (its prefix "api key");
+# - a space is no word character, nor any of ". - : [ %" that the other contexts look for.
 # A replacement lands just before the space when a match ends there, so each must end with a character
 # as harmless (the defaults end with "]"; a group reference could bring back anything).
 _CUT_AFTER = frozenset("abcdefghjklmoqstuvwxz")
@@ -229,10 +422,8 @@ def _cut_point(text: str, start: int) -> int:
 
 # ------------------------------------------------------------------------------------------- scrubber
 
-
-# (name, pattern, replacement, triggered, validate): a plain tuple, unpacked in the hot loop. ``triggered``:
-# a default rule with its own regex, whose candidates ``_candidates`` finds; any other regex runs everywhere.
-_Rule = tuple[str, re.Pattern, str, bool, Callable[[re.Match], bool] | None]
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # a bad user regex is reported by validation, not printed on stderr
 
 
 def effective_rules(user_rules: tuple[ScrubRule, ...],
@@ -256,54 +447,141 @@ def effective_rules(user_rules: tuple[ScrubRule, ...],
     return [r for r in merged if r.enabled]
 
 
+def rule_problems(rule: ScrubRule) -> list[tuple[str, str]]:
+    """Why ``rule`` cannot run, as (field, reason) pairs, for ``llmship validate``."""
+    default = next((r for r in DEFAULT_RULES if r.name == rule.name), None)
+    regex = rule.regex or (default.regex if default is not None else "")
+    if not regex:
+        return []
+    try:
+        if default is not None and regex == default.regex:
+            pattern = re.compile(regex)
+        else:
+            pattern = re2.compile(regex, _RE2_OPTIONS)
+    except re2.error as e:
+        reason = e.args[0].decode(errors="replace") if isinstance(e.args[0], bytes) else str(e.args[0])
+        try:
+            re.compile(regex)
+        except re.error:
+            return [("regex", f"not a valid regular expression: {reason}")]
+        return [("regex", f"only a backtracking engine can run it, in time that can grow exponentially with the "
+                          f"text; scrub rules run in RE2, in linear time, which has no backreferences nor "
+                          f"lookarounds ({reason}). Match the context too and name the part to replace "
+                          f"(?P<secret>...)")]
+    try:
+        _parse_template(rule.replacement, pattern.groups, pattern.groupindex)
+    except (re.error, IndexError) as e:
+        return [("replacement", f"bad replacement for its regex: {e}")]
+    return []
+
+
+class _Rule:
+    """A compiled rule. ``headed``: a default's own regex, run in Python ``re`` where ``_HEADS`` says a
+    match may start; otherwise the regex runs in RE2 over the whole text."""
+
+    __slots__ = ("name", "pattern", "replacement", "template", "headed", "validate", "group", "context")
+
+    def __init__(self, rule: ScrubRule, headed: bool) -> None:
+        self.name = rule.name
+        self.headed = headed
+        self.validate = _VALIDATORS.get(rule.name) if headed else None
+        self.pattern = re.compile(rule.regex) if headed else re2.compile(rule.regex, _RE2_OPTIONS)
+        self.replacement = rule.replacement
+        template = _parse_template(rule.replacement, self.pattern.groups, self.pattern.groupindex)
+        # literal text and group numbers; for RE2, which runs on UTF-8, the literal text encoded
+        self.template = template if headed else [p.encode("utf-8", "surrogatepass") if isinstance(p, str) else p
+                                                 for p in template]
+        self.group = self.pattern.groupindex.get("secret", 0)  # the part replaced
+        self.context = 2 if self.group else 0  # how far before a secret its context may start
+
+
+def _parse_template(replacement: str, groups: int, groupindex: dict[str, int]) -> list[str | int]:
+    """Python ``re`` replacement syntax (``\\1``, ``\\g<name>``, ``\\n``), parsed by Python itself: expanding
+    it for two matches of a pattern with the same groups, each group holding a character that differs
+    between the two, tells group references (those characters) from literal text. Returns literal strings
+    and group numbers, parsed once: ``Match.expand`` parses its template at every call (4 us)."""
+    names = {i: n for n, i in groupindex.items()}
+    dummy = re.compile("." + "".join(f"(?P<{names[i]}>.)" if i in names else "(.)" for i in range(1, groups + 1)),
+                       re.DOTALL)
+    first, second = (dummy.fullmatch("".join(chr(base + i) for i in range(groups + 1))).expand(replacement)
+                     for base in (0x100000, 0x100400))
+    out: list[str | int] = []
+    skip = 0
+    for a, b in zip(first, second):
+        if skip:
+            skip -= 1
+        elif a != b:
+            group = ord(a) - 0x100000
+            out.append(group)
+            skip = groups if group == 0 else 0  # \g<0> expanded to the whole dummy match
+        elif out and isinstance(out[-1], str):
+            out[-1] += a
+        else:
+            out.append(a)
+    return out
+
+
 class Scrubber:
-    """``scrub(text)`` replaces every match of every enabled rule and counts ``scrub_matches{rule=...}``."""
+    """``scrub(text)`` replaces every match of every enabled rule and counts ``scrub_matches{rule=...}``.
+
+    ``engine``: "hyperscan" or "python" (the twin); by default ``default_engine()``."""
 
     def __init__(self, rules: tuple[ScrubRule, ...] = (), telemetry_component: Component | None = None, *,
-                 defaults: tuple[ScrubRule, ...] = DEFAULT_RULES) -> None:
+                 defaults: tuple[ScrubRule, ...] = DEFAULT_RULES, engine: str | None = None) -> None:
         self.telemetry = telemetry_component if telemetry_component is not None else Component("scrub")
         self._defaults = defaults
+        self.engine = engine or default_engine()
+        if self.engine not in ("hyperscan", "python"):
+            raise ValueError(f"unknown scrub engine {self.engine!r}")
+        if self.engine == "hyperscan" and hyperscan is None:
+            raise RuntimeError("the hyperscan scrub engine needs the hyperscan package")
         self.reload(rules)
 
     def reload(self, rules: tuple[ScrubRule, ...]) -> None:
         """Swap in new user rules; everyone holding this scrubber (or its ``scrub``) sees them."""
-        default_regex = {r.name: r.regex for r in self._defaults}
-        compiled: list[_Rule] = []
-        for rule in effective_rules(rules, self._defaults):
-            # A default's triggers are written for its regex: a replaced regex runs everywhere.
-            own = default_regex.get(rule.name) == rule.regex
-            compiled.append((rule.name, re.compile(rule.regex), rule.replacement, own,
-                             _VALIDATORS.get(rule.name) if own else None))
-        self._rules = compiled
-        self.rule_names = tuple(r[0] for r in compiled)
-        self._triggered = any(r[3] for r in compiled)
-        # _ANY_HINT covers the default rules only: with any other regex, every text goes through the rules.
-        self._short_cut = all(r[3] for r in compiled)
-        self._cuttable = self._short_cut and all(r[2][-1:] in _SAFE_REPLACEMENT_END for r in compiled)
+        default_regex = {r.name: r.regex for r in DEFAULT_RULES}
+        # A default's head is written for its regex: a replaced regex is a user rule.
+        compiled = [_Rule(r, default_regex.get(r.name) == r.regex) for r in effective_rules(rules, self._defaults)]
+        self.rule_names = tuple(r.name for r in compiled)
+        # _ANY_HINT and the cut points cover the default rules only.
+        short_cut = all(r.headed for r in compiled)
+        cuttable = short_cut and all(r.replacement[-1:] in _SAFE_REPLACEMENT_END for r in compiled)
+        hs = None
+        if self.engine == "hyperscan":
+            hs = _hyperscan(tuple((r.name, _HEADS[r.name][0]) for r in compiled if r.headed),
+                            tuple((r.name, r.pattern.pattern) for r in compiled if not r.headed))
+        # One assignment: a scrub running in another thread sees the old state or the new one.
+        self._state = (compiled, hs, short_cut, cuttable)
 
     def scrub(self, text: str) -> str:
-        if self._short_cut and len(text) <= _SHORT_TEXT and _ANY_HINT.search(text) is None:
+        rules, hs, short_cut, _ = self._state
+        if short_cut and len(text) <= _SHORT_TEXT and _ANY_HINT.search(text) is None:
             return text
-        found = _candidates(text) if self._triggered else {}
-        for name, pattern, replacement, triggered, validate in self._rules:
-            if not triggered:
-                text, n = pattern.subn(replacement, text)
-            elif name not in found:
+        found = hs.candidates(text) if hs is not None else None
+        if found is None:  # the twin (or a text Hyperscan cannot take)
+            hs, found = None, _twin(rules, text)
+        for rule in rules:
+            if rule.name not in found:
                 continue
-            elif (starts := found[name]) is _EVERYWHERE and validate is None:
-                text, n = pattern.subn(replacement, text)
+            if rule.headed:
+                text, n, lo, hi, delta = _sub(rule, text, found[rule.name])
             else:
-                text, n = _sub_at(pattern, replacement, validate, text, starts)
+                text, n = _sub_re2(rule, text)
             if n:
-                self.telemetry.inc("scrub_matches", n, rule=name)
-                if self._triggered:
-                    found = _candidates(text)  # the text changed: look again, for the rules after this one
+                self.telemetry.inc("scrub_matches", n, rule=rule.name)
+                # the text changed: look again, for the rules after this one
+                if hs is not None and rule.headed:
+                    found = hs.rescan(found, text, lo, hi, delta)
+                else:
+                    found = hs.candidates(text) if hs is not None else None
+                if found is None:
+                    hs, found = None, _twin(rules, text)
         return text
 
     def scrub_truncate(self, text: str, max_chars: int) -> tuple[str, bool]:
         """``truncate_text(self.scrub(text), max_chars)``, scrubbing only the head that can be kept when the
         rules allow a safe cut (see above); matches in the rest are not looked for, nor counted."""
-        if self._cuttable and len(text) > max_chars + _CUT_MIN_SAVING:
+        if self._state[3] and len(text) > max_chars + _CUT_MIN_SAVING:
             cut = _cut_point(text, max_chars + 1)
             if cut > 0:
                 head = self.scrub(text[:cut])
@@ -313,22 +591,76 @@ class Scrubber:
         return truncate_text(self.scrub(text), max_chars)
 
 
-def _sub_at(pattern: re.Pattern, replacement: str, validate: Callable[[re.Match], bool] | None, text: str,
-            starts: list[int] | None) -> tuple[str, int]:
-    """Like ``pattern.subn`` (leftmost, non-overlapping), trying only ``starts`` (None: everywhere), and
-    keeping matches that fail ``validate``."""
-    matches = pattern.finditer(text) if starts is None else (pattern.match(text, s) for s in starts)
+def _twin(rules: list[_Rule], text: str) -> dict[str, list[int] | None]:
+    """``_candidates``, and every user rule (their regexes run on every text)."""
+    found = _candidates(text)
+    found.update((r.name, None) for r in rules if not r.headed)
+    return found
+
+
+def _sub(rule: _Rule, text: str, starts: list[int] | None) -> tuple[str, int, int, int, int]:
+    """What ``re.sub`` gives with the rule's regex written with lookarounds: leftmost matches, each secret
+    after the one before, whose context may reach back into the secret before it (by at most
+    ``rule.context`` characters). Tries only ``starts`` (None: everywhere); a match failing ``validate`` is
+    passed over whole, not replaced. Returns the new text, the number of secrets replaced, where the first
+    began and the last ended, and how much longer the text became."""
+    pattern, group, validate = rule.pattern, rule.group, rule.validate
     pieces: list[str] = []
-    end = 0
-    for m in matches:
-        if m is None or m.start() < end:
+    end = copied = pos = 0  # end: where the last secret (replaced or passed over) ended
+    matches = (pattern.match(text, s) for s in starts) if starts is not None else None
+    while True:
+        if matches is None:
+            m = pattern.search(text, pos)
+            if m is None:
+                break
+            pos = m.start() + 1
+        else:
+            m = next(matches, False)
+            if m is False:
+                break
+            if m is None:
+                continue
+        a, b = m.span(group)
+        if a < end:
             continue
+        end = b
+        pos = max(pos, b - rule.context)
         if validate is not None and not validate(m):
             continue
-        pieces.append(text[end:m.start()])
-        pieces.append(m.expand(replacement))
-        end = m.end()
+        pieces.append(text[copied:a])
+        pieces.append("".join(p if isinstance(p, str) else m.group(p) or "" for p in rule.template))
+        copied = b
+    if not pieces:
+        return text, 0, 0, 0, 0
+    lo = len(pieces[0])
+    pieces.append(text[copied:])
+    new = "".join(pieces)
+    return new, len(pieces) // 2, lo, copied, len(new) - len(text)
+
+
+def _sub_re2(rule: _Rule, text: str) -> tuple[str, int]:
+    """``re.sub`` for a RE2 rule over the whole text (empty matches included, as Python does); with a group
+    named ``secret``, only it is replaced and the next match starts after it. RE2 runs on the UTF-8 bytes,
+    encoded once: given a ``str``, the google-re2 wrapper encodes the whole text again for every search."""
+    data = text.encode("utf-8", "surrogatepass")
+    pattern, group, template = rule.pattern, rule.group, rule.template
+    pieces: list[bytes] = []
+    copied = pos = 0
+    while pos <= len(data) and (m := pattern.search(data, pos)) is not None:
+        a, b = m.span(group)
+        pieces.append(data[copied:a])
+        pieces.append(b"".join(p if isinstance(p, bytes) else m.group(p) or b"" for p in template))
+        copied = b
+        pos = b if b > m.start() else _next_char(data, m.start())
     if not pieces:
         return text, 0
-    pieces.append(text[end:])
-    return "".join(pieces), len(pieces) // 2
+    pieces.append(data[copied:])
+    return b"".join(pieces).decode("utf-8", "surrogatepass"), len(pieces) // 2
+
+
+def _next_char(data: bytes, i: int) -> int:
+    """The start of the UTF-8 character after the one at ``i`` (past its continuation bytes 0x80-0xBF)."""
+    i += 1
+    while i < len(data) and 0x80 <= data[i] < 0xC0:
+        i += 1
+    return i
