@@ -84,7 +84,8 @@ def build(cfg: Config, telemetry: Telemetry | None = None, *, readiness=None, in
     logs_sink = LogsSink(cfg, delivery.submit, telemetry)
     router = Router(telemetry=telemetry, aggregator=aggregator, delivery=delivery, metrics_sink=metrics_sink,
                     trace_sink=trace_sink, llmobs_sink=llmobs_sink, logs_sink=logs_sink)
-    emitter = Emitter(telemetry=telemetry, router=router, llm=llm, log_processor=log_processor)
+    emitter = Emitter(telemetry=telemetry, router=router, llm=llm, log_processor=log_processor,
+                      trace_sink=trace_sink, llmobs_sink=llmobs_sink, logs_sink=logs_sink)
     sources = [DogStatsDSource(cfg, emitter), TraceSource(cfg, emitter), LogsSource(cfg, emitter)]
     status = StatusServer(cfg, telemetry, info_provider or (lambda: {}), readiness or (lambda: False))
     return Topology(cfg, telemetry, delivery, aggregator, metrics_sink, llm, log_processor, router, emitter,

@@ -9,13 +9,15 @@ import zlib
 import zstandard
 
 ENCODINGS = ("gzip", "deflate", "zstd", "identity")
-# Levels when none is given: the codecs' usual defaults (the Datadog Agent's for metrics too).
-DEFAULT_LEVELS = {"gzip": 6, "deflate": 6, "zstd": 3}
+# Levels when none is given: gzip/deflate at zlib's usual 6 (the Agent's metrics serializer with zlib); zstd
+# at 1, the Agent's serializer_zstd_compressor_level default (comp/serializer/metricscompression).
+DEFAULT_LEVELS = {"gzip": 6, "deflate": 6, "zstd": 1}
 # Levels for the high-volume sinks (spans, LLM Observability events, logs): gzip/deflate at 1 (BestSpeed),
 # as the Datadog Agent's trace writer does (pkg/trace/writer/trace.go), where its logs pipeline defaults
 # to 6: on sample logs level 1 costs a third of the CPU of 6 for bodies about 20% larger (bench/logs.py).
-# zstd keeps its usual level 3, both faster and smaller than either.
-FAST_LEVELS = {"gzip": 1, "deflate": 1}
+# zstd at 1 too: the trace writer's zstd.BestSpeed (pkg/trace/writer/zstd.go) and logs_config's
+# zstd_compression_level default.
+FAST_LEVELS = {"gzip": 1, "deflate": 1, "zstd": 1}
 
 
 class DecompressionLimit(ValueError):

@@ -87,7 +87,7 @@ class DatadogSinkConfig:
     api_key: str = ""  # default: $DD_API_KEY
     site: str = ""  # default: $DD_SITE or datadoghq.com
     url: str = ""  # replaces scheme and host of every intake endpoint (llmship intake, proxies, tests)
-    compression: str = "gzip"
+    compression: str = "zstd"  # as the Datadog Agent: zstd where the intake takes it, gzip where only gzip
     timeout_secs: float = 15.0
 
     def __repr__(self) -> str:  # never print the key, even in a traceback or a debug dump

@@ -1,6 +1,6 @@
 """The processing plane: what sources hand their decoded events to (the *emitter*), and the processing
 between decode and the shipping plane's router: the LLM stage for spans and EVP events, the log processor
-for received logs.
+for received logs, and each sink's per-item encoding. What it hands the router is bytes and plain tuples.
 
 Sources see only this interface (submit, and an ``overloaded`` signal for every lane their data fans into),
 never the router. Submitting is synchronous and never blocks; processing does no I/O. A processor that
@@ -28,7 +28,8 @@ LANES = {
 
 
 class Emitter:
-    def __init__(self, *, telemetry: Telemetry, router, llm, log_processor) -> None:
+    def __init__(self, *, telemetry: Telemetry, router, llm, log_processor, trace_sink, llmobs_sink,
+                 logs_sink) -> None:
         self.telemetry = telemetry
         self.add_metric = router.add_metric  # DogStatsD: straight into the aggregator, no object per line
         self.submit_dsd_event = router.dsd_event
@@ -36,26 +37,42 @@ class Emitter:
         self._router = router
         self._llm = llm
         self._log_processor = log_processor
+        self._encode_chunks = trace_sink.encode_chunks
+        self._encode_event = llmobs_sink.encode
+        self._encode_log = logs_sink.encode
         self._tel = telemetry.component("processing")
 
     def submit_spans(self, chunks: list[list[Span]], tracer: TracerInfo) -> None:
-        router = self._router
+        outputs = []
         for spans in chunks:
-            outputs = self._guard("spans", self._llm.process_chunk, spans)
-            if outputs:
-                router.calls(outputs)
-            router.spans(spans, tracer)
+            found = self._guard("spans", self._llm.process_chunk, spans)
+            if found:
+                outputs += found
+        if outputs:
+            self._router.calls(self._encode_calls(outputs))
+        # After the LLM stage: it tags the spans that carry calls with their model, provider and endpoint.
+        items = self._guard("spans", lambda c: self._encode_chunks(c, tracer), chunks)
+        if items:
+            self._router.trace_items(items, tracer.language)
 
     def submit_llmobs_events(self, events: list[LLMObsEvent]) -> None:
         outputs = self._guard("llmobs", self._llm.process_events, events)
         if outputs:
-            self._router.calls(outputs)
+            self._router.calls(self._encode_calls(outputs))
 
     def submit_logs(self, records: list[LogRecord]) -> None:
         for record in records:
             processed = self._guard("logs", self._log_processor.process, record)
-            if processed is not None:
-                self._router.log(processed)
+            if processed is not None and (data := self._encode_log(processed)) is not None:
+                self._router.log_item(data)
+
+    def _encode_calls(self, outputs: list) -> list:
+        for out in outputs:
+            if out.event is not None:
+                out.event = self._encode_event(out.event)
+            if out.log is not None:
+                out.log = self._encode_log(out.log)
+        return outputs
 
     def overloaded(self, kind: str) -> bool:
         """True while any lane ``kind`` fans into is full."""

@@ -78,7 +78,7 @@ def test_tcp_logs_are_scrubbed_truncated_and_tagged(intake, start_agent):
     assert agent.counter("scrub", "scrub_matches", rule="openai_api_key") == 1
     # shipped the way the intake wants it: gzip, with the key, to /api/v2/logs
     request = intake.requests("logs")[0]
-    assert request["path"] == "/api/v2/logs" and request["content_encoding"] == "gzip"
+    assert request["path"] == "/api/v2/logs" and request["content_encoding"] == "zstd"
     assert request["api_key_present"] == 1
     assert TEST_API_KEY not in agent.log_text()
 

@@ -55,12 +55,11 @@ def capture_chunks() -> list[list[Span]]:
 def test_capture_round_trips_through_the_intake_decoder():
     sink, submitted, _ = make_sink()
     chunks = capture_chunks()
-    for chunk in chunks:
-        sink.add_chunk(chunk, PYTHON)
+    sink.add_items(sink.encode_chunks(chunks, PYTHON), PYTHON.language)  # one tracer request, as captured
     sink.flush()
     (payload,) = submitted
     assert (payload.kind, payload.content_type, payload.content_encoding) == (
-        "traces", "application/x-protobuf", "gzip")
+        "traces", "application/x-protobuf", "zstd")  # the default, as the Agent's trace writer
     assert payload.extra_headers == {"X-Datadog-Reported-Languages": "python"}
     assert payload.items == 12
     spans = decoded(payload)
@@ -79,8 +78,8 @@ def test_capture_round_trips_through_the_intake_decoder():
         assert got["agent_payload"]["hostname"] == "host-a" and got["agent_payload"]["env"] == "prod"
         assert got["agent_payload"]["agent_version"] == AGENT_VERSION
         assert got["agent_payload"]["target_tps"] == 10.0 and got["agent_payload"]["error_tps"] == 10.0
-    # all six chunks share one tracer payload header, so they are grouped under one TracerPayload
-    agent = pb.decode(decompress(payload.body, "gzip", 64 << 20))
+    # all six chunks of the request share one tracer payload header, so they are one TracerPayload
+    agent = pb.decode(decompress(payload.body, payload.content_encoding, 64 << 20))
     assert len(agent[5]) == 1 and len(pb.decode(agent[5][0])[6]) == 6
 
 
@@ -90,7 +89,7 @@ def test_field_numbers_by_hand():
     s = span(7, meta={"k": "v"}, meta_struct={"appsec": msgpack.packb({"a": 1})}, error=1)
     sink.add_chunk([s], PYTHON)
     sink.flush()
-    agent = pb.decode(decompress(submitted[0].body, "gzip", 1 << 20))
+    agent = pb.decode(decompress(submitted[0].body, submitted[0].content_encoding, 1 << 20))
     assert agent[1] == [b"host-a"] and agent[2] == [b"prod"] and agent[7] == [AGENT_VERSION.encode()]
     tracer = pb.decode(agent[5][0])
     assert tracer[2] == [b"python"] and tracer[5] == [b"rt-1"] and tracer[8] == [b"prod"]
@@ -191,18 +190,18 @@ def test_a_413_splits_between_tracer_payloads_without_decoding():
     assert len(halves) == 2 and sum(p.items for p in halves) == 4
     assert sorted((s["trace_id"], s["span_id"]) for p in halves for s in decoded(p)) == [(1, 1), (2, 1), (3, 1), (3, 2)]
     for part in halves:
-        assert part.extra_headers == payload.extra_headers and part.content_encoding == "gzip"
+        assert part.extra_headers == payload.extra_headers and part.content_encoding == payload.content_encoding
         assert {s["agent_payload"]["agent_version"] for s in decoded(part)} == {AGENT_VERSION}  # tail kept
     two = next(p for p in halves if len(p.item_lengths()) == 2)
     assert sorted(p.items for p in split(two)) == sorted(two.item_counts(2))
 
-    # consecutive chunks of one tracer payload header are one TracerPayload: it cannot be cut further
-    sink.add_chunk([span(i, parent_id=0 if i == 1 else 1) for i in range(1, 5)], PYTHON)
-    sink.add_chunk([span(9, trace_id=9)], PYTHON)
+    # consecutive chunks of one tracer request with one header are one TracerPayload: it cannot be cut further
+    sink.add_items(sink.encode_chunks([[span(i, parent_id=0 if i == 1 else 1) for i in range(1, 5)],
+                                       [span(9, trace_id=9)]], PYTHON), "python")
     sink.flush()
     single = split(submitted[1])
     assert len(single) == 1 and single[0].items == 5
-    agent = pb.decode(decompress(submitted[1].body, "gzip", 1 << 20))
+    agent = pb.decode(decompress(submitted[1].body, submitted[1].content_encoding, 1 << 20))
     assert len(agent[5]) == 1 and len(pb.decode(agent[5][0])[6]) == 2
 
 

@@ -74,20 +74,31 @@ def capture_evp_events() -> list[dict]:
 
 
 class Recorder:
-    """The sinks as the router sees them: what reaches each is recorded."""
+    """The trace sink as the emitter and the router see it: chunks "encode" as themselves, and what reaches
+    the router is recorded."""
 
     def __init__(self) -> None:
         self.spans: list[Span] = []
         self.events: list[dict] = []
         self.logs: list[dict] = []
 
-    def add_chunk(self, spans, tracer) -> None:
-        self.spans += spans
+    def encode_chunks(self, chunks, tracer):
+        return [(chunk, len(chunk)) for chunk in chunks]
+
+    def add_items(self, items, language) -> None:
+        for chunk, _ in items:
+            self.spans += chunk
 
 
 class _Add:
+    """An event or log sink whose items are the objects themselves, recorded as they reach the router."""
+
     def __init__(self, into: list) -> None:
-        self.add = into.append
+        self.add_item = into.append
+
+    @staticmethod
+    def encode(item):
+        return item
 
 
 class Rig:
@@ -100,9 +111,11 @@ class Rig:
         self.aggregator = Aggregator(self.cfg, self.telemetry, clock=lambda: NOW)
         self.llm = LLMStage(self.cfg, Scrubber(self.cfg.scrub.rules), self.telemetry)
         self.sinks = Recorder()
+        events, logs = _Add(self.sinks.events), _Add(self.sinks.logs)
         router = Router(telemetry=self.telemetry, aggregator=self.aggregator, delivery=None, metrics_sink=None,
-                        trace_sink=self.sinks, llmobs_sink=_Add(self.sinks.events), logs_sink=_Add(self.sinks.logs))
-        self.emitter = Emitter(telemetry=self.telemetry, router=router, llm=self.llm, log_processor=None)
+                        trace_sink=self.sinks, llmobs_sink=events, logs_sink=logs)
+        self.emitter = Emitter(telemetry=self.telemetry, router=router, llm=self.llm, log_processor=None,
+                               trace_sink=self.sinks, llmobs_sink=events, logs_sink=logs)
         self.comp = self.telemetry.component("llm")
 
     def process_chunk(self, chunk: list[Span]) -> tuple[list, list, list]:
@@ -620,3 +633,13 @@ def test_a_call_whose_processing_fails_is_still_counted_from_its_other_copy():
     assert len(shipped) == 1
     series, _ = rig.metrics()
     assert series[("llm.requests", call_tags(CHAT, "/v1/chat/completions"))] == 1
+
+
+def test_llmobs_structs_read_the_same_by_msgspec_and_msgpack():
+    """The struct reader's fast path (msgspec) and its twin (msgpack) agree; a struct with invalid UTF-8,
+    which msgspec refuses, is read with the bad bytes replaced."""
+    for chunk in capture_chunks():
+        raw = chunk[0].meta_struct["_llmobs"]
+        assert extract._decode_struct(raw) == msgpack.unpackb(raw, raw=False, strict_map_key=False)
+    bad = msgpack.packb({"name": b"\xffoops"}, use_bin_type=False)
+    assert extract._unpack_struct(bad) == {"name": "\ufffdoops"}

@@ -29,12 +29,13 @@ _log = RateLimited(get_logger("llm"))
 @dataclass(slots=True)
 class CallOutput:
     """What one call produces; the router ships the event once per ``span_id`` and the samples and log
-    once per ``span_id`` (None: no id to de-duplicate on, always shipped)."""
+    once per ``span_id`` (None: no id to de-duplicate on, always shipped). The processing plane replaces the
+    event and the log by their encoded bytes before handing them over."""
 
     span_id: int | None
-    event: LLMObsEvent | None = None
+    event: LLMObsEvent | bytes | None = None
     samples: list[MetricSample] = field(default_factory=list)
-    log: LogRecord | None = None
+    log: LogRecord | bytes | None = None
 
 
 class LLMStage:

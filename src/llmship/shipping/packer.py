@@ -74,13 +74,9 @@ def _max_fitting(encoding: str, space: int) -> int:
 
 class Packer:
     def __init__(self, encoding: Encoding, submit: Callable[[Payload], object], *,
-                 on_too_large: Callable[[int], None] = lambda events: None,
-                 before_flush: Callable[[], None] | None = None) -> None:
+                 on_too_large: Callable[[int], None] = lambda events: None) -> None:
         self._submit = submit
         self._on_too_large = on_too_large
-        # A sink that gathers an item over several calls (the trace sink's open TracerPayload) adds it here
-        # before any payload is closed by the timer, ``flush`` or ``shutdown``.
-        self._before_flush = before_flush
         self._task: asyncio.Task | None = None
         self._oldest: float | None = None  # when the oldest waiting item came (monotonic)
         self._configure(encoding)
@@ -120,7 +116,8 @@ class Packer:
             self._pending += self._enc.framing.separator
             self._raw += len(self._enc.framing.separator)
             self._segment += len(self._enc.framing.separator)
-        self.hold()
+        if self._oldest is None:  # the max-age clock starts with the first item waiting
+            self._oldest = time.monotonic()
         self._pending += item
         self._raw += n
         self._segment += n
@@ -137,15 +134,8 @@ class Packer:
         if self._enc.max_items is not None and self._items >= self._enc.max_items:
             self._close()  # full: no reason to wait for the next item
 
-    def hold(self) -> None:
-        """Something waits to be packed (here or in the sink): start the max-age clock if it is not running."""
-        if self._oldest is None:
-            self._oldest = time.monotonic()
-
     def flush(self) -> None:
         """Submit what is waiting, if anything."""
-        if self._before_flush is not None:
-            self._before_flush()
         self._close()
         self._oldest = None
 

@@ -1,4 +1,6 @@
-"""The shipping plane's entry: routes what the processing plane produced to the aggregator and the sinks.
+"""The shipping plane's entry: routes what the processing plane produced (encoded items, metric samples) to
+the aggregator and the sinks' packers. Everything it takes is bytes and plain tuples, so the processing plane
+can run in other processes (workers) and hand it over as it is.
 
 It owns the LLM Observability de-duplication: ddtrace may send one call both in a v0.4 span's
 ``meta_struct["_llmobs"]`` and to the EVP proxy, seconds apart. Span ids seen lately are remembered, so a
@@ -9,7 +11,6 @@ A duplicate is an intended discard, not a loss (``component_discarded_events_tot
 from __future__ import annotations
 
 from llmship.log import RateLimited, get_logger
-from llmship.model import LogRecord, Span, TracerInfo
 from llmship.telemetry import Telemetry
 
 _log = RateLimited(get_logger("router"))
@@ -53,11 +54,13 @@ class Router:
         self._counted = RecentIds()  # calls whose metrics (and sample log) were produced
         self._shipped = RecentIds()  # events passed on to the LLM Observability sink
 
-    def spans(self, chunk: list[Span], tracer: TracerInfo) -> None:
-        self._trace_sink.add_chunk(chunk, tracer)
+    def trace_items(self, items: list[tuple[bytes, int]], language: str) -> None:
+        """Encoded TracerPayloads with their span counts, from one tracer request."""
+        self._trace_sink.add_items(items, language)
 
     def calls(self, outputs) -> None:
-        """Each call's event once per span id, its metric samples and sample log once per span id."""
+        """Each call's encoded event once per span id, its metric samples and encoded sample log once per
+        span id (``CallOutput``s whose event and log the processing plane encoded)."""
         add_metric = self.add_metric
         for out in outputs:
             span_id = out.span_id
@@ -68,15 +71,15 @@ class Router:
                     for sample in out.samples:
                         add_metric(*sample)
                     if out.log is not None:
-                        self._logs_sink.add(out.log)
+                        self._logs_sink.add_item(out.log)
             if out.event is not None:
                 if span_id is None or self._shipped.add(span_id):
-                    self._llmobs_sink.add(out.event)
+                    self._llmobs_sink.add_item(out.event)
                 else:
                     self._tel.inc("discarded", reason="duplicate_event", intentional="true")
 
-    def log(self, record: LogRecord) -> None:
-        self._logs_sink.add(record)
+    def log_item(self, data: bytes) -> None:
+        self._logs_sink.add_item(data)
 
     def dsd_event(self, event: dict) -> None:
         self._metrics_sink.send_event(event)

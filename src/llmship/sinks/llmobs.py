@@ -75,6 +75,17 @@ class LLMObsSink:
         self._tel.inc("dropped", events, reason="item_too_large")
 
     def add(self, event: LLMObsEvent) -> None:
+        """``add_item(encode(event))``, for callers in one process."""
+        data = self.encode(event)
+        if data is not None:
+            self.add_item(data)
+
+    def add_item(self, data: bytes) -> None:
+        """Pack one encoded event (shipping plane)."""
+        self._packer.add(data)
+
+    def encode(self, event: LLMObsEvent) -> bytes | None:
+        """One event in its envelope, within the per-event limit (processing plane); None: dropped, counted."""
         self._tel.inc("events_received")
         # Measured with its envelope (about 100 bytes more than ddtrace measures): slightly conservative,
         # and each event is serialized once on the common path.
@@ -89,8 +100,8 @@ class LLMObsSink:
                 self._tel.inc("dropped", reason="event_too_large")
                 _log.error("event_too_large_after_reduction", "llmobs_event_dropped", size_bytes=len(data),
                            limit_bytes=MAX_EVENT_BYTES)
-                return
-        self._packer.add(data)
+                return None
+        return data
 
 
 def envelope(event: LLMObsEvent) -> dict[str, Any]:

@@ -75,6 +75,17 @@ class LogsSink:
         self._tel.inc("dropped", events, reason="item_too_large")
 
     def add(self, record: LogRecord) -> None:
+        """``add_item(encode(record))``, for callers in one process."""
+        data = self.encode(record)
+        if data is not None:
+            self.add_item(data)
+
+    def add_item(self, data: bytes) -> None:
+        """Pack one encoded record (shipping plane)."""
+        self._packer.add(data)
+
+    def encode(self, record: LogRecord) -> bytes | None:
+        """One record as the intake's JSON, within the per-entry limit (processing plane); None: dropped."""
         self._tel.inc("events_received")
         if not record.get("hostname"):
             record["hostname"] = self._hostname
@@ -86,10 +97,10 @@ class LogsSink:
         except TypeError as e:  # a value JSON cannot hold (a record built by code, not decoded from JSON)
             self._tel.inc("dropped", reason="not_serializable")
             _log.error("not_serializable", "log_record_not_serializable", error=str(e))
-            return
+            return None
         if len(data) > MAX_ENTRY_BYTES:
             data = self._reduce(record, data)
-        self._packer.add(data)
+        return data
 
     def _reduce(self, record: LogRecord, data: bytes) -> bytes:
         size = len(data)

@@ -76,14 +76,9 @@ class TraceSink:
         self._tel = telemetry.component("traces_sink")
         self._submit = submit
         self._languages: set[str] = set()  # every language seen, as the Agent reports them
-        # The TracerPayload being gathered: its header, its chunk fields, their size and span count.
-        self._open_header: bytes | None = None
-        self._open_chunks: list[bytes] = []
-        self._open_bytes = 0
-        self._open_spans = 0
         self._packer: Packer | None = None
         self.reload(cfg)
-        self._tel.gauge("batch_items", lambda: len(self._packer) + bool(self._open_chunks))
+        self._tel.gauge("batch_items", lambda: len(self._packer))
 
     def reload(self, cfg: Config) -> None:
         self._hostname = cfg.agent.hostname
@@ -101,8 +96,7 @@ class TraceSink:
             max_items=MAX_CHUNKS_PER_PAYLOAD, compression=compression, level=FAST_LEVELS.get(compression),
             max_age_secs=FLUSH_SECS)
         if self._packer is None:
-            self._packer = Packer(encoding, self._submit_payload, on_too_large=self._too_large,
-                                  before_flush=self._close_tracer_payload)
+            self._packer = Packer(encoding, self._submit_payload, on_too_large=self._too_large)
         else:
             self._packer.reconfigure(encoding)
         self._headers: dict[tuple, bytes] = {}
@@ -117,57 +111,70 @@ class TraceSink:
         self._packer.flush()
 
     def add_chunk(self, spans: list[Span], tracer: TracerInfo) -> None:
-        """Queue one trace chunk (spans of one trace from one tracer payload) for the intake."""
-        if not spans:
-            return
-        self._tel.inc("events_received", len(spans))
-        root = root_span(spans)
-        priority = _priority(spans)
-        if priority is not None and priority <= 0:
-            self._tel.inc("dropped", len(spans), reason="sampling_priority")
-            return
-        if tracer.language:
-            self._languages.add(tracer.language)
-        header = self._header(tracer, root.meta.get("env") or self._env, root.meta.get("_dd.hostname", ""),
-                              root.meta.get("version", ""))
-        # A chunk without a tracer decision is one we keep: AUTO_KEEP, never 0 (AUTO_REJECT).
-        chunk_fields = (pb.f_varint(1, AUTO_KEEP if priority is None else priority)
-                        + pb.f_str(2, root.meta.get("_dd.origin", "")))
+        """``add_items(encode_chunks([spans], tracer), tracer.language)``, for callers in one process."""
+        self.add_items(self.encode_chunks([spans], tracer), tracer.language)
+
+    def add_items(self, items: list[tuple[bytes, int]], language: str) -> None:
+        """Pack encoded TracerPayloads with their span counts (shipping plane)."""
+        if language:
+            self._languages.add(language)
+        for item, spans in items:
+            self._packer.add(item, spans)
+
+    def encode_chunks(self, chunks: list[list[Span]], tracer: TracerInfo) -> list[tuple[bytes, int]]:
+        """One tracer request's chunks as TracerPayloads (AgentPayload.tracerPayloads, field 5), each with
+        its span count (processing plane). Consecutive chunks with the same header share a TracerPayload
+        up to TRACER_PAYLOAD_MAX_BYTES, as the Agent sends one per tracer request."""
+        items: list[tuple[bytes, int]] = []
+        open_header, open_chunks, open_bytes, open_spans = None, [], 0, 0
+        for header, chunk, spans in self._encoded_chunks(chunks, tracer):
+            if open_header != header or open_bytes + len(chunk) > TRACER_PAYLOAD_MAX_BYTES:
+                if open_chunks:
+                    items.append((pb.f_msg(5, open_header + b"".join(open_chunks)), open_spans))
+                open_header, open_chunks, open_bytes, open_spans = header, [], len(header), 0
+            open_chunks.append(chunk)
+            open_bytes += len(chunk)
+            open_spans += spans
+        if open_chunks:
+            items.append((pb.f_msg(5, open_header + b"".join(open_chunks)), open_spans))
+        return items
+
+    def _encoded_chunks(self, chunks: list[list[Span]], tracer: TracerInfo):
+        """(tracer payload header, TraceChunk field, span count) per chunk, or per part of a chunk too large
+        for one payload; chunks the tracer decided to drop (priority <= 0) are left out, as the Agent does."""
         fallback_service = self._service or tracer.language or DEFAULT_SERVICE_NAME
         meta_defaults = self._meta_defaults
-        encoded = []
-        for s in spans:
-            try:
-                encoded.append(encode_span(s, fallback_service, meta_defaults))
-            except ENCODE_ERRORS as e:  # a span built by code with what the wire cannot carry (never decoded ones)
-                self._tel.inc("dropped", reason="unencodable_span")
-                _log.warning("unencodable_span", "span_dropped", error=f"{type(e).__name__}: {e}")
-        # A chunk too large for one payload is cut into several (tracers flush partial chunks too);
-        # 32 bytes for the TracerPayload's and the chunk's own tags and lengths.
-        room = self._packer.max_item - len(header) - len(chunk_fields) - 32
-        for group in _groups_within(encoded, room):
-            if group is None:
-                self._tel.inc("dropped", reason="span_too_large")
-                _log.warning("span_too_large", "span_too_large", limit_bytes=MAX_PAYLOAD_BYTES)
+        for spans in chunks:
+            if not spans:
                 continue
-            chunk = pb.f_msg(6, chunk_fields + b"".join([_SPAN_TAG + pb.varint(len(s)) + s for s in group]))
-            if self._open_header != header or self._open_bytes + len(chunk) > TRACER_PAYLOAD_MAX_BYTES:
-                self._close_tracer_payload()
-                self._open_header = header
-                self._open_bytes = len(header)
-            self._open_chunks.append(chunk)
-            self._open_bytes += len(chunk)
-            self._open_spans += len(group)
-            self._packer.hold()
-
-    def _close_tracer_payload(self) -> None:
-        """Hand the TracerPayload being gathered to the packer (AgentPayload.tracerPayloads, field 5)."""
-        if self._open_chunks:
-            item = pb.f_msg(5, self._open_header + b"".join(self._open_chunks))
-            spans = self._open_spans
-            self._open_chunks, self._open_bytes, self._open_spans = [], 0, 0
-            self._packer.add(item, spans)
-        self._open_header = None
+            self._tel.inc("events_received", len(spans))
+            priority = _priority(spans)
+            if priority is not None and priority <= 0:
+                self._tel.inc("dropped", len(spans), reason="sampling_priority")
+                continue
+            root = root_span(spans)
+            header = self._header(tracer, root.meta.get("env") or self._env, root.meta.get("_dd.hostname", ""),
+                                  root.meta.get("version", ""))
+            # A chunk without a tracer decision is one we keep: AUTO_KEEP, never 0 (AUTO_REJECT).
+            chunk_fields = (pb.f_varint(1, AUTO_KEEP if priority is None else priority)
+                            + pb.f_str(2, root.meta.get("_dd.origin", "")))
+            encoded = []
+            for s in spans:
+                try:
+                    encoded.append(encode_span(s, fallback_service, meta_defaults))
+                except ENCODE_ERRORS as e:  # a span built by code with what the wire cannot carry
+                    self._tel.inc("dropped", reason="unencodable_span")
+                    _log.warning("unencodable_span", "span_dropped", error=f"{type(e).__name__}: {e}")
+            # A chunk too large for one payload is cut into several (tracers flush partial chunks too);
+            # 32 bytes for the TracerPayload's and the chunk's own tags and lengths.
+            room = self._packer.max_item - len(header) - len(chunk_fields) - 32
+            for group in _groups_within(encoded, room):
+                if group is None:
+                    self._tel.inc("dropped", reason="span_too_large")
+                    _log.warning("span_too_large", "span_too_large", limit_bytes=MAX_PAYLOAD_BYTES)
+                    continue
+                yield header, pb.f_msg(6, chunk_fields + b"".join([_SPAN_TAG + pb.varint(len(s)) + s
+                                                                   for s in group])), len(group)
 
     def _submit_payload(self, payload: Payload) -> None:
         if self._languages:
