@@ -8,6 +8,9 @@ Answers, deterministically:
 - ``POST /v1/embeddings``: 8-dimensional vectors, one per input;
 - errors chosen by model name: ``rate-limited`` -> 429, ``server-error`` -> 500 (OpenAI's error JSON).
 
+Every answer carries the headers OpenAI sends with each response: ``openai-organization`` (``ORGANIZATION``)
+and the ``x-ratelimit-*`` headers (``RATE_LIMIT_HEADERS``), fixed so tests know what a tracer records.
+
 Token usage is the number of whitespace-separated words (prompt: all message contents), so tests can
 compute the exact counts. Every request body is recorded in ``requests``.
 
@@ -30,6 +33,18 @@ from aiohttp import web
 ERROR_MODELS = {
     "rate-limited": (429, "rate_limit_exceeded", "Rate limit reached for rate-limited on requests per min (RPM)."),
     "server-error": (500, "server_error", "The server had an error while processing your request."),
+}
+
+
+# OpenAI API docs, "Rate limits" (rate limits in headers) and "Debugging requests" (openai-organization).
+ORGANIZATION = "Acme-Research"
+RATE_LIMIT_HEADERS = {
+    "x-ratelimit-limit-requests": "5000",
+    "x-ratelimit-limit-tokens": "4000000",
+    "x-ratelimit-remaining-requests": "4999",
+    "x-ratelimit-remaining-tokens": "3999950",
+    "x-ratelimit-reset-requests": "12ms",
+    "x-ratelimit-reset-tokens": "0s",
 }
 
 
@@ -58,6 +73,7 @@ class OpenAIHandlers:
 
     def app(self) -> web.Application:
         app = web.Application()
+        app.on_response_prepare.append(_openai_headers)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/embeddings", self._embeddings)
@@ -176,6 +192,11 @@ class FakeOpenAI:
         asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+
+
+async def _openai_headers(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["openai-organization"] = ORGANIZATION
+    response.headers.update(RATE_LIMIT_HEADERS)
 
 
 def _chunks(text: str) -> list[str]:

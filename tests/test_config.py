@@ -81,6 +81,14 @@ prompt_log_rate = 0.5
     assert cfg.llm.sampling.rules == (SamplingRule(service="chat*", prompt_log_rate=0.5),)
 
 
+def test_compat_metrics_takes_known_names_only():
+    assert load_config_text("", env={}).llm.compat_metrics == ()
+    assert load_config_text('[llm]\ncompat_metrics = ["openai"]\n', env={}).llm.compat_metrics == ("openai",)
+    with pytest.raises(ConfigError) as e:
+        load_config_text('[llm]\ncompat_metrics = ["openai", "OpenAI"]\n', env={})
+    assert e.value.problems == ["llm.compat_metrics[1]: expected one of openai, got 'OpenAI'"]
+
+
 def test_spill_needs_a_spool_dir():
     with pytest.raises(ConfigError, match="delivery.when_full"):
         load_config_text('[delivery]\nwhen_full = "spill"\n', env={})

@@ -134,11 +134,16 @@ class SamplingConfig:
     rules: tuple[SamplingRule, ...] = ()
 
 
+# Metric name sets [llm] compat_metrics can turn on (llm/compat.py): "openai", ddtrace <= 2.21's OpenAI metrics.
+COMPAT_METRICS = ("openai",)
+
+
 @dataclass(frozen=True)
 class LLMConfig:
     max_text_chars: int = 512
     instrumented_proxy_urls: tuple[str, ...] = ()
     text_fields: tuple[str, ...] = ()
+    compat_metrics: tuple[str, ...] = ()  # also emit these integrations' metric names (COMPAT_METRICS)
     pricing: dict[str, Price] = field(default_factory=dict)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
@@ -395,6 +400,9 @@ def _validate(cfg: Config, problems: list[str]) -> None:
     for i, url in enumerate(llm.instrumented_proxy_urls):
         check(re.match(r"^https?://[^/\s]+", url) is not None, f"llm.instrumented_proxy_urls[{i}]",
               f"expected an http(s) URL, got {url!r}")
+    for i, name in enumerate(llm.compat_metrics):
+        check(name in COMPAT_METRICS, f"llm.compat_metrics[{i}]",
+              f"expected one of {', '.join(COMPAT_METRICS)}, got {name!r}")
     for pattern, price in llm.pricing.items():
         check(price.input >= 0 and price.output >= 0, f'llm.pricing."{pattern}"', "prices must be >= 0")
     rate("llm.sampling.span_text_rate", llm.sampling.span_text_rate)

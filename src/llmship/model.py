@@ -119,11 +119,15 @@ class LLMCall:
     model: str = ""
     provider: str = ""
     endpoint: str = ""
+    org: str = ""  # the provider account (OpenAI organization) when the carrier names it
     tokens: Tokens = field(default_factory=Tokens)
     tokens_estimated: bool = False
     proxied: bool = False  # the client side of a call an instrumented proxy reports itself
     event: LLMObsEvent | None = None
     span: Span | None = None  # the APM span that carried it, if any
+    # the provider's rate-limit headers as the client recorded them, keyed "requests.limit",
+    # "requests.remaining", "tokens.limit", "tokens.remaining"; None when it recorded none
+    rate_limits: dict[str, float] | None = None
 
     @property
     def is_call(self) -> bool:

@@ -301,6 +301,104 @@ def test_text_sampling_and_prompt_logs_over_many_traces(tmp_path, intake, start_
     assert all(r["data"]["prompt"].startswith("system: ") for r in logs)
 
 
+# The fake API answers with openai-organization: Acme-Research and these x-ratelimit-* headers
+# (fake_openai.RATE_LIMIT_HEADERS); ddtrace records them on the APM span of every call it reads an answer of.
+ORG_TAG = "org:acme-research"
+RATE_LIMIT_GAUGES = {"llm.ratelimit.requests.limit": 5000, "llm.ratelimit.requests.remaining": 4999,
+                     "llm.ratelimit.tokens.limit": 4000000, "llm.ratelimit.tokens.remaining": 3999950}
+# ddtrace 2.21's names for the same headers (contrib/internal/openai/patch.py patched_convert)
+OPENAI_RATE_LIMIT_GAUGES = {"openai.ratelimit.requests": 5000, "openai.ratelimit.remaining.requests": 4999,
+                            "openai.ratelimit.tokens": 4000000, "openai.ratelimit.remaining.tokens": 3999950}
+
+
+def openai_tags(model: str, endpoint: str, *extra: str) -> tuple[str, ...]:
+    """Every tag ddtrace 2.21's OpenAI integration put on its metrics that ddtrace 4.16's spans still tell
+    (llmobs/_integrations/openai.py _metrics_tags), normalized as Datadog does, and the agent's tags."""
+    return ("service:chatbot", "env:staging", "version:1.2.3", "team:ml", f"openai.request.model:{model}",
+            f"model:{model}", f"openai.request.endpoint:{endpoint}", "openai.request.method:post", *extra)
+
+
+OPENAI_CHAT = openai_tags("gpt-4o-mini", "/v1/chat/completions", "openai.organization.name:acme-research", "error:0")
+
+
+def series_of(intake, metric: str, *tags: str) -> list[dict]:
+    return [r["data"] for r in intake.records("series")
+            if r["data"]["metric"] == metric and has_tags(r["data"]["tags"], *tags)]
+
+
+def sketch_totals(intake, metric: str, tags: tuple[str, ...]) -> tuple[int, float]:
+    """(count, sum) of the distribution whose tags are exactly ``tags``, over every bucket shipped."""
+    count, total = 0, 0.0
+    for r in intake.records("sketches"):
+        if r["data"]["metric"] == metric and sorted(r["data"]["tags"]) == sorted(tags):
+            for d in r["data"]["dogsketches"]:
+                count, total = count + d["cnt"], total + d["sum"]
+    return count, total
+
+
+def test_org_rate_limit_gauges_and_openai_compat_metrics(tmp_path, intake, start_agent, fake_openai):
+    from ddtrace.llmobs._integrations.utils import _est_tokens
+
+    agent = start_agent(STANDARD_CONFIG + 'compat_metrics = ["openai"]\n', intake=intake)
+    stderr = run_app(tmp_path, agent, "standard", env={"FAKE_OPENAI_URL": fake_openai.url})
+    assert_tracer_happy(stderr)
+
+    # 1. the organization tags llm.* series, LLM Observability events and sample logs; the 429's answer was
+    # never read by ddtrace, so that call has no organization
+    settled_total(intake, agent, "llm.requests", *CHAT_TAGS, ORG_TAG, expected=3, calls=7)
+    assert series_total(intake, "llm.errors", "model:rate-limited")[0] == 1
+    assert series_total(intake, "llm.errors", "model:rate-limited", ORG_TAG)[0] == 0
+    events = {user_text(e): e for e in events_by_span_id(intake).values() if "messages" in e["meta"]["input"]}
+    assert has_tags(events["What is the capital of France?"]["tags"], *CHAT_TAGS, ORG_TAG)
+    assert not any(t.startswith("org:") for t in events["This will fail"]["tags"])
+    logs = intake.wait_records("logs", 7)
+    sample = next(r["data"] for r in logs if r["data"]["completion"] == "You said: What is the capital of France?")
+    assert has_tags(sample["ddtags"], *CHAT_TAGS, ORG_TAG)
+
+    # 2. the rate-limit gauges, with the header values, tagged like llm.requests
+    for name, value in RATE_LIMIT_GAUGES.items():
+        found = series_of(intake, name, *CHAT_TAGS, ORG_TAG)
+        assert found and {p["value"] for s in found for p in s["points"]} == {value}, name
+        assert all(s["type"] == 3 for s in found)  # gauge (series v2 MetricType)
+    assert series_of(intake, "llm.ratelimit.requests.limit", "model:rate-limited") == []
+
+    # 3. the nine names of ddtrace 2.21's OpenAI integration, its types, values and tags
+    for name, value in OPENAI_RATE_LIMIT_GAUGES.items():
+        found = [s for s in series_of(intake, name) if "openai.request.model:gpt-4o-mini" in s["tags"]]
+        assert found and all(sorted(s["tags"]) == sorted(OPENAI_CHAT) and s["type"] == 3 for s in found), name
+        assert {p["value"] for s in found for p in s["points"]} == {value}, name
+    error_tags = openai_tags("rate-limited", "/v1/chat/completions", "error:1", "error_type:openai.ratelimiterror")
+    errors = series_of(intake, "openai.request.error")
+    # a DogStatsD count, shipped as a rate (and as 0 for a while after) as the Datadog Agent does
+    assert {tuple(sorted(s["tags"])) for s in errors} == {tuple(sorted(error_tags))}
+    assert all(s["type"] == 2 for s in errors)
+    assert series_total(intake, "openai.request.error")[0] == 1
+
+    durations = [r["data"] for r in intake.records("sketches") if r["data"]["metric"] == "openai.request.duration"]
+    assert sum(d["cnt"] for s in durations for d in s["dogsketches"]) == 7
+    chat_count, chat_ns = sketch_totals(intake, "openai.request.duration", OPENAI_CHAT)
+    assert chat_count == 4 and 1e5 < chat_ns / 4 < 30e9  # nanoseconds, as span.duration_ns was
+    assert sketch_totals(intake, "openai.request.duration", error_tags)[0] == 1
+
+    prompt_plain, prompt_long = words(SYSTEM_PROMPT) + 6, words(SYSTEM_PROMPT) + 200
+    not_streamed = (*OPENAI_CHAT, "openai.estimated:false")  # record_usage: the two plain calls
+    assert sketch_totals(intake, "openai.tokens.prompt", not_streamed) == (2, prompt_plain + prompt_long)
+    assert sketch_totals(intake, "openai.tokens.completion", not_streamed) == (2, 8 + 202)
+    assert sketch_totals(intake, "openai.tokens.total", not_streamed) == (2, prompt_plain + prompt_long + 210)
+    streamed = words(SYSTEM_PROMPT) + words("Stream me the capital of France.")
+    assert sketch_totals(intake, "openai.tokens.prompt", OPENAI_CHAT) == (1, streamed)  # usage chunk: no tag
+    estimated_in = _est_tokens(SYSTEM_PROMPT) + _est_tokens("Stream without usage please.")
+    estimated_out = _est_tokens("You said: Stream without usage please.")
+    estimated = (*OPENAI_CHAT, "openai.estimated:true")
+    assert sketch_totals(intake, "openai.tokens.prompt", estimated) == (1, estimated_in)
+    assert sketch_totals(intake, "openai.tokens.completion", estimated) == (1, estimated_out)
+    assert sketch_totals(intake, "openai.tokens.total", estimated) == (1, estimated_in + estimated_out)
+    embedding = openai_tags("text-embedding-3-small", "/v1/embeddings", "openai.organization.name:acme-research",
+                            "error:0", "openai.estimated:false")
+    assert sketch_totals(intake, "openai.tokens.prompt", embedding) == (1, 6)
+    assert sketch_totals(intake, "openai.tokens.completion", embedding) == (0, 0)  # zero: not sent
+
+
 def _post(url: str, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> int:
     import urllib.request
 

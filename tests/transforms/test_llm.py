@@ -41,6 +41,11 @@ CHAT = "gpt-4o-mini-2024-07-18"
 INSTRUCT = "gpt-3.5-turbo-instruct"
 EMBED = "text-embedding-3-small"
 APP = ("env:staging", "region:eu-west", "service:chatbot", "team:ml", "version:1.2.3")
+# The capture's fake server answered with openai-organization and x-ratelimit-* headers: ddtrace put them on
+# the APM spans of the calls it answered (not on the 429), never in the events.
+ORG = "org:fake-org-123"
+RATE_LIMITS = {"llm.ratelimit.requests.limit": 10000, "llm.ratelimit.requests.remaining": 9999,
+               "llm.ratelimit.tokens.limit": 2000000, "llm.ratelimit.tokens.remaining": 1999980}
 
 
 def call_tags(model: str, endpoint: str, *extra: str) -> tuple[str, ...]:
@@ -183,7 +188,7 @@ def test_event_tags_are_the_tracers_plus_identity_and_agent_tags():
     assert events[0]["tags"] == [
         "agent_service:demo-app", "ddtrace.version:4.16.0", "env:staging", "error:0", "integration:openai",
         "language:python", "ml_app:demo-app", "service:chatbot", "source:integration", "version:1.2.3",
-        f"model:{CHAT}", "provider:openai", "endpoint:/v1/chat/completions", "team:ml", "region:eu-west"]
+        f"model:{CHAT}", "provider:openai", "endpoint:/v1/chat/completions", ORG, "team:ml", "region:eu-west"]
     streamed_completion = by_name(events)["OpenAI.createCompletion"][1]
     assert streamed_completion["tags"][-1] == "tokens_estimated:true"
 
@@ -191,12 +196,17 @@ def test_event_tags_are_the_tracers_plus_identity_and_agent_tags():
 # ------------------------------------------------------------------------------------------ metrics
 
 
-def expected_capture_metrics() -> dict:
-    chat, instruct, embed = (call_tags(CHAT, "/v1/chat/completions"), call_tags(INSTRUCT, "/v1/completions"),
-                             call_tags(EMBED, "/v1/embeddings"))
-    instruct_est = call_tags(INSTRUCT, "/v1/completions", "tokens_estimated:true")
-    error = call_tags("error-model", "/v1/chat/completions")
-    return {
+def expected_capture_metrics(apm: bool = True) -> dict:
+    """The capture's metrics from its APM spans, or (``apm=False``) from its EVP events: those carry no
+    organization and no rate limits."""
+    org = (ORG,) if apm else ()
+    chat, instruct, embed = (call_tags(CHAT, "/v1/chat/completions", *org),
+                             call_tags(INSTRUCT, "/v1/completions", *org), call_tags(EMBED, "/v1/embeddings", *org))
+    instruct_est = call_tags(INSTRUCT, "/v1/completions", "tokens_estimated:true", *org)
+    error = call_tags("error-model", "/v1/chat/completions")  # a 429: ddtrace read no headers
+    gauges = {(name, tags): value for name, value in RATE_LIMITS.items()
+              for tags in (chat, instruct, instruct_est, embed)} if apm else {}
+    return {**gauges,
         ("llm.requests", chat): 2, ("llm.tokens.input", chat): 18 + 13, ("llm.tokens.output", chat): 7 + 7,
         ("llm.tokens.total", chat): 25 + 20, ("llm.cost.usd", chat): (31 * 0.15 + 14 * 0.60) / 1e6,
         ("llm.requests", instruct): 1, ("llm.tokens.input", instruct): 5, ("llm.tokens.output", instruct): 6,
@@ -222,7 +232,7 @@ def test_derived_metrics_from_apm_spans():
     rig.run_chunks(capture_chunks())
     series, sketches = rig.metrics()
     assert_series(series, expected_capture_metrics())
-    chat = call_tags(CHAT, "/v1/chat/completions")
+    chat = call_tags(CHAT, "/v1/chat/completions", ORG)
     count, total = sketches[("llm.request.duration", chat)]
     assert count == 2 and total == pytest.approx((31289846 + 54456903) / 1e9)
     assert sum(c for c, _ in sketches.values()) == 6
@@ -234,7 +244,7 @@ def test_evp_events_derive_the_same_metrics_as_apm_spans():
     events, logs = rig.process_llmobs_events(capture_evp_events())
     assert len(events) == 6 and [log["status"] for log in logs] == ["error"]
     series, sketches = rig.metrics()
-    assert_series(series, expected_capture_metrics())
+    assert_series(series, expected_capture_metrics(apm=False))
     assert sum(c for c, _ in sketches.values()) == 6
     assert events[0]["tags"][-5:] == [f"model:{CHAT}", "provider:openai", "endpoint:/v1/chat/completions",
                                       "team:ml", "region:eu-west"]
@@ -249,8 +259,8 @@ def test_an_event_seen_on_both_paths_counts_and_ships_once():
     again, _ = rig.process_llmobs_events([copy.deepcopy(evp)])
     assert len(first) == 1 and shipped == [] and again == []
     series, _ = rig.metrics()
-    assert series[("llm.requests", call_tags(CHAT, "/v1/chat/completions"))] == 1
-    assert series[("llm.tokens.input", call_tags(CHAT, "/v1/chat/completions"))] == 18
+    assert series[("llm.requests", call_tags(CHAT, "/v1/chat/completions", ORG))] == 1
+    assert series[("llm.tokens.input", call_tags(CHAT, "/v1/chat/completions", ORG))] == 18
     assert rig.comp.get("discarded", reason="duplicate_event", intentional="true") == 2
 
 
@@ -260,7 +270,7 @@ def test_evp_first_then_apm_span_also_counts_once_and_keeps_the_apm_span():
     shipped, _ = rig.process_llmobs_events([evp_copy(chunk[0])])
     spans, events, _ = rig.process_chunk(chunk)
     assert len(shipped) == 1 and events == [] and len(spans) == 2
-    series, _ = rig.metrics()
+    series, _ = rig.metrics()  # counted from the first copy, the event: without the span's organization
     assert series[("llm.requests", call_tags(CHAT, "/v1/chat/completions"))] == 1
 
 
@@ -271,7 +281,7 @@ def test_apm_only_llm_span_without_event_still_derives_metrics():
     spans, events, logs = rig.process_chunk(chunk)
     assert events == [] and logs == [] and spans[0].meta["model"] == CHAT
     series, _ = rig.metrics()
-    tags = call_tags(CHAT, "/v1/chat/completions")
+    tags = call_tags(CHAT, "/v1/chat/completions", ORG)
     assert series[("llm.requests", tags)] == 1 and series[("llm.tokens.total", tags)] == 25
 
 
@@ -282,7 +292,7 @@ def test_unknown_model_gets_no_cost_and_is_counted():
     rig.process_chunk(chunk)
     series, _ = rig.metrics()
     assert not any(name == "llm.cost.usd" for name, _ in series)
-    assert series[("llm.tokens.input", call_tags("acme-llm-7", "/v1/chat/completions"))] == 18
+    assert series[("llm.tokens.input", call_tags("acme-llm-7", "/v1/chat/completions", ORG))] == 18
     assert rig.comp.get("unknown_model_cost") == 1
 
 
@@ -290,7 +300,7 @@ def test_pricing_overrides_from_config_apply():
     rig = Rig('[llm.pricing]\n"gpt-4o-mini-20*" = { input = 1.0, output = 2.0 }\n')
     rig.run_chunks(capture_chunks()[:1])
     series, _ = rig.metrics()
-    assert series[("llm.cost.usd", call_tags(CHAT, "/v1/chat/completions"))] == pytest.approx((18 + 14) / 1e6)
+    assert series[("llm.cost.usd", call_tags(CHAT, "/v1/chat/completions", ORG))] == pytest.approx((18 + 14) / 1e6)
 
 
 def test_streamed_call_without_any_usage_gets_estimated_tokens():
@@ -308,7 +318,7 @@ def test_streamed_call_without_any_usage_gets_estimated_tokens():
                                     "total_tokens": expected_in + expected_out}
     assert "tokens_estimated:true" in events[0]["tags"]
     series, _ = rig.metrics()
-    tags = call_tags(CHAT, "/v1/chat/completions", "tokens_estimated:true")
+    tags = call_tags(CHAT, "/v1/chat/completions", "tokens_estimated:true", ORG)
     assert series[("llm.tokens.input", tags)] == expected_in
     assert series[("llm.tokens.output", tags)] == expected_out
     assert rig.comp.get("tokens_estimated") == 1
@@ -318,6 +328,85 @@ def test_streamed_chat_with_usage_chunk_is_not_estimated():
     rig = Rig()
     _, events, _ = rig.process_chunk(capture_chunks()[1])
     assert "tokens_estimated:true" not in events[0]["tags"] and events[0]["metrics"]["input_tokens"] == 13
+
+
+# ------------------------------------------------------------------------------------------ compatibility metrics
+
+
+def openai_tags(model: str, endpoint: str, *extra: str, org: bool = True) -> tuple[str, ...]:
+    """The tags ddtrace 2.21's OpenAI integration put on its metrics (_metrics_tags), as Datadog normalizes
+    them (POST -> post), plus the agent's tags; ddtrace 4.16 records no organization id or API key."""
+    return tuple(sorted(("env:staging", "region:eu-west", "service:chatbot", "team:ml", "version:1.2.3",
+                         f"openai.request.model:{model}", f"model:{model}", f"openai.request.endpoint:{endpoint}",
+                         "openai.request.method:post", *(("openai.organization.name:fake-org-123",) if org else ()),
+                         *extra)))
+
+
+def compat_metrics(rig: Rig) -> tuple[dict, dict]:
+    """The openai.* series and sketches of the flush (a flush empties the aggregator)."""
+    series, sketches = rig.metrics()
+    return ({k: v for k, v in series.items() if k[0].startswith("openai.")},
+            {k: v for k, v in sketches.items() if k[0].startswith("openai.")})
+
+
+def test_openai_compat_metrics_from_apm_spans():
+    rig = Rig('[llm]\ncompat_metrics = ["openai"]\n')
+    rig.run_chunks(capture_chunks())
+    series, sketches = rig.metrics()
+    assert_series({k: v for k, v in series.items() if k[0].startswith("llm.")}, expected_capture_metrics())
+    compat = ({k: v for k, v in series.items() if k[0].startswith("openai.")},
+              {k: v for k, v in sketches.items() if k[0].startswith("openai.")})
+    chat, instruct, embed = (openai_tags("gpt-4o-mini", "/v1/chat/completions", "error:0"),
+                             openai_tags(INSTRUCT, "/v1/completions", "error:0"),
+                             openai_tags(EMBED, "/v1/embeddings", "error:0"))
+    error = openai_tags("error-model", "/v1/chat/completions", "error:1", "error_type:openai.ratelimiterror",
+                        org=False)
+    gauges = {"openai.ratelimit.requests": 10000, "openai.ratelimit.remaining.requests": 9999,
+              "openai.ratelimit.tokens": 2000000, "openai.ratelimit.remaining.tokens": 1999980}
+    assert compat[0] == {**{(name, tags): value for name, value in gauges.items()
+                            for tags in (chat, instruct, embed)},
+                         ("openai.request.error", error): 1}
+
+    def tokens(tags, estimated, prompt, completion, total):
+        tags = tuple(sorted((*tags, f"openai.estimated:{estimated}"))) if estimated else tags
+        return {("openai.tokens.prompt", tags): (1, prompt), ("openai.tokens.total", tags): (1, total),
+                **({("openai.tokens.completion", tags): (1, completion)} if completion else {})}
+
+    assert compat[1] == {
+        # nanoseconds, as ddtrace sent span.duration_ns
+        ("openai.request.duration", chat): (2, 31289846 + 54456903),
+        ("openai.request.duration", instruct): (2, 22801662), ("openai.request.duration", embed): (1, 11520872),
+        ("openai.request.duration", error): (1, 11681342),
+        **tokens(chat, "false", 18, 7, 25),  # not streamed: record_usage
+        **tokens(chat, None, 13, 7, 20),  # streamed with a usage chunk: no openai.estimated tag
+        **tokens(instruct, "false", 5, 6, 11),
+        **tokens(instruct, "true", 7, 7, 14),  # streamed without usage: estimated
+        **tokens(embed, "false", 6, 0, 6),  # no completion tokens: not sent
+    }
+
+
+def test_openai_compat_metrics_on_the_evp_path_have_no_organization_or_rate_limits():
+    rig = Rig('[llm]\ncompat_metrics = ["openai"]\n')
+    rig.process_llmobs_events(capture_evp_events())
+    series, sketches = compat_metrics(rig)
+    assert list(series) == [("openai.request.error", openai_tags(
+        "error-model", "/v1/chat/completions", "error:1", "error_type:openai.ratelimiterror", org=False))]
+    assert sum(count for (name, _), (count, _) in sketches.items() if name == "openai.request.duration") == 6
+    assert not any(t.startswith("openai.organization") for _, tags in sketches for t in tags)
+    assert ("openai.tokens.total", openai_tags(CHAT, "/v1/chat/completions", "error:0", "openai.estimated:false",
+                                               org=False)) in sketches  # the model the event names
+
+
+def test_compat_metrics_are_off_by_default_and_follow_reload():
+    rig = Rig()
+    rig.run_chunks(capture_chunks()[:1])
+    assert compat_metrics(rig) == ({}, {})
+    rig.llm.reload(load_config_text(BASE_CONFIG + '[llm]\ncompat_metrics = ["openai"]\n'))
+    rig.run_chunks(capture_chunks()[1:2])
+    assert len(compat_metrics(rig)[1]) == 4  # duration, three token distributions
+    rig.llm.reload(load_config_text(BASE_CONFIG))
+    rig.run_chunks(capture_chunks()[2:3])
+    assert compat_metrics(rig) == ({}, {})
 
 
 # ------------------------------------------------------------------------------------------ proxies
@@ -490,7 +579,7 @@ def test_sample_log_shape_from_processed_text():
         "hostname": "test-host",
         "status": "info",
         "ddtags": "service:chatbot,env:staging,version:1.2.3,model:gpt-4o-mini-2024-07-18,provider:openai,"
-                  "endpoint:/v1/chat/completions,team:ml,region:eu-west",
+                  "endpoint:/v1/chat/completions,org:fake-org-123,team:ml,region:eu-west",
         "prompt": "system: You are …[truncated]\nuser: What is …[truncated]",
         "completion": "Hello! T…[truncated]",
         "model": CHAT,
@@ -574,7 +663,7 @@ def test_bad_event_on_an_apm_span_keeps_the_span():
     assert rig.comp.get("dropped", reason="bad_llmobs_event") == 1
     # the call still counts, from what the event said before it failed and from the span
     series, _ = rig.metrics()
-    assert series[("llm.requests", call_tags(CHAT, "/v1/chat/completions"))] == 1
+    assert series[("llm.requests", call_tags(CHAT, "/v1/chat/completions", ORG))] == 1
 
 
 # ------------------------------------------------------------------------------------------ speed

@@ -38,6 +38,18 @@ _APM_TOKEN_METRICS = (
     ("_dd.llmobs.output_tokens", "gen_ai.usage.output_tokens"),
     ("_dd.llmobs.total_tokens", "gen_ai.usage.total_tokens"),
 )
+# The account a call was billed to, as the APM span names it: the openai-organization response header
+# (ddtrace 4.16 contrib/internal/openai/patch.py traced_convert), else the organization id (ddtrace <= 2.21
+# llmobs/_integrations/openai.py _set_base_span_tags; dd-trace-js and dd-trace-php). EVP events carry neither.
+_ORG_META = ("openai.organization.name", "openai.organization.id")
+# The x-ratelimit-* response headers, which ddtrace records as span metrics (the same traced_convert, in
+# 2.21 patched_convert): our key -> the span metric.
+_RATE_LIMIT_METRICS = {
+    "requests.limit": "openai.organization.ratelimit.requests.limit",
+    "requests.remaining": "openai.organization.ratelimit.requests.remaining",
+    "tokens.limit": "openai.organization.ratelimit.tokens.limit",
+    "tokens.remaining": "openai.organization.ratelimit.tokens.remaining",
+}
 # What a malformed event raises while it is read (RecursionError: absurdly nested input/output).
 BAD_EVENT = (AttributeError, KeyError, TypeError, ValueError, RecursionError, OverflowError,
              msgpack.UnpackException, msgspec.DecodeError)
@@ -75,6 +87,7 @@ def from_span(span: Span, default_service: str, default_env: str, default_versio
                        meta.get("version") or default_version, event=event, span=span)
         if call.is_call:
             identify(call, ev_meta, _str(event.get("name")) if event else "", meta, span.resource)
+            call.rate_limits = span_rate_limits(span)
             if event is not None:
                 call.tokens = event_tokens(event)
             else:
@@ -134,6 +147,16 @@ def identify(call: LLMCall, ev_meta: dict, name: str, apm_meta: dict, resource: 
                      or _known(apm_meta.get("gen_ai.provider.name")) or "")
     call.endpoint = (apm_meta.get("openai.request.endpoint") or OPENAI_ENDPOINTS.get(operation)
                      or OPENAI_ENDPOINTS.get(resource) or "")
+    call.org = next((org for key in _ORG_META if (org := apm_meta.get(key))), "")
+
+
+def span_rate_limits(span: Span) -> dict[str, float] | None:
+    """The rate-limit headers the client recorded on the span (only on answers it read: a 429 raises
+    before ddtrace sees the headers), or None."""
+    metrics = span.metrics
+    found = {key: value for key, name in _RATE_LIMIT_METRICS.items()
+             if (value := _number(metrics.get(name))) is not None}
+    return found or None
 
 
 def event_tokens(event: LLMObsEvent) -> Tokens:

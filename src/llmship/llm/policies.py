@@ -3,14 +3,15 @@
 1. proxy: a call whose HTTP child span went to one of ``llm.instrumented_proxy_urls`` is the client side of
    a call an instrumented proxy reports itself: it becomes a ``workflow`` span without model or token
    metrics and derives no ``llm.*`` metrics, so proxy and clients never double-count;
-2. identity and tags: service, env, version, model, provider, endpoint normalized as Datadog tags, the
-   agent's tags for the keys a call lacks (``Tags``);
+2. identity and tags: service, env, version, model, provider, endpoint and org (the provider account, when
+   the carrier names it) normalized as Datadog tags, the agent's tags for the keys a call lacks (``Tags``);
 3. text: scrubbed, then each message content / value / document text cut to ``llm.max_text_chars``
    (marker ``…[truncated]``, tag ``llmship.truncated:true``, ``metadata.llmship.truncated``); dropped from the
    event when the trace is not sampled for span text (tag ``llmship.text_sampled:false``); errors keep it;
    a streamed response without a usage chunk gets tokens estimated from its text (``tokens_estimated:true``);
-4. metrics: ``llm.requests``, ``llm.errors``, ``llm.request.duration`` (seconds), ``llm.tokens.*`` and
-   ``llm.cost.usd`` (list prices) as metric samples;
+4. metrics: ``llm.requests``, ``llm.errors``, ``llm.request.duration`` (seconds), ``llm.tokens.*``,
+   ``llm.cost.usd`` (list prices) and the ``llm.ratelimit.*`` gauges as metric samples (and, when
+   configured, the names older integrations emitted: ``llm/compat.py``);
 5. sample log: for ``prompt_log_rate`` of the calls (errors always), a log built from the processed text.
 
 Each returns what it produces (metric samples, a log record) rather than writing anywhere: the router
@@ -133,7 +134,8 @@ class TagSet:
     def __init__(self, call: LLMCall, agent_tags: dict[str, str]) -> None:
         identity: dict[str, str] = {}  # key -> normalized "key:value"
         for key, value in (("service", call.service), ("env", call.env), ("version", call.version),
-                           ("model", call.model), ("provider", call.provider), ("endpoint", call.endpoint)):
+                           ("model", call.model), ("provider", call.provider), ("endpoint", call.endpoint),
+                           ("org", call.org)):
             tag = normalize_tag(f"{key}:{value}") if value else ""
             if tag:
                 identity[key] = tag
@@ -156,7 +158,7 @@ class Tags:
         self._additions: dict[tuple, list[str]] = {}
 
     def of(self, call: LLMCall) -> TagSet:
-        key = (call.service, call.env, call.version, call.model, call.provider, call.endpoint,
+        key = (call.service, call.env, call.version, call.model, call.provider, call.endpoint, call.org,
                call.tokens_estimated)
         found = self._sets.get(key)
         return found if found is not None else bounded_put(self._sets, key, TagSet(call, self._agent_tags))
@@ -391,6 +393,8 @@ def call_metrics(call: LLMCall, tags: str, pricing: Pricing) -> tuple[list[Metri
     if call.error:
         samples.append(("llm.errors", "c", 1, tags))
     samples.append(("llm.request.duration", "d", call.duration_ns / 1e9, tags))
+    if call.rate_limits:  # the headroom left before the provider answers 429, as of this answer
+        samples += [(f"llm.ratelimit.{key}", "g", value, tags) for key, value in call.rate_limits.items()]
     tokens = call.tokens
     if tokens.total is None:
         return samples, False

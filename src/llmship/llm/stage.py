@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from llmship.config import Config
-from llmship.llm import extract, policies
+from llmship.llm import compat, extract, policies
 from llmship.llm.policies import Proxies, Tags, TextPolicy
 from llmship.log import RateLimited, get_logger
 from llmship.model import LLMCall, LLMObsEvent, LogRecord, MetricSample, Span
@@ -53,6 +53,7 @@ class LLMStage:
         self._proxies = Proxies(llm.instrumented_proxy_urls)
         self._tags = Tags(agent_default_tags(agent))
         self._text = TextPolicy(self._scrub, llm.max_text_chars, Sampler(llm.sampling))
+        self._openai_compat = compat.OpenAICompat() if "openai" in llm.compat_metrics else None
 
     # ------------------------------------------------------------------------------------------ carriers
 
@@ -114,6 +115,8 @@ class LLMStage:
             out.samples, unknown_cost = policies.call_metrics(call, self._tags.of(call).metric_tags, self._pricing)
             if unknown_cost:
                 self._tel.inc("unknown_model_cost")
+            if self._openai_compat is not None and compat.from_openai_client(call):
+                out.samples += self._openai_compat.samples(call)
         return out
 
     def _count_text(self, decision) -> None:
