@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 
 import orjson
 import pytest
@@ -11,6 +12,7 @@ from llmship.aggregation import GAUGE, RATE, Aggregator, FlushResult, Series, Sk
 from llmship.compression import decompress
 from llmship.config import load_config_text
 from llmship.delivery.payload import Payload, split
+from llmship.intake.decode import decode_payload
 from llmship.sinks.metrics import (
     AGENT_MAX_PAYLOAD_BYTES,
     AGENT_MAX_UNCOMPRESSED_BYTES,
@@ -259,3 +261,21 @@ async def test_a_cancelled_ship_async_is_finished_by_shutdown_exactly_once() -> 
     await sink.shutdown(0)
     shipped = series_of(sent)
     assert len(shipped) == 20_000 and len({tuple(s["tags"]) for s in shipped}) == 20_000
+
+
+def test_a_timestamp_beyond_64_bits_costs_only_its_own_line():
+    """A `T` timestamp the series JSON cannot carry used to fail the whole flush (orjson refuses ints past 64
+    bits); it is now refused where it enters and the rest of the flush ships."""
+    from llmship import agent as agentmod
+    from llmship.config import load_config_text
+
+    top = agentmod.build(load_config_text('[sinks.datadog]\nurl = "http://127.0.0.1:9"\napi_key = "x"\n'))
+    payloads = []
+    top.metrics_sink._submit = payloads.append
+    parser = top.sources[0].parser
+    parser.feed(b"poison:1|g|T99999999999999999999999\nfine:1|g|T1700000000\nalso.fine:2|c")
+    top.metrics_sink.ship(top.aggregator.flush(time.time() + 100, final=True))
+    names = [s["metric"] for p in payloads if p.kind == "series" for s in decode_payload(
+        "series", p.body, p.content_encoding, max_bytes=1 << 20)]
+    assert sorted(set(names)) == ["also.fine", "fine"]
+    assert top.telemetry.component("dogstatsd").get("dropped", reason="invalid_timestamp") == 1

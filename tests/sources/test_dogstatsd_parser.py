@@ -212,6 +212,7 @@ def test_the_suffix_cache_stays_bounded(h):
     ("llm.requests:1|g|T", "invalid_timestamp"),
     ("llm.requests:1|g|T0", "invalid_timestamp"),
     ("llm.requests:1|g|Tsoon", "invalid_timestamp"),
+    ("llm.requests:1|g|T99999999999999999999999", "invalid_timestamp"),  # beyond int64: it used to fail the flush
     (":1|c", "empty_name"),
     ("_e{5,4}:title|tex", "bad_event"),  # text shorter than announced
     ("_e{5,4}:tit|text|#a", "bad_event"),  # lengths do not line up with the separators

@@ -181,12 +181,12 @@ class DogStatsDParser:
                 if not 0.0 < rate <= 1.0:  # also false for nan; a rate of 0 would divide by zero
                     return self._drop("invalid_sample_rate", line)
             elif kind == "T":
-                try:
-                    timestamp = float(int(field[1:]))
-                except ValueError:
-                    timestamp = 0.0
-                if timestamp < 1:  # the Agent: "dogstatsd timestamp should be > 0"
+                # The Agent parses it as an int64 (strconv.ParseInt(..., 10, 64)) and wants it > 0: a larger
+                # one is refused where it enters, never carried to a flush it would fail (series JSON is int64).
+                seconds = _unix_seconds(field[1:])
+                if seconds is None or seconds < 1:  # the Agent: "dogstatsd timestamp should be > 0"
                     return self._drop("invalid_timestamp", line)
+                timestamp = float(seconds)
             # c: (container), e: (external data) and card: (cardinality) serve the Agent's origin
             # detection, which needs a container runtime; they and unknown fields are ignored, as there.
         tags, host = split_host_tag(raw_tags)
@@ -254,11 +254,16 @@ def _tag_list(raw_tags: str) -> list[str]:
     return [t for t in raw_tags.split(",") if t]
 
 
+_INT64_MAX = (1 << 63) - 1
+
+
 def _unix_seconds(text: str) -> int | None:
+    """A timestamp field as the Agent parses it (a 64-bit signed integer), None when it is not one."""
     try:
-        return int(text)
+        seconds = int(text)
     except ValueError:
         return None
+    return seconds if -_INT64_MAX <= seconds <= _INT64_MAX else None
 
 
 def parse_event(line: str, default_host: str) -> dict | None:
