@@ -386,3 +386,12 @@ def test_final_flushes_mid_bucket_keep_every_count_at_an_intake() -> None:
     # distributions ship deltas (sketches merge at the intake): every sample once
     assert sum(sketch.cnt for s in sketches for _, sketch in s.points) == 25
     assert tel.component("aggregator").gauges["samples"]() == 100  # each sample counted once
+
+
+def test_a_final_flush_repeats_an_open_bucket_only_when_it_changed() -> None:
+    agg, clock, _ = make()
+    agg.add("req", "c", 2.0)
+    assert by_name(agg.flush(clock.now, final=True))["req"].points == [(int(T0), 0.2)]
+    assert agg.flush(clock.now, final=True).series == []  # nothing new: an intake already has it
+    agg.add("req", "c", 1.0)
+    assert by_name(agg.flush(clock.now, final=True))["req"].points == [(int(T0), pytest.approx(0.3))]

@@ -515,9 +515,11 @@ class Aggregator:
             bucket, n = ctx.bucket, ctx.n
             if n and bucket < limit:
                 if bucket >= cutoff and ctx.kind != _DISTRIBUTION:  # open (final): shipped now and again later
-                    rows.append((bucket, ctx, n, _copy(ctx.acc)))
-                    samples += n - early.get((id(ctx), bucket), 0)
-                    early[(id(ctx), bucket)] = n
+                    shipped = early.get((id(ctx), bucket), 0)
+                    if n > shipped:  # else nothing new since the last final flush: no need to repeat it
+                        rows.append((bucket, ctx, n, _copy(ctx.acc)))
+                        samples += n - shipped
+                        early[(id(ctx), bucket)] = n
                     continue
                 rows.append((bucket, ctx, n, ctx.acc))
                 ctx.n, ctx.acc = 0, 0.0  # detached: no buffer until sampled again
