@@ -188,3 +188,36 @@ def test_a_refused_telemetry_subscription_is_reported_as_an_init_error(tmp_path,
         assert "HTTP 400" in error["body"]["errorMessage"]
     finally:
         service.stop()
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_the_layer_layout_starts_as_an_extension_named_after_its_launcher(tmp_path, fake_lambda, intake):
+    """deploy/lambda/build.sh (llmship alone: dependencies would come from PyPI) lays out /opt: the launcher
+    in extensions/, the package in llmship/lib; started as Lambda starts it, it registers and shuts down."""
+    layer = tmp_path / "opt"
+    built = subprocess.run(["sh", str(REPO / "deploy/lambda/build.sh"), "--no-deps", "--out", str(layer)],
+                           env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=120)
+    assert built.returncode == 0, built.stderr
+    launcher = layer / "extensions" / "llmship"
+    assert os.access(launcher, os.X_OK) and (layer.parent / "opt.zip").exists()
+    where = subprocess.run([sys.executable, "-c", "import llmship; print(llmship.__file__)"], capture_output=True,
+                           text=True, env={**_subprocess_env(None), "PYTHONPATH": str(layer / "llmship/lib")})
+    assert where.stdout.startswith(str(layer / "llmship/lib/llmship/"))
+
+    agent = Agent(tmp_path, CONFIG, intake=intake, start=False)  # writes the config with free ports
+    log = open(agent.log_path, "wb")
+    proc = subprocess.Popen([str(launcher)], stdout=log, stderr=subprocess.STDOUT, env=_subprocess_env({
+        "AWS_LAMBDA_RUNTIME_API": fake_lambda.runtime_api, "LLMSHIP_PYTHON": sys.executable,
+        "LLMSHIP_CONFIG": str(agent.config_path)}))
+    try:
+        wait_for(lambda: fake_lambda.next_requests == 1, timeout=30, what="the launched extension to register")
+        assert fake_lambda.registrations == [{"name": "llmship", "events": ["INVOKE", "SHUTDOWN"]}]
+        fake_lambda.shutdown(deadline_secs=2.0)
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
