@@ -46,6 +46,9 @@ log = get_logger("agent")
 # and may fire up to a clock tick early, and the wall clock may be slewed meanwhile; a wake-up before the
 # end would find the bucket still open (harmless: the loop flushes nothing and sleeps until the end).
 _FLUSH_AFTER_BUCKET_END_SECS = 0.05
+# A flush on demand first parses the datagrams the kernel holds, in one go: bounded in time, because under a
+# steady stream that read would never run dry, and the loop must not be held (later ones are read as usual).
+_READ_WAITING_SECS = 0.1
 
 
 @dataclass
@@ -214,7 +217,7 @@ class Agent:
         for source in t.sources:
             read_waiting = getattr(source, "read_waiting", None)
             if read_waiting is not None:  # datagrams sent before the request, not read yet
-                read_waiting(deadline)
+                read_waiting(min(deadline, time.monotonic() + _READ_WAITING_SECS))
         await self._flush_metrics(open_buckets=True)
         for sink in t.sinks:
             sink.flush()

@@ -67,8 +67,8 @@ def api_key_from_environment(env: Mapping[str, str]) -> str:
     try:
         import boto3  # not a dependency: Lambda's Python runtimes ship it, and the layer build can add it
     except ImportError:
-        raise ConfigError(["sinks.datadog.api_key: DD_API_KEY_SECRET_ARN is set but boto3 is not installed "
-                           "(build the layer with --with-boto3, or set DD_API_KEY)"]) from None
+        raise ConfigError([("sinks.datadog.api_key: DD_API_KEY_SECRET_ARN is set but boto3 is not installed "
+                            "(build the layer with --with-boto3, or set DD_API_KEY)")]) from None
     region = arn.split(":")[3] if arn.count(":") >= 6 else None  # arn:aws:secretsmanager:<region>:...
     try:
         return boto3.client("secretsmanager", region_name=region).get_secret_value(SecretId=arn)["SecretString"]

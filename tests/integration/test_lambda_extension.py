@@ -131,7 +131,7 @@ def test_each_invocation_is_delivered_before_the_next_event_and_shutdown_drains(
         # The handler returned but Lambda has not said so: the extension must still be in this invocation.
         assert fake_lambda.next_requests == n - 1
         fake_lambda.runtime_done(request_id)
-        wait_for(lambda: fake_lambda.next_requests == n, timeout=30, what=f"the extension to finish {request_id}")
+        wait_for(lambda n=n: fake_lambda.next_requests == n, timeout=30, what=f"the extension to finish {request_id}")
     # What the intake held when the extension asked for each next event:
     first, second = fake_lambda.seen[2], fake_lambda.seen[3]
     assert first["orders"] == 3 and first["questions"] == ["First question?"] and first["spans"] >= 1
