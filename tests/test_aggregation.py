@@ -352,3 +352,46 @@ def test_context_cap_drops_new_contexts_and_keeps_existing_ones_exact() -> None:
     agg.flush(clock.now)
     agg.add("over", "c", 5, "k:v")
     assert len(agg) == 1
+
+
+def test_final_flushes_mid_bucket_keep_every_count_at_an_intake() -> None:
+    """On-demand flushes (the end of each Lambda invocation) ship the open bucket so far; what an intake
+    keeps (the last point per series and timestamp) must still add up to every sample, for each type."""
+    agg, clock, tel = make()
+    shipped, sketches = [], []
+    for step in range(25):  # 2.5 buckets, a final flush after every 3 samples
+        agg.add("req", "c", 1.0, "a:1")
+        agg.add("lat", "h", float(step))
+        agg.add("users", "s", f"u{step % 4}")
+        agg.add("dist", "d", 1.0)
+        clock.now += 0.4
+        if step % 3 == 2:
+            result = agg.flush(clock.now, final=True)
+            shipped += result.series
+            sketches += result.sketches
+        if clock.now >= agg.next_flush_at(clock.now - 0.4):
+            result = agg.flush(clock.now)
+            shipped += result.series
+            sketches += result.sketches
+    clock.now += 20
+    result = agg.flush(clock.now)
+    shipped += result.series
+    sketches += result.sketches
+    kept = _counts_at_an_intake(shipped)
+    assert sum(v for k, v in kept.items() if k[0] == "req") == pytest.approx(25)
+    assert sum(v for k, v in kept.items() if k[0] == "lat.count") == pytest.approx(25)
+    # the last value kept for a bucket is the whole bucket's: max over all of its samples
+    maxima = {k[3]: v for k, v in kept.items() if k[0] == "lat.max"}
+    assert maxima == {int(T0): 22.0, int(T0) + 10: 24.0}  # samples at T0 + 1 + 0.4 * step
+    # distributions ship deltas (sketches merge at the intake): every sample once
+    assert sum(sketch.cnt for s in sketches for _, sketch in s.points) == 25
+    assert tel.component("aggregator").gauges["samples"]() == 100  # each sample counted once
+
+
+def test_a_final_flush_repeats_an_open_bucket_only_when_it_changed() -> None:
+    agg, clock, _ = make()
+    agg.add("req", "c", 2.0)
+    assert by_name(agg.flush(clock.now, final=True))["req"].points == [(int(T0), 0.2)]
+    assert agg.flush(clock.now, final=True).series == []  # nothing new: an intake already has it
+    agg.add("req", "c", 1.0)
+    assert by_name(agg.flush(clock.now, final=True))["req"].points == [(int(T0), pytest.approx(0.3))]

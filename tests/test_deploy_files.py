@@ -394,6 +394,29 @@ def test_sidecar_starts_before_the_app_and_fits_its_spool(manifests, k8s_configs
     assert app_env["DD_DOGSTATSD_URL"] == f"udp://{cfg.sources.dogstatsd.udp}"
 
 
+def test_the_job_flushes_through_its_sidecars_status_port_once_the_batch_is_done(manifests, k8s_configs):
+    from aiohttp import web
+
+    from llmship.flush import add_routes
+
+    job = next(d for d in manifests["sidecar.yaml"] if d["kind"] == "Job")
+    pod = job["spec"]["template"]["spec"]
+    agent = agent_container(pod)
+    assert agent in pod["initContainers"] and agent["restartPolicy"] == "Always"  # stopped after the app
+    cfg = agent_config(pod, k8s_configs)
+    [app] = pod["containers"]
+    script = " ".join(app["command"] + app["args"])
+    url = f"http://127.0.0.1:{port(cfg.status.listen)}/flush?timeout="
+    assert url in script and "method='POST'" in script
+    assert script.index("app.py") < script.index("&&") < script.index(url)  # only after a successful batch
+    routes = web.Application()
+    add_routes(routes, None, lambda: 1.0)
+    assert any(r.method == "POST" and r.resource.canonical == "/flush" for r in routes.router.routes())
+    # without the flush, the sidecar's SIGTERM drain has to fit in the grace period
+    assert pod["terminationGracePeriodSeconds"] > cfg.delivery.drain_timeout_secs
+    assert pod["restartPolicy"] == "Never"
+
+
 # ---------------------------------------------------------------------------------------------- systemd
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import dataclasses
 import os
 import signal
 import sys
@@ -14,9 +15,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmship import __version__, notify
+from llmship import __version__, flush, notify
 from llmship import log as logmod
 from llmship.aggregation import Aggregator
+from llmship.aws_lambda import LambdaExtension, api_key_from_environment
 from llmship.config import Config, ConfigError, is_loopback, load_config, parse_host_port
 from llmship.delivery import Delivery
 from llmship.delivery.transport import make_transport
@@ -44,6 +46,9 @@ log = get_logger("agent")
 # and may fire up to a clock tick early, and the wall clock may be slewed meanwhile; a wake-up before the
 # end would find the bucket still open (harmless: the loop flushes nothing and sleeps until the end).
 _FLUSH_AFTER_BUCKET_END_SECS = 0.05
+# A flush on demand first parses the datagrams the kernel holds, in one go: bounded in time, because under a
+# steady stream that read would never run dry, and the loop must not be held (later ones are read as usual).
+_READ_WAITING_SECS = 0.1
 
 
 @dataclass
@@ -115,11 +120,17 @@ def directory_problem(path: str) -> str | None:
 
 
 class Agent:
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, lambda_runtime_api: str = "") -> None:
+        """``lambda_runtime_api`` (host:port, AWS_LAMBDA_RUNTIME_API) runs the agent as a Lambda extension."""
         self.cfg = cfg
         self.ready = False
         self.topology = build(cfg, readiness=lambda: self.ready, info_provider=self._info)
+        flush.add_routes(self.topology.status.app, self.flush, lambda: self.cfg.delivery.drain_timeout_secs)
+        self._lambda = (LambdaExtension(lambda_runtime_api, cfg.aws_lambda, self.flush, self._stop_by)
+                        if lambda_runtime_api else None)
         self._stop = asyncio.Event()
+        self._drain_deadline: float | None = None  # set by a Lambda SHUTDOWN: its deadline, not ours
+        self._exit_code = 0
         self._signals_seen = 0
         self._tasks: list[asyncio.Task] = []
         self._clock = time.time  # bucket times are wall-clock seconds (the aggregator's clock)
@@ -150,6 +161,10 @@ class Agent:
         self.ready = True
         self._tasks = [asyncio.create_task(self._flush_loop(), name="flush"),
                        asyncio.create_task(notify.watchdog_loop(), name="watchdog")]
+        if self._lambda is not None:
+            extension = asyncio.create_task(self._lambda.run(), name="lambda")
+            extension.add_done_callback(self._on_extension_done)
+            self._tasks.append(extension)
         log.info("agent_started", version=__version__, pid=os.getpid(), destination=self._destination(),
                  config=self.cfg.path or "(embedded default)")
         if not self.cfg.ships_to_datadog:
@@ -160,7 +175,7 @@ class Agent:
         notify.ready()
         await self._stop.wait()
         await self._drain()
-        return 0
+        return self._exit_code
 
     def _warn_about_exposed_listeners(self) -> None:
         """Listeners default to loopback; binding elsewhere is allowed (a DaemonSet needs it) but said."""
@@ -180,6 +195,41 @@ class Agent:
         log.info("stop_signal_received", signal=name, drain_timeout_secs=self.cfg.delivery.drain_timeout_secs)
         self._stop.set()
 
+    def _stop_by(self, deadline: float) -> None:
+        """Drain and exit, delivering until ``deadline`` (time.monotonic()): a Lambda SHUTDOWN."""
+        self._drain_deadline = deadline
+        self._stop.set()
+
+    def _on_extension_done(self, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:  # reported to Lambda already
+            self._exit_code = 1
+            self._stop.set()
+
+    async def flush(self, timeout_secs: float) -> dict:
+        """Close the open metric buckets, flush every batch, and wait until everything accepted so far is
+        delivered, spooled or dropped, or ``timeout_secs`` pass (llmship.flush says what the answer holds).
+        POST /flush, and the end of each Lambda invocation."""
+        t = self.topology
+        started = time.monotonic()
+        if self._stop.is_set():
+            return {"status": "draining"}  # the drain does all of this already, with its own deadline
+        deadline = started + timeout_secs
+        before = t.delivery.totals()
+        for source in t.sources:
+            read_waiting = getattr(source, "read_waiting", None)
+            if read_waiting is not None:  # datagrams sent before the request, not read yet
+                read_waiting(min(deadline, time.monotonic() + _READ_WAITING_SECS))
+        await self._flush_metrics(open_buckets=True)
+        for sink in t.sinks:
+            sink.flush()
+        # Every payload made so far was created by now; what arrives later is not this flush's to wait for.
+        payloads, events = await t.delivery.settle(time.time(), deadline)
+        after = t.delivery.totals()
+        counts = {key: after[key] - before[key] for key in after}
+        status = "timeout" if payloads else "spooled" if counts["spooled"] else "delivered"
+        return {"status": status, **counts, "pending": events, "pending_payloads": payloads,
+                "secs": round(time.monotonic() - started, 3)}
+
     async def _flush_loop(self) -> None:
         """Flush as each bucket closes (the aggregator's own bucket ends, which follow a reload's new
         interval), so a hard kill loses at most the open bucket, not also a closed one waiting for a tick."""
@@ -189,15 +239,16 @@ class Agent:
             await self._sleep(max(0.0, aggregator.next_flush_at(now) + _FLUSH_AFTER_BUCKET_END_SECS - now))
             await self._flush_metrics()
 
-    async def _flush_metrics(self, final: bool = False) -> None:
+    async def _flush_metrics(self, final: bool = False, open_buckets: bool = False) -> None:
         """Ship this interval's aggregates: in slices that let the loop read sockets meanwhile, or, when
-        ``final`` (draining, nothing left to read), all at once."""
+        ``final`` (draining, nothing left to read), all at once. ``final`` and ``open_buckets`` (a flush on
+        demand) ship the open bucket too."""
         t = self.topology
         try:
             if self.cfg.status.ship_self_metrics:
                 for name, mtype, value, tags in self_metrics(t.telemetry):
                     t.aggregator.add(name, mtype, value, tags)
-            result = t.aggregator.flush(self._clock(), final=final)
+            result = t.aggregator.flush(self._clock(), final=final or open_buckets)
             if final:
                 t.metrics_sink.ship(result)
             else:
@@ -241,8 +292,8 @@ class Agent:
         t = self.topology
         self.ready = False
         notify.stopping()
-        deadline = time.monotonic() + self.cfg.delivery.drain_timeout_secs
-        log.info("draining", deadline_secs=self.cfg.delivery.drain_timeout_secs)
+        deadline = self._drain_deadline or time.monotonic() + self.cfg.delivery.drain_timeout_secs
+        log.info("draining", deadline_secs=round(deadline - time.monotonic(), 3))
         for task in self._tasks:
             task.cancel()
         for source in t.sources:
@@ -269,12 +320,27 @@ def _return_freed_memory() -> None:
         _malloc_trim(0)
 
 
-def run(config_path: str | None) -> int:
-    cfg = load_config(config_path)
+LAMBDA_DEFAULTS = Path(__file__).parent / "data" / "lambda.toml"
+
+
+def run(config_path: str | None, lambda_mode: bool = False) -> int:
+    """``lambda_mode``: run as an AWS Lambda extension, on data/lambda.toml unless a config is given."""
+    if lambda_mode:
+        runtime_api = os.environ.get("AWS_LAMBDA_RUNTIME_API", "")
+        if not runtime_api:
+            raise ConfigError(["--lambda: AWS_LAMBDA_RUNTIME_API is not set (Lambda sets it in the sandbox)"])
+        env = dict(os.environ)
+        env["DD_API_KEY"] = api_key_from_environment(env)
+        cfg = load_config(config_path or LAMBDA_DEFAULTS, env=env)
+        if not config_path:
+            cfg = dataclasses.replace(cfg, path="")  # the embedded Lambda default, as /status says it
+    else:
+        runtime_api = ""
+        cfg = load_config(config_path)
     logmod.configure(cfg.agent.log_level, cfg.agent.log_format, secrets=[cfg.sinks.datadog.api_key])
 
     async def main() -> int:
-        return await Agent(cfg).run()
+        return await Agent(cfg, lambda_runtime_api=runtime_api).run()
 
     try:
         import uvloop

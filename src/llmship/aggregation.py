@@ -11,6 +11,12 @@ Agent behaviour followed here (sources in datadog-agent unless noted):
   bucket that ended at or before the start of now's bucket, stamped with the bucket start
   (TimeSampler.calculateBucketStart / isBucketStillOpen / flushSeries). ``next_flush_at(now)`` is when
   now's bucket closes: the agent's flush loop wakes then, so a bucket ships as soon as it closes.
+- ``flush(now, final=True)`` ships the open bucket too (the Agent's forceFlushAll): on shutdown, and on
+  demand (POST /flush, the end of a Lambda invocation). The open bucket keeps aggregating afterwards and
+  ships again, whole, when it closes: the intake keeps the last point per series and timestamp, so the
+  whole bucket replaces the part shipped early, where shipping only what came after would replace the
+  early counts with the later ones. Distributions are the exception: sketches of one timestamp merge at
+  the intake, so a distribution ships only what came since.
 - A new ``flush_interval_secs`` (SIGHUP) takes effect where the bucket open at the reload ends: buckets
   never overlap, so no bucket start (a point's timestamp) is shipped twice for a series (the intake keeps
   one point per series and timestamp: a repeat would replace counts, not add to them). Until a restart,
@@ -252,6 +258,9 @@ class Aggregator:
         self._timestamped: list[Series] = []
         self._last_cutoff = 0
         self._samples = 0
+        # (id(context), bucket) -> samples of an open bucket already counted by a final flush, which left them
+        # in the context to ship again with the rest of the bucket (see flush)
+        self._counted_early: dict[tuple[int, int], int] = {}
         # Bucket grid: start = t - (t - phase) % interval. phase is 0 until a reload changes the interval;
         # _pending is (switch time, new interval) until the bucket open at that reload has ended;
         # _epochs lists (from, interval) so a bucket's length is known after a change.
@@ -494,25 +503,33 @@ class Aggregator:
         closed = [row for row in self._closed if row[0] < limit]
         if closed:
             self._closed = [row for row in self._closed if row[0] >= limit]
+        early = self._counted_early
+        samples = sum(row[2] - early.pop((id(row[1]), row[0]), 0) for row in closed)
         rows = list(closed)
         idle_counters: list[_Context] = []  # counters with no aggregate taken in this pass
         expired: list[_Context] = []
         # Expiry counts from the end of a context's latest bucket: no context expires earlier than the
         # Agent would expire it (its last sample is at most one interval after the bucket start).
         seen_before = now - interval
-        samples = 0
         for ctx in self._contexts:
             bucket, n = ctx.bucket, ctx.n
             if n and bucket < limit:
+                if bucket >= cutoff and ctx.kind != _DISTRIBUTION:  # open (final): shipped now and again later
+                    shipped = early.get((id(ctx), bucket), 0)
+                    if n > shipped:  # else nothing new since the last final flush: no need to repeat it
+                        rows.append((bucket, ctx, n, _copy(ctx.acc)))
+                        samples += n - shipped
+                        early[(id(ctx), bucket)] = n
+                    continue
                 rows.append((bucket, ctx, n, ctx.acc))
                 ctx.n, ctx.acc = 0, 0.0  # detached: no buffer until sampled again
-                samples += n
+                samples += n - (early.pop((id(ctx), bucket), 0) if early else 0)
             elif ctx.kind == _COUNTER:
                 idle_counters.append(ctx)
             if bucket + (CONTEXT_EXPIRY_SECS + COUNTER_EXPIRY_SECS if ctx.kind == _COUNTER
                          else CONTEXT_EXPIRY_SECS) < seen_before:
                 expired.append(ctx)
-        self._samples += samples + sum(row[2] for row in closed)
+        self._samples += samples
         buckets = sorted({row[0] for row in rows})
         if not buckets and self._last_cutoff < cutoff:
             buckets = [cutoff - length_of(cutoff - 1)]  # nothing sampled: still ship the counters' zeros
@@ -608,6 +625,18 @@ def _counter_zeros(rows: list[_Row], counters: list[_Context], buckets: list[int
         for bucket in buckets:
             if ctx.bucket + COUNTER_EXPIRY_SECS >= bucket and (bucket, id(ctx)) not in sampled:
                 yield (bucket, ctx, 0, 0.0)
+
+
+def _copy(acc: object) -> object:
+    """A snapshot of an open bucket's aggregate, for a row rendered while the bucket keeps aggregating."""
+    if type(acc) is set:
+        return set(acc)
+    if type(acc) is _Histogram:
+        copy = _Histogram()
+        copy.values = array("d", acc.values)
+        copy.weights = None if acc.weights is None else array("q", acc.weights)
+        return copy
+    return acc  # a float or a single set member: immutable
 
 
 def _as_sketch(acc: float | Sketch) -> Sketch:

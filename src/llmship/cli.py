@@ -1,4 +1,4 @@
-"""`llmship run | validate | status | intake`. Every flag also reads an LLMSHIP_* environment variable."""
+"""`llmship run | validate | status | flush | intake`. Every flag also reads an LLMSHIP_* environment variable."""
 
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ def parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the agent")
     _add_config_flag(run)
+    run.add_argument("--lambda", dest="aws_lambda", action="store_true",
+                     help="run as an AWS Lambda extension (the default when AWS_LAMBDA_RUNTIME_API is set)")
 
     validate = sub.add_parser("validate", help="check a config: the start-up path without binding sockets")
     _add_config_flag(validate)
@@ -37,6 +39,12 @@ def parser() -> argparse.ArgumentParser:
                              "default: [status] listen from the config")
     status.add_argument("--json", action="store_true", default=env_default("JSON", "") not in ("", "0"),
                         help="print the raw JSON (env LLMSHIP_JSON=1)")
+
+    from llmship import flush
+
+    flush_verb = sub.add_parser("flush", help="make the running agent deliver everything it holds now")
+    _add_config_flag(flush_verb)
+    flush.add_arguments(flush_verb, env_default)
 
     from llmship.intake import cli as intake_cli
 
@@ -54,12 +62,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.verb == "run":
             from llmship.agent import run
+            from llmship.aws_lambda import lambda_mode_requested
 
-            return run(args.config)
+            return run(args.config, lambda_mode=lambda_mode_requested(args.aws_lambda, os.environ))
         if args.verb == "validate":
             return validate(args.config)
         if args.verb == "status":
             return status(args)
+        if args.verb == "flush":
+            from llmship.flush import flush_main
+            from llmship.status import url_for_listen
+
+            return flush_main(args, args.url or url_for_listen(load_config(args.config).status.listen))
     except ConfigError as e:
         for problem in e.problems:
             print(f"llmship: invalid config: {problem}", file=sys.stderr)

@@ -177,6 +177,19 @@ class DeliveryConfig:
 
 
 @dataclass(frozen=True)
+class AwsLambdaConfig:
+    """Lambda extension mode (`llmship run --lambda`, or AWS_LAMBDA_RUNTIME_API set)."""
+
+    # After each invocation, wait this long for delivery before asking Lambda for the next event; the rest
+    # stays in memory and is retried during the next invocation. Lambda bills this wait as the invocation's
+    # post-runtime duration, so it is short.
+    flush_timeout_secs: float = 2.0
+    # Where the Telemetry API sends platform events; the host is also the one in the subscription's URI.
+    # sandbox.localdomain is the name AWS documents for it.
+    telemetry_listen: str = "sandbox.localdomain:4243"
+
+
+@dataclass(frozen=True)
 class Config:
     agent: AgentConfig = field(default_factory=AgentConfig)
     sources: SourcesConfig = field(default_factory=SourcesConfig)
@@ -185,6 +198,7 @@ class Config:
     llm: LLMConfig = field(default_factory=LLMConfig)
     scrub: ScrubConfig = field(default_factory=ScrubConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    aws_lambda: AwsLambdaConfig = field(default_factory=AwsLambdaConfig)
     path: str = ""  # the file it came from ("" for the embedded default)
 
     @property
@@ -435,6 +449,9 @@ def _validate(cfg: Config, problems: list[str]) -> None:
         positive(f"delivery.{key}", getattr(dl, key))
     check(dl.retry_max_secs >= dl.retry_initial_secs, "delivery.retry_max_secs",
           "must be >= delivery.retry_initial_secs")
+
+    positive("aws_lambda.flush_timeout_secs", cfg.aws_lambda.flush_timeout_secs)
+    address("aws_lambda.telemetry_listen", cfg.aws_lambda.telemetry_listen)
 
 
 def is_loopback(host: str) -> bool:

@@ -6,6 +6,7 @@
   GET /health   liveness: 200 while the event loop runs (an answer at all proves that)
   GET /ready    readiness: 200 once every listener is bound and until draining starts, else 503
   GET /metrics  OpenMetrics text of every counter and gauge, names prefixed ``llmship_``
+  POST /flush   (and /lambda/flush, GET /lambda/hello) added by the agent: llmship.flush
 
 The API key must never leave through here: nothing here reads it except to redact it, and every body is
 redacted once more on the way out, in case a component put it in an error detail (an intake echoing a

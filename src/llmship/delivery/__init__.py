@@ -71,6 +71,7 @@ class _Lane:
         self.overflow = ByteQueue(max(d.queue_max_bytes // 4, 1))
         self.backoff = Backoff(d.retry_initial_secs, d.retry_max_secs)
         self.inflight: dict[int, Payload] = {}  # in-memory payloads workers hold (by id())
+        self.spilling: list[Payload] = []  # taken from the queues and being written to the spool
         self.workers: set[asyncio.Task] = set()
         self.wakeup = asyncio.Event()
 
@@ -167,6 +168,35 @@ class Delivery:
         """True while ``kind``'s memory queue is full: HTTP sources then answer 429 with Retry-After."""
         lane = self._lanes.get(kind)
         return lane is not None and lane.queue.full
+
+    def totals(self) -> dict[str, float]:
+        """Events delivered, spooled and dropped so far, over every kind (POST /flush reports the increase)."""
+        return {name: sum(lane.comp.get(counter) for lane in self._lanes.values())
+                for name, counter in (("delivered", "events_sent"), ("spooled", "spooled"), ("dropped", "dropped"))}
+
+    def unsettled(self, accepted_by: float) -> tuple[int, int]:
+        """(payloads, events) accepted by ``accepted_by`` (time.time()) and still only in memory: queued,
+        waiting to be spilled, or held by a worker (sending, or retrying without a spool). Split parts keep
+        their payload's ``created``, so a payload being split still counts."""
+        payloads = events = 0
+        for lane in self._lanes.values():
+            for payload in (*lane.queue, *lane.overflow, *lane.inflight.values(), *lane.spilling):
+                if payload.created <= accepted_by:
+                    payloads += 1
+                    events += payload.items
+        return payloads, events
+
+    async def settle(self, accepted_by: float, deadline: float) -> tuple[int, int]:
+        """Wait until every payload accepted by ``accepted_by`` is delivered, spooled or dropped (counted), or
+        until ``deadline`` (time.monotonic()); return what is still in memory then (see ``unsettled``).
+        Waiting changes nothing: workers, backoff and the spool flusher carry on as they would anyway."""
+        while (left := self.unsettled(accepted_by))[0] and time.monotonic() < deadline:
+            self._progress.clear()  # no await since the check: no progress can be missed in between
+            try:
+                await asyncio.wait_for(self._progress.wait(), deadline - time.monotonic())
+            except TimeoutError:
+                return self.unsettled(accepted_by)
+        return left
 
     async def shutdown(self, deadline: float) -> None:
         """Deliver until ``deadline`` (time.monotonic()), then spool what is left (or count it dropped)."""
@@ -409,18 +439,22 @@ class Delivery:
         """Write ``payloads`` in files of about SPOOL_FILE_TARGET_BYTES. When a write is refused, the first
         ``keep`` payloads (taken from the memory queue) go back to its head; the others are dropped."""
         assert self._spool is not None
-        for start, end in _chunks(payloads, SPOOL_FILE_TARGET_BYTES):
-            chunk = payloads[start:end]
-            refused = await self._spool.write(lane.kind, chunk)
-            if refused is None:
-                lane.comp.inc("spooled", sum(p.items for p in chunk))
-                continue
-            rest = payloads[start:]
-            back = rest[:max(keep - start, 0)]
-            lane.queue.push_front(back)
-            for payload in rest[len(back):]:
-                self._drop(lane, payload, refused)
-            return
+        lane.spilling = payloads  # in no queue while written, but not safe yet: ``settle`` waits for them
+        try:
+            for start, end in _chunks(payloads, SPOOL_FILE_TARGET_BYTES):
+                chunk = payloads[start:end]
+                refused = await self._spool.write(lane.kind, chunk)
+                if refused is None:
+                    lane.comp.inc("spooled", sum(p.items for p in chunk))
+                    continue
+                rest = payloads[start:]
+                back = rest[:max(keep - start, 0)]
+                lane.queue.push_front(back)
+                for payload in rest[len(back):]:
+                    self._drop(lane, payload, refused)
+                return
+        finally:
+            lane.spilling = []
 
     # ------------------------------------------------------------------------------------------ drain
 

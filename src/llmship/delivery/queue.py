@@ -35,6 +35,9 @@ class ByteQueue:
     def __len__(self) -> int:
         return len(self._items)
 
+    def __iter__(self):
+        return iter(self._items)
+
     @property
     def full(self) -> bool:
         return self.bytes >= self.max_bytes

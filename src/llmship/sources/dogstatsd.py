@@ -427,6 +427,12 @@ class DogStatsDSource:
             sock.close()
         self._datagram_socks.clear()
 
+    def read_waiting(self, deadline: float) -> None:
+        """Parse the datagrams the kernel holds now (until ``deadline``): an on-demand flush must include
+        what a client sent before asking, even if the loop has not read it yet."""
+        for sock in self._datagram_socks:
+            self._read_datagrams(sock, deadline=deadline)
+
     # ------------------------------------------------------------------------------------------ datagrams
 
     def _start_udp(self, address: str) -> None:
