@@ -179,7 +179,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--logs", type=int, default=100_000, help="logs sent to the agent (default 100,000)")
     parser.add_argument("--connections", type=int, default=2, help="TCP connections sending (default 2)")
-    parser.add_argument("--compression", default="gzip", choices=["gzip", "deflate", "zstd", "identity"])
+    parser.add_argument("--compression", default="zstd", choices=["gzip", "deflate", "zstd", "identity"],
+                        help="[sinks.datadog] compression (default zstd, the agent's default)")
     parser.add_argument("--quick", action="store_true", help="10,000 logs: a smoke run")
     parser.add_argument("--results", metavar="PATH", help="append the headline figures to PATH (JSON lines, "
                         "for bench/core.py)")

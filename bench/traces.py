@@ -503,8 +503,8 @@ def main() -> int:
     parser.add_argument("--evp-share", type=float, default=None,
                         help="share of spans sent as EVP events (default: 0.1 for llm, 0 for web)")
     parser.add_argument("--intake", choices=("null", "llmship"), default="null")
-    parser.add_argument("--compression", default="gzip", choices=("gzip", "zstd", "deflate", "identity"),
-                        help="[sinks.datadog] compression (default gzip, the agent's default)")
+    parser.add_argument("--compression", default="zstd", choices=("gzip", "zstd", "deflate", "identity"),
+                        help="[sinks.datadog] compression (default zstd, the agent's default)")
     parser.add_argument("--profile", metavar="PATH", help="run the agent under cProfile, stats to PATH "
                         "(slows it down: for where the time goes, not for figures)")
     parser.add_argument("--results", metavar="PATH", help="append the headline figures to PATH (JSON lines, "
