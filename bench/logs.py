@@ -113,9 +113,9 @@ def in_process_stages(lines: list[bytes], compression: str) -> dict[str, float]:
         processed[:] = [processor.process(r) for r in next(copies)]
 
     stages["process"] = cpu_per_line(process, lines)
-    texts = [r[k] for r in (orjson.loads(line) for line in lines) for k in ("message", "prompt", "completion")]
-    max_chars = cfg.llm.max_text_chars
-    stages["of which scrub"] = cpu_per_line(lambda ts: [scrubber.scrub_truncate(t, max_chars) for t in ts], texts) * 3
+    records = iter([[orjson.loads(line) for line in lines] for _ in range(3)])
+    # every string of the record: the text fields scrubbed and cut, every other attribute and tag scrubbed
+    stages["of which scrub"] = cpu_per_line(lambda _: [processor._scrub(r) for r in next(records)], lines)
 
     def encode(_):
         for r in processed:

@@ -219,6 +219,27 @@ def baseline(workload: Workload, seconds: float) -> tuple[float, int]:
     return cpu, spans
 
 
+def scrub_cost(workload: Workload) -> float:
+    """CPU µs per span of scrubbing the APM spans of the mix (``transforms/privacy.py``'s ``scrub_chunks``,
+    default rules, the engine the agent would choose): best of five passes over fresh decodes."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+    from llmship.sources.traces import decode_v04
+    from llmship.transforms.privacy import scrub_chunks
+    from llmship.transforms.scrub import Scrubber
+
+    scrubber = Scrubber()
+    bodies = [r.body for r in (workload.next() for _ in range(60)) if r.kind != "evp"]
+    best = float("inf")
+    for _ in range(5):
+        decoded = [decode_v04(body) for body in bodies]
+        spans = sum(len(chunk) for chunks in decoded for chunk in chunks)
+        start = time.thread_time()
+        for chunks in decoded:
+            scrub_chunks(scrubber, chunks)
+        best = min(best, (time.thread_time() - start) / max(1, spans) * 1e6)
+    return best
+
+
 # ---------------------------------------------------------------------------------------------- HTTP load
 
 
@@ -435,6 +456,9 @@ def run_mix(mix: str, args, seconds: float, deadline: float, workdir: Path) -> N
     evp = ", orjson for EVP" if evp_share else ""
     print(f"  baseline in process (msgpack.unpackb of the bodies and _llmobs blobs{evp}; "
           f"decode only): {baseline_us:.2f} us/span = {1e6 / baseline_us:,.0f} spans/s per core")
+    scrub_us = scrub_cost(probe)
+    print(f"  scrubbing in process (every meta value and resource, one Hyperscan scan a request): "
+          f"{scrub_us:.2f} us/span (included in the agent CPU below)")
 
     destination = NullIntake(cpu=1) if args.intake == "null" else LlmshipIntake(workdir, cpu=1)
     agent = None

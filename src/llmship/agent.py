@@ -78,7 +78,8 @@ def build(cfg: Config, telemetry: Telemetry | None = None, *, readiness=None, in
     aggregator = Aggregator(cfg, telemetry)
     metrics_sink = MetricsSink(cfg, delivery.submit, telemetry)
     try:
-        scrubber = Scrubber(cfg.scrub.rules, telemetry.component("scrub"))
+        scrubber = Scrubber(cfg.scrub.rules, telemetry.component("scrub"), hash_key=cfg.scrub.hash_key,
+                            fields=cfg.scrub.fields)
     except ValueError as e:  # e.g. a rule with no regex that names no default rule
         raise ConfigError([f"scrub.rules: {e}"]) from None
     sampler = Sampler(cfg.llm.sampling)
@@ -90,7 +91,7 @@ def build(cfg: Config, telemetry: Telemetry | None = None, *, readiness=None, in
     router = Router(telemetry=telemetry, aggregator=aggregator, delivery=delivery, metrics_sink=metrics_sink,
                     trace_sink=trace_sink, llmobs_sink=llmobs_sink, logs_sink=logs_sink)
     emitter = Emitter(telemetry=telemetry, router=router, llm=llm, log_processor=log_processor,
-                      trace_sink=trace_sink, llmobs_sink=llmobs_sink, logs_sink=logs_sink)
+                      trace_sink=trace_sink, llmobs_sink=llmobs_sink, logs_sink=logs_sink, scrubber=scrubber)
     sources = [DogStatsDSource(cfg, emitter), TraceSource(cfg, emitter), LogsSource(cfg, emitter)]
     status = StatusServer(cfg, telemetry, info_provider or (lambda: {}), readiness or (lambda: False))
     return Topology(cfg, telemetry, delivery, aggregator, metrics_sink, llm, log_processor, router, emitter,

@@ -154,11 +154,30 @@ class ScrubRule:
     regex: str = ""
     replacement: str = "[REDACTED]"
     enabled: bool = True
+    action: str = "redact"  # redact | hash | drop_field (SCRUB_ACTIONS)
+
+
+@dataclass(frozen=True)
+class ScrubField:
+    """A field policy: what to do with the value(s) at ``path`` (transforms/privacy.py)."""
+
+    path: str
+    action: str  # drop | hash | redact_all | keep (FIELD_ACTIONS)
+    kind: str = ""  # llmobs | logs | spans; "" infers it from the path ("attributes." -> logs, else llmobs)
+    name: str = ""  # the name in [HASHED:<name>:...] / [REDACTED:<name>]; default: the path's last key
 
 
 @dataclass(frozen=True)
 class ScrubConfig:
     rules: tuple[ScrubRule, ...] = ()
+    fields: tuple[ScrubField, ...] = ()
+    # The HMAC key of the hash actions; default $LLMSHIP_SCRUB_HASH_KEY. Never logged or shown (repr=False).
+    hash_key: str = field(default="", repr=False)
+
+
+SCRUB_ACTIONS = ("redact", "hash", "drop_field")
+FIELD_ACTIONS = ("drop", "hash", "redact_all", "keep")
+FIELD_KINDS = ("llmobs", "logs", "spans")
 
 
 @dataclass(frozen=True)
@@ -265,7 +284,10 @@ def _apply_environment_defaults(cfg: Config, env: typing.Mapping[str, str]) -> C
     agent = cfg.agent
     if not agent.hostname:
         agent = dataclasses.replace(agent, hostname=env.get("DD_HOSTNAME", "") or socket.gethostname())
-    return dataclasses.replace(cfg, agent=agent, sinks=dataclasses.replace(cfg.sinks, datadog=dd))
+    scrub = cfg.scrub
+    if not scrub.hash_key and env.get("LLMSHIP_SCRUB_HASH_KEY"):
+        scrub = dataclasses.replace(scrub, hash_key=env["LLMSHIP_SCRUB_HASH_KEY"])
+    return dataclasses.replace(cfg, agent=agent, sinks=dataclasses.replace(cfg.sinks, datadog=dd), scrub=scrub)
 
 
 def _build(cls: type, raw: Any, where: str, problems: list[str]) -> Any:
@@ -274,7 +296,7 @@ def _build(cls: type, raw: Any, where: str, problems: list[str]) -> Any:
         problems.append(f"{where or 'config'}: expected a table, got {type(raw).__name__}")
         return None
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "path"}
+    fields = {f.name: f for f in dataclasses.fields(cls) if not (cls is Config and f.name == "path")}
     kwargs = {}
     for key, value in raw.items():
         dotted = f"{where}.{key}" if where else key
@@ -434,8 +456,24 @@ def _validate(cfg: Config, problems: list[str]) -> None:
 
     for i, rule in enumerate(cfg.scrub.rules):
         check(bool(rule.name), f"scrub.rules[{i}].name", "must not be empty")
+        check(rule.action in SCRUB_ACTIONS, f"scrub.rules[{i}].action",
+              f"expected one of {', '.join(SCRUB_ACTIONS)}, got {rule.action!r}")
         for key, reason in rule_problems(rule):  # user regexes run in RE2: linear time, no lookarounds
             problems.append(f"scrub.rules[{i}].{key}: {reason}")
+    from llmship.transforms.privacy import path_problem  # likewise
+
+    for i, f in enumerate(cfg.scrub.fields):
+        check(f.action in FIELD_ACTIONS, f"scrub.fields[{i}].action",
+              f"expected one of {', '.join(FIELD_ACTIONS)}, got {f.action!r}")
+        check(f.kind in ("", *FIELD_KINDS), f"scrub.fields[{i}].kind",
+              f"expected one of {', '.join(FIELD_KINDS)}, got {f.kind!r}")
+        if reason := path_problem(f):
+            problems.append(f"scrub.fields[{i}].path: {reason}")
+    hashing = [f"scrub.rules[{i}]" for i, r in enumerate(cfg.scrub.rules) if r.action == "hash" and r.enabled]
+    hashing += [f"scrub.fields[{i}]" for i, f in enumerate(cfg.scrub.fields) if f.action == "hash"]
+    check(not hashing or bool(cfg.scrub.hash_key), "scrub.hash_key",
+          f"required when a rule or field hashes ({', '.join(hashing)}): set it (\"${{VAR}}\" works) or "
+          f"LLMSHIP_SCRUB_HASH_KEY")
 
     dl = cfg.delivery
     positive("delivery.max_concurrency", dl.max_concurrency)

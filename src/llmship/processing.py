@@ -15,6 +15,7 @@ from collections.abc import Callable
 from llmship.log import RateLimited, get_logger
 from llmship.model import LLMObsEvent, LogRecord, Span, TracerInfo
 from llmship.telemetry import Telemetry
+from llmship.transforms.privacy import scrub_chunks
 
 _log = RateLimited(get_logger("processing"))
 
@@ -29,7 +30,7 @@ LANES = {
 
 class Emitter:
     def __init__(self, *, telemetry: Telemetry, router, llm, log_processor, trace_sink, llmobs_sink,
-                 logs_sink) -> None:
+                 logs_sink, scrubber=None) -> None:
         self.telemetry = telemetry
         self.add_metric = router.add_metric  # DogStatsD: straight into the aggregator, no object per line
         self.submit_dsd_event = router.dsd_event
@@ -40,6 +41,7 @@ class Emitter:
         self._encode_chunks = trace_sink.encode_chunks
         self._encode_event = llmobs_sink.encode
         self._encode_log = logs_sink.encode
+        self._scrubber = scrubber
         self._tel = telemetry.component("processing")
 
     def submit_spans(self, chunks: list[list[Span]], tracer: TracerInfo) -> None:
@@ -51,6 +53,7 @@ class Emitter:
         if outputs:
             self._router.calls(self._encode_calls(outputs))
         # After the LLM stage: it tags the spans that carry calls with their model, provider and endpoint.
+        chunks = self._scrub_spans(chunks)
         items = self._guard("spans", lambda c: self._encode_chunks(c, tracer), chunks)
         if items:
             self._router.trace_items(items, tracer.language)
@@ -65,6 +68,22 @@ class Emitter:
             processed = self._guard("logs", self._log_processor.process, record)
             if processed is not None and (data := self._encode_log(processed)) is not None:
                 self._router.log_item(data)
+
+    def _scrub_spans(self, chunks: list[list[Span]]) -> list[list[Span]]:
+        """Every meta value and resource scrubbed (transforms/privacy.py); a request whose scrubbing raised
+        is dropped and counted, never shipped raw."""
+        if self._scrubber is None:
+            return chunks
+        try:
+            scrub_chunks(self._scrubber, chunks)
+        except Exception as e:
+            spans = sum(len(c) for c in chunks)
+            self._tel.inc("dropped", spans, reason="scrub_failed")
+            self._scrubber.telemetry.inc("scrub_failed", spans, kind="spans")
+            self._tel.error("spans_scrub_failed", f"{type(e).__name__}: {e}")
+            _log.error("spans_scrub_failed", "spans_dropped", spans=spans, error=f"{type(e).__name__}: {e}")
+            return []
+        return chunks
 
     def _encode_calls(self, outputs: list) -> list:
         for out in outputs:

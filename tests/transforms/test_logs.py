@@ -132,7 +132,7 @@ def test_text_fields_are_scrubbed_then_truncated():
     assert len(record["prompt"]) == 40
     assert record["completion"] == "ok [REDACTED:ipv4]"
     assert TRUNCATED_TAG in tags_of(record)
-    assert telemetry.component("scrub").get("scrub_matches", rule="email") == 1
+    assert telemetry.component("scrub").get("scrub_matches", rule="email", action="redact", kind="logs") == 1
     assert telemetry.component("logs_processor").get("text_truncated") == 1
 
 
@@ -154,7 +154,7 @@ def test_configured_text_fields_including_dotted_paths_and_nested_values():
     assert len(record["llm"]["output"]) == 24 and record["llm"]["model"] == "m" * 50
     assert record["history"][0] == {"role": "user", "content": truncate_text("call [REDACTED:credit_card]", 24)[0]}
     assert record["history"][1] == "ip [REDACTED:ipv4]"
-    assert record["other"] == "c@d.io " * 10  # not a text field: left alone
+    assert record["other"] == "[REDACTED:email] " * 10  # not a text field: scrubbed, not cut
     assert TRUNCATED_TAG in tags_of(record)
 
 

@@ -112,7 +112,7 @@ def test_luhn():
 @pytest.mark.parametrize("card", ["4111111111111112", "4111 1111 1111 1121", "5555-5555-5555-4443"])
 def test_card_shaped_numbers_failing_luhn_are_kept_and_not_counted(scrub, tel, card):
     assert scrub(f"n {card} n") == f"n {card} n"
-    assert tel.get("scrub_matches", rule="credit_card") == 0
+    assert tel.get("scrub_matches", rule="credit_card", action="redact", kind="llmobs") == 0
 
 
 def test_every_default_rule_has_a_test_above():
@@ -127,9 +127,9 @@ def test_matches_are_counted_per_rule(tel, engine):
     scrubber = Scrubber((), tel, engine=engine)
     scrubber.scrub("a@b.io, c@d.io and 10.0.0.1")
     scrubber.scrub(f"{AWS_KEY_ID}")
-    assert tel.get("scrub_matches", rule="email") == 2
-    assert tel.get("scrub_matches", rule="ipv4") == 1
-    assert tel.get("scrub_matches", rule="aws_access_key_id") == 1
+    assert tel.get("scrub_matches", rule="email", action="redact", kind="llmobs") == 2
+    assert tel.get("scrub_matches", rule="ipv4", action="redact", kind="llmobs") == 1
+    assert tel.get("scrub_matches", rule="aws_access_key_id", action="redact", kind="llmobs") == 1
     assert tel.get("scrub_matches") == 4
 
 
@@ -139,7 +139,7 @@ def test_a_user_rule_with_a_default_name_replaces_it(tel, engine):
     rules = (ScrubRule("email", r"[\w.]+@example\.com", "<email>"),)
     scrub = Scrubber(rules, tel, engine=engine).scrub
     assert scrub("a@example.com b@other.org") == "<email> b@other.org"
-    assert tel.get("scrub_matches", rule="email") == 1
+    assert tel.get("scrub_matches", rule="email", action="redact", kind="llmobs") == 1
 
 
 def test_an_override_without_regex_changes_only_the_replacement(tel, engine):
@@ -157,7 +157,7 @@ def test_user_rules_run_after_the_defaults_with_group_references(tel, engine):
     rules = (ScrubRule("ticket", r"(TICKET)-\d+", r"\1-XXXX"),)
     scrub = Scrubber(rules, tel, engine=engine).scrub
     assert scrub("see TICKET-1234 from a@b.io") == "see TICKET-XXXX from [REDACTED:email]"
-    assert tel.get("scrub_matches", rule="ticket") == 1
+    assert tel.get("scrub_matches", rule="ticket", action="redact", kind="llmobs") == 1
     assert Scrubber(rules, tel, engine=engine).rule_names[-1] == "ticket"
 
 
@@ -394,7 +394,8 @@ def test_user_rules_give_re_sub_results_and_counts_in_both_engines(pieces):
     for engine in ENGINE_NAMES:
         tel = Component("scrub")
         assert Scrubber(defaults_off + _USER_RULES, tel, engine=engine).scrub(text) == expected, engine
-        assert {r.name: tel.get("scrub_matches", rule=r.name) for r in _USER_RULES} == counts, engine
+        assert {r.name: tel.get("scrub_matches", rule=r.name, action="redact", kind="llmobs")
+                for r in _USER_RULES} == counts, engine
 
 
 @settings(max_examples=300, deadline=None)

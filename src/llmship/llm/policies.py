@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 from llmship.model import LLMCall, LLMObsEvent, LogRecord, MetricSample, Span, Tokens
 from llmship.tags import add_missing, normalize_tag
+from llmship.transforms import privacy
 from llmship.transforms.pricing import Pricing
 from llmship.transforms.sampling import Sampler, sampled
 from llmship.transforms.truncate import truncate_text
@@ -36,7 +37,7 @@ _USAGE_OPT_IN_ENDPOINTS = frozenset(("/v1/chat/completions", "/v1/completions"))
 # for English ("What are tokens and how to count them"); no tokenizer dependency.
 CHARS_PER_TOKEN = 4
 # Keys of input/output structures that label text rather than hold it: never scrubbed or truncated.
-_STRUCTURAL_KEYS = frozenset(("role", "type", "id", "name", "tool_id", "tool_call_id", "mime_type"))
+_STRUCTURAL_KEYS = privacy.STRUCTURAL_KEYS
 _TOKEN_METRICS = ("input_tokens", "output_tokens", "total_tokens")
 MAX_CACHED = 4096  # tag strings and proxy URL decisions: few distinct values; bound against junk input
 # Texts the scrub rules leave unchanged, remembered with their truncated form: system prompts, few-shot
@@ -248,13 +249,16 @@ class _TextPass:
         self.chars = 0
         self.truncated = False
 
-    def text(self, value: str) -> str:
+    def text(self, value: str) -> str | None:
+        """The scrubbed then cut text; None when a drop_field rule matched (the field goes)."""
         self.chars += len(value)
         if not self.rewrite:
             return value
         done = self.clean.results.get(value)
         if done is None:
             scrubbed = self.scrub(value)
+            if scrubbed is None:
+                return None
             done = truncate_text(scrubbed, self.max_chars)  # scrub first: never cut a secret in two
             if scrubbed == value:
                 self.clean.remember(value, done)
@@ -263,18 +267,27 @@ class _TextPass:
 
     def walk(self, node) -> None:
         if isinstance(node, dict):
+            dropped = None
             for key, value in node.items():
                 if isinstance(value, str):
-                    if key not in _STRUCTURAL_KEYS:
-                        node[key] = self.text(value)
+                    if key not in _STRUCTURAL_KEYS and not privacy.is_structural(key, value):
+                        new = node[key] = self.text(value)
+                        if new is None:
+                            dropped = (dropped or []) + [key]
                 elif isinstance(value, (dict, list)):
                     self.walk(value)
+            for key in dropped or ():
+                del node[key]
         elif isinstance(node, list):
+            dropped = False
             for i, value in enumerate(node):
                 if isinstance(value, str):
-                    node[i] = self.text(value)
+                    new = node[i] = self.text(value)
+                    dropped |= new is None
                 elif isinstance(value, (dict, list)):
                     self.walk(value)
+            if dropped:
+                node[:] = [v for v in node if v is not None]
 
 
 class TextDecision:
@@ -291,8 +304,11 @@ class TextDecision:
 class TextPolicy:
     """Scrub, truncate and sample an event's text; estimate tokens a streamed response did not report."""
 
-    def __init__(self, scrub, max_chars: int, sampler: Sampler) -> None:
+    def __init__(self, scrub, max_chars: int, sampler: Sampler, scrubber=None) -> None:
+        """``scrub(text) -> str | None``: None when the field must go (``Scrubber.scrub_value``);
+        ``scrubber``: for the rest of the event (metadata, tags, tool definitions, field policies)."""
         self._scrub = scrub
+        self._scrubber = scrubber
         self._max_chars = max_chars
         self._sampler = sampler
         self._clean_texts = CleanTexts()  # results depend on max_text_chars: a reload starts afresh
@@ -311,13 +327,31 @@ class TextPolicy:
         decision = TextDecision(keep_text, keep_log)
         estimate = call.kind == "llm" and _usage_missing(call, ev_meta)
         rewrite = keep_text or keep_log
+        try:
+            self._scrub_all(call, decision, rewrite, estimate)
+        except Exception as e:
+            # Never shipped raw: the emitter drops the chunk or batch and counts a processing error, and
+            # nothing of the call is marked shipped, so a copy on the other path still goes.
+            if self._scrubber is not None:
+                self._scrubber.telemetry.inc("scrub_failed", kind="llmobs")
+            raise privacy.ScrubFailed(f"{type(e).__name__}: {e}") from e
+        return decision
+
+    def _scrub_all(self, call: LLMCall, decision: TextDecision, rewrite: bool, estimate: bool) -> None:
+        event = call.event
+        ev_meta = event["meta"]
+        kept = None
+        scrubber = self._scrubber
+        if scrubber is not None:  # field policies first (a dropped system prompt is gone from the sample
+            # log too), then every string but input, output and error
+            kept = scrubber.fields.apply("llmobs", event, scrubber.telemetry)
+            privacy.scrub_event_rest(scrubber, event)
+        self._scrub_error(ev_meta.get("error"))  # shipped whether the text is sampled or not
         if rewrite or estimate:
             text_in = _TextPass(self._scrub, self._max_chars, rewrite, self._clean_texts)
             text_in.walk(ev_meta.get("input"))
             text_out = _TextPass(self._scrub, self._max_chars, rewrite, self._clean_texts)
             text_out.walk(ev_meta.get("output"))
-            if rewrite:
-                self._scrub_error(ev_meta.get("error"))
             if text_in.truncated or text_out.truncated:
                 decision.truncated = True
                 decision.markers.append("llmship.truncated:true")
@@ -326,7 +360,7 @@ class TextPolicy:
                 _estimate_tokens(call, event, text_in.chars, text_out.chars)
                 decision.estimated = True
                 decision.markers.append("tokens_estimated:true")
-        return decision
+        privacy.restore(kept)
 
     def drop_unsampled(self, call: LLMCall, decision: TextDecision) -> None:
         """After the sample log took what it needs: an unsampled trace's event loses its text."""
@@ -344,7 +378,9 @@ class TextPolicy:
                 value = error.get(key)
                 if isinstance(value, str) and value not in clean.results:  # stacks repeat: scrub each once
                     scrubbed = error[key] = self._scrub(value)
-                    if scrubbed == value:
+                    if scrubbed is None:
+                        del error[key]
+                    elif scrubbed == value:
                         clean.remember(value, (value, False))
 
 

@@ -40,7 +40,8 @@ class CallOutput:
 
 class LLMStage:
     def __init__(self, cfg: Config, scrubber, telemetry: Telemetry) -> None:
-        self._scrub = scrubber.scrub
+        self._scrubber = scrubber
+        self._scrub = scrubber.scrub_value
         self._tel = telemetry.component("llm")
         self._identities: dict[tuple, tuple[str, str, str]] = {}  # an EVP event's tags -> its identity
         self.reload(cfg)
@@ -52,7 +53,7 @@ class LLMStage:
         self._pricing = Pricing(llm.pricing)
         self._proxies = Proxies(llm.instrumented_proxy_urls)
         self._tags = Tags(agent_default_tags(agent))
-        self._text = TextPolicy(self._scrub, llm.max_text_chars, Sampler(llm.sampling))
+        self._text = TextPolicy(self._scrub, llm.max_text_chars, Sampler(llm.sampling), self._scrubber)
         self._openai_compat = compat.OpenAICompat() if "openai" in llm.compat_metrics else None
 
     # ------------------------------------------------------------------------------------------ carriers

@@ -6,10 +6,13 @@ Per record, in this order:
    when the record carries one (``trace_id``, ``dd.trace_id`` or ``dd: {trace_id}``, decimal or hex as
    ddtrace's log injection writes it), else by a coin toss; errors are always kept; a record no rule
    decides is kept (the global ``prompt_log_rate`` is for the logs the agent generates, not for these);
-2. text: ``message``, ``prompt``, ``completion`` and each of ``llm.text_fields`` (a top-level key, or a
-   dotted path into nested objects) are scrubbed, then cut to ``llm.max_text_chars``; a string nested in
-   a list or object under such a field is treated the same way. A cut adds the tag
-   ``llmship.truncated:true`` (as the LLM processor does for span text);
+2. text: the ``[[scrub.fields]]`` policies for logs apply; ``message``, ``prompt``, ``completion`` and each
+   of ``llm.text_fields`` (a top-level key, or a dotted path into nested objects) are scrubbed, then cut to
+   ``llm.max_text_chars``; a string nested in a list or object under such a field is treated the same
+   way. A cut adds the tag ``llmship.truncated:true`` (as the LLM processor does for span text). Every
+   other string attribute, at any depth, and each ``ddtags`` value are scrubbed, not cut
+   (``transforms/privacy.py``). A field a drop_field rule matched is removed; a record whose scrubbing
+   raised is dropped and counted (``dropped{reason=scrub_failed}``), never shipped raw;
 3. tags: the agent's env, service, version and tags are added to ``ddtags`` for keys it lacks (the
    ``service`` tag defaults to the record's own ``service``); ``hostname`` and ``service`` are filled in
    when missing.
@@ -21,6 +24,8 @@ from llmship.config import Config
 from llmship.model import LogRecord
 from llmship.tags import agent_default_tags, normalize_tag, tag_key
 from llmship.telemetry import Telemetry
+from llmship.log import RateLimited, get_logger
+from llmship.transforms import privacy
 from llmship.transforms.sampling import Sampler
 from llmship.transforms.scrub import Scrubber
 
@@ -29,6 +34,7 @@ TRUNCATED_TAG = "llmship.truncated:true"
 _ERROR_STATUSES = frozenset(("error", "err", "critical", "crit", "alert", "emerg", "emergency", "fatal"))
 _MASK64 = (1 << 64) - 1
 _MAX_CACHED_TAGS = 4096
+_log = RateLimited(get_logger("logs_processor"))
 
 
 def record_trace_id(record: LogRecord) -> int | None:
@@ -73,13 +79,15 @@ class LogProcessor:
 
     def reload(self, cfg: Config) -> None:
         self._sampler = Sampler(cfg.llm.sampling)
-        self._scrubber.reload(cfg.scrub.rules)  # shared with the LLM processor: span text follows too
+        # shared with the LLM stage and the span scrubbing: they follow too
+        self._scrubber.reload(cfg.scrub.rules, hash_key=cfg.scrub.hash_key, fields=cfg.scrub.fields)
         self._apply_config(cfg)
 
     def _apply_config(self, cfg: Config) -> None:
         agent = cfg.agent
         self._max_chars = cfg.llm.max_text_chars
         self._text_fields = tuple(dict.fromkeys((*TEXT_FIELDS, *cfg.llm.text_fields)))
+        self._skip = privacy.log_skip(self._text_fields)  # not scanned beyond the text fields
         # Without a rule that sets prompt_log_rate every received log is kept: skip the sampler entirely.
         self._sampling = any(rule.prompt_log_rate is not None for rule in cfg.llm.sampling.rules)
         self._hostname = agent.hostname
@@ -93,18 +101,38 @@ class LogProcessor:
         if self._sampling and not self._keep(record):
             self._tel.inc("dropped", reason="sampled_out")
             return None
-        truncated = False
-        for field in self._text_fields:
-            value = record.get(field)
-            if isinstance(value, str):  # the common case, inline
-                record[field], cut = self._scrubber.scrub_truncate(value, self._max_chars)
-                truncated |= cut
-            elif value is not None or (field not in record and "." in field):
-                truncated |= self._process_field(record, field)
+        try:
+            truncated = self._scrub(record)
+        except Exception as e:  # never shipped raw
+            self._tel.inc("dropped", reason="scrub_failed")
+            self._scrubber.telemetry.inc("scrub_failed", kind="logs")
+            self._tel.error("scrub_failed", f"{type(e).__name__}: {e}")
+            _log.warning("scrub_failed", "log_dropped", error=f"{type(e).__name__}: {e}")
+            return None
         if truncated:
             self._tel.inc("text_truncated")
         self._tag(record, truncated)
         return record
+
+    def _scrub(self, record: LogRecord) -> bool:
+        """Field policies, the text fields (scrubbed and cut), every other string; True when text was cut."""
+        scrubber = self._scrubber
+        kept = scrubber.fields.apply("logs", record, scrubber.telemetry)
+        truncated = False
+        for field in self._text_fields:
+            value = record.get(field)
+            if isinstance(value, str):  # the common case, inline
+                new, cut = scrubber.scrub_truncate(value, self._max_chars, "logs")
+                if new is None:
+                    del record[field]
+                else:
+                    record[field] = new
+                truncated |= cut
+            elif value is not None or (field not in record and "." in field):
+                truncated |= self._process_field(record, field)
+        privacy.scrub_record_rest(scrubber, record, self._skip)
+        privacy.restore(kept)
+        return truncated
 
     def _keep(self, record: LogRecord) -> bool:
         def attr(key: str) -> str:
@@ -128,24 +156,36 @@ class LogProcessor:
                     return False
         value = parent.get(key)
         if isinstance(value, str):
-            parent[key], cut = self._text(value)
+            new, cut = self._text(value)
+            if new is None:
+                del parent[key]
+            else:
+                parent[key] = new
             return cut
         if isinstance(value, (dict, list)):
             return self._walk(value)
         return False
 
-    def _text(self, value: str) -> tuple[str, bool]:
-        return self._scrubber.scrub_truncate(value, self._max_chars)  # scrubbed first: a cut secret is caught
+    def _text(self, value: str) -> tuple[str | None, bool]:
+        # scrubbed first: a cut secret is caught
+        return self._scrubber.scrub_truncate(value, self._max_chars, "logs")
 
     def _walk(self, node: dict | list) -> bool:
         cut_any = False
         items = node.items() if isinstance(node, dict) else enumerate(node)
+        dropped = []
         for key, value in list(items):
             if isinstance(value, str):
-                node[key], cut = self._text(value)
+                new, cut = self._text(value)
+                if new is None:
+                    dropped.append(key)
+                else:
+                    node[key] = new
                 cut_any |= cut
             elif isinstance(value, (dict, list)):
                 cut_any |= self._walk(value)
+        for key in reversed(dropped):  # list indexes from the last: the earlier ones stay valid
+            del node[key]
         return cut_any
 
     # ------------------------------------------------------------------------------------------- tags

@@ -31,11 +31,25 @@ Rules apply in order, each to the output of the one before. A user rule ``[[scru
 is a default rule's name replaces it in place (an empty regex keeps the default's regex, so only the
 replacement or ``enabled`` changes); ``enabled = false`` disables it; other user rules run after the
 defaults.
+
+Actions (``ScrubRule.action``): "redact" replaces each match as above; "hash" replaces the rule's marker
+with ``[HASHED:<name>:<12 hex>]``, the first 12 hex digits of HMAC-SHA256(hash key, secret), where the
+secret is the replaced text less the groups the replacement keeps (the "Bearer" word, the "api_key="
+prefix) and surrounding spaces: the same value gives the same marker under one key, and nothing without
+it; "drop_field" makes ``scrub_value`` answer None when the rule matches, and the caller removes the whole
+field. Every match is counted as ``scrub_matches{rule, action, kind}``, kind being llmobs, logs or spans.
+
+Many short strings (an APM span's meta values and resource) are looked at in one Hyperscan scan of their
+concatenation (``scrub_many``), and only those where a rule may match are scrubbed one by one.
 """
 
 from __future__ import annotations
 
+import bisect
 import functools
+import itertools
+import hashlib
+import hmac
 import os
 import re
 import threading
@@ -308,6 +322,78 @@ class _Hyperscan:
             self._db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
             self._db.compile(expressions=patterns, ids=list(range(len(patterns))), flags=flags)
         self._local = threading.local()
+        self._many_spec = (heads, user)
+        self._many_db: object = None  # built at the first scan_many
+        self._many_all = False  # a user rule the joined scan cannot judge: every string is a candidate
+        self._many_anchored = False  # a user rule may hold "^" or "$": strings are joined by newlines
+
+    def _build_many(self) -> None:
+        """The database ``scan_many`` runs over strings joined by newlines: every head (the card's as the
+        whole card shape, so ids of 20 or 39 digits do not hit it at every digit), every user rule in
+        prefilter mode; multi-line, so that ``^`` and ``$`` hold at each string's edges, and without
+        single-match, so that each string's own matches are reported. A head crossing a newline can only
+        add a candidate, never hide one."""
+        heads, user = self._many_spec
+        patterns, flags = [], []
+        for name, head in heads:
+            patterns.append((_CARD_SHAPE if name == "credit_card" else head).encode())
+            flags.append(hyperscan.HS_FLAG_MULTILINE)
+        prefilter = hyperscan.HS_FLAG_PREFILTER | hyperscan.HS_FLAG_UTF8 | hyperscan.HS_FLAG_MULTILINE
+        for name, regex in user:
+            if name in self._unscanned or re.search(r"\\[AzZ]", regex):  # text anchors: not per string
+                self._many_all = True
+                continue
+            self._many_anchored |= "^" in regex or "$" in regex
+            patterns.append(regex.encode())
+            flags.append(prefilter)
+        db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+        if patterns:
+            db.compile(expressions=patterns, ids=list(range(len(patterns))), flags=flags)
+        self._many_db = db if patterns else False
+
+    def scan_many(self, strings: list[str]) -> list[int] | None:
+        """The indexes of ``strings`` where some rule may match, from one scan of their concatenation;
+        None when it cannot tell (a lone surrogate): the caller scrubs each string."""
+        if self._many_db is None:
+            self._build_many()
+        if self._many_all:
+            return list(range(len(strings)))
+        db = self._many_db
+        if db is False:
+            return []
+        # The separator: a NUL (the heads need only a separator that is not a digit, "." or "-"), or a
+        # newline when a user rule may be anchored ("^" and "$" hold there in multi-line mode)
+        sep = "\n" if self._many_anchored else "\0"
+        joined = sep.join(strings)
+        try:
+            data = joined.encode()
+        except UnicodeEncodeError:
+            return None
+        try:
+            scratch = self._local.many_scratch
+        except AttributeError:
+            scratch = self._local.many_scratch = hyperscan.Scratch(db)
+        hits: list[tuple[int, int]] = []
+        db.scan(data, match_event_handler=_on_match, context=hits, scratch=scratch)
+        if not hits:
+            return []
+        hits.sort()
+        found: list[int] = []
+        if joined.count(sep) == len(strings) - 1:
+            # A match whose last byte is a string's own separator (a trailing context) belongs to that
+            # string: the string's index is the number of separators before the match's last byte.
+            bsep = sep.encode()
+            index = pos = 0
+            for end, _ in hits:
+                index += data.count(bsep, pos, end - 1)
+                pos = end - 1
+                if not found or found[-1] != index:
+                    found.append(index)
+            return found
+        # some strings hold both separators: where each string's separator is, in bytes
+        lengths = map(len, strings) if len(data) == len(joined) else (len(x.encode()) for x in strings)
+        seps = list(itertools.accumulate(map(_PLUS_ONE, lengths), initial=-1))[1:]
+        return sorted({bisect.bisect_left(seps, e - 1) for e, _ in hits})
 
     def candidates(self, text: str) -> dict[str, list[int] | None] | None:
         """Like ``_candidates``, and the user rules that may match (value None); None for a text that is no
@@ -372,7 +458,12 @@ class _Hyperscan:
 
 
 _REACH = 100
+_PLUS_ONE = (1).__add__
+_CACHED_CHARS = 256  # scrub_cached remembers texts up to this long ...
+_MAX_CACHED_RESULTS = 20_000  # ... this many (about 5 MB at most), emptied when full
 _hyperscan = functools.lru_cache(maxsize=8)(_Hyperscan)
+# The card rule's regex without its group: exact, and one hit per run of digits (see _build_many).
+_CARD_SHAPE = r"(?:^|[^0-9.-])[2-6][0-9]{3}(?:[ -]?[0-9]){9,15}(?:$|[^0-9.-]|[.-](?:$|[^0-9]))"
 
 
 def _hyperscan_compiles(regex: str, flags: int) -> bool:
@@ -435,8 +526,11 @@ def effective_rules(user_rules: tuple[ScrubRule, ...],
     merged: list[ScrubRule] = []
     for default in defaults:
         rule = overrides.pop(default.name, default)
-        if not rule.regex:  # an override of the replacement or of enabled only
-            rule = ScrubRule(default.name, default.regex, rule.replacement, rule.enabled)
+        if not rule.regex:  # an override of the replacement, action or enabled only
+            replacement = rule.replacement
+            if replacement == "[REDACTED]" and rule.action != "redact":  # only the action changed
+                replacement = default.replacement
+            rule = ScrubRule(default.name, default.regex, replacement, rule.enabled, rule.action)
         merged.append(rule)
     for rule in user_rules:
         if rule.name not in overrides:
@@ -477,22 +571,75 @@ def rule_problems(rule: ScrubRule) -> list[tuple[str, str]]:
 
 class _Rule:
     """A compiled rule. ``headed``: a default's own regex, run in Python ``re`` where ``_HEADS`` says a
-    match may start; otherwise the regex runs in RE2 over the whole text."""
+    match may start; otherwise the regex runs in RE2 over the whole text. ``expand(m)``: a match's
+    replacement (bytes for RE2), which for the hash action holds the HMAC of the secret."""
 
-    __slots__ = ("name", "pattern", "replacement", "template", "headed", "validate", "group", "context")
+    __slots__ = ("name", "pattern", "replacement", "template", "headed", "validate", "group", "context",
+                 "action", "expand")
 
-    def __init__(self, rule: ScrubRule, headed: bool) -> None:
+    def __init__(self, rule: ScrubRule, headed: bool, hash_key: bytes = b"") -> None:
         self.name = rule.name
+        self.action = rule.action or "redact"
         self.headed = headed
         self.validate = _VALIDATORS.get(rule.name) if headed else None
         self.pattern = re.compile(rule.regex) if headed else re2.compile(rule.regex, _RE2_OPTIONS)
         self.replacement = rule.replacement
         template = _parse_template(rule.replacement, self.pattern.groups, self.pattern.groupindex)
+        self.group = self.pattern.groupindex.get("secret", 0)  # the part replaced
+        self.context = 2 if self.group else 0  # how far before a secret its context may start
+        if self.action == "hash":
+            if not hash_key:
+                raise ValueError(f"scrub rule {rule.name!r} hashes: scrub.hash_key (or LLMSHIP_SCRUB_HASH_KEY) "
+                                 f"must be set")
+            template = _hash_template(template)
         # literal text and group numbers; for RE2, which runs on UTF-8, the literal text encoded
         self.template = template if headed else [p.encode("utf-8", "surrogatepass") if isinstance(p, str) else p
                                                  for p in template]
-        self.group = self.pattern.groupindex.get("secret", 0)  # the part replaced
-        self.context = 2 if self.group else 0  # how far before a secret its context may start
+        self.expand = self._hasher(hash_key) if self.action == "hash" else self._expand
+
+    def _expand(self, m) -> str | bytes:
+        empty = "" if self.headed else b""
+        return empty.join([p if p.__class__ is not int else m.group(p) or empty for p in self.template])
+
+    def _hasher(self, key: bytes) -> Callable:
+        name, template, group, headed = self.name, self.template, self.group, self.headed
+        kept = [p for p in template if p.__class__ is int and p not in (0, group)]
+
+        def expand(m):
+            a, b = m.span(group)
+            cuts = sorted(span for g in kept if (span := m.span(g))[0] >= a and span[1] <= b)
+            string, pieces, pos = m.string, [], a
+            for ga, gb in cuts:
+                pieces.append(string[pos:max(pos, ga)])
+                pos = max(pos, gb)
+            pieces.append(string[pos:b])
+            secret = (string[:0].join(pieces)).strip()
+            if headed:
+                secret = secret.encode("utf-8", "surrogatepass")
+            marker = f"[HASHED:{name}:{hmac.new(key, secret, hashlib.sha256).hexdigest()[:12]}]"
+            marker = marker if headed else marker.encode()
+            empty = "" if headed else b""
+            return empty.join([marker if p is None else p if p.__class__ is not int else m.group(p) or empty
+                               for p in template])
+
+        return expand
+
+
+def _hash_template(template: list[str | int]) -> list[str | int | None]:
+    """The template with its first literal text (its surrounding spaces kept) replaced by None, where the
+    hash marker goes; a template without literal text gets the marker at the end."""
+    out: list[str | int | None] = []
+    placed = False
+    for p in template:
+        if not placed and isinstance(p, str) and p.strip():
+            head, tail = p[:len(p) - len(p.lstrip())], p[len(p.rstrip()):]
+            out += [x for x in (head, None, tail) if x != ""]
+            placed = True
+        else:
+            out.append(p)
+    if not placed:
+        out.append(None)
+    return out
 
 
 def _parse_template(replacement: str, groups: int, groupindex: dict[str, int]) -> list[str | int]:
@@ -522,12 +669,15 @@ def _parse_template(replacement: str, groups: int, groupindex: dict[str, int]) -
 
 
 class Scrubber:
-    """``scrub(text)`` replaces every match of every enabled rule and counts ``scrub_matches{rule=...}``.
+    """``scrub(text)`` replaces every match of every enabled rule and counts
+    ``scrub_matches{rule, action, kind}``; ``scrub_value`` also says when a drop_field rule matched (None).
 
-    ``engine``: "hyperscan" or "python" (the twin); by default ``default_engine()``."""
+    ``engine``: "hyperscan" or "python" (the twin); by default ``default_engine()``. ``hash_key``: the HMAC
+    key of rules whose action is "hash" (required by them; never logged)."""
 
     def __init__(self, rules: tuple[ScrubRule, ...] = (), telemetry_component: Component | None = None, *,
-                 defaults: tuple[ScrubRule, ...] = DEFAULT_RULES, engine: str | None = None) -> None:
+                 defaults: tuple[ScrubRule, ...] = DEFAULT_RULES, engine: str | None = None,
+                 hash_key: str = "", fields: tuple = ()) -> None:
         self.telemetry = telemetry_component if telemetry_component is not None else Component("scrub")
         self._defaults = defaults
         self.engine = engine or default_engine()
@@ -535,25 +685,81 @@ class Scrubber:
             raise ValueError(f"unknown scrub engine {self.engine!r}")
         if self.engine == "hyperscan" and hyperscan is None:
             raise RuntimeError("the hyperscan scrub engine needs the hyperscan package")
-        self.reload(rules)
+        self.reload(rules, hash_key=hash_key, fields=fields)
 
-    def reload(self, rules: tuple[ScrubRule, ...]) -> None:
-        """Swap in new user rules; everyone holding this scrubber (or its ``scrub``) sees them."""
+    def __repr__(self) -> str:  # never the hash key
+        return f"Scrubber(engine={self.engine!r}, rules={self.rule_names!r})"
+
+    def reload(self, rules: tuple[ScrubRule, ...], *, hash_key: str | None = None, fields: tuple | None = None) -> None:
+        """Swap in new user rules (and hash key and field policies, when given); everyone holding this
+        scrubber (or its ``scrub``) sees them."""
+        from llmship.transforms.privacy import FieldPolicies  # privacy builds on this module
+
+        if hash_key is not None:
+            self._hash_key = hash_key.encode()
+        key = self._hash_key
         default_regex = {r.name: r.regex for r in DEFAULT_RULES}
         # A default's head is written for its regex: a replaced regex is a user rule.
-        compiled = [_Rule(r, default_regex.get(r.name) == r.regex) for r in effective_rules(rules, self._defaults)]
+        compiled = [_Rule(r, default_regex.get(r.name) == r.regex, key)
+                    for r in effective_rules(rules, self._defaults)]
         self.rule_names = tuple(r.name for r in compiled)
         # _ANY_HINT and the cut points cover the default rules only.
         short_cut = all(r.headed for r in compiled)
-        cuttable = short_cut and all(r.replacement[-1:] in _SAFE_REPLACEMENT_END for r in compiled)
+        cuttable = short_cut and all(r.replacement[-1:] in _SAFE_REPLACEMENT_END or r.action != "redact"
+                                     for r in compiled)
         hs = None
         if self.engine == "hyperscan":
             hs = _hyperscan(tuple((r.name, _HEADS[r.name][0]) for r in compiled if r.headed),
                             tuple((r.name, r.pattern.pattern) for r in compiled if not r.headed))
+        if fields is not None or not hasattr(self, "fields"):
+            self.fields = FieldPolicies(fields or (), key)
+        elif hash_key is not None:
+            self.fields = FieldPolicies(self.fields.entries, key)
+        # Short values -> what scrubbing them gives and the matches to count again (new rules, new cache).
+        self.results: dict[str, tuple[str | tuple[str], tuple]] = {}
         # One assignment: a scrub running in another thread sees the old state or the new one.
         self._state = (compiled, hs, short_cut, cuttable)
 
-    def scrub(self, text: str) -> str:
+    @property
+    def hash_key_bytes(self) -> bytes:
+        return self._hash_key
+
+    def scrub(self, text: str, kind: str = "llmobs") -> str:
+        """The text with every match replaced; where a drop_field rule matched, the whole text becomes
+        ``[REDACTED:<rule>]`` (for callers that cannot remove the field)."""
+        out = self._scrub(text, kind)
+        return out if out.__class__ is str else f"[REDACTED:{out[0]}]"
+
+    def scrub_value(self, text: str, kind: str = "llmobs") -> str | None:
+        """``scrub``, or None when a drop_field rule matched: the caller removes the field."""
+        out = self._scrub(text, kind)
+        return out if out.__class__ is str else None
+
+    def scrub_cached(self, text: str, kind: str, tally: dict | None = None) -> str | None:
+        """``scrub_value``, remembering the result for texts up to ``_CACHED_CHARS`` long: attribute values,
+        tags and span meta values repeat (a hit counts the same matches again, into ``tally`` when given:
+        (rule, action) -> matches, for the caller to count once)."""
+        hit = self.results.get(text)
+        if hit is not None:
+            out, counts = hit
+            for rule, action, n in counts:
+                if tally is not None:
+                    tally[rule, action] = tally.get((rule, action), 0) + n
+                else:
+                    self.telemetry.inc("scrub_matches", n, rule=rule, action=action, kind=kind)
+        else:
+            if len(text) > _CACHED_CHARS:
+                out = self._scrub(text, kind)
+            else:
+                counts: list = []
+                out = self._scrub(text, kind, counts)
+                results = self.results
+                if len(results) >= _MAX_CACHED_RESULTS:
+                    results.clear()
+                results[text] = (out, tuple(counts))
+        return out if out.__class__ is str else None
+
+    def _scrub(self, text: str, kind: str, counts: list | None = None) -> str | tuple[str]:
         rules, hs, short_cut, _ = self._state
         if short_cut and len(text) <= _SHORT_TEXT and _ANY_HINT.search(text) is None:
             return text
@@ -564,11 +770,16 @@ class Scrubber:
             if rule.name not in found:
                 continue
             if rule.headed:
-                text, n, lo, hi, delta = _sub(rule, text, found[rule.name])
+                new, n, lo, hi, delta = _sub(rule, text, found[rule.name])
             else:
-                text, n = _sub_re2(rule, text)
+                new, n = _sub_re2(rule, text)
             if n:
-                self.telemetry.inc("scrub_matches", n, rule=rule.name)
+                self.telemetry.inc("scrub_matches", n, rule=rule.name, action=rule.action, kind=kind)
+                if counts is not None:
+                    counts.append((rule.name, rule.action, n))
+                if rule.action == "drop_field":
+                    return (rule.name,)
+                text = new
                 # the text changed: look again, for the rules after this one
                 if hs is not None and rule.headed:
                     found = hs.rescan(found, text, lo, hi, delta)
@@ -578,17 +789,47 @@ class Scrubber:
                     hs, found = None, _twin(rules, text)
         return text
 
-    def scrub_truncate(self, text: str, max_chars: int) -> tuple[str, bool]:
-        """``truncate_text(self.scrub(text), max_chars)``, scrubbing only the head that can be kept when the
-        rules allow a safe cut (see above); matches in the rest are not looked for, nor counted."""
+    def scrub_many(self, strings: list[str], kind: str, skip: Callable[[int], bool] | None = None
+                   ) -> dict[int, str | None]:
+        """The strings that scrubbing changes, by index, scrubbed (None: drop the field); ``skip(i)`` says
+        which of the strings where a rule may match are left alone (structural values). With Hyperscan, one
+        scan of all of them finds the few where a rule may match; the twin tries each."""
+        hs = self._state[1]
+        candidates = hs.scan_many(strings) if hs is not None else None
+        if candidates is None:
+            candidates = range(len(strings))
+        changed: dict[int, str | None] = {}
+        scrub = self.scrub_cached
+        tally: dict[tuple[str, str], int] = {}
+        for i in candidates:
+            text = strings[i]
+            if not text or (skip is not None and skip(i)):
+                continue
+            out = scrub(text, kind, tally)
+            if out is not text:
+                changed[i] = out
+        for (rule, action), n in tally.items():
+            self.telemetry.inc("scrub_matches", n, rule=rule, action=action, kind=kind)
+        return changed
+
+    def scrub_truncate(self, text: str, max_chars: int, kind: str = "llmobs") -> tuple[str | None, bool]:
+        """``truncate_text(self.scrub_value(text), max_chars)``, scrubbing only the head that can be kept
+        when the rules allow a safe cut (see above); matches in the rest are not looked for, nor counted.
+        (None, False) when a drop_field rule matched."""
         if self._state[3] and len(text) > max_chars + _CUT_MIN_SAVING:
             cut = _cut_point(text, max_chars + 1)
             if cut > 0:
-                head = self.scrub(text[:cut])
+                head = self.scrub_value(text[:cut], kind)
+                if head is None:
+                    return None, False
                 if len(head) <= max_chars:  # a long secret shrank to its marker: the rest may be shown
-                    head += self.scrub(text[cut:])
+                    rest = self.scrub_value(text[cut:], kind)
+                    if rest is None:
+                        return None, False
+                    head += rest
                 return truncate_text(head, max_chars)
-        return truncate_text(self.scrub(text), max_chars)
+        scrubbed = self.scrub_value(text, kind)
+        return (None, False) if scrubbed is None else truncate_text(scrubbed, max_chars)
 
 
 def _twin(rules: list[_Rule], text: str) -> dict[str, list[int] | None]:
@@ -628,7 +869,7 @@ def _sub(rule: _Rule, text: str, starts: list[int] | None) -> tuple[str, int, in
         if validate is not None and not validate(m):
             continue
         pieces.append(text[copied:a])
-        pieces.append("".join(p if isinstance(p, str) else m.group(p) or "" for p in rule.template))
+        pieces.append(rule.expand(m))
         copied = b
     if not pieces:
         return text, 0, 0, 0, 0
@@ -643,13 +884,13 @@ def _sub_re2(rule: _Rule, text: str) -> tuple[str, int]:
     named ``secret``, only it is replaced and the next match starts after it. RE2 runs on the UTF-8 bytes,
     encoded once: given a ``str``, the google-re2 wrapper encodes the whole text again for every search."""
     data = text.encode("utf-8", "surrogatepass")
-    pattern, group, template = rule.pattern, rule.group, rule.template
+    pattern, group, expand = rule.pattern, rule.group, rule.expand
     pieces: list[bytes] = []
     copied = pos = 0
     while pos <= len(data) and (m := pattern.search(data, pos)) is not None:
         a, b = m.span(group)
         pieces.append(data[copied:a])
-        pieces.append(b"".join(p if isinstance(p, bytes) else m.group(p) or b"" for p in template))
+        pieces.append(expand(m))
         copied = b
         pos = b if b > m.start() else _next_char(data, m.start())
     if not pieces:

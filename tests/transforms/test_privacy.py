@@ -1,0 +1,428 @@
+"""Issue 14: every string that leaves the host is scrubbed (events, log records, APM spans), with the redact,
+hash and drop_field actions, field policies, and counters per rule, action and kind."""
+
+from __future__ import annotations
+
+import copy
+import random
+import re
+
+import orjson
+import pytest
+
+from llmship.config import ConfigError, ScrubField, ScrubRule, load_config_text
+from llmship.llm.stage import LLMStage
+from llmship.model import Span
+from llmship.telemetry import Telemetry
+from llmship.transforms import privacy
+from llmship.transforms.logs import LogProcessor
+from llmship.transforms.sampling import Sampler
+from llmship.transforms.scrub import Scrubber, hyperscan
+
+ENGINES = ["python"] + (["hyperscan"] if hyperscan is not None else [])
+
+# One of each default rule's secrets, and the part of it that must never reach the intake.
+SECRETS = {
+    "anthropic_api_key": ("sk-ant-api03-Ab3dEfGh1jKlMn0pQr2StUvWxYz4aBcDeFgHiJkLmNoPqRsT9uVw",) * 2,
+    "openai_api_key": ("sk-proj-Ab3dEfGh1jKlMn0pQr2StUvWxYz4aBcDeFgHiJkLmNoPqRsT9",) * 2,
+    "aws_access_key_id": ("AKIAIOSFODNN7EXAMPLE",) * 2,
+    "datadog_api_key": ("DD_API_KEY=0123456789abcdef0123456789abcdef", "0123456789abcdef0123456789abcdef"),
+    "bearer_token": ("Authorization: Bearer abcdefghijklmnop123456", "abcdefghijklmnop123456"),
+    "email": ("jane.doe@example.com",) * 2,
+    "credit_card": ("4111 1111 1111 1111",) * 2,
+    "ipv4": ("203.0.113.7",) * 2,
+    "ipv6": ("2001:db8::1",) * 2,
+}
+NEEDLES = [needle for _, needle in SECRETS.values()]
+
+
+def sentence(name: str) -> str:
+    return f"see {SECRETS[name][0]} here"
+
+
+def leaks(data) -> list[str]:
+    text = orjson.dumps(data).decode() if not isinstance(data, str) else data
+    return [n for n in NEEDLES if n in text]
+
+
+def scrubber(engine: str, extra: str = "", env: dict | None = None) -> tuple[Scrubber, object]:
+    cfg = load_config_text(extra, env=env or {})
+    s = Scrubber(cfg.scrub.rules, Telemetry().component("scrub"), engine=engine, hash_key=cfg.scrub.hash_key,
+                 fields=cfg.scrub.fields)
+    return s, cfg
+
+
+# ------------------------------------------------------------------------------------------ events
+
+
+def event_with_secrets() -> dict:
+    names = list(SECRETS)
+    return {
+        "span_id": "1196639696535375171", "trace_id": "6b03dfbb000000004ab7709310bb202a", "parent_id": "undefined",
+        "name": "OpenAI.createChatCompletion", "status": "ok", "start_ns": 1, "duration": 2,
+        "meta": {
+            "span": {"kind": "llm"}, "model_name": "gpt-4o-mini", "model_provider": "openai",
+            "input": {"messages": [
+                {"role": "system", "content": "You are a helpful assistant."},
+                {"role": "user", "content": " ".join(sentence(n) for n in names)},
+                {"role": "assistant", "content": "", "tool_calls": [
+                    {"name": "lookup", "tool_id": "call_1", "type": "function",
+                     "arguments": {n: sentence(n) for n in names}}]},
+                {"role": "tool", "content": "", "tool_results": [
+                    {"name": "lookup", "tool_id": "call_1", "result": " ".join(sentence(n) for n in names)}]},
+            ]},
+            "output": {"messages": [{"role": "assistant", "content": "ok"}]},
+            "metadata": {"temperature": 0.2, "user": SECRETS["email"][0],
+                         "nested": {n: [sentence(n), {"deep": sentence(n)}] for n in names}},
+            "tool_definitions": [{"name": "lookup", "description": " ".join(sentence(n) for n in names),
+                                  "schema": {"type": "object", "properties": {
+                                      n: {"type": "string", "description": sentence(n)} for n in names}}}],
+        },
+        "metrics": {"input_tokens": 18, "output_tokens": 7, "total_tokens": 25},
+        "tags": ["ml_app:demo-app", "service:chatbot", "env:staging", "span_id:1196639696535375171",
+                 *(f"{n}:{SECRETS[n][0]}" for n in names)],
+    }
+
+
+def retrieval_event() -> dict:
+    names = list(SECRETS)
+    return {"span_id": "7", "trace_id": "8", "parent_id": "undefined", "name": "search", "status": "ok",
+            "start_ns": 1, "duration": 2, "tags": ["ml_app:demo-app"],
+            "meta": {"span": {"kind": "retrieval"}, "input": {"value": sentence("email")},
+                     "output": {"documents": [{"name": "doc", "id": "d1", "score": 0.5, "text": sentence(n)}
+                                              for n in names]}}}
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_no_default_secret_leaves_in_any_place_of_an_event(engine):
+    s, cfg = scrubber(engine, "[llm]\nmax_text_chars = 100000\n")
+    stage = LLMStage(cfg, s, Telemetry())
+    out = stage.process_events([event_with_secrets(), retrieval_event()])
+    events = [o.event for o in out]
+    assert len(events) == 2 and leaks(events) == []
+    chat = events[0]
+    # structure and labels survive: roles, kinds, ids, names, tag keys, numbers
+    assert [m["role"] for m in chat["meta"]["input"]["messages"]] == ["system", "user", "assistant", "tool"]
+    assert chat["meta"]["span"] == {"kind": "llm"} and chat["meta"]["model_name"] == "gpt-4o-mini"
+    assert chat["meta"]["input"]["messages"][2]["tool_calls"][0]["tool_id"] == "call_1"
+    assert chat["meta"]["metadata"]["temperature"] == 0.2
+    assert chat["meta"]["metadata"]["user"] == "[REDACTED:email]"
+    assert chat["meta"]["tool_definitions"][0]["schema"]["properties"]["email"]["type"] == "string"
+    assert {"ml_app:demo-app", "service:chatbot", "span_id:1196639696535375171", "email:[REDACTED:email]",
+            "credit_card:[REDACTED:credit_card]"} <= set(chat["tags"])
+    assert events[1]["meta"]["output"]["documents"][0]["id"] == "d1"
+    counts = s.telemetry
+    for name in SECRETS:
+        assert counts.get("scrub_matches", rule=name, action="redact", kind="llmobs") > 0, name
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_an_unsampled_event_still_has_its_metadata_tags_and_error_scrubbed(engine):
+    s, cfg = scrubber(engine, "[llm.sampling]\nspan_text_rate = 0.0\nprompt_log_rate = 0.0\n")
+    event = event_with_secrets()
+    event["meta"]["error"] = {"message": sentence("email"), "stack": sentence("openai_api_key"), "type": "E"}
+    event["status"] = "error"
+    out = LLMStage(cfg, s, Telemetry()).process_events([event])
+    assert leaks(out[0].event) == []
+
+
+# ------------------------------------------------------------------------------------------ logs
+
+
+def log_processor(engine: str, extra: str = "", env: dict | None = None):
+    s, cfg = scrubber(engine, extra, env)
+    telemetry = Telemetry()
+    return LogProcessor(cfg, Sampler(cfg.llm.sampling), s, telemetry), s, telemetry
+
+
+def record_with_secrets() -> dict:
+    names = list(SECRETS)
+    return {"message": "llm call", "service": "py-app", "hostname": "web-1", "status": "info", "ddsource": "python",
+            "ddtags": "env:prod," + ",".join(f"{n}:{SECRETS[n][0]}" for n in names if n != "datadog_api_key"),
+            "trace_id": "2256081974650575786", "logger": {"name": "llm.samples"},
+            "usr": {n: sentence(n) for n in names},
+            "request": {"headers": [sentence(n) for n in names], "body": {"items": [{"note": sentence(n)}
+                                                                                   for n in names]}},
+            "tokens": {"input": 12}, "duration_ms": 3.5}
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_no_default_secret_leaves_in_any_attribute_of_a_log(engine):
+    processor, s, _ = log_processor(engine)
+    out = processor.process(record_with_secrets())
+    assert leaks(out) == []
+    assert out["trace_id"] == "2256081974650575786"  # an id, even one that passes as a card number
+    assert out["hostname"] == "web-1" and out["tokens"] == {"input": 12} and out["duration_ms"] == 3.5
+    assert "env:prod" in out["ddtags"].split(",") and "email:[REDACTED:email]" in out["ddtags"].split(",")
+    assert out["usr"]["email"] == "see [REDACTED:email] here"
+    assert s.telemetry.get("scrub_matches", rule="email", action="redact", kind="logs") >= 4
+
+
+def test_a_log_whose_scrubbing_fails_is_dropped_and_counted():
+    processor, s, telemetry = log_processor("python")
+    s.scrub_cached = lambda *a, **k: 1 / 0
+    assert processor.process({"message": "x", "other": "y"}) is None
+    assert telemetry.component("logs_processor").get("dropped", reason="scrub_failed") == 1
+    assert s.telemetry.get("scrub_failed", kind="logs") == 1
+
+
+# ------------------------------------------------------------------------------------------ spans
+
+
+def spans_with_secrets() -> list[Span]:
+    names = list(SECRETS)
+    return [
+        Span(service="web", name="django.request", resource=f"GET /users/{SECRETS['email'][0]}", span_id=1,
+             meta={"env": "prod", "http.url": f"https://x/?key={SECRETS['openai_api_key'][0]}",
+                   "http.useragent": "Mozilla/5.0 Chrome/124.0.0.0 Safari/537.36", "_dd.p.tid": "6b03dfbb00000000",
+                   "llmobs_parent_id": "2256081974650575786", "runtime-id": "4111111111111111",
+                   **{f"custom.{n}": sentence(n) for n in names}}),
+        Span(service="db", name="postgres.query", resource=f"SELECT 1 WHERE email = '{SECRETS['email'][0]}'",
+             span_id=2, meta={"error.message": sentence("credit_card"), "error.stack": "line 1\n" + sentence("ipv6")}),
+        Span(service="web", name="clean", resource="GET /", span_id=3, meta={"env": "prod", "http.url": "https://x/"}),
+    ]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_no_default_secret_leaves_in_span_meta_or_resource(engine):
+    s, _ = scrubber(engine)
+    spans = spans_with_secrets()
+    clean_meta = spans[2].meta
+    privacy.scrub_chunks(s, [spans[:2], spans[2:]])
+    assert leaks([[sp.resource, sp.meta] for sp in spans]) == []
+    assert spans[0].resource == "GET /users/[REDACTED:email]"
+    assert spans[0].meta["http.useragent"].endswith("Chrome/124.0.0.0 Safari/537.36")
+    assert spans[0].meta["llmobs_parent_id"] == "2256081974650575786" and spans[0].meta["runtime-id"] == "4111111111111111"
+    assert list(spans[0].meta) == list(spans_with_secrets()[0].meta)  # keys and their order unchanged
+    assert spans[2].meta is clean_meta  # a clean span is not copied
+    for name in SECRETS:
+        assert s.telemetry.get("scrub_matches", rule=name, action="redact", kind="spans") > 0, name
+
+
+_PIECES = [*(v for v, _ in SECRETS.values()), "plain words", "2256081974650575786", "127.0.0.1", "x@y", "::",
+           "sk-", "é ü 中文", "\n", "\x00", " ", "4111-1111-1111-1111", "1.2.3.4.5", "AKIA", "Bearer", "DD_API_KEY="]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_scrub_many_gives_what_scrubbing_each_string_gives(engine):
+    """The one-scan path (Hyperscan) and the twin agree with scrubbing each string on its own, whatever
+    strings sit next to each other (a head split across two strings must not hide or invent a match)."""
+    rng = random.Random(14)
+    s, _ = scrubber(engine)
+    reference, _ = scrubber("python")
+    for _ in range(300):
+        strings = ["".join(rng.choice(_PIECES) for _ in range(rng.randrange(0, 4))) for _ in range(rng.randrange(1, 12))]
+        changed = s.scrub_many(strings, "spans")
+        expected = {i: reference.scrub_value(t, "spans") for i, t in enumerate(strings)}
+        assert {i: changed.get(i, t) for i, t in enumerate(strings)} == expected, strings
+
+
+def test_scrub_many_with_user_rules_anchored_or_not():
+    rules = (ScrubRule("ticket", r"^TICKET-\d+$"), ScrubRule("order", r"ORD\d{4}"))
+    for engine in ENGINES:
+        s = Scrubber(rules, engine=engine)
+        strings = ["TICKET-12", "a TICKET-12", "ORD1234 and", "x", "TICKET-9\nTICKET-8"]
+        changed = s.scrub_many(strings, "spans")
+        assert changed == {0: "[REDACTED]", 2: "[REDACTED] and"}, engine
+
+
+def test_spans_whose_scrubbing_fails_are_dropped_and_counted():
+    from test_llm import Rig  # tests/transforms/test_llm.py
+
+    rig = Rig()
+    s = Scrubber()
+    rig.emitter._scrubber = s
+    s.scrub_many = lambda *a, **k: 1 / 0
+    spans, _, _ = rig.process_chunk(spans_with_secrets())
+    assert spans == []
+    assert rig.telemetry.component("processing").get("dropped", reason="scrub_failed") == 3
+    assert s.telemetry.get("scrub_failed", kind="spans") == 3
+
+
+# ------------------------------------------------------------------------------------------ actions
+
+HASH_CFG = """
+[scrub]
+hash_key = "${KEY}"
+[[scrub.rules]]
+name = "email"
+action = "hash"
+[[scrub.rules]]
+name = "datadog_api_key"
+action = "hash"
+"""
+MARKER = re.compile(r"\[HASHED:email:[0-9a-f]{12}\]")
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_hash_is_deterministic_for_one_key_and_differs_across_keys(engine):
+    one, _ = scrubber(engine, HASH_CFG, {"KEY": "k1"})
+    again, _ = scrubber(engine, HASH_CFG, {"KEY": "k1"})
+    other, _ = scrubber(engine, HASH_CFG, {"KEY": "k2"})
+    text = "write to jane.doe@example.com or bob@example.com"
+    a, b, c = one.scrub(text), again.scrub(text), other.scrub(text)
+    assert a == b and a != c
+    assert len(MARKER.findall(a)) == 2 and "example.com" not in a
+    assert MARKER.findall(a)[0] != MARKER.findall(a)[1]  # two values, two hashes
+    assert one.scrub("jane.doe@example.com") == MARKER.findall(a)[0]  # the same value correlates
+    assert one.telemetry.get("scrub_matches", rule="email", action="hash", kind="llmobs") == 3
+    # the kept prefix stays; only the key itself is hashed
+    dd = one.scrub("DD_API_KEY=0123456789abcdef0123456789abcdef")
+    assert re.fullmatch(r"DD_API_KEY=\[HASHED:datadog_api_key:[0-9a-f]{12}\]", dd)
+    assert dd == one.scrub("api_key: 0123456789abcdef0123456789abcdef").replace("api_key: ", "DD_API_KEY=")
+
+
+def test_a_user_rule_can_hash_and_a_bearer_word_is_kept():
+    rules = (ScrubRule("ticket", r"TICKET-\d+", action="hash"), ScrubRule("bearer_token", action="hash"))
+    for engine in ENGINES:
+        s = Scrubber(rules, engine=engine, hash_key="k")
+        out = s.scrub("TICKET-42 with Authorization: Bearer abcdefghijklmnop123456")
+        assert re.fullmatch(r"\[HASHED:ticket:[0-9a-f]{12}\] with Authorization: Bearer "
+                            r"\[HASHED:bearer_token:[0-9a-f]{12}\]", out), out
+    with pytest.raises(ValueError, match="hash_key"):
+        Scrubber(rules)
+
+
+DROP_CFG = """
+[[scrub.rules]]
+name = "credit_card"
+action = "drop_field"
+"""
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_drop_field_removes_the_field_that_held_a_match(engine):
+    s, cfg = scrubber(engine, DROP_CFG)
+    event = event_with_secrets()
+    out = LLMStage(cfg, s, Telemetry()).process_events([event])[0].event
+    # the string element is gone, and the "deep" key of the object after it
+    assert out["meta"]["metadata"]["nested"]["credit_card"] == [{}]
+    assert out["meta"]["metadata"]["nested"]["email"] == ["see [REDACTED:email] here", {"deep": "see [REDACTED:email] here"}]
+    assert not any(t.startswith("credit_card:") for t in out["tags"])
+    assert "credit_card" not in out["meta"]["input"]["messages"][2]["tool_calls"][0]["arguments"]
+    assert "content" not in out["meta"]["input"]["messages"][1]  # the user's text held a card
+    processor, s2, _ = log_processor(engine, DROP_CFG)
+    record = processor.process({"message": "fine", "usr": {"card": sentence("credit_card"), "name": "Ann"}})
+    assert record["usr"] == {"name": "Ann"} and record["message"] == "fine"
+    gone = processor.process({"message": sentence("credit_card")})
+    assert "message" not in gone
+    spans = spans_with_secrets()
+    privacy.scrub_chunks(s, [spans])
+    assert "custom.credit_card" not in spans[0].meta and "error.message" not in spans[1].meta
+    assert s.telemetry.get("scrub_matches", rule="credit_card", action="drop_field", kind="spans") == 2
+
+
+# ------------------------------------------------------------------------------------------ field policies
+
+FIELDS_CFG = """
+[scrub]
+hash_key = "secret-key"
+[[scrub.fields]]
+path = "meta.input.messages.role=system"
+action = "drop"
+[[scrub.fields]]
+path = "meta.metadata.user"
+action = "hash"
+[[scrub.fields]]
+path = "tags.user_id"
+action = "hash"
+[[scrub.fields]]
+path = "meta.metadata.nested.*"
+action = "redact_all"
+name = "nested"
+[[scrub.fields]]
+path = "meta.tool_definitions.*.description"
+action = "keep"
+[[scrub.fields]]
+path = "attributes.usr.email"
+action = "hash"
+[[scrub.fields]]
+path = "attributes.request"
+action = "drop"
+[[scrub.fields]]
+path = "attributes.note"
+action = "keep"
+[[scrub.fields]]
+kind = "spans"
+path = "meta.http.url"
+action = "hash"
+[[scrub.fields]]
+kind = "spans"
+path = "resource"
+action = "keep"
+"""
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_field_policies(engine):
+    s, cfg = scrubber(engine, FIELDS_CFG)
+    event = event_with_secrets()
+    event["tags"].append("user_id:u-42")
+    out = LLMStage(cfg, s, Telemetry()).process_events([event])[0]
+    meta = out.event["meta"]
+    assert [m["role"] for m in meta["input"]["messages"]] == ["user", "assistant", "tool"]  # system prompt gone
+    assert "You are a helpful" not in out.log["prompt"] if out.log else True
+    assert re.fullmatch(r"\[HASHED:user:[0-9a-f]{12}\]", meta["metadata"]["user"])
+    assert set(meta["metadata"]["nested"].values()) == {"[REDACTED:nested]"}
+    user_tags = [t for t in out.event["tags"] if t.startswith("user_id:")]
+    assert len(user_tags) == 1 and re.fullmatch(r"user_id:\[HASHED:user_id:[0-9a-f]{12}\]", user_tags[0])
+    assert SECRETS["email"][0] in meta["tool_definitions"][0]["description"]  # kept: not scanned
+    assert s.telemetry.get("scrub_fields", field="meta.input.messages.role=system", action="drop",
+                           kind="llmobs") == 1
+
+    processor = LogProcessor(cfg, Sampler(cfg.llm.sampling), s, Telemetry())
+    record = processor.process({"message": "m", "usr": {"email": "ann@corp.example", "id": "u1"},
+                                "request": {"body": "anything"}, "note": sentence("email")})
+    assert re.fullmatch(r"\[HASHED:email:[0-9a-f]{12}\]", record["usr"]["email"]) and record["usr"]["id"] == "u1"
+    assert "request" not in record and record["note"] == sentence("email")
+    # the same value hashes the same in every kind and place (one key)
+    assert record["usr"]["email"] == privacy.hash_marker(b"secret-key", "email", "ann@corp.example")
+
+    spans = spans_with_secrets()
+    url = spans[0].meta["http.url"]
+    privacy.scrub_chunks(s, [spans])
+    assert spans[0].meta["http.url"] == privacy.hash_marker(b"secret-key", "url", url)
+    assert spans[0].resource == f"GET /users/{SECRETS['email'][0]}"  # kept
+
+
+# ------------------------------------------------------------------------------------------ config
+
+
+def test_hash_key_is_required_when_hashing_and_never_shown():
+    with pytest.raises(ConfigError) as e:
+        load_config_text(HASH_CFG.replace('hash_key = "${KEY}"\n', ""), env={})
+    assert any(p.startswith("scrub.hash_key: required") for p in e.value.problems)
+    with pytest.raises(ConfigError):
+        load_config_text('[[scrub.fields]]\npath = "meta.metadata.user"\naction = "hash"\n', env={})
+    cfg = load_config_text('[[scrub.fields]]\npath = "meta.metadata.user"\naction = "hash"\n',
+                           env={"LLMSHIP_SCRUB_HASH_KEY": "from-env-123"})
+    assert cfg.scrub.hash_key == "from-env-123"
+    cfg = load_config_text(HASH_CFG, env={"KEY": "interpolated-456"})
+    assert cfg.scrub.hash_key == "interpolated-456"
+    assert "interpolated-456" not in repr(cfg) and "interpolated-456" not in repr(cfg.scrub)
+    s = Scrubber(cfg.scrub.rules, hash_key=cfg.scrub.hash_key)
+    assert "interpolated-456" not in repr(s)
+    from llmship.status import describe_config
+
+    assert "interpolated-456" not in orjson.dumps(describe_config(cfg)).decode()
+
+
+def test_bad_actions_and_paths_are_reported():
+    with pytest.raises(ConfigError) as e:
+        load_config_text('[[scrub.rules]]\nname = "email"\naction = "nuke"\n'
+                         '[[scrub.fields]]\npath = "meta..x"\naction = "drop"\n'
+                         '[[scrub.fields]]\npath = "meta.x"\naction = "shred"\n'
+                         '[[scrub.fields]]\nkind = "spans"\npath = "name"\naction = "drop"\n', env={})
+    problems = "\n".join(e.value.problems)
+    assert "scrub.rules[0].action" in problems and "scrub.fields[0].path" in problems
+    assert "scrub.fields[1].action" in problems and "scrub.fields[2].path" in problems
+
+
+def test_reload_swaps_rules_fields_and_key():
+    s, cfg = scrubber("python", HASH_CFG, {"KEY": "k1"})
+    first = s.scrub("jane.doe@example.com")
+    cfg2 = load_config_text(HASH_CFG, env={"KEY": "k2"})
+    s.reload(cfg2.scrub.rules, hash_key=cfg2.scrub.hash_key, fields=cfg2.scrub.fields)
+    assert s.scrub("jane.doe@example.com") != first
+    s.reload((), hash_key="", fields=())
+    assert s.scrub("jane.doe@example.com") == "[REDACTED:email]"
