@@ -44,9 +44,14 @@ KINDS = ("llmobs", "logs", "spans")
 _USER_AGENT_KEYS = frozenset(("http.useragent", "useragent", "user_agent", "user-agent", "http.user_agent",
                               "user_agent.original", "http.request.headers.user-agent"))
 _ID_VALUE = re.compile(r"[0-9A-Fa-f-]*")
-# Span meta the trace sink, the encoder and the intake read as identifiers or labels.
+# Span meta the trace sink, the encoder and the intake read as identifiers or labels, and the addresses of the
+# servers an app called (its database, cache, LLM API): infrastructure, not personal data, and what APM's
+# service map and peer.service inference read (datadog-agent pkg/trace/traceutil peer tags). The end user's
+# address (http.client_ip, network.client.ip) and URLs are scanned like any other value.
 _SPAN_STRUCTURAL = frozenset(("env", "version", "service", "language", "runtime-id", "span.kind", "component",
-                              "_sampling_priority_v1")) | _USER_AGENT_KEYS
+                              "_sampling_priority_v1", "out.host", "peer.hostname", "peer.ipv4", "peer.ipv6",
+                              "network.destination.ip", "network.destination.name", "server.address",
+                              "net.peer.name", "db.instance")) | _USER_AGENT_KEYS
 # Reserved attributes of a log record (Datadog's preprocessing reads them) and llmship's own labels.
 LOG_STRUCTURAL = frozenset(("ddsource", "ddtags", "hostname", "host", "service", "status", "level", "levelname",
                             "severity", "timestamp", "date", "logger", "logger.name")) | _USER_AGENT_KEYS
