@@ -61,6 +61,12 @@ class Topology:
     sources: list
     status: StatusServer
 
+    def reloadable(self) -> list:
+        """Every component holding config, in the order a reload reaches them (SIGHUP reaches all of them:
+        a component without ``reload`` fails here, not silently keeps its start-up config)."""
+        return [self.aggregator, self.llm, self.log_processor, self.delivery, self.metrics_sink, *self.sinks,
+                self.status, *self.sources]
+
 
 def build(cfg: Config, telemetry: Telemetry | None = None, *, readiness=None, info_provider=None) -> Topology:
     """Construct every component from config without binding a socket or starting a task."""
@@ -223,14 +229,10 @@ class Agent:
             log.error("reload_rejected_keeping_old_config", error=f"{type(e).__name__}: {e}")
             notify.ready()
             return
-        t = self.topology
-        for component in (t.aggregator, t.llm, t.log_processor, t.delivery, t.metrics_sink, *t.sinks, t.status,
-                          *t.sources):
-            reload = getattr(component, "reload", None)
-            if reload is not None:
-                reload(new)
+        for component in self.topology.reloadable():
+            component.reload(new)
         self.cfg = new
-        t.cfg = new
+        self.topology.cfg = new
         logmod.configure(new.agent.log_level, new.agent.log_format, secrets=[new.sinks.datadog.api_key])
         log.info("config_reloaded", config=new.path)
         notify.ready()

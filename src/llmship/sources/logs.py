@@ -20,6 +20,7 @@ to every log of the request that lacks them. Answers: 202 ``{}`` (200 on v1 path
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from typing import Any
 
@@ -243,6 +244,17 @@ class LogsSource:
         self._runner: web.AppRunner | None = None
         self._sweeper: asyncio.Task | None = None
         self.tcp_telemetry.gauge("open_connections", lambda: len(self._connections))
+
+    def reload(self, cfg: Config) -> None:
+        """SIGHUP: max_line_bytes applies to new connections and requests, idle_timeout_secs to the next
+        sweep and body read (the HTTP keep-alive timeout is set at start); listener addresses need a restart."""
+        new, old = cfg.sources.logs, self._cfg
+        changed = [key for key in ("tcp", "http") if getattr(new, key) != getattr(old, key)]
+        if changed:
+            log.warning("reload_needs_restart", keys=[f"sources.logs.{key}" for key in changed])
+        self._cfg = dataclasses.replace(new, tcp=old.tcp, http=old.http)
+        self.max_line_bytes = new.max_line_bytes
+        self._idle_timeout = new.idle_timeout_secs
 
     # ------------------------------------------------------------------------------------ lifecycle
 

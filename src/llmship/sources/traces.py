@@ -43,6 +43,7 @@ events), bytes_received (as sent, before decompression), dropped{reason}: one pe
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import hashlib
 import math
@@ -119,13 +120,27 @@ class TraceSource:
         self._cfg = cfg.sources.traces
         self._pipeline = pipeline
         self._tel = pipeline.telemetry.component("traces")
-        self._default_env = cfg.agent.env or DEFAULT_ENV
         self._read_timeout = read_timeout_secs
-        self._info_body = orjson.dumps(info_document(cfg), option=orjson.OPT_INDENT_2)
-        self._state = hashlib.sha256(self._info_body).hexdigest()
+        self._apply(cfg)
         self._decoders = asyncio.Semaphore(DECODERS)
         self._runner: web.AppRunner | None = None
         self._socket_file: tuple[socket.socket, unixsock.FileId] | None = None
+
+    def _apply(self, cfg: Config) -> None:
+        self._default_env = cfg.agent.env or DEFAULT_ENV
+        self._info_body = orjson.dumps(info_document(cfg), option=orjson.OPT_INDENT_2)
+        # Tracers re-read /info when this hash changes (every response carries it), so they learn a new env.
+        self._state = hashlib.sha256(self._info_body).hexdigest()
+
+    def reload(self, cfg: Config) -> None:
+        """SIGHUP: a new env reaches /info, its state hash and the rate keys; max_body_bytes applies to the
+        next request. Listener addresses need a restart (the /info document keeps reporting the bound ones)."""
+        new, old = cfg.sources.traces, self._cfg
+        changed = [key for key in ("listen", "socket") if getattr(new, key) != getattr(old, key)]
+        if changed:
+            log.warning("reload_needs_restart", keys=[f"sources.traces.{key}" for key in changed])
+        self._cfg = dataclasses.replace(new, listen=old.listen, socket=old.socket)
+        self._apply(dataclasses.replace(cfg, sources=dataclasses.replace(cfg.sources, traces=self._cfg)))
 
     # ------------------------------------------------------------------------------------ lifecycle
 
