@@ -7,7 +7,8 @@ Per payload kind ("lane"): a FIFO bounded in bytes, ``max_concurrency`` workers,
 shared by those workers. A worker waits out the lane's backoff window, takes the oldest payload (from
 memory or from the disk spool, whichever is older), and sends it through the transport:
 
-- delivered: counted (events_sent, bytes_sent), the lane's backoff resets;
+- delivered: counted (events_sent, bytes_sent), the lane's backoff resets and, after an outage, idle
+  workers wake so the spool is replayed at full speed;
 - permanent (400, other 4xx): dropped, counted (dropped{reason="http_<status>"}), logged with why;
 - too large (413): split in two at an item boundary (``payload.split``, in a worker thread: it inflates
   and compresses) and each half sent, holding the same worker;
@@ -18,8 +19,9 @@ memory or from the disk spool, whichever is older), and sends it through the tra
 
 With a spool configured, a "flusher" moves the memory queue to disk every ``spool_flush_secs / 2`` while
 a lane is failing (so accepted data reaches disk within ``spool_flush_secs``) and writes the payloads
-``submit`` spilled because the queue was full. ``shutdown(deadline)`` keeps delivering until the deadline,
-then writes what is left in memory to the spool (or counts it dropped{reason="shutdown"}).
+``submit`` spilled because the queue was full. ``shutdown(deadline)`` lifts every backoff window once (the
+intake may be back), keeps delivering, memory first and then the spool, until the deadline, then writes
+what is left in memory to the spool (or counts it dropped{reason="shutdown"}).
 
 Telemetry: component ``delivery`` (info: destination, spool_dir, when_full) and one component
 ``delivery.<kind>`` per payload kind with counters events_received, bytes_received, events_sent,
@@ -71,6 +73,7 @@ class _Lane:
         self.overflow = ByteQueue(max(d.queue_max_bytes // 4, 1))
         self.backoff = Backoff(d.retry_initial_secs, d.retry_max_secs)
         self.inflight: dict[int, Payload] = {}  # in-memory payloads workers hold (by id())
+        self.replaying = 0  # spooled payloads workers hold
         self.workers: set[asyncio.Task] = set()
         self.wakeup = asyncio.Event()
 
@@ -84,7 +87,7 @@ class _Lane:
         return self.queue.bytes + self.overflow.bytes
 
     def idle(self) -> bool:
-        return not self.queue and not self.overflow and not self.inflight
+        return not self.queue and not self.overflow and not self.inflight and not self.replaying
 
     def hold(self, payload: Payload) -> None:
         self.inflight[id(payload)] = payload
@@ -283,12 +286,14 @@ class Delivery:
             lane.let_go(item)
             return
         assert self._spool is not None
-        payload = await self._spool.read(item)
-        if payload is None:
-            return  # corrupt: counted and skipped by the spool
+        lane.replaying += 1
         try:
+            payload = await self._spool.read(item)
+            if payload is None:
+                return  # corrupt: counted and skipped by the spool
             await self._deliver(lane, payload, item)
         finally:
+            lane.replaying -= 1
             self._spool.release(item)  # a no-op once done; else it stays on disk for a later attempt
 
     async def _deliver(self, lane: _Lane, payload: Payload, lease: Lease | None) -> None:
@@ -297,10 +302,13 @@ class Delivery:
         while True:
             await self._stoppable(lane.backoff.wait())
             transport = self._transport
+            started = lane.backoff.now()
             result = await self._stoppable(transport.send(payload))
             lane.comp.inc("requests_sent")
             disposition = classify(result.status)
             if disposition is Disposition.DELIVERED:
+                if lane.backoff.failing:
+                    lane.wakeup.set()  # the intake is back: idle workers replay the spool at full speed
                 lane.backoff.reset()
                 lane.comp.inc("events_sent", payload.items)
                 lane.comp.inc("bytes_sent", len(payload.body))
@@ -317,14 +325,14 @@ class Delivery:
             if disposition is Disposition.TOO_LARGE:
                 await self._split(lane, payload, lease, result)
                 return
-            await self._retry_later(lane, payload, lease, disposition, result, transport.destination)
+            await self._retry_later(lane, payload, disposition, result, transport.destination, started)
             if self._spool is not None and (lease is not None or await self._spool_payload(lane, payload)):
                 return  # on disk: the spool replays it once the backoff window is over
 
-    async def _retry_later(self, lane: _Lane, payload: Payload, lease: Lease | None, disposition: Disposition,
-                           result: SendResult, destination: str) -> None:
+    async def _retry_later(self, lane: _Lane, payload: Payload, disposition: Disposition, result: SendResult,
+                           destination: str, started: float) -> None:
         lane.comp.inc("retries")
-        delay = lane.backoff.next_delay(parse_retry_after(result.retry_after))
+        delay = lane.backoff.next_delay(parse_retry_after(result.retry_after), attempt_started=started)
         self._progress.set()
         fields = dict(kind=lane.kind, status=result.status, detail=result.detail, retry_in_secs=round(delay, 3),
                       consecutive_failures=lane.backoff.failures, destination=destination)
@@ -428,6 +436,9 @@ class Delivery:
         self._draining = True
         if self._started:
             for lane in self._lanes.values():
+                # One attempt now, whatever the backoff window: the intake may be back (the spool is tried
+                # too), and if it is not, the next window decides whether another fits before the deadline.
+                lane.backoff.try_now()
                 lane.wakeup.set()  # idle workers re-check with memory-first order
             while not self._drained(deadline) and time.monotonic() < deadline:
                 self._progress.clear()
@@ -459,8 +470,10 @@ class Delivery:
             await asyncio.gather(*self._retiring, return_exceptions=True)
 
     def _drained(self, deadline: float) -> bool:
-        """Nothing left in memory that could still be delivered before ``deadline``."""
-        return all(lane.idle() or lane.backoff.retry_at >= deadline for lane in self._lanes.values())
+        """Nothing left in memory or in the spool that could still be delivered before ``deadline``."""
+        spool = self._spool
+        return all((lane.idle() and (spool is None or spool.oldest(lane.kind) is None))
+                   or lane.backoff.retry_at >= deadline for lane in self._lanes.values())
 
     def _describe(self) -> None:
         self._comp.set_info("destination", self._transport.destination)
