@@ -205,11 +205,11 @@ def test_intake_down_then_up_delivers_every_series_log_and_span_once(start_agent
         first = 1_000 + batch * 20
         assert post_traces(agent, first, 20) == 200
         span_ids |= {t * 10 + k for t in range(first, first + 20) for k in (1, 2)}
-    wait_for(lambda: agent.counter("dogstatsd", "events_received") >= 500, timeout=10, what="500 counter lines")
+    wait_for(lambda: agent.counter("dogstatsd", "received") >= 500, timeout=10, what="500 counter lines")
     # Down (connection refused): accepted data of every kind reaches the spool.
     for lane, at_least in (("delivery.logs", 300), ("delivery.traces", 200), ("delivery.series", 1)):
         wait_for(lambda: agent.counter(lane, "spooled") >= at_least, timeout=15, what=f"{lane} spooled")
-    assert agent.counter("delivery.logs", "errors", reason="connection") >= 1
+    assert agent.counter("delivery.logs", "errors", error_type="connection") >= 1
     # Up, but answering 503 for outage_secs, then healthy.
     intake = intake_on(port, "--fail-for-secs", str(outage_secs))
     got = wait_for_all(intake, sent_logs, timeout=outage_secs + 20)
@@ -223,7 +223,7 @@ def test_intake_down_then_up_delivers_every_series_log_and_span_once(start_agent
     for kind in ("logs", "traces", "series"):
         ids = delivered_payload_ids(intake, kind)
         assert ids and len(ids) == len(set(ids)), kind  # exactly once per payload id
-        assert agent.counter(f"delivery.{kind}", "dropped") == 0
+        assert agent.counter(f"delivery.{kind}", "discarded") == 0
     wait_for(lambda: all(gauges(agent, f"delivery.{kind}")["spool_files"] == 0 for kind in ("logs", "traces", "series")),
              timeout=10, what="the spool emptied")
 
@@ -245,7 +245,7 @@ def test_an_error_storm_gets_no_retry_storm(start_intake, start_agent, status, r
     sender.stop()
     requests = [r for r in intake.requests("logs") if r["at"] >= first_at]
     elapsed = requests[-1]["at"] - first_at
-    assert sender.accepted and agent.counter("delivery.logs", "events_received") > 0
+    assert sender.accepted and agent.counter("delivery.logs", "received") > 0
     # At most max_concurrency (4) requests per backoff window. With Retry-After: 1 every window lasts at
     # least a second. Without it the window is full jitter under a ceiling that doubles from 0.1 s to the
     # 1 s cap but is at most half the outage so far: about 16 windows, 64 requests, in this window (96 at
@@ -253,7 +253,7 @@ def test_an_error_storm_gets_no_retry_storm(start_intake, start_agent, status, r
     bound = 4 * (elapsed + 1) if retry_after else 120
     assert 4 <= len(requests) <= bound, (len(requests), elapsed)
     assert agent.counter("delivery.logs", "retries") >= 3
-    assert agent.counter("delivery.logs", "dropped") == 0  # kept in memory, within the queue's budget
+    assert agent.counter("delivery.logs", "discarded") == 0  # kept in memory, within the queue's budget
 
 
 def test_413_splits_and_everything_arrives(start_intake, start_agent):
@@ -267,7 +267,7 @@ def test_413_splits_and_everything_arrives(start_intake, start_agent):
     statuses = {r["status"] for r in intake.requests("logs")}
     assert statuses == {413, 202}
     assert agent.counter("delivery.logs", "splits") >= 2
-    assert agent.counter("delivery.logs", "dropped") == 0
+    assert agent.counter("delivery.logs", "discarded") == 0
 
 
 def test_kill_9_with_a_spool_then_restart_delivers_the_spooled_data(start_agent, intake_on):
@@ -315,7 +315,7 @@ def test_sigterm_with_a_slow_intake_delivers_everything_before_exiting(start_int
 
 
 @pytest.mark.parametrize("source, post, refusals", [("logs", post_logs, ("logs_http", "refused")),
-                                                    ("traces", post_spans, ("traces", "dropped"))])
+                                                    ("traces", post_spans, ("traces", "refused"))])
 def test_memory_stays_bounded_under_a_flood_with_a_slow_intake(start_intake, start_agent, source, post, refusals):
     intake = start_intake("--latency-ms", "1000")
     queue_max = 2 * MiB
@@ -366,7 +366,7 @@ def test_memory_stays_bounded_under_a_dogstatsd_flood(start_intake, start_agent)
     distinct = len({line.split(":")[0] + line.split("|", 1)[1] for line in lines})
     wait_for(lambda: agent.status()["components"]["aggregator"]["gauges"]["contexts"] == distinct,
              what="one context per distinct name, type and tags")
-    assert agent.counter("dogstatsd", "events_received") > 0
+    assert agent.counter("dogstatsd", "received") > 0
     assert peak_rss - baseline < 64 * MiB, peak_rss - baseline
 
 
@@ -396,7 +396,7 @@ def test_spooled_data_arrives_within_seconds_of_the_intakes_recovery(start_agent
     lag = last_arrival - recovered_at
     # The last failed window is at most half the outage so far (< 6 s) long; the replay itself is quick.
     assert lag < 8.0, f"the spool was replayed {lag:.1f} s after the intake recovered"
-    assert agent.counter("delivery.logs", "dropped") == 0
+    assert agent.counter("delivery.logs", "discarded") == 0
 
 
 def test_sigterm_right_after_recovery_delivers_the_spool_before_exiting(start_agent, intake_on):

@@ -59,7 +59,7 @@ def test_a_flush_interval_change_by_sighup_keeps_counts_exact(intake, start_agen
             time.sleep(0.02)
         reload(agent, {"agent": {"flush_interval_secs": 3}})
         send_for(4.0)
-        wait_for(lambda: agent.counter("dogstatsd", "events_received") == 2 * sent, what="every line read")
+        wait_for(lambda: agent.counter("dogstatsd", "received") == 2 * sent, what="every line read")
     assert agent.stop() == 0  # the final flush ships the open bucket
 
     # What Datadog keeps: one point per series and timestamp, the last one received.

@@ -7,9 +7,9 @@ Per payload kind ("lane"): a FIFO bounded in bytes, ``max_concurrency`` workers,
 shared by those workers. A worker waits out the lane's backoff window, takes the oldest payload (from
 memory or from the disk spool, whichever is older), and sends it through the transport:
 
-- delivered: counted (events_sent, bytes_sent), the lane's backoff resets and, after an outage, idle
+- delivered: counted (sent, sent_bytes), the lane's backoff resets and, after an outage, idle
   workers wake so the spool is replayed at full speed;
-- permanent (400, other 4xx): dropped, counted (dropped{reason="http_<status>"}), logged with why;
+- permanent (400, other 4xx): dropped, counted (discarded{reason="http_<status>"}), logged with why;
 - too large (413): split in two at an item boundary (``payload.split``, in a worker thread: it inflates
   and compresses) and each half sent, holding the same worker;
 - retryable (408, 5xx, no answer), throttled (429), unauthorized (401/403, logged loudly): the lane backs
@@ -21,11 +21,12 @@ With a spool configured, a "flusher" moves the memory queue to disk every ``spoo
 a lane is failing (so accepted data reaches disk within ``spool_flush_secs``) and writes the payloads
 ``submit`` spilled because the queue was full. ``shutdown(deadline)`` lifts every backoff window once (the
 intake may be back), keeps delivering, memory first and then the spool, until the deadline, then writes
-what is left in memory to the spool (or counts it dropped{reason="shutdown"}).
+what is left in memory to the spool (or counts it discarded{reason="shutdown"}).
 
 Telemetry: component ``delivery`` (info: destination, spool_dir, when_full) and one component
-``delivery.<kind>`` per payload kind with counters events_received, bytes_received, events_sent,
-bytes_sent, requests_sent, retries, splits, spooled, dropped{reason}, errors{reason}, and gauges
+``delivery.<kind>`` per payload kind with counters received, received_bytes, sent, sent_bytes (events as
+payload items, bytes as sent: compressed), requests_sent, retries, splits, spooled,
+discarded{reason, intentional}, errors{error_type, stage}, and gauges
 queue_bytes, queue_items, inflight_payloads, spool_bytes, spool_files.
 """
 
@@ -147,7 +148,7 @@ class Delivery:
     def submit(self, payload: Payload) -> bool:
         """Queue ``payload`` for delivery; never blocks. False when it was dropped (and counted)."""
         if not LANE_NAME.fullmatch(payload.kind):  # a sink bug, not input: say it once per kind
-            self._comp.inc("dropped", payload.items, reason="bad_kind")
+            self._comp.discard("bad_kind", payload.items)
             self._limited.error(f"bad:{payload.kind}"[:80], "bad_payload_kind", kind=payload.kind[:80])
             return False
         lane = self._lane(payload.kind)
@@ -162,8 +163,8 @@ class Delivery:
             self._limited.warning(f"{reason}:{lane.kind}", "delivery_queue_full", kind=lane.kind, reason=reason,
                                   queue_bytes=lane.queue.bytes, queue_max_bytes=lane.queue.max_bytes)
             return self._drop(lane, payload, reason)
-        lane.comp.inc("events_received", payload.items)
-        lane.comp.inc("bytes_received", len(payload.body))
+        lane.comp.inc("received", payload.items)
+        lane.comp.inc("received_bytes", len(payload.body))
         return True
 
     def overloaded(self, kind: str) -> bool:
@@ -228,7 +229,7 @@ class Delivery:
             task.add_done_callback(lane.workers.discard)
 
     def _drop(self, lane: _Lane, payload: Payload, reason: str) -> bool:
-        lane.comp.inc("dropped", payload.items, reason=reason)
+        lane.comp.discard(reason, payload.items)
         return False
 
     # ------------------------------------------------------------------------------------------ workers
@@ -310,11 +311,11 @@ class Delivery:
                 if lane.backoff.failing:
                     lane.wakeup.set()  # the intake is back: idle workers replay the spool at full speed
                 lane.backoff.reset()
-                lane.comp.inc("events_sent", payload.items)
-                lane.comp.inc("bytes_sent", len(payload.body))
+                lane.comp.inc("sent", payload.items)
+                lane.comp.inc("sent_bytes", len(payload.body))
                 self._finish(lease)
                 return
-            lane.comp.error(f"http_{result.status}" if result.status else "connection", result.detail)
+            lane.comp.error(f"http_{result.status}" if result.status else "connection", result.detail, stage="sending")
             if disposition is Disposition.PERMANENT:
                 self._limited.error(f"{lane.kind}:permanent:{result.status}", "payload_rejected", kind=lane.kind,
                                     status=result.status, items=payload.items, detail=result.detail,
@@ -378,13 +379,13 @@ class Delivery:
         return False  # disk full or spool full: keep it in memory and retry from there
 
     def _internal_error(self, lane: _Lane, item: Payload | Lease, e: Exception) -> None:
-        lane.comp.error("internal", f"{type(e).__name__}: {e}")
+        lane.comp.error("internal", f"{type(e).__name__}: {e}", stage="sending")
         _log.exception("delivery_internal_error", kind=lane.kind)
         if isinstance(item, Payload):
             lane.let_go(item)
             self._drop(lane, item, "internal_error")
         elif self._spool is not None:
-            lane.comp.inc("dropped", item.record.items, reason="internal_error")
+            lane.comp.discard("internal_error", item.record.items)
             self._spool.done(item)
 
     # ------------------------------------------------------------------------------------------ spool
@@ -410,7 +411,7 @@ class Delivery:
                         self._progress.set()
                 self._spool.expire()
             except Exception as e:  # a bug must not stop the spool for good: count it, try next tick
-                self._comp.error("internal", f"{type(e).__name__}: {e}")
+                self._comp.error("internal", f"{type(e).__name__}: {e}", stage="sending")
                 _log.exception("delivery_flush_failed")
 
     async def _write_to_spool(self, lane: _Lane, payloads: list[Payload], keep: int) -> None:

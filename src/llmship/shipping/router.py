@@ -73,7 +73,7 @@ class Router:
                 if span_id is None or self._shipped.add(span_id):
                     self._llmobs_sink.add(out.event)
                 else:
-                    self._tel.inc("discarded", reason="duplicate_event", intentional="true")
+                    self._tel.discard("duplicate_event", intentional=True)
 
     def log(self, record: LogRecord) -> None:
         self._logs_sink.add(record)

@@ -72,10 +72,10 @@ class LLMObsSink:
         self._packer.flush()
 
     def _too_large(self, events: int) -> None:
-        self._tel.inc("dropped", events, reason="item_too_large")
+        self._tel.discard("item_too_large", events)
 
     def add(self, event: LLMObsEvent) -> None:
-        self._tel.inc("events_received")
+        self._tel.inc("received")
         # Measured with its envelope (about 100 bytes more than ddtrace measures): slightly conservative,
         # and each event is serialized once on the common path.
         data = _dumps(envelope(event))
@@ -86,7 +86,7 @@ class LLMObsSink:
             _log.warning("event_too_large", "llmobs_event_io_dropped", size_bytes=size,
                          reduced_bytes=len(data), limit_bytes=MAX_EVENT_BYTES)
             if len(data) >= MAX_EVENT_BYTES:  # metadata or tags alone are too large: the intake would refuse it
-                self._tel.inc("dropped", reason="event_too_large")
+                self._tel.discard("event_too_large")
                 _log.error("event_too_large_after_reduction", "llmobs_event_dropped", size_bytes=len(data),
                            limit_bytes=MAX_EVENT_BYTES)
                 return

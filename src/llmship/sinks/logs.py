@@ -72,10 +72,10 @@ class LogsSink:
         self._packer.flush()
 
     def _too_large(self, events: int) -> None:
-        self._tel.inc("dropped", events, reason="item_too_large")
+        self._tel.discard("item_too_large", events)
 
     def add(self, record: LogRecord) -> None:
-        self._tel.inc("events_received")
+        self._tel.inc("received")
         if not record.get("hostname"):
             record["hostname"] = self._hostname
         ddtags = record.get("ddtags")
@@ -84,7 +84,7 @@ class LogsSink:
         try:
             data = orjson.dumps(record)
         except TypeError as e:  # a value JSON cannot hold (a record built by code, not decoded from JSON)
-            self._tel.inc("dropped", reason="not_serializable")
+            self._tel.discard("not_serializable")
             _log.error("not_serializable", "log_record_not_serializable", error=str(e))
             return
         if len(data) > MAX_ENTRY_BYTES:

@@ -248,7 +248,7 @@ class MetricsSink:
         ``tags`` may be a raw "k:v,..." string or a list. A missing host is the agent's hostname."""
         body = {k: event[k] for k in _EVENT_FIELDS if event.get(k) not in (None, "")}
         if not body.get("title"):
-            self._tel.inc("dropped", reason="event_without_title")
+            self._tel.discard("event_without_title")
             self._rl.warning("event_without_title", "event_rejected", reason="no title")
             return
         body.setdefault("host", self._hostname)
@@ -270,11 +270,11 @@ class MetricsSink:
         except (TypeError, ValueError, OverflowError):
             status = timestamp = -1
         if not name or status not in (0, 1, 2, 3) or timestamp < 0:
-            self._tel.inc("dropped", reason="bad_service_check")
+            self._tel.discard("bad_service_check")
             self._rl.warning("bad_service_check", "service_check_rejected", check=str(name)[:200])
             return
         if len(self._checks) >= MAX_PENDING_SERVICE_CHECKS:
-            self._tel.inc("dropped", reason="service_checks_full")
+            self._tel.discard("service_checks_full")
             return
         host = check.get("host_name", check.get("host"))
         item = {
@@ -304,7 +304,7 @@ class MetricsSink:
 
     def _too_large(self, kind: str) -> Callable[[int], None]:
         def count(n: int) -> None:
-            self._tel.inc("dropped", n, reason="item_too_large", kind=kind)
+            self._tel.inc("discarded", n, reason="item_too_large", intentional="false", kind=kind)
             self._rl.warning(f"too_large_{kind}", "item_too_large", kind=kind)
         return count
 

@@ -120,11 +120,11 @@ class TraceSink:
         """Queue one trace chunk (spans of one trace from one tracer payload) for the intake."""
         if not spans:
             return
-        self._tel.inc("events_received", len(spans))
+        self._tel.inc("received", len(spans))
         root = root_span(spans)
         priority = _priority(spans)
         if priority is not None and priority <= 0:
-            self._tel.inc("dropped", len(spans), reason="sampling_priority")
+            self._tel.discard("sampling_priority", len(spans), intentional=True)  # the Agent drops them too
             return
         if tracer.language:
             self._languages.add(tracer.language)
@@ -140,14 +140,14 @@ class TraceSink:
             try:
                 encoded.append(encode_span(s, fallback_service, meta_defaults))
             except ENCODE_ERRORS as e:  # a span built by code with what the wire cannot carry (never decoded ones)
-                self._tel.inc("dropped", reason="unencodable_span")
+                self._tel.discard("unencodable_span")
                 _log.warning("unencodable_span", "span_dropped", error=f"{type(e).__name__}: {e}")
         # A chunk too large for one payload is cut into several (tracers flush partial chunks too);
         # 32 bytes for the TracerPayload's and the chunk's own tags and lengths.
         room = self._packer.max_item - len(header) - len(chunk_fields) - 32
         for group in _groups_within(encoded, room):
             if group is None:
-                self._tel.inc("dropped", reason="span_too_large")
+                self._tel.discard("span_too_large")
                 _log.warning("span_too_large", "span_too_large", limit_bytes=MAX_PAYLOAD_BYTES)
                 continue
             chunk = pb.f_msg(6, chunk_fields + b"".join([_SPAN_TAG + pb.varint(len(s)) + s for s in group]))
@@ -175,7 +175,7 @@ class TraceSink:
         self._submit(payload)
 
     def _too_large(self, spans: int) -> None:
-        self._tel.inc("dropped", spans, reason="span_too_large")
+        self._tel.discard("span_too_large", spans)
 
     def _header(self, tracer: TracerInfo, env: str, hostname: str, app_version: str) -> bytes:
         key = (tracer.container_id, tracer.language, tracer.language_version, tracer.tracer_version,

@@ -89,9 +89,9 @@ class LogProcessor:
         self._merged_tags: dict[tuple[str, str, bool], str] = {}
 
     def process(self, record: LogRecord) -> LogRecord | None:
-        self._tel.inc("events_received")
+        self._tel.inc("received")
         if self._sampling and not self._keep(record):
-            self._tel.inc("dropped", reason="sampled_out")
+            self._tel.discard("sampled_out", intentional=True)
             return None
         truncated = False
         for field in self._text_fields:
