@@ -18,7 +18,7 @@ from llmship import __version__, notify
 from llmship import log as logmod
 from llmship.aggregation import Aggregator
 from llmship.config import Config, ConfigError, is_loopback, load_config, parse_host_port
-from llmship.delivery import Delivery
+from llmship.delivery import Delivery, proxy
 from llmship.delivery.transport import make_transport
 from llmship.llm.stage import LLMStage
 from llmship.log import get_logger
@@ -233,7 +233,7 @@ class Agent:
             component.reload(new)
         self.cfg = new
         self.topology.cfg = new
-        logmod.configure(new.agent.log_level, new.agent.log_format, secrets=[new.sinks.datadog.api_key])
+        logmod.configure(new.agent.log_level, new.agent.log_format, secrets=log_secrets(new))
         log.info("config_reloaded", config=new.path)
         notify.ready()
 
@@ -270,9 +270,15 @@ def _return_freed_memory() -> None:
         _malloc_trim(0)
 
 
+def log_secrets(cfg: Config) -> list[str]:
+    """What no log line may show: the API key and proxy credentials (nothing logs them; this catches a
+    library that would)."""
+    return [cfg.sinks.datadog.api_key, *proxy.secrets(cfg.sinks.datadog.proxy)]
+
+
 def run(config_path: str | None) -> int:
     cfg = load_config(config_path)
-    logmod.configure(cfg.agent.log_level, cfg.agent.log_format, secrets=[cfg.sinks.datadog.api_key])
+    logmod.configure(cfg.agent.log_level, cfg.agent.log_format, secrets=log_secrets(cfg))
 
     async def main() -> int:
         return await Agent(cfg).run()

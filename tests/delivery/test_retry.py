@@ -21,7 +21,7 @@ from llmship.delivery.retry import MAX_RETRY_AFTER_SECS, Backoff, Disposition, c
     (503, Disposition.RETRYABLE), (504, Disposition.RETRYABLE), (None, Disposition.RETRYABLE),
     (429, Disposition.THROTTLED),
     (413, Disposition.TOO_LARGE),
-    (401, Disposition.UNAUTHORIZED), (403, Disposition.UNAUTHORIZED),
+    (401, Disposition.UNAUTHORIZED), (403, Disposition.UNAUTHORIZED), (407, Disposition.UNAUTHORIZED),
     (400, Disposition.PERMANENT), (404, Disposition.PERMANENT), (415, Disposition.PERMANENT),
     (422, Disposition.PERMANENT),
 ])

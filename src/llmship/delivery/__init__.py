@@ -339,9 +339,14 @@ class Delivery:
                       consecutive_failures=lane.backoff.failures, destination=destination)
         if disposition is Disposition.UNAUTHORIZED:
             # Loud: nothing gets through until the key is fixed. The data is kept (spool or memory).
-            self._limited.error(f"{lane.kind}:auth", "intake_rejected_api_key",
-                                hint="check [sinks.datadog] api_key (or DD_API_KEY); data is kept and retried",
-                                **fields)
+            if result.status == 407:
+                self._limited.error(f"{lane.kind}:proxy_auth", "proxy_rejected_credentials",
+                                    hint="check the user:password of [sinks.datadog] proxy (or HTTPS_PROXY / "
+                                         "HTTP_PROXY); data is kept and retried", **fields)
+            else:
+                self._limited.error(f"{lane.kind}:auth", "intake_rejected_api_key",
+                                    hint="check [sinks.datadog] api_key (or DD_API_KEY); data is kept and retried",
+                                    **fields)
         else:
             self._limited.warning(f"{lane.kind}:retry", "intake_unavailable_retrying", **fields)
 

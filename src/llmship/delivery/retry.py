@@ -50,9 +50,10 @@ def classify(status: int | None) -> Disposition:
         return Disposition.THROTTLED  # "Too Many Requests, request should be retried after some time"
     if status == 413:
         return Disposition.TOO_LARGE  # "Payload too large (batch is above 5MB uncompressed)"
-    if status in (401, 403):
+    if status in (401, 403, 407):
         # 401 "Unauthorized (likely a missing API Key)", 403 "Permission issue (likely using an invalid API
         # Key)". The Agent drops here; we keep the data, because fixing the key should not mean losing it.
+        # 407: the proxy refused our proxy credentials, likewise fixable and never the payload's fault.
         return Disposition.UNAUTHORIZED
     if 400 <= status < 500:
         return Disposition.PERMANENT  # 400 "Bad request (likely an issue in the payload formatting)"
