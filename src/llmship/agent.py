@@ -33,6 +33,7 @@ from llmship.sources.dogstatsd import DogStatsDSource
 from llmship.sources.logs import LogsSource
 from llmship.sources.traces import TraceSource
 from llmship.status import StatusServer, describe_config, self_metrics
+from llmship.tap import Tap
 from llmship.telemetry import Telemetry
 from llmship.transforms.logs import LogProcessor
 from llmship.transforms.sampling import Sampler
@@ -92,7 +93,10 @@ def build(cfg: Config, telemetry: Telemetry | None = None, *, readiness=None, in
                     trace_sink=trace_sink, llmobs_sink=llmobs_sink, logs_sink=logs_sink)
     emitter = Emitter(telemetry=telemetry, router=router, llm=llm, log_processor=log_processor)
     sources = [DogStatsDSource(cfg, emitter), TraceSource(cfg, emitter), LogsSource(cfg, emitter)]
-    status = StatusServer(cfg, telemetry, info_provider or (lambda: {}), readiness or (lambda: False))
+    tap = Tap(telemetry)  # `llmship tap`: the sinks offer what they are about to send
+    for sink in (metrics_sink, trace_sink, llmobs_sink, logs_sink):
+        sink.tap = tap
+    status = StatusServer(cfg, telemetry, info_provider or (lambda: {}), readiness or (lambda: False), tap=tap)
     return Topology(cfg, telemetry, delivery, aggregator, metrics_sink, llm, log_processor, router, emitter,
                     [trace_sink, llmobs_sink, logs_sink], sources, status)
 

@@ -1,4 +1,4 @@
-"""`llmship run | validate | status | intake`. Every flag also reads an LLMSHIP_* environment variable."""
+"""`llmship run | validate | status | tap | intake`. Every flag also reads an LLMSHIP_* environment variable."""
 
 from __future__ import annotations
 
@@ -19,6 +19,12 @@ def _add_config_flag(p: argparse.ArgumentParser) -> None:
                    help="TOML config file (env LLMSHIP_CONFIG); without it the embedded default is used")
 
 
+def _add_agent_flags(p: argparse.ArgumentParser) -> None:
+    _add_config_flag(p)
+    p.add_argument("--url", default=env_default("URL"),
+                   help="the agent's status endpoint (env LLMSHIP_URL); default: [status] listen from the config")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llmship", description="Ship LLM telemetry to Datadog intakes.")
     p.add_argument("--version", action="version", version=f"llmship {__version__}")
@@ -37,6 +43,17 @@ def parser() -> argparse.ArgumentParser:
                              "default: [status] listen from the config")
     status.add_argument("--json", action="store_true", default=env_default("JSON", "") not in ("", "0"),
                         help="print the raw JSON (env LLMSHIP_JSON=1)")
+
+    tap = sub.add_parser("tap", help="stream what the running agent is about to send, as JSON lines")
+    _add_agent_flags(tap)
+    tap.add_argument("--kind", action="append", choices=("spans", "llmobs", "logs", "metrics"),
+                     help="what to show (repeat for several); default: everything")
+    tap.add_argument("--service", default="", help="only items of this service (glob)")
+    tap.add_argument("--model", default="", help="only items of this model (glob)")
+    tap.add_argument("--rate", type=float, default=100.0,
+                     help="at most this many items a second; the agent skips (and counts) the rest")
+    tap.add_argument("--limit", type=int, default=0, help="stop after this many items")
+    tap.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds")
 
     from llmship.intake import cli as intake_cli
 
@@ -60,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
             return validate(args.config)
         if args.verb == "status":
             return status(args)
+        if args.verb == "tap":
+            from llmship.tap import tap_main
+
+            return tap_main(args, _status_url(args))
     except ConfigError as e:
         for problem in e.problems:
             print(f"llmship: invalid config: {problem}", file=sys.stderr)
@@ -88,3 +109,15 @@ def status(args: argparse.Namespace) -> int:
         host = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
         args.url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
     return status_main(args)
+
+
+def _status_url(args: argparse.Namespace) -> str:
+    """The agent's /status URL: --url, or [status] listen from the config."""
+    from llmship.status import status_url, url_for_listen
+
+    if args.url:
+        return status_url(args.url)
+    try:
+        return url_for_listen(load_config(args.config).status.listen)
+    except ValueError as e:  # e.g. [status] listen = "" (disabled)
+        raise ConfigError([f"status.listen: {e} (pass --url)"]) from None

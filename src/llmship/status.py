@@ -6,6 +6,7 @@
   GET /health   liveness: 200 while the event loop runs (an answer at all proves that)
   GET /ready    readiness: 200 once every listener is bound and until draining starts, else 503
   GET /metrics  OpenMetrics text of every counter and gauge, names prefixed ``llmship_``
+  GET /tap      what the agent is about to send, streamed as NDJSON (llmship.tap), when given a Tap
 
 The API key must never leave through here: nothing here reads it except to redact it, and every body is
 redacted once more on the way out, in case a component put it in an error detail (an intake echoing a
@@ -34,6 +35,7 @@ from aiohttp import web
 import llmship
 from llmship.config import Config, ConfigError, load_config, parse_host_port
 from llmship.log import get_logger
+from llmship.tap import Tap
 from llmship.telemetry import Telemetry
 
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -87,7 +89,7 @@ class StatusServer:
     """The agent's HTTP status listener. ``readiness`` None means "ready while started"."""
 
     def __init__(self, cfg: Config, telemetry: Telemetry, info_provider: InfoProvider | None = None,
-                 readiness: Readiness | None = None) -> None:
+                 readiness: Readiness | None = None, tap: Tap | None = None) -> None:
         self._cfg = cfg
         self._telemetry = telemetry
         self._info_provider = info_provider
@@ -100,6 +102,10 @@ class StatusServer:
         self.app.router.add_get("/health", self._health)
         self.app.router.add_get("/ready", self._ready)
         self.app.router.add_get("/metrics", self._metrics)
+        self._tap = tap
+        if tap is not None:
+            tap.redact = lambda line: redact(line.decode(), self._cfg.sinks.datadog.api_key).encode()
+            self.app.router.add_get("/tap", tap.handle)
 
     def reload(self, cfg: Config) -> None:
         """Take a new config for the default info and redaction; a new listen address needs a restart."""
@@ -125,6 +131,8 @@ class StatusServer:
     async def shutdown(self, deadline: float) -> None:
         """Stop listening; idempotent. Call it last, so probes keep answering while the rest drains."""
         self._started = False
+        if self._tap is not None:
+            self._tap.close()  # taps streaming would hold the shutdown for its whole timeout
         runner, self._runner = self._runner, None
         if runner is None:
             return

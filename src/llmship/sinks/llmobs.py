@@ -25,6 +25,7 @@ from llmship.model import LLMObsEvent
 from llmship.log import RateLimited, get_logger
 from llmship.shipping.packer import Encoding, Packer, accepted
 from llmship.sinks.intakes import ROUTES
+from llmship.tap import IDLE
 from llmship.telemetry import Telemetry
 
 # 5 MiB: ddtrace DEFAULT_EVP_PAYLOAD_SIZE_LIMIT ("actual server limit is 5.1 MB")
@@ -55,6 +56,7 @@ class LLMObsSink:
     def __init__(self, cfg: Config, submit: Callable[[Payload], object], telemetry: Telemetry) -> None:
         self._tel = telemetry.component("llmobs_sink")
         self._packer = Packer(LLMOBS, submit, on_too_large=self._too_large)
+        self.tap = IDLE  # the agent's Tap, given by agent.build
         self._tel.gauge("batch_items", lambda: len(self._packer))
         self.reload(cfg)
 
@@ -81,7 +83,8 @@ class LLMObsSink:
         data = _dumps(envelope(event))
         if len(data) >= MAX_EVENT_BYTES:
             size = len(data)
-            data = _dumps(envelope(drop_io(event)))
+            event = drop_io(event)
+            data = _dumps(envelope(event))
             self._tel.inc("reduced", reason=DROPPED_IO)
             _log.warning("event_too_large", "llmobs_event_io_dropped", size_bytes=size,
                          reduced_bytes=len(data), limit_bytes=MAX_EVENT_BYTES)
@@ -90,6 +93,8 @@ class LLMObsSink:
                 _log.error("event_too_large_after_reduction", "llmobs_event_dropped", size_bytes=len(data),
                            limit_bytes=MAX_EVENT_BYTES)
                 return
+        if self.tap.active:
+            self.tap.offer("llmobs", event)
         self._packer.add(data)
 
 

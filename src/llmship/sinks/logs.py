@@ -24,6 +24,7 @@ from llmship.model import LogRecord
 from llmship.log import RateLimited, get_logger
 from llmship.shipping.packer import Encoding, Packer, accepted
 from llmship.sinks.intakes import ROUTES
+from llmship.tap import IDLE
 from llmship.telemetry import Telemetry
 from llmship.transforms.logs import TRUNCATED_TAG
 from llmship.transforms.truncate import TRUNCATION_MARKER, truncate_text
@@ -53,6 +54,7 @@ class LogsSink:
     def __init__(self, cfg: Config, submit: Callable[[Payload], object], telemetry: Telemetry) -> None:
         self._tel = telemetry.component("logs_sink")
         self._packer = Packer(LOGS, submit, on_too_large=self._too_large)
+        self.tap = IDLE  # the agent's Tap, given by agent.build
         self._tel.gauge("batch_items", lambda: len(self._packer))
         self.reload(cfg)
 
@@ -89,6 +91,8 @@ class LogsSink:
             return
         if len(data) > MAX_ENTRY_BYTES:
             data = self._reduce(record, data)
+        if self.tap.active:
+            self.tap.offer("logs", record)
         self._packer.add(data)
 
     def _reduce(self, record: LogRecord, data: bytes) -> bytes:

@@ -53,6 +53,7 @@ from llmship.log import RateLimited, get_logger
 from llmship.shipping.packer import Encoding, Packer, accepted, build_payloads
 from llmship.sinks.intakes import ROUTES
 from llmship.tags import add_missing, agent_default_tags, split_tags
+from llmship.tap import IDLE
 from llmship.telemetry import Telemetry
 
 # Datadog API docs, Submit metrics (v2): "The maximum payload size is 500 kilobytes (512000 bytes).
@@ -173,6 +174,7 @@ class MetricsSink:
         # Flushes being encoded, oldest first. One interrupted (ship_async cancelled) stays here and is
         # finished by the next ship or by shutdown: its aggregates were taken from the aggregator already.
         self._shipments: list[Iterator[None]] = []
+        self.tap = IDLE  # the agent's Tap, given by agent.build
         self._tel.gauge("pending_service_checks", lambda: len(self._checks))
         self.reload(cfg)
 
@@ -222,7 +224,10 @@ class MetricsSink:
         sketches = Packer(self._encodings["sketches"], self._submit_one, on_too_large=self._too_large("sketches"))
         encoded = {Series: 0, SketchSeries: 0}
         slice_end = time.perf_counter() + SLICE_SECS
+        tap = self.tap if self.tap.wants("metrics") else None  # asked once a flush: nothing per item otherwise
         for i, item in enumerate(result.drain(), 1):
+            if tap is not None:
+                tap.offer("metrics", item)
             if type(item) is Series:
                 series.add(encode_series(item))
             else:

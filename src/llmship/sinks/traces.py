@@ -36,6 +36,7 @@ from llmship.shipping.packer import Encoding, Packer, accepted
 from llmship.sinks.intakes import ROUTES
 from llmship.sinks.spanenc import DEFAULT_SERVICE_NAME, ENCODE_ERRORS, encode_span
 from llmship.tags import agent_default_tags
+from llmship.tap import IDLE
 from llmship.telemetry import Telemetry
 
 # The Datadog Agent release whose trace API llmship implements. Tracers read it from /info and the
@@ -82,6 +83,7 @@ class TraceSink:
         self._open_bytes = 0
         self._open_spans = 0
         self._packer: Packer | None = None
+        self.tap = IDLE  # the agent's Tap, given by agent.build
         self.reload(cfg)
         self._tel.gauge("batch_items", lambda: len(self._packer) + bool(self._open_chunks))
 
@@ -126,6 +128,8 @@ class TraceSink:
         if priority is not None and priority <= 0:
             self._tel.discard("sampling_priority", len(spans), intentional=True)  # the Agent drops them too
             return
+        if self.tap.active:
+            self.tap.offer("spans", (spans, tracer))
         if tracer.language:
             self._languages.add(tracer.language)
         header = self._header(tracer, root.meta.get("env") or self._env, root.meta.get("_dd.hostname", ""),
