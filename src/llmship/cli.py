@@ -1,4 +1,4 @@
-"""`llmship run | validate | status | tap | intake`. Every flag also reads an LLMSHIP_* environment variable."""
+"""`llmship run | validate | status | tap | top | intake`. Every flag also reads an LLMSHIP_* environment variable."""
 
 from __future__ import annotations
 
@@ -55,6 +55,12 @@ def parser() -> argparse.ArgumentParser:
     tap.add_argument("--limit", type=int, default=0, help="stop after this many items")
     tap.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds")
 
+    top = sub.add_parser("top", help="live rates of every component, refreshed in place")
+    _add_agent_flags(top)
+    top.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
+    top.add_argument("--iterations", type=int, default=None, help="stop after this many frames")
+    top.add_argument("--once", action="store_true", help="one frame (rates over --interval), then exit")
+
     from llmship.intake import cli as intake_cli
 
     intake = sub.add_parser("intake", help="a local stand-in for the Datadog intakes, recording to SQLite")
@@ -81,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
             from llmship.tap import tap_main
 
             return tap_main(args, _status_url(args))
+        if args.verb == "top":
+            from llmship.top import top_main
+
+            return top_main(args, _status_url(args))
     except ConfigError as e:
         for problem in e.problems:
             print(f"llmship: invalid config: {problem}", file=sys.stderr)
