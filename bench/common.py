@@ -97,14 +97,14 @@ def stop_process(proc: subprocess.Popen, timeout: float = 30) -> None:
 # Every name the benches read from the agent's GET /status, in one place: when the agent renames a
 # component or counter, change it here. A document is flattened by ``flatten`` into
 # {(component, name): value}, counters summed over labels, gauges as "gauge:<name>", numeric infos as
-# "info:<name>", drops by reason as "dropped:<reason>"; ``stat`` reads one of the names below from it.
+# "info:<name>", discards by reason as "discarded:<reason>"; ``stat`` reads one of the names below from it.
 
 STATUS = {
-    "trace_spans": ("traces", "spans_received"),  # v0.4/v0.5 spans the trace source took
-    "trace_events": ("traces", "events_received"),  # LLM Obs events: _llmobs of v0.4 spans and EVP events
+    "trace_spans": ("traces", "spans"),  # v0.4/v0.5 spans the trace source took
+    "trace_events": ("traces", "llmobs_events"),  # LLM Obs events: _llmobs of v0.4 spans and EVP events
     "llm_calls": ("llm", "llm_calls"),
-    "dsd_lines": ("dogstatsd", "events_received"),
-    "dsd_bad_lines": ("dogstatsd", "dropped"),
+    "dsd_lines": ("dogstatsd", "received"),
+    "dsd_bad_lines": ("dogstatsd", "discarded"),
     "dsd_last_received_at": ("dogstatsd", "info:last_received_at"),
     "dsd_kernel_drops": ("dogstatsd", "gauge:kernel_drops"),
     "dsd_udp_buffer_bytes": ("dogstatsd", "info:udp_receive_buffer_bytes"),
@@ -113,8 +113,8 @@ STATUS = {
     "series_encoded": ("metrics_sink", "series_encoded"),
     "sketches_encoded": ("metrics_sink", "sketches_encoded"),
 }
-# Delivery, per payload kind: (sink component with events_received and dropped, delivery lane component
-# with events_sent, requests_sent and gauges queue_items, inflight_payloads).
+# Delivery, per payload kind: (sink component with received and discarded, delivery lane component with
+# sent, requests_sent and gauges queue_items, inflight_payloads).
 DELIVERY = {
     "traces": ("traces_sink", "delivery.traces"),
     "llmobs": ("llmobs_sink", "delivery.llmobs"),
@@ -130,8 +130,8 @@ def flatten(status: dict) -> dict[tuple[str, str], float]:
         for c in comp.get("counters", ()):
             key = (comp_name, c["name"])
             out[key] = out.get(key, 0) + c["value"]
-            if c["name"] == "dropped":
-                reason = (comp_name, "dropped:" + c["labels"].get("reason", ""))
+            if c["name"] == "discarded":
+                reason = (comp_name, "discarded:" + c["labels"].get("reason", ""))
                 out[reason] = out.get(reason, 0) + c["value"]
         for gauge, value in comp.get("gauges", {}).items():
             out[(comp_name, "gauge:" + gauge)] = value or 0
@@ -145,8 +145,8 @@ def stat(c: dict[tuple[str, str], float], name: str) -> float:
     return c.get(STATUS[name], 0)
 
 
-def sent(c: dict[tuple[str, str], float], kind: str, what: str = "events_sent") -> float:
-    """What delivery sent of payload ``kind``: events_sent or requests_sent."""
+def sent(c: dict[tuple[str, str], float], kind: str, what: str = "sent") -> float:
+    """What delivery sent of payload ``kind``: sent (events) or requests_sent."""
     return c.get((DELIVERY[kind][1], what), 0)
 
 
@@ -154,8 +154,8 @@ def caught_up(c: dict[tuple[str, str], float], kinds=("traces", "llmobs")) -> bo
     """Every event the sinks of ``kinds`` took was sent, and nothing is queued or in flight."""
     for kind in kinds:
         sink, lane = DELIVERY[kind]
-        taken = c.get((sink, "events_received"), 0) - c.get((sink, "dropped"), 0)
-        if c.get((lane, "events_sent"), 0) < taken:
+        taken = c.get((sink, "received"), 0) - c.get((sink, "discarded"), 0)
+        if c.get((lane, "sent"), 0) < taken:
             return False
         if c.get((lane, "gauge:queue_items"), 0) or c.get((lane, "gauge:inflight_payloads"), 0):
             return False
@@ -163,7 +163,7 @@ def caught_up(c: dict[tuple[str, str], float], kinds=("traces", "llmobs")) -> bo
 
 
 def drops(c: dict[tuple[str, str], float]) -> dict[str, float]:
-    return {k[1][8:] + "@" + k[0]: v for k, v in c.items() if k[1].startswith("dropped:") and v}
+    return {k[1][10:] + "@" + k[0]: v for k, v in c.items() if k[1].startswith("discarded:") and v}
 
 
 # ---------------------------------------------------------------------------------------------- processes

@@ -95,7 +95,7 @@ class Request:
     head: bytes
     body: bytes
     spans: int  # spans (v0.4) or events (EVP) it carries
-    llmobs: int  # v0.4 spans with an _llmobs event (the agent counts them as events_received)
+    llmobs: int  # v0.4 spans with an _llmobs event (the agent counts them as llmobs_events)
 
 
 class TracePayloads:
@@ -439,7 +439,7 @@ def report(m: Measured, baseline_us: float) -> None:
           f"{sent(d, 'traces', 'requests_sent'):,.0f} requests, llmobs {sent(d, 'llmobs'):,.0f} events, "
           f"logs {sent(d, 'logs'):,.0f} sample logs")
     if dropped := drops(d):
-        print(f"    dropped:              {dropped}")
+        print(f"    discarded:            {dropped}")
 
 
 def run_mix(mix: str, args, seconds: float, deadline: float, workdir: Path) -> None:

@@ -57,8 +57,13 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
         return e.code, e.read()
 
 
+_PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY")
+
+
 def _subprocess_env(extra: dict[str, str] | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DD_", "LLMSHIP_"))}
+    # The agent honours proxy variables: a test gets one only when it sets it, never from the machine.
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("DD_", "LLMSHIP_")) and k.upper() not in _PROXY_VARIABLES}
     env.update(extra or {})
     return env
 

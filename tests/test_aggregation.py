@@ -203,7 +203,7 @@ def test_timestamped_samples_skip_aggregation() -> None:
     got = sorted((s.metric, s.type, s.points[0]) for s in result.series)
     assert got == [("c", RATE, (int(T0) - 301, 5.0)), ("g", GAUGE, (int(T0) - 300, 1.0)),
                    ("g", GAUGE, (int(T0) - 290, 2.0))]
-    assert telemetry.component("aggregator").get("dropped", reason="timestamp_unsupported_type") == 1
+    assert telemetry.component("aggregator").get("discarded", reason="timestamp_unsupported_type") == 1
     clock.now = T0 + 40
     assert agg.flush(clock.now).series == []  # no zeros after a timestamped count
 
@@ -220,9 +220,9 @@ def test_bad_input_is_counted_not_raised() -> None:
     clock.now = T0 + 10
     out = by_name(agg.flush(clock.now))
     comp = telemetry.component("aggregator")
-    assert comp.get("dropped", reason="bad_value") == 2
-    assert comp.get("dropped", reason="bad_type") == 1 and comp.get("dropped", reason="no_name") == 1
-    assert comp.get("dropped", reason="non_finite") == 2  # the gauge's point and the histogram's NaN
+    assert comp.get("discarded", reason="bad_value") == 2
+    assert comp.get("discarded", reason="bad_type") == 1 and comp.get("discarded", reason="no_name") == 1
+    assert comp.get("discarded", reason="non_finite") == 2  # the gauge's point and the histogram's NaN
     assert "g2" not in out and out["h.max"].points[0][1] == 2
 
 
@@ -340,7 +340,7 @@ def test_context_cap_drops_new_contexts_and_keeps_existing_ones_exact() -> None:
     agg.add("ts", "c", 1, "k:v", timestamp=T0)  # timestamped samples are no contexts: not capped
     assert len(agg) == 3
     comp = telemetry.component("aggregator")
-    assert comp.get("dropped", reason="context_limit") == 8
+    assert comp.get("discarded", reason="context_limit") == 8
     assert comp.info["max_metric_contexts"] == 3
     clock.now = T0 + 10
     out = by_name(agg.flush(clock.now))

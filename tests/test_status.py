@@ -47,14 +47,15 @@ prompt_log_rate = 1.0
 def busy_telemetry() -> Telemetry:
     telemetry = Telemetry()
     dsd = telemetry.component("dogstatsd")
-    dsd.inc("events_received", 1204)
-    dsd.inc("bytes_received", 90211)
-    dsd.inc("dropped", 3, reason="parse_error")
-    dsd.inc("dropped", 1, reason='we"ird\\reason\nx')
+    dsd.inc("received", 1204)
+    dsd.inc("received_bytes", 90211)
+    dsd.discard("parse_error", 3)
+    dsd.discard('we"ird\\reason\nx', 1)
     dsd.error("parse_error", "bad line 'x:1|q'")
     logs = telemetry.component("delivery.logs")
-    logs.inc("events_sent", 1000)
-    logs.inc("bytes_sent", 1_300_000)
+    logs.inc("sent", 1000)
+    logs.inc("sent_bytes", 1_300_000)
+    telemetry.component("traces_sink").discard("sampling_priority", 7, intentional=True)
     logs.inc("retries", 2)
     logs.gauge("queue_items", lambda: 3)
     logs.gauge("queue_bytes", lambda: 10240)
@@ -131,8 +132,8 @@ async def test_status_is_the_snapshot_plus_what_the_agent_runs_with(start_server
                                              "span_text_rate": 0.5, "prompt_log_rate": 1.0}]
     counters = {(c["name"], c["labels"].get("reason")): c["value"]
                 for c in doc["components"]["dogstatsd"]["counters"]}
-    assert counters[("events_received", None)] == 1204
-    assert counters[("dropped", "parse_error")] == 3
+    assert counters[("received", None)] == 1204
+    assert counters[("discarded", "parse_error")] == 3
     assert doc["components"]["delivery.logs"]["gauges"]["spool_bytes"] is None
     assert doc["uptime_secs"] >= 0
 
@@ -156,30 +157,40 @@ async def test_metrics_is_openmetrics(start_server):
     assert content_type == OPENMETRICS_CONTENT_TYPE
     assert body.endswith("# EOF\n")
     lines = body.splitlines()
-    assert 'llmship_events_received_total{component="dogstatsd"} 1204' in lines
-    assert 'llmship_dropped_total{component="dogstatsd",reason="parse_error"} 3' in lines
-    assert 'llmship_dropped_total{component="dogstatsd",reason="we\\"ird\\\\reason\\nx"} 1' in lines
+    assert 'llmship_component_received_events_total{component="dogstatsd"} 1204' in lines
+    assert 'llmship_component_received_bytes_total{component="dogstatsd"} 90211' in lines
+    assert 'llmship_component_sent_events_total{component="delivery.logs"} 1000' in lines
+    assert ('llmship_component_discarded_events_total{component="dogstatsd",intentional="false",'
+            'reason="parse_error"} 3') in lines
+    assert ('llmship_component_discarded_events_total{component="dogstatsd",intentional="false",'
+            'reason="we\\"ird\\\\reason\\nx"} 1') in lines
+    assert ('llmship_component_discarded_events_total{component="traces_sink",intentional="true",'
+            'reason="sampling_priority"} 7') in lines
+    assert ('llmship_component_errors_total{component="dogstatsd",error_type="parse_error",stage="processing"} 1'
+            in lines)
     assert 'llmship_queue_bytes{component="delivery.logs"} 10240' in lines
-    assert "# TYPE llmship_events_received counter" in lines
+    assert "# TYPE llmship_component_received_events counter" in lines
     assert "# TYPE llmship_queue_bytes gauge" in lines
-    assert any(line.startswith("# HELP llmship_dropped ") for line in lines)
+    assert any(line.startswith("# HELP llmship_component_discarded_events ") for line in lines)
     assert not any(line.startswith("llmship_spool_bytes") for line in lines)  # its reader failed
-    assert sum(line.startswith("# TYPE llmship_dropped ") for line in lines) == 1  # one family, once
+    assert sum(line.startswith("# TYPE llmship_component_discarded_events ") for line in lines) == 1  # once
+    assert not any(line.startswith(("llmship_dropped", "llmship_events_")) for line in lines)  # old names gone
 
 
 def test_metrics_parse_with_a_strict_openmetrics_parser():
     parser = pytest.importorskip("prometheus_client.openmetrics.parser",
                                  reason="prometheus-client (test dependency) is not installed")
     telemetry = busy_telemetry()
-    telemetry.component("sources.traces").inc("errors", reason="bad msgpack", component="clash")
+    telemetry.component("sources.traces").inc("errors", error_type="bad msgpack", component="clash")
     doc = {**telemetry.snapshot(), "version": "0.1.0", "hostname": "web-1"}
     families = {f.name: f for f in parser.text_string_to_metric_families(render_openmetrics(doc))}
-    assert families["llmship_events_received"].type == "counter"
+    assert families["llmship_component_received_events"].type == "counter"
     assert families["llmship_queue_items"].type == "gauge"
     assert families["llmship_build"].type == "info"
-    reasons = {s.labels["reason"] for s in families["llmship_dropped"].samples}
+    reasons = {s.labels["reason"] for s in families["llmship_component_discarded_events"].samples
+               if s.labels["intentional"] == "false"}
     assert reasons == {"parse_error", 'we"ird\\reason\nx'}  # escaped on the wire, exact when parsed
-    error = families["llmship_errors"].samples[-1]
+    error = families["llmship_component_errors"].samples[-1]
     assert error.labels["component"] == "sources.traces" and error.labels["exported_component"] == "clash"
 
 
@@ -188,7 +199,7 @@ async def test_the_api_key_is_redacted_from_every_answer(start_server):
     leaky = telemetry.component("delivery.series")
     leaky.error("http_403", f"intake said: invalid key {TEST_API_KEY}")
     leaky.set_info("endpoint", f"https://api.datadoghq.com/api/v2/series?api_key={TEST_API_KEY}")
-    leaky.inc("dropped", reason=f"key_{TEST_API_KEY}")
+    leaky.discard(f"key_{TEST_API_KEY}")
     running = await start_server(telemetry)
     for path in ("/status", "/metrics", "/health", "/ready"):
         status, _, body = await running.get(path)
@@ -221,13 +232,15 @@ def test_render_table_shows_what_an_operator_asks_first():
     lines = table.splitlines()
     assert lines[0].startswith("llmship 0.1.0  host=web-1  config=/etc/llmship/llmship.toml")
     header = next(line for line in lines if line.startswith("COMPONENT"))
-    for column in ("RECEIVED", "SENT", "DROPPED", "RETRIES", "QUEUE", "SPOOL"):
+    for column in ("RECEIVED", "SENT", "LOST", "DISCARDED", "ERRORS", "RETRIES", "QUEUE", "SPOOL"):
         assert column in header
     dsd = next(line for line in lines if line.startswith("dogstatsd "))
-    assert "1,204 / 88.1 KiB" in dsd and " 4 " in dsd  # 3 + 1 dropped
+    assert "1,204 / 88.1 KiB" in dsd and " 4 " in dsd  # 3 + 1 lost
+    sink = next(line for line in lines if line.startswith("traces_sink "))
+    assert sink.split()[3:6] == ["-", "7", "-"]  # nothing lost, 7 discarded by design, no errors
     logs = next(line for line in lines if line.startswith("delivery.logs "))
     assert "1,000 / 1.2 MiB" in logs and "3 / 10.0 KiB" in logs
-    assert "parse_error=3" in table
+    assert "parse_error=3" in table and "sampling_priority=7 (intended)" in table
     error_line = next(line for line in lines if "parse_error: bad line" in line)
     assert "90s ago" in error_line
     assert "span_text_rate=1  prompt_log_rate=0.1" in table
@@ -296,23 +309,25 @@ async def test_fetch_status_rejects_something_that_is_not_the_agent(start_server
 def test_self_metrics_ship_increases_as_counts_and_gauges_as_is():
     telemetry = busy_telemetry()
     first = {(name, tags): (mtype, value) for name, mtype, value, tags in self_metrics(telemetry)}
-    assert first[("llmship.events_received", "llmship:self,component:dogstatsd")] == ("c", 1204)
-    assert first[("llmship.dropped", "llmship:self,component:dogstatsd,reason:parse_error")] == ("c", 3)
+    assert first[("llmship.component_received_events", "llmship:self,component:dogstatsd")] == ("c", 1204)
+    discarded = ("llmship.component_discarded_events",
+                 "llmship:self,component:dogstatsd,intentional:false,reason:parse_error")
+    assert first[discarded] == ("c", 3)
     assert first[("llmship.queue_bytes", "llmship:self,component:delivery.logs")] == ("g", 10240)
     assert not any(name == "llmship.spool_bytes" for name, _ in first)  # its reader failed
     # tag separators in a label value would split the tag string the aggregator parses
     assert all(tags.count(",") == tags.count(":") - 1 for _, tags in first)
 
-    telemetry.component("dogstatsd").inc("events_received", 6)
+    telemetry.component("dogstatsd").inc("received", 6)
     second = {(name, tags): (mtype, value) for name, mtype, value, tags in self_metrics(telemetry)}
-    assert second[("llmship.events_received", "llmship:self,component:dogstatsd")] == ("c", 6)
-    assert second[("llmship.dropped", "llmship:self,component:dogstatsd,reason:parse_error")] == ("c", 0)
+    assert second[("llmship.component_received_events", "llmship:self,component:dogstatsd")] == ("c", 6)
+    assert second[discarded] == ("c", 0)
 
 
 def test_a_failing_gauge_is_reported_with_its_error_not_silently_none():
     telemetry = Telemetry()
     comp = telemetry.component("delivery.logs")
-    comp.inc("events_received", 3)
+    comp.inc("received", 3)
     comp.gauge("queue_items", lambda: 1)
     comp.gauge("spool_bytes", lambda: 1 / 0)
     doc = telemetry.snapshot()

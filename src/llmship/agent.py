@@ -20,7 +20,7 @@ from llmship import log as logmod
 from llmship.aggregation import Aggregator
 from llmship.aws_lambda import LambdaExtension, api_key_from_environment
 from llmship.config import Config, ConfigError, is_loopback, load_config, parse_host_port
-from llmship.delivery import Delivery
+from llmship.delivery import Delivery, proxy
 from llmship.delivery.transport import make_transport
 from llmship.llm.stage import LLMStage
 from llmship.log import get_logger
@@ -35,6 +35,7 @@ from llmship.sources.dogstatsd import DogStatsDSource
 from llmship.sources.logs import LogsSource
 from llmship.sources.traces import TraceSource
 from llmship.status import StatusServer, describe_config, self_metrics
+from llmship.tap import Tap
 from llmship.telemetry import Telemetry
 from llmship.transforms.logs import LogProcessor
 from llmship.transforms.sampling import Sampler
@@ -66,6 +67,12 @@ class Topology:
     sources: list
     status: StatusServer
 
+    def reloadable(self) -> list:
+        """Every component holding config, in the order a reload reaches them (SIGHUP reaches all of them:
+        a component without ``reload`` fails here, not silently keeps its start-up config)."""
+        return [self.aggregator, self.llm, self.log_processor, self.delivery, self.metrics_sink, *self.sinks,
+                self.status, *self.sources]
+
 
 def build(cfg: Config, telemetry: Telemetry | None = None, *, readiness=None, info_provider=None) -> Topology:
     """Construct every component from config without binding a socket or starting a task."""
@@ -93,7 +100,10 @@ def build(cfg: Config, telemetry: Telemetry | None = None, *, readiness=None, in
     emitter = Emitter(telemetry=telemetry, router=router, llm=llm, log_processor=log_processor,
                       trace_sink=trace_sink, llmobs_sink=llmobs_sink, logs_sink=logs_sink, scrubber=scrubber)
     sources = [DogStatsDSource(cfg, emitter), TraceSource(cfg, emitter), LogsSource(cfg, emitter)]
-    status = StatusServer(cfg, telemetry, info_provider or (lambda: {}), readiness or (lambda: False))
+    tap = Tap(telemetry)  # `llmship tap`: the sinks offer what they are about to send
+    for sink in (metrics_sink, trace_sink, llmobs_sink, logs_sink):
+        sink.tap = tap
+    status = StatusServer(cfg, telemetry, info_provider or (lambda: {}), readiness or (lambda: False), tap=tap)
     return Topology(cfg, telemetry, delivery, aggregator, metrics_sink, llm, log_processor, router, emitter,
                     [trace_sink, llmobs_sink, logs_sink], sources, status)
 
@@ -276,15 +286,11 @@ class Agent:
             log.error("reload_rejected_keeping_old_config", error=f"{type(e).__name__}: {e}")
             notify.ready()
             return
-        t = self.topology
-        for component in (t.aggregator, t.llm, t.log_processor, t.delivery, t.metrics_sink, *t.sinks, t.status,
-                          *t.sources):
-            reload = getattr(component, "reload", None)
-            if reload is not None:
-                reload(new)
+        for component in self.topology.reloadable():
+            component.reload(new)
         self.cfg = new
-        t.cfg = new
-        logmod.configure(new.agent.log_level, new.agent.log_format, secrets=[new.sinks.datadog.api_key])
+        self.topology.cfg = new
+        logmod.configure(new.agent.log_level, new.agent.log_format, secrets=log_secrets(new))
         log.info("config_reloaded", config=new.path)
         notify.ready()
 
@@ -321,6 +327,12 @@ def _return_freed_memory() -> None:
         _malloc_trim(0)
 
 
+def log_secrets(cfg: Config) -> list[str]:
+    """What no log line may show: the API key and proxy credentials (nothing logs them; this catches a
+    library that would)."""
+    return [cfg.sinks.datadog.api_key, *proxy.secrets(cfg.sinks.datadog.proxy)]
+
+
 LAMBDA_DEFAULTS = Path(__file__).parent / "data" / "lambda.toml"
 
 
@@ -338,7 +350,7 @@ def run(config_path: str | None, lambda_mode: bool = False) -> int:
     else:
         runtime_api = ""
         cfg = load_config(config_path)
-    logmod.configure(cfg.agent.log_level, cfg.agent.log_format, secrets=[cfg.sinks.datadog.api_key])
+    logmod.configure(cfg.agent.log_level, cfg.agent.log_format, secrets=log_secrets(cfg))
 
     async def main() -> int:
         return await Agent(cfg, lambda_runtime_api=runtime_api).run()

@@ -23,7 +23,7 @@ Agent behaviour followed here (sources in datadog-agent unless noted):
   the new buckets are aligned on that switch time rather than on ``t - t % interval``; each point ships
   with the length of its own bucket as ``interval``, so value x interval stays the count.
 - Cardinality cap (ours; the Agent has none): past ``[agent] max_metric_contexts`` live contexts, a
-  sample that would create a context is dropped (dropped{reason=context_limit}); existing contexts keep
+  sample that would create a context is dropped (discarded{reason=context_limit}); existing contexts keep
   aggregating. Checked only when a context is created, never on the per-sample path.
 - Counter (``c``): sum of value/rate, shipped as RATE = sum / interval with ``interval`` set (counter.go).
 - Gauge (``g``): last value, rate ignored (gauge.go). Set (``s``): number of distinct values, as a gauge
@@ -369,10 +369,10 @@ class Aggregator:
             elif kind == _GAUGE:
                 ctx.acc = value + 0.0  # + 0.0 rejects a str here rather than at flush
             elif not self._add_to_buffer(ctx, kind, value, rate):
-                self._tel.inc("dropped", reason="non_finite")
+                self._tel.discard("non_finite")
                 return
         except (TypeError, ValueError):
-            self._tel.inc("dropped", reason="bad_value")
+            self._tel.discard("bad_value")
             self._rl.warning("bad_value", "metric_value_rejected", metric=name[:200], type=mtype[:10])
             return
         ctx.n += 1
@@ -431,7 +431,7 @@ class Aggregator:
     def _new_context(self, raw_key: int, name: str, mtype: str, raw_tags: str, host: str | None) -> _Context | None:
         cls = _CONTEXT_TYPES.get(mtype)
         if cls is None or not name:
-            self._tel.inc("dropped", reason="bad_type" if name else "no_name")
+            self._tel.discard("bad_type" if name else "no_name")
             self._rl.warning("bad_sample", "metric_sample_rejected", metric=name[:200], type=str(mtype)[:10])
             return None
         # Names and hosts repeat across contexts: interned, each is stored once.
@@ -440,7 +440,7 @@ class Aggregator:
         if len(self._contexts) >= self._max_contexts:  # here only: a raw key seen before never gets here
             ctx = self._contexts.get(candidate)  # the same context under another tag order is no new one
             if ctx is None:
-                self._tel.inc("dropped", reason="context_limit")
+                self._tel.discard("context_limit")
                 self._rl.warning("context_limit", "metric_context_limit_reached", metric=name[:200],
                                  max_metric_contexts=self._max_contexts,
                                  hint="a tag with unbounded values (ids)? or raise agent.max_metric_contexts")
@@ -459,19 +459,19 @@ class Aggregator:
         self, name: str, mtype: str, value: float | str, raw_tags: str, host: str | None, timestamp: float
     ) -> None:
         if mtype not in ("g", "c"):
-            self._tel.inc("dropped", reason="timestamp_unsupported_type")
+            self._tel.discard("timestamp_unsupported_type")
             return
         if len(self._timestamped) >= MAX_PENDING_TIMESTAMPED:
-            self._tel.inc("dropped", reason="timestamped_queue_full")
+            self._tel.discard("timestamped_queue_full")
             return
         if not name:
-            self._tel.inc("dropped", reason="no_name")
+            self._tel.discard("no_name")
             return
         try:
             value = float(value)
             ts = int(timestamp)
         except (TypeError, ValueError, OverflowError):
-            self._tel.inc("dropped", reason="bad_value")
+            self._tel.discard("bad_value")
             return
         self._samples += 1
         # Not a context: nothing to aggregate, and no zeros to ship after it.
@@ -577,7 +577,7 @@ class Aggregator:
                     if value - value == 0.0:  # finite
                         points.append((bucket, value))
                     else:
-                        self._tel.inc("dropped", reason="non_finite")
+                        self._tel.discard("non_finite")
             for suffix, mtype, points in zip(names, types, columns):
                 if points:
                     yield Series(ctx.name + suffix if suffix else ctx.name, mtype, interval, points, ctx.tags,
@@ -599,7 +599,7 @@ class Aggregator:
         weights = acc.weights if acc.weights is not None else [1] * len(acc.values)
         samples = sorted((v, w) for v, w in zip(acc.values, weights) if math.isfinite(v))
         if len(samples) < len(acc.values):
-            self._tel.inc("dropped", len(acc.values) - len(samples), reason="non_finite")
+            self._tel.discard("non_finite", len(acc.values) - len(samples))
         if not samples:
             return ()
         count = sum(w for _, w in samples)

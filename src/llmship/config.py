@@ -17,6 +17,7 @@ import socket
 import tomllib
 import types
 import typing
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,10 +90,12 @@ class DatadogSinkConfig:
     url: str = ""  # replaces scheme and host of every intake endpoint (llmship intake, proxies, tests)
     compression: str = "zstd"  # as the Datadog Agent: zstd where the intake takes it, gzip where only gzip
     timeout_secs: float = 15.0
+    proxy: str = ""  # default: $HTTPS_PROXY / $HTTP_PROXY (and $NO_PROXY); may hold user:password@
 
-    def __repr__(self) -> str:  # never print the key, even in a traceback or a debug dump
+    def __repr__(self) -> str:  # never print the key nor proxy credentials, even in a traceback or a dump
         key = "<set>" if self.api_key else "<unset>"
-        return f"DatadogSinkConfig(api_key={key}, site={self.site!r}, url={self.url!r})"
+        proxy = "<set>" if self.proxy else "<unset>"
+        return f"DatadogSinkConfig(api_key={key}, site={self.site!r}, url={self.url!r}, proxy={proxy})"
 
 
 @dataclass(frozen=True)
@@ -429,6 +432,8 @@ def _validate(cfg: Config, problems: list[str]) -> None:
     check(re.fullmatch(r"[A-Za-z0-9.-]+", dd.site) is not None, "sinks.datadog.site",
           f"expected a domain such as datadoghq.com, got {dd.site!r}")
     positive("sinks.datadog.timeout_secs", dd.timeout_secs)
+    problem = _proxy_problem(dd.proxy)
+    check(problem is None, "sinks.datadog.proxy", problem or "")
     address("status.listen", cfg.status.listen)
 
     llm = cfg.llm
@@ -500,3 +505,20 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _proxy_problem(raw: str) -> str | None:
+    """Why ``raw`` is not a usable proxy URL, in words that never show its credentials; None if it is."""
+    if not raw:
+        return None
+    parts = urllib.parse.urlsplit(raw if "://" in raw else "http://" + raw)
+    shown = parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl() if "@" in parts.netloc else raw
+    expected = f"expected http://[user:password@]host:port, got {shown!r}"
+    try:
+        _ = parts.port  # raises on a port that is not a number
+    except ValueError:
+        return expected
+    # aiohttp speaks to http proxies (with CONNECT for https intakes)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+        return expected
+    return None

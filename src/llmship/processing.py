@@ -78,7 +78,7 @@ class Emitter:
             scrub_chunks(self._scrubber, chunks)
         except Exception as e:
             spans = sum(len(c) for c in chunks)
-            self._tel.inc("dropped", spans, reason="scrub_failed")
+            self._tel.discard("scrub_failed", spans)
             self._scrubber.telemetry.inc("scrub_failed", spans, kind="spans")
             self._tel.error("spans_scrub_failed", f"{type(e).__name__}: {e}")
             _log.error("spans_scrub_failed", "spans_dropped", spans=spans, error=f"{type(e).__name__}: {e}")

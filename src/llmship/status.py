@@ -7,6 +7,7 @@
   GET /ready    readiness: 200 once every listener is bound and until draining starts, else 503
   GET /metrics  OpenMetrics text of every counter and gauge, names prefixed ``llmship_``
   POST /flush   (and /lambda/flush, GET /lambda/hello) added by the agent: llmship.flush
+  GET /tap      what the agent is about to send, streamed as NDJSON (llmship.tap), when given a Tap
 
 The API key must never leave through here: nothing here reads it except to redact it, and every body is
 redacted once more on the way out, in case a component put it in an error detail (an intake echoing a
@@ -35,6 +36,7 @@ from aiohttp import web
 import llmship
 from llmship.config import Config, ConfigError, load_config, parse_host_port
 from llmship.log import get_logger
+from llmship.tap import Tap
 from llmship.telemetry import Telemetry
 
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -88,7 +90,7 @@ class StatusServer:
     """The agent's HTTP status listener. ``readiness`` None means "ready while started"."""
 
     def __init__(self, cfg: Config, telemetry: Telemetry, info_provider: InfoProvider | None = None,
-                 readiness: Readiness | None = None) -> None:
+                 readiness: Readiness | None = None, tap: Tap | None = None) -> None:
         self._cfg = cfg
         self._telemetry = telemetry
         self._info_provider = info_provider
@@ -101,6 +103,10 @@ class StatusServer:
         self.app.router.add_get("/health", self._health)
         self.app.router.add_get("/ready", self._ready)
         self.app.router.add_get("/metrics", self._metrics)
+        self._tap = tap
+        if tap is not None:
+            tap.redact = lambda line: redact(line.decode(), self._cfg.sinks.datadog.api_key).encode()
+            self.app.router.add_get("/tap", tap.handle)
 
     def reload(self, cfg: Config) -> None:
         """Take a new config for the default info and redaction; a new listen address needs a restart."""
@@ -126,6 +132,8 @@ class StatusServer:
     async def shutdown(self, deadline: float) -> None:
         """Stop listening; idempotent. Call it last, so probes keep answering while the rest drains."""
         self._started = False
+        if self._tap is not None:
+            self._tap.close()  # taps streaming would hold the shutdown for its whole timeout
         runner, self._runner = self._runner, None
         if runner is None:
             return
@@ -174,15 +182,30 @@ class StatusServer:
 
 # ------------------------------------------------------------------------------------------- OpenMetrics
 
+# The canonical counters (telemetry.py) under the names Vector gives its component metrics; other counters
+# keep their own name. /metrics adds the llmship_ prefix and _total.
+OPENMETRICS_NAMES = {
+    "received": "component_received_events",
+    "received_bytes": "component_received_bytes",
+    "sent": "component_sent_events",
+    "sent_bytes": "component_sent_bytes",
+    "discarded": "component_discarded_events",
+    "errors": "component_errors",
+}
+
 _HELP = {
-    "events_received": "Events received (metric samples, spans, LLM Observability events, log records).",
-    "bytes_received": "Bytes received on the wire.",
-    "events_sent": "Events delivered to the intake (or the file sink).",
-    "bytes_sent": "Bytes sent to the intake, after compression.",
+    "component_received_events": "Events a component took in (metric lines, spans, LLM Observability events, "
+                                 "log records, payload items).",
+    "component_received_bytes": "Bytes a component took in (on the wire for sources, payload bytes for "
+                                "delivery).",
+    "component_sent_events": "Events delivered to the intake (or the file sink).",
+    "component_sent_bytes": "Bytes sent to the intake, after compression.",
+    "component_discarded_events": "Events not passed on, by reason; intentional=\"true\" for sampling and "
+                                  "duplicates, \"false\" for loss.",
+    "component_errors": "Errors, by error_type and stage (receiving, processing, sending).",
     "requests_sent": "Requests sent to the intake.",
     "retries": "Delivery attempts retried after a retryable failure.",
-    "dropped": "Events dropped, by reason.",
-    "errors": "Errors, by reason.",
+    "refused": "Requests refused, by reason (their events were never received).",
     "queue_bytes": "Bytes waiting in the in-memory delivery queue.",
     "queue_items": "Payloads waiting in the in-memory delivery queue.",
     "spool_bytes": "Bytes in the disk spool.",
@@ -245,7 +268,8 @@ def render_openmetrics(status_json: dict[str, Any]) -> str:
         for counter in data.get("counters", []):
             labels = [("component", component)] + sorted(
                 (_label_name(k), v) for k, v in counter.get("labels", {}).items())
-            sample("counter", counter["name"], "_total", labels, counter["value"])
+            name = OPENMETRICS_NAMES.get(counter["name"], counter["name"])
+            sample("counter", name, "_total", labels, counter["value"])
         for name, value in sorted(data.get("gauges", {}).items()):
             if isinstance(value, (int, float)):  # None: the gauge's reader failed; show nothing for it
                 sample("gauge", name, "", [("component", component)], value)
@@ -291,7 +315,7 @@ def self_metrics(telemetry: Telemetry) -> list[tuple[str, str, float, str]]:
             delta = value - last.get((comp_name, key), 0)
             last[(comp_name, key)] = value
             tags = ",".join(base_tags + [_tag(k, v) for k, v in labels])
-            out.append((f"llmship.{name}", "c", delta, tags))
+            out.append((f"llmship.{OPENMETRICS_NAMES.get(name, name)}", "c", delta, tags))
         for name, read in sorted(comp.gauges.items()):
             try:
                 value = float(read())
@@ -307,8 +331,9 @@ def self_metrics(telemetry: Telemetry) -> list[tuple[str, str, float, str]]:
 _MAX_DETAIL_CHARS = 160  # keeps a row readable on a terminal; /status has the whole detail
 
 
-def _counter(data: dict, name: str) -> float | None:
-    values = [c["value"] for c in data.get("counters", []) if c["name"] == name]
+def _counter(data: dict, name: str, **labels: str) -> float | None:
+    values = [c["value"] for c in data.get("counters", [])
+              if c["name"] == name and labels.items() <= c.get("labels", {}).items()]
     return sum(values) if values else None
 
 
@@ -380,16 +405,18 @@ def render_table(status_json: dict[str, Any], now: float | None = None) -> str:
     out = ["  ".join(head), ""]
 
     components = sorted(status_json.get("components", {}).items())
-    header = ("COMPONENT", "RECEIVED (ev / bytes)", "SENT (ev / bytes)", "DROPPED", "RETRIES",
-              "QUEUE (items / bytes)", "SPOOL (files / bytes)")
+    header = ("COMPONENT", "RECEIVED (ev / bytes)", "SENT (ev / bytes)", "LOST", "DISCARDED", "ERRORS",
+              "RETRIES", "QUEUE (items / bytes)", "SPOOL (files / bytes)")
     rows = [header]
     drops, errors, gauge_errors, idle = [], [], [], []
     for name, data in components:
         gauges = data.get("gauges", {})
         cells = (
-            _pair(_counter(data, "events_received"), _counter(data, "bytes_received")),
-            _pair(_counter(data, "events_sent"), _counter(data, "bytes_sent")),
-            _count(_counter(data, "dropped")),
+            _pair(_counter(data, "received"), _counter(data, "received_bytes")),
+            _pair(_counter(data, "sent"), _counter(data, "sent_bytes")),
+            _count(_counter(data, "discarded", intentional="false")),  # loss
+            _count(_counter(data, "discarded", intentional="true")),  # by design: sampling, duplicates
+            _count(_counter(data, "errors")),
             _count(_counter(data, "retries")),
             _pair(gauges.get("queue_items"), gauges.get("queue_bytes")),
             _pair(gauges.get("spool_files"), gauges.get("spool_bytes")),
@@ -398,8 +425,9 @@ def render_table(status_json: dict[str, Any], now: float | None = None) -> str:
             idle.append(name)  # registered but nothing to show: a row of dashes would hide the busy ones
         else:
             rows.append((name, *cells))
-        reasons = [f"{c['labels'].get('reason', '?')}={_count(c['value'])}"
-                   for c in data.get("counters", []) if c["name"] == "dropped" and c["value"]]
+        reasons = [f"{_one_line(c['labels'].get('reason', '?'))}={_count(c['value'])}"
+                   + (" (intended)" if c["labels"].get("intentional") == "true" else "")
+                   for c in data.get("counters", []) if c["name"] == "discarded" and c["value"]]
         if reasons:
             drops.append((name, "  ".join(reasons)))
         last = data.get("info", {}).get("last_error")
@@ -424,7 +452,7 @@ def render_table(status_json: dict[str, Any], now: float | None = None) -> str:
     if idle:
         out.append(f"(nothing counted yet: {', '.join(idle)})")
 
-    for title, entries in (("Dropped, by reason:", drops), ("Last error:", errors),
+    for title, entries in (("Discarded, by reason:", drops), ("Last error:", errors),
                            ("Gauges not read:", gauge_errors)):
         if entries:
             width = max(len(name) for name, _ in entries)

@@ -1,13 +1,23 @@
-"""The agent's own counters: events and bytes received/sent/dropped per component, retries, depths.
+"""The agent's own counters: events and bytes received/sent/discarded per component, errors, depths.
 
 Every component gets a ``Component`` handle and increments plain counters on it. Counters are keyed by
 (name, labels); a snapshot feeds `llmship status`, the status endpoint and OpenMetrics. Increments are
 dict updates with no locking: everything runs on the one event loop thread.
 
-Conventional names (the status table and /metrics rely on them):
-  events_received, bytes_received, events_sent, bytes_sent, requests_sent, retries,
-  dropped{reason=...}, errors{reason=...}
-and gauges registered as callables: queue_bytes, queue_items, spool_bytes, spool_files.
+The canonical counters are Vector's component metrics (vectordotdev/vector docs/specs/component.md), one
+unit per name; /metrics names them as Vector does (OPENMETRICS_NAMES):
+  received        events the component took in      llmship_component_received_events_total
+  received_bytes  bytes it took in                  llmship_component_received_bytes_total
+  sent            events it handed on / delivered   llmship_component_sent_events_total
+  sent_bytes      bytes it sent                     llmship_component_sent_bytes_total
+  discarded{reason, intentional}                    llmship_component_discarded_events_total
+                  events it will not pass on; intentional="true" for what it is meant to drop (sampling,
+                  duplicates), "false" for loss
+  errors{error_type, stage}                         llmship_component_errors_total
+                  stage: receiving, processing or sending (an error that loses events also counts them in
+                  discarded)
+Components add counters of their own (retries, requests_sent, spooled, splits, ...), and gauges registered
+as callables: queue_bytes, queue_items, spool_bytes, spool_files.
 """
 
 from __future__ import annotations
@@ -32,11 +42,14 @@ class Component:
         key = (name, tuple(sorted(labels.items())) if labels else ())
         self.counters[key] = self.counters.get(key, 0) + n
 
+    def discard(self, reason: str, n: float = 1, *, intentional: bool = False) -> None:
+        """Count ``n`` events not passed on: by design (sampling, duplicates) or lost."""
+        self.inc("discarded", n, reason=reason, intentional="true" if intentional else "false")
+
     def get(self, name: str, **labels: str) -> float:
-        """A counter's value; with no labels given, the sum over all its label sets."""
-        if labels:
-            return self.counters.get((name, tuple(sorted(labels.items()))), 0)
-        return sum(v for (n, _), v in self.counters.items() if n == name)
+        """A counter's value summed over the label sets that include ``labels`` (all of them if none)."""
+        wanted = labels.items()
+        return sum(v for (n, key), v in self.counters.items() if n == name and wanted <= set(key))
 
     def gauge(self, name: str, read: Callable[[], float]) -> None:
         self.gauges[name] = read
@@ -44,10 +57,10 @@ class Component:
     def set_info(self, key: str, value: Any) -> None:
         self.info[key] = value
 
-    def error(self, reason: str, detail: str) -> None:
+    def error(self, error_type: str, detail: str, stage: str = "processing") -> None:
         """Count an error and remember it as the component's last error (shown by `llmship status`)."""
-        self.inc("errors", reason=reason)
-        self.info["last_error"] = {"reason": reason, "detail": detail[:500], "at": time.time()}
+        self.inc("errors", error_type=error_type, stage=stage)
+        self.info["last_error"] = {"reason": error_type, "detail": detail[:500], "at": time.time()}
 
 
 class Telemetry:

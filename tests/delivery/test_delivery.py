@@ -90,9 +90,9 @@ async def test_delivers_once_with_headers_and_counts(start_intake, tmp_path, run
     assert request["payload_id"] == payload.id and request["api_key_present"]
     assert request["content_encoding"] == "gzip" and request["status"] == 202
     comp = tel.component("delivery.logs")
-    await eventually(lambda: comp.get("events_sent") == 3)
-    assert comp.get("requests_sent") == 1 and comp.get("bytes_sent") == len(payload.body)
-    assert comp.get("retries") == 0 and comp.get("dropped") == 0
+    await eventually(lambda: comp.get("sent") == 3)
+    assert comp.get("requests_sent") == 1 and comp.get("sent_bytes") == len(payload.body)
+    assert comp.get("retries") == 0 and comp.get("discarded") == 0
 
 
 async def test_503_then_success_delivers_exactly_once(start_intake, tmp_path, running):
@@ -102,8 +102,8 @@ async def test_503_then_success_delivers_exactly_once(start_intake, tmp_path, ru
     await eventually(lambda: len(messages(intake)) == 3, what="logs after two 503s")
     comp = tel.component("delivery.logs")
     assert [r["status"] for r in intake.requests("logs")] == [503, 503, 202]
-    assert comp.get("retries") == 2 and comp.get("errors", reason="http_503") == 2
-    assert comp.get("dropped") == 0
+    assert comp.get("retries") == 2 and comp.get("errors", error_type="http_503") == 2
+    assert comp.get("discarded") == 0
     assert len({r["payload_id"] for r in intake.records("logs")}) == 1
 
 
@@ -144,7 +144,7 @@ async def test_413_splits_until_the_halves_fit(start_intake, tmp_path, running, 
     await eventually(lambda: len(messages(intake)) == 16, what="16 logs in split payloads")
     assert sorted(messages(intake)) == sorted(f"split-{i}" for i in range(16))
     comp = tel.component("delivery.test_json")
-    assert comp.get("splits") >= 3 and comp.get("dropped") == 0
+    assert comp.get("splits") >= 3 and comp.get("discarded") == 0
     assert {r["status"] for r in intake.requests("logs")} == ({503, 413, 202} if from_spool else {413, 202})
     if from_spool:
         assert comp.get("spooled") == 16
@@ -154,7 +154,7 @@ async def test_413_splits_until_the_halves_fit(start_intake, tmp_path, running, 
     # One item that is too large on its own cannot be split: dropped and counted, not retried forever.
     lone = logs_payload("lone", n=1, kind="test_json", encoding="identity", size=1000)
     delivery.submit(lone)
-    await eventually(lambda: comp.get("dropped", reason="too_large") == 1, what="the unsplittable payload dropped")
+    await eventually(lambda: comp.get("discarded", reason="too_large") == 1, what="the unsplittable payload dropped")
 
 
 async def test_400_is_dropped_counted_and_the_lane_carries_on(start_intake, tmp_path, running):
@@ -162,7 +162,7 @@ async def test_400_is_dropped_counted_and_the_lane_carries_on(start_intake, tmp_
     delivery, tel = await running(config(intake.url, tmp_path, max_concurrency=1))
     delivery.submit(logs_payload("rejected"))
     comp = tel.component("delivery.logs")
-    await eventually(lambda: comp.get("dropped", reason="http_400") == 3, what="the 400 counted as dropped")
+    await eventually(lambda: comp.get("discarded", reason="http_400") == 3, what="the 400 counted as dropped")
     delivery.submit(logs_payload("next"))
     await eventually(lambda: len(messages(intake)) == 3)
     assert set(messages(intake)) == {"next-0", "next-1", "next-2"}
@@ -177,7 +177,7 @@ async def test_403_is_kept_and_delivered_once_the_key_works(start_intake, tmp_pa
     delivery.submit(logs_payload("kept"))
     await eventually(lambda: len(messages(intake)) == 3, what="logs after three 403s")
     comp = tel.component("delivery.logs")
-    assert comp.get("dropped") == 0 and comp.get("errors", reason="http_403") == 3
+    assert comp.get("discarded") == 0 and comp.get("errors", error_type="http_403") == 3
     if spool:
         assert comp.get("spooled") >= 3  # it waited on disk, not in memory
         await eventually(lambda: not list((tmp_path / "spool" / "logs").glob("*.spool")), what="spool emptied")
@@ -192,8 +192,8 @@ async def test_connection_errors_retry_and_a_reload_moves_the_destination(start_
     delivery, tel = await running(config(dead, tmp_path, max_concurrency=1))
     delivery.submit(logs_payload("moved"))
     comp = tel.component("delivery.logs")
-    await eventually(lambda: comp.get("errors", reason="connection") >= 2, what="connection errors")
-    assert comp.get("dropped") == 0
+    await eventually(lambda: comp.get("errors", error_type="connection") >= 2, what="connection errors")
+    assert comp.get("discarded") == 0
     intake = start_intake()
     delivery.reload(config(intake.url, tmp_path, max_concurrency=1))
     await eventually(lambda: len(messages(intake)) == 3, what="the held payload at the new destination")
@@ -230,9 +230,9 @@ async def test_drain_spools_the_rest_and_a_new_delivery_replays_it_oldest_first(
     # Every lane is backing off past the deadline, so drain does not wait for it.
     assert time.monotonic() - started < 2.5
     comp = tel.component("delivery.logs")
-    assert comp.get("dropped") == 0 and comp.get("spooled") == 10
+    assert comp.get("discarded") == 0 and comp.get("spooled") == 10
     assert not first.submit(logs_payload("too-late"))  # after shutdown: refused and counted
-    assert comp.get("dropped", reason="shutdown") == 3
+    assert comp.get("discarded", reason="shutdown") == 3
 
     healthy = start_intake()
     tel2 = Telemetry()
@@ -242,7 +242,7 @@ async def test_drain_spools_the_rest_and_a_new_delivery_replays_it_oldest_first(
         await eventually(lambda: len(messages(healthy)) == 10, what="the spooled logs replayed")
         assert messages(healthy) == [f"batch{i}-{j}" for i in range(5) for j in range(2)]
         await eventually(lambda: not list((tmp_path / "spool" / "logs").glob("*.spool")), what="spool emptied")
-        assert tel2.component("delivery.logs").get("events_sent") == 10
+        assert tel2.component("delivery.logs").get("sent") == 10
     finally:
         await second.shutdown(time.monotonic() + 1)
 
@@ -259,8 +259,8 @@ async def test_drain_without_a_spool_counts_what_it_could_not_deliver(start_inta
     await delivery.shutdown(time.monotonic() + 0.5)
     assert 0.4 <= time.monotonic() - started < 1.5  # it kept trying until the deadline, then stopped
     comp = tel.component("delivery.logs")
-    assert comp.get("dropped", reason="shutdown") == 12
-    assert comp.get("events_sent") == 0
+    assert comp.get("discarded", reason="shutdown") == 12
+    assert comp.get("sent") == 0
 
 
 async def test_spill_when_full_then_everything_accepted_arrives(start_intake, tmp_path, running):
@@ -274,7 +274,7 @@ async def test_spill_when_full_then_everything_accepted_arrives(start_intake, tm
     comp = tel.component("delivery.logs")
     await eventually(lambda: len(messages(intake)) == 2 * sum(accepted), timeout=15, what="every accepted log")
     assert comp.get("spooled") >= 2  # the spilled payloads took the disk path
-    assert comp.get("dropped", reason="spill_backlog") == 2 * accepted.count(False)
+    assert comp.get("discarded", reason="spill_backlog") == 2 * accepted.count(False)
     assert sorted(messages(intake)) == sorted(f"s{i}-{j}" for i, ok in enumerate(accepted) if ok for j in range(2))
 
 
@@ -297,11 +297,11 @@ retry_max_secs = 0.1
                       content_encoding="identity", items=2)  # no boundaries: decoded whole, and refused
     delivery.submit(garbage)
     comp = tel.component("delivery.logs")
-    await eventually(lambda: comp.get("dropped", reason="http_400") == 2, what="garbage dropped as a 400")
+    await eventually(lambda: comp.get("discarded", reason="http_400") == 2, what="garbage dropped as a 400")
     short = logs_payload("short", n=2)
     short.body = short.body[:len(short.body) // 2]  # shorter than the boundaries it records
     delivery.submit(short)
-    await eventually(lambda: comp.get("dropped", reason="http_400") == 4, what="a truncated body dropped as a 400")
+    await eventually(lambda: comp.get("discarded", reason="http_400") == 4, what="a truncated body dropped as a 400")
     assert len(out.read_text().splitlines()) == 4  # neither left a line
 
 
@@ -330,7 +330,7 @@ async def test_a_failing_intake_costs_bounded_memory_and_requests(start_intake, 
     payloads = [logs_payload(f"m{i}") for i in range(50)]
     accepted = [delivery.submit(p) for p in payloads]
     comp = tel.component("delivery.logs")
-    assert comp.get("dropped", reason="queue_full") == 3 * accepted.count(False) > 0
+    assert comp.get("discarded", reason="queue_full") == 3 * accepted.count(False) > 0
     samples = []
     window_end = time.monotonic() + 1.5
     while time.monotonic() < window_end:  # sample the gauges while the intake keeps failing
@@ -342,4 +342,4 @@ async def test_a_failing_intake_costs_bounded_memory_and_requests(start_intake, 
     # 1.5 s. Without backoff a local intake answers hundreds of requests per second.
     requests = len(intake.requests("logs"))
     assert 2 <= requests <= 60
-    assert comp.get("events_sent") == 0 and requests - 2 <= comp.get("retries") <= requests
+    assert comp.get("sent") == 0 and requests - 2 <= comp.get("retries") <= requests

@@ -66,8 +66,8 @@ queue_max_bytes = 1000
     assert accepted == [True, True, True, True, False, False]
     assert delivery.overloaded("logs") and not delivery.overloaded("series")
     comp = tel.component("delivery.logs")
-    assert comp.get("dropped", reason="queue_full") == 4
-    assert comp.get("events_received") == 8
+    assert comp.get("discarded", reason="queue_full") == 4
+    assert comp.get("received") == 8
     snap = tel.snapshot()["components"]["delivery.logs"]["gauges"]
     assert snap["queue_bytes"] == 1200 and snap["queue_items"] == 4
 
@@ -84,4 +84,4 @@ spool_dir = "{tmp_path / 'spool'}"
     # 4 fill the queue (soft bound), 1 fills the spill buffer (a quarter of the budget), the rest are
     # refused until the flusher has written the spill buffer to disk.
     assert results == [True] * 5 + [False] * 3
-    assert tel.component("delivery.logs").get("dropped", reason="spill_backlog") == 3
+    assert tel.component("delivery.logs").get("discarded", reason="spill_backlog") == 3

@@ -131,7 +131,7 @@ async def test_truncated_file_keeps_its_whole_records_and_counts_the_rest(tmp_pa
     reopened = make_spool(tmp_path, tel)
     await reopened.open()
     assert [p.items for p in await replay_all(reopened)] == [1, 2]
-    assert tel.component("delivery.logs").get("errors", reason="spool_corrupt") == 1
+    assert tel.component("delivery.logs").get("errors", error_type="spool_corrupt") == 1
 
 
 async def test_flipped_byte_in_a_body_skips_that_record_only(tmp_path):
@@ -148,8 +148,8 @@ async def test_flipped_byte_in_a_body_skips_that_record_only(tmp_path):
     await reopened.open()
     assert [p.items for p in await replay_all(reopened)] == [1, 3]
     comp = tel.component("delivery.logs")
-    assert comp.get("errors", reason="spool_corrupt") == 1
-    assert comp.get("dropped", reason="spool_corrupt") == 2  # the corrupt record's items
+    assert comp.get("errors", error_type="spool_corrupt") == 1
+    assert comp.get("discarded", reason="spool_corrupt") == 2  # the corrupt record's items
     assert spool_files(tmp_path) == []  # all records done: the file is gone
 
 
@@ -174,7 +174,7 @@ async def test_unreadable_files_are_skipped_counted_and_removed_without_crashing
     reopened = make_spool(tmp_path, tel)
     await reopened.open()
     assert [p.items for p in await replay_all(reopened)] == [2]
-    assert tel.component("delivery.logs").get("errors", reason="spool_corrupt") == 2  # bad file + tmp file
+    assert tel.component("delivery.logs").get("errors", error_type="spool_corrupt") == 2  # bad file + tmp file
     assert list((tmp_path / "logs").iterdir()) == []
 
 
@@ -190,7 +190,7 @@ async def test_budget_evicts_the_oldest_files_and_counts_their_items(tmp_path):
     assert spool.bytes() <= budget
     kept = [p.items for p in await replay_all(spool)]
     assert kept == [3, 4, 5]
-    assert tel.component("delivery.logs").get("dropped", reason="spool_full") == 1 + 2
+    assert tel.component("delivery.logs").get("discarded", reason="spool_full") == 1 + 2
 
 
 async def test_budget_spans_kinds_and_never_evicts_a_leased_record(tmp_path):
@@ -201,7 +201,7 @@ async def test_budget_spans_kinds_and_never_evicts_a_leased_record(tmp_path):
     lease = spool.lease("series")
     await spool.write("logs", [payload(1, size=900)])
     assert await spool.write("logs", [payload(2, size=900)]) is None  # evicts logs #1, not the leased one
-    assert tel.component("delivery.logs").get("dropped", reason="spool_full") == 1
+    assert tel.component("delivery.logs").get("discarded", reason="spool_full") == 1
     assert await spool.write("logs", [payload(3, size=5000)]) == "spool_full"  # larger than the budget
     assert (await spool.read(lease)).items == 7
 
@@ -216,7 +216,7 @@ async def test_age_eviction_counts_expired_items(tmp_path):
     assert spool.files("logs") == 2
     spool.expire(now=time.time() + 120)
     assert spool.files("logs") == 0 and spool_files(tmp_path) == []
-    assert tel.component("delivery.logs").get("dropped", reason="spool_expired") == 9
+    assert tel.component("delivery.logs").get("discarded", reason="spool_expired") == 9
 
 
 async def test_free_space_guard_refuses_writes(tmp_path):
@@ -236,7 +236,7 @@ async def test_write_errors_are_reported_not_raised(tmp_path):
     await spool.open()
     (tmp_path / "logs").write_text("a file where the kind's directory should be")
     assert await spool.write("logs", [payload(1)]) == "spool_write_error"
-    assert tel.component("delivery.logs").get("errors", reason="spool_write") == 1
+    assert tel.component("delivery.logs").get("errors", error_type="spool_write") == 1
 
 
 async def test_kind_names_cannot_escape_the_spool_directory(tmp_path):
@@ -262,8 +262,8 @@ async def test_a_failing_free_space_check_is_an_error_not_disk_low(tmp_path, mon
     assert await spool.write("logs", [payload(3)]) is None
     assert spool.files("logs") == 1
     comp = tel.component("delivery.logs")
-    assert comp.get("errors", reason="spool_disk_usage") == 1
-    assert comp.get("dropped") == 0
+    assert comp.get("errors", error_type="spool_disk_usage") == 1
+    assert comp.get("discarded") == 0
     assert "Input/output error" in comp.info["last_error"]["detail"]
 
 
@@ -319,7 +319,7 @@ async def test_version_1_files_are_read_with_the_route_of_their_kind(tmp_path):
                                                                      None)
     assert split(got) == [got]  # no boundaries: a 413 cannot split it
     assert await replay_all(spool, "gone") == []  # no route known for its kind: skipped and counted
-    assert tel.component("delivery.gone").get("dropped", reason="spool_corrupt") == 2
+    assert tel.component("delivery.gone").get("discarded", reason="spool_corrupt") == 2
 
 
 async def test_an_unknown_format_version_is_skipped_and_counted(tmp_path):
@@ -334,4 +334,4 @@ async def test_an_unknown_format_version_is_skipped_and_counted(tmp_path):
     reopened = make_spool(tmp_path, tel)
     await reopened.open()
     assert await replay_all(reopened) == []
-    assert tel.component("delivery.logs").get("errors", reason="spool_corrupt") == 1
+    assert tel.component("delivery.logs").get("errors", error_type="spool_corrupt") == 1

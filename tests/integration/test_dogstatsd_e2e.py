@@ -131,9 +131,9 @@ def test_every_metric_type_event_and_service_check_arrive_exactly(intake, start_
     assert (check["status"], check["message"], check["host_name"]) == (1, "slow upstream", "test-host")
     assert sorted(check["tags"]) == tags
 
-    assert agent.counter("dogstatsd", "dropped") == 0
+    assert agent.counter("dogstatsd", "discarded") == 0
     # lines sent: 3 counter, 2 gauge, 10 histogram, 1 timing, 4 set, 100 distribution, 1 event, 1 check
-    assert agent.counter("dogstatsd", "events_received") == 3 + 2 + 10 + 1 + 4 + 100 + 1 + 1
+    assert agent.counter("dogstatsd", "received") == 3 + 2 + 10 + 1 + 4 + 100 + 1 + 1
 
 
 def test_malformed_lines_are_counted_and_their_neighbours_arrive(intake, start_agent):
@@ -144,10 +144,10 @@ def test_malformed_lines_are_counted_and_their_neighbours_arrive(intake, start_a
         client.sendto(b"e2e.good:1|g|#env:e2e\ne2e.bad:x|g\ne2e.worse:1|q\n_e{9,1}:short|x\n",
                       ("127.0.0.1", agent.ports["dsd_port"]))
     wait_for(lambda: series_by_name(intake, {"e2e.good"}), timeout=30, what="the good line's series")
-    assert agent.counter("dogstatsd", "dropped", reason="invalid_value") == 1
-    assert agent.counter("dogstatsd", "dropped", reason="unknown_type") == 1
-    assert agent.counter("dogstatsd", "dropped", reason="bad_event") == 1
-    assert agent.counter("dogstatsd", "events_received") == 4
+    assert agent.counter("dogstatsd", "discarded", reason="invalid_value") == 1
+    assert agent.counter("dogstatsd", "discarded", reason="unknown_type") == 1
+    assert agent.counter("dogstatsd", "discarded", reason="bad_event") == 1
+    assert agent.counter("dogstatsd", "received") == 4
     assert not series_by_name(intake, {"e2e.bad", "e2e.worse"})
     status = agent.status()["components"]["dogstatsd"]
     assert status["info"]["udp_receive_buffer_bytes"] > 0

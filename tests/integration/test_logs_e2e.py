@@ -74,7 +74,7 @@ def test_tcp_logs_are_scrubbed_truncated_and_tagged(intake, start_agent):
     assert plain["service"] == "agent-svc"
     assert plain["ddtags"] == "env:e2e,service:agent-svc,version:9.9,team:llm"
     assert not [r for r in intake.records("logs") if r["data"].get("message") == "tcp-dropped"]
-    assert agent.counter("logs_processor", "dropped", reason="sampled_out") == 1
+    assert agent.counter("logs_processor", "discarded", reason="sampled_out") == 1
     assert agent.counter("scrub", "scrub_matches", rule="openai_api_key") == 1
     # shipped the way the intake wants it: gzip, with the key, to /api/v2/logs
     request = intake.requests("logs")[0]

@@ -122,7 +122,7 @@ def test_probes_status_and_metrics_on_the_running_agent(intake, start_agent):
     assert http_get(agent.status_url + "/ready")[0] == 200
 
     send_dogstatsd(agent.ports["dsd_port"], "ops.requests:1|c|#model:gpt-4o", "ops.latency:12|ms")
-    wait_for(lambda: counter(agent.status(), "dogstatsd", "events_received") >= 2, what="dogstatsd counters")
+    wait_for(lambda: counter(agent.status(), "dogstatsd", "received") >= 2, what="dogstatsd counters")
 
     doc = agent.status()
     assert doc["hostname"] == "test-host"
@@ -134,19 +134,19 @@ def test_probes_status_and_metrics_on_the_running_agent(intake, start_agent):
         assert response.headers["Content-Type"] == OPENMETRICS
         text = response.read().decode()
     assert text.endswith("# EOF\n")
-    assert "# TYPE llmship_events_received counter" in text
+    assert "# TYPE llmship_component_received_events counter" in text
     received = [line for line in text.splitlines()
-                if line.startswith('llmship_events_received_total{component="dogstatsd"')]
+                if line.startswith('llmship_component_received_events_total{component="dogstatsd"')]
     assert received and float(received[0].rsplit(" ", 1)[1]) >= 2
     parser = pytest.importorskip("prometheus_client.openmetrics.parser")
     families = {f.name for f in parser.text_string_to_metric_families(text)}
-    assert "llmship_events_received" in families
+    assert "llmship_component_received_events" in families
 
 
 def test_llmship_status_prints_a_table_and_json(intake, start_agent):
     agent = start_agent(intake=intake)
     send_dogstatsd(agent.ports["dsd_port"], "ops.requests:1|c", "not a metric at all")
-    wait_for(lambda: counter(agent.status(), "dogstatsd", "events_received") >= 1, what="dogstatsd counters")
+    wait_for(lambda: counter(agent.status(), "dogstatsd", "received") >= 1, what="dogstatsd counters")
 
     table = llmship("status", "--url", agent.status_url)
     assert table.returncode == 0, table.stderr
@@ -209,7 +209,7 @@ def test_ready_goes_503_while_draining(start_intake, start_agent):
     slow = start_intake("--latency-ms", "1500")
     agent = start_agent("[delivery]\ndrain_timeout_secs = 10.0\n", intake=slow)
     send_dogstatsd(agent.ports["dsd_port"], "drain.me:1|c")
-    wait_for(lambda: counter(agent.status(), "dogstatsd", "events_received") >= 1, what="the metric")
+    wait_for(lambda: counter(agent.status(), "dogstatsd", "received") >= 1, what="the metric")
     agent.send_signal(signal.SIGTERM)
 
     def not_ready_yet_alive() -> bool:
@@ -228,7 +228,7 @@ def test_logs_are_json_lines_at_the_configured_level(intake, start_agent):
     and the config's log_level honoured (info here: no debug lines)."""
     agent = start_agent('[agent]\nlog_format = "json"\nlog_level = "info"\n', intake=intake)
     send_dogstatsd(agent.ports["dsd_port"], "not a metric", "logs.check:1|c")
-    wait_for(lambda: counter(agent.status(), "dogstatsd", "events_received") >= 1, what="the metric")
+    wait_for(lambda: counter(agent.status(), "dogstatsd", "received") >= 1, what="the metric")
     assert agent.stop() == 0
     lines = [line for line in agent.log_text().splitlines() if line.strip()]
     assert lines
@@ -276,7 +276,7 @@ def test_the_api_key_never_appears_in_logs_status_or_errors(start_intake, start_
                 TRACE_HEADERS) >= 400
     # Past the 3 rejected requests, deliveries succeed: the agent has both errors and successes to report.
     intake.wait_records("series", where=lambda r: r.get("metric") == "leak.check", timeout=30)
-    wait_for(lambda: any(c["name"] == "errors" or c["name"] == "dropped"
+    wait_for(lambda: any(c["name"] == "errors" or c["name"] == "discarded"
                          for comp in agent.status()["components"].values() for c in comp["counters"]),
              what="an error or a drop in the agent's counters")
 
@@ -299,8 +299,8 @@ def test_a_key_inside_bad_input_is_not_echoed(intake, start_agent):
     send_dogstatsd(agent.ports["dsd_port"], f"bad_metric_{TEST_API_KEY}|zz", f"{TEST_API_KEY}")
     assert post(f"http://127.0.0.1:{agent.ports['trace_port']}/v0.4/traces",
                 f"not msgpack {TEST_API_KEY}".encode(), TRACE_HEADERS) >= 400
-    wait_for(lambda: counter(agent.status(), "dogstatsd", "events_received")
-             + counter(agent.status(), "dogstatsd", "dropped")
+    wait_for(lambda: counter(agent.status(), "dogstatsd", "received")
+             + counter(agent.status(), "dogstatsd", "discarded")
              + counter(agent.status(), "dogstatsd", "errors") >= 1, what="the bad packets to be counted")
     status_text = http_get(agent.status_url + "/status")[1].decode()
     metrics_text = http_get(agent.status_url + "/metrics")[1].decode()

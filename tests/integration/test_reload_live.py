@@ -1,14 +1,18 @@
 """SIGHUP on the running agent: a new flush_interval_secs never ships a bucket twice nor loses counts, and
-a new [agent] hostname reaches what the DogStatsD source and the aggregator stamp."""
+a new [agent] hostname reaches what the DogStatsD source and the aggregator stamp, a new env reaches the
+trace API's /info, its state hash and rate keys, and logs settings reach the logs source and sink."""
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import time
 import tomllib
+import urllib.request
 
-from harness import dump_toml, wait_for
+import msgpack
+from harness import dump_toml, http_get, wait_for
 
 RATE = 2
 
@@ -55,7 +59,7 @@ def test_a_flush_interval_change_by_sighup_keeps_counts_exact(intake, start_agen
             time.sleep(0.02)
         reload(agent, {"agent": {"flush_interval_secs": 3}})
         send_for(4.0)
-        wait_for(lambda: agent.counter("dogstatsd", "events_received") == 2 * sent, what="every line read")
+        wait_for(lambda: agent.counter("dogstatsd", "received") == 2 * sent, what="every line read")
     assert agent.stop() == 0  # the final flush ships the open bucket
 
     # What Datadog keeps: one point per series and timestamp, the last one received.
@@ -93,3 +97,45 @@ def test_a_hostname_change_by_sighup_reaches_the_next_series_events_and_checks(i
         check = intake.wait_records("service_checks", where=lambda r: r.get("check") == "after.check")[0]["data"]
     assert event["host"] == "renamed-host"
     assert check["host_name"] == "renamed-host"
+
+
+def put_trace(agent, service: str) -> tuple[dict, dict]:
+    """PUT one v0.4 trace (a span without env) to the trace API: the answer's headers and rate_by_service."""
+    body = msgpack.packb([[{"trace_id": 7, "span_id": 7, "parent_id": 0, "name": "op", "service": service,
+                            "resource": "r", "start": time.time_ns(), "duration": 1, "error": 0, "meta": {},
+                            "metrics": {}}]])
+    request = urllib.request.Request(f"http://127.0.0.1:{agent.ports['trace_port']}/v0.4/traces", data=body,
+                                     method="PUT", headers={"Content-Type": "application/msgpack"})
+    with urllib.request.urlopen(request, timeout=5) as r:
+        return dict(r.headers), json.loads(r.read())["rate_by_service"]
+
+
+def test_an_env_change_by_sighup_reaches_the_trace_apis_info_state_and_rates(intake, start_agent):
+    agent = start_agent('[agent]\nenv = "staging"\n', intake=intake)
+    info_url = f"http://127.0.0.1:{agent.ports['trace_port']}/info"
+    code, body = http_get(info_url)
+    assert code == 200 and json.loads(body)["config"]["default_env"] == "staging"
+    headers, rates = put_trace(agent, "svc")
+    state_before = headers["Datadog-Agent-State"]
+    assert "service:svc,env:staging" in rates
+
+    reload(agent, {"agent": {"env": "prod"}})
+
+    assert json.loads(http_get(info_url)[1])["config"]["default_env"] == "prod"
+    headers, rates = put_trace(agent, "svc")
+    assert headers["Datadog-Agent-State"] != state_before  # tracers re-read /info when it changes
+    assert "service:svc,env:prod" in rates and "service:svc,env:staging" not in rates
+
+
+def test_logs_settings_change_by_sighup_reach_the_source_and_the_sinks_batch_age(intake, start_agent):
+    # flush_interval_secs 10: the logs sink batches for 5 s (BATCH_WAIT_SECS); after the reload, for 1 s.
+    agent = start_agent("[agent]\nflush_interval_secs = 10\n", intake=intake)
+    reload(agent, {"agent": {"flush_interval_secs": 1}, "sources.logs": {"max_line_bytes": 1000}})
+    line = json.dumps({"message": "x" * 4000, "service": "reloaded"}).encode() + b"\n"
+    sent_at = time.monotonic()
+    with socket.create_connection(("127.0.0.1", agent.ports["logs_tcp_port"])) as s:
+        s.sendall(line)
+        record = intake.wait_records("logs", timeout=10)[0]["data"]
+    took = time.monotonic() - sent_at
+    assert record["llmship"] == {"line_bytes": len(line) - 1}  # cut at the new max_line_bytes (default 256 kB)
+    assert took < 3.5, f"the log waited {took:.1f} s: the sink still batches for 5 s"

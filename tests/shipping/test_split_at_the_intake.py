@@ -98,8 +98,8 @@ max_concurrency = 2
             comp = tel.component(f"delivery.{kind}")
             statuses = {r["status"] for r in intake.requests(kind)}
             assert statuses == {413, 202}, kind
-            assert comp.get("splits") >= 1 and comp.get("dropped") == 0, kind
-            assert len(intake.records(kind)) == n and comp.get("events_sent") == n, kind
+            assert comp.get("splits") >= 1 and comp.get("discarded") == 0, kind
+            assert len(intake.records(kind)) == n and comp.get("sent") == n, kind
             assert all(r["bytes"] <= MAX_BODY for r in intake.requests(kind) if r["status"] == 202), kind
         spans = sorted(r["data"]["trace_id"] for r in intake.records("traces"))
         assert spans == list(range(1, N + 1))

@@ -61,7 +61,7 @@ def test_envelopes_are_what_ddtrace_posts():
     assert [s for s in decode_payload("llmobs", payload.body, "gzip")] == [
         {**e, "_envelope": {k: v for k, v in env.items() if k != "spans"}, "ml_app": "demo-app"}
         for env, e in zip(sent, events)]
-    assert tel.get("events_received") == 6
+    assert tel.get("received") == 6
 
 
 def test_experiment_spans_get_the_scope_and_unknown_versions_are_left_out():
@@ -86,7 +86,7 @@ def test_oversized_event_loses_its_io_not_the_event():
     assert sent["collection_errors"] == ["dropped_io"]
     assert sent["meta"]["metadata"] == {"temperature": 0} and sent["span_id"] == "1"
     assert big == original  # the caller's event is not modified
-    assert tel.get("reduced", reason="dropped_io") == 1 and tel.get("dropped") == 0
+    assert tel.get("reduced", reason="dropped_io") == 1 and tel.get("discarded") == 0
 
 
 def test_event_still_too_large_without_io_is_counted():
@@ -96,7 +96,7 @@ def test_event_still_too_large_without_io_is_counted():
     sink.add(e)
     sink.flush()
     assert submitted == []
-    assert tel.get("dropped", reason="event_too_large") == 1
+    assert tel.get("discarded", reason="event_too_large") == 1
 
 
 def test_batches_stay_under_5_mib_and_1000_events():

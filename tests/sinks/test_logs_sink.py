@@ -91,7 +91,7 @@ def test_an_entry_over_1_mb_is_truncated_not_dropped():
     assert record["prompt"] == "p" * 10 and record["service"] == "svc"
     assert record["ddtags"] == f"env:dev,{TRUNCATED_TAG}"
     assert telemetry.component("logs_sink").get("reduced", reason="entry_too_large") == 1
-    assert telemetry.component("logs_sink").get("dropped") == 0
+    assert telemetry.component("logs_sink").get("discarded") == 0
 
 
 def test_escaped_and_multibyte_text_is_cut_within_the_entry_limit():
@@ -115,7 +115,7 @@ def test_a_record_json_cannot_hold_is_counted_not_raised():
     sink.add({"message": object()})
     sink.flush()
     assert sent == []
-    assert telemetry.component("logs_sink").get("dropped", reason="not_serializable") == 1
+    assert telemetry.component("logs_sink").get("discarded", reason="not_serializable") == 1
 
 
 def test_a_413_split_keeps_every_record_and_the_encoding():

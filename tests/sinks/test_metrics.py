@@ -195,7 +195,7 @@ def test_event_payload() -> None:
                      "aggregation_key": "deploy-123", "source_type_name": "my_apps", "date_happened": 1700000000,
                      "host": "host-a", "tags": ["env:staging", "team:llm", "service:svc"]}
     comp = telemetry.component("metrics_sink")
-    assert comp.get("events_encoded") == 1 and comp.get("dropped", reason="event_without_title") == 1
+    assert comp.get("events_encoded") == 1 and comp.get("discarded", reason="event_without_title") == 1
 
 
 def test_service_checks_are_batched_per_flush() -> None:
@@ -214,7 +214,7 @@ def test_service_checks_are_batched_per_flush() -> None:
     assert (second["check"], second["host_name"], second["status"], second["tags"]) == (
         "chatbot.upstream", "host-a", 2, ["env:staging"])
     assert isinstance(second["timestamp"], int) and "message" not in second
-    assert telemetry.component("metrics_sink").get("dropped", reason="bad_service_check") == 1
+    assert telemetry.component("metrics_sink").get("discarded", reason="bad_service_check") == 1
     sink.ship(FlushResult())
     assert len(sent) == 1  # nothing new: no empty payload
 

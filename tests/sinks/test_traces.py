@@ -117,7 +117,7 @@ def test_chunks_the_agent_would_not_keep_are_dropped_and_counted(priority):
     sink.add_chunk([span(1, metrics={"_sampling_priority_v1": priority}), span(2, parent_id=1)], PYTHON)
     sink.flush()
     assert submitted == []
-    assert tel.get("dropped", reason="sampling_priority") == 2
+    assert tel.get("discarded", reason="sampling_priority", intentional="true") == 2
 
 
 def test_chunk_without_priority_is_kept_as_auto_keep():
@@ -175,7 +175,7 @@ def test_a_chunk_larger_than_a_payload_is_cut_and_a_huge_span_counted():
     shipped = sorted(s["span_id"] for p in submitted for s in decoded(p))
     assert shipped == list(range(1, 51))
     assert all(s["chunk"]["priority"] == 1 for p in submitted for s in decoded(p))
-    assert tel.get("dropped", reason="span_too_large") == 1
+    assert tel.get("discarded", reason="span_too_large") == 1
 
 
 def test_a_413_splits_between_tracer_payloads_without_decoding():

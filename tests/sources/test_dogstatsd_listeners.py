@@ -87,8 +87,8 @@ async def test_udp_single_and_buffered_datagrams(started):
     assert pipeline.samples == [("llm.requests", "c", 1.0, "env:prod"),
                                 ("llm.tokens.input", "d", 120.0, "model:gpt-4o"), ("llm.queue", "g", 3.0, "")]
     assert pipeline.counter("datagrams_received") == 2
-    assert pipeline.counter("events_received") == 4
-    assert pipeline.counter("bytes_received") == len(single) + len(buffered)
+    assert pipeline.counter("received") == 4
+    assert pipeline.counter("received_bytes") == len(single) + len(buffered)
 
 
 async def test_udp_receive_buffer_and_kernel_drops_are_reported(started):
@@ -118,7 +118,7 @@ async def test_udp_datagram_over_max_packet_bytes_is_dropped_and_counted(started
         client.sendto(b"small:1|c", source.udp_address)
     await until(lambda: pipeline.samples, what="the small datagram")
     assert pipeline.samples == [("small", "c", 1.0, "")]
-    assert pipeline.counter("dropped", reason="packet_too_large") == 1
+    assert pipeline.counter("discarded", reason="packet_too_large") == 1
 
 
 async def test_shutdown_parses_what_the_kernel_already_holds(tmp_path):
@@ -242,8 +242,8 @@ async def test_unix_stream_frames_split_and_joined_anyhow(started, tmp_path):
     assert [s[0] for s in pipeline.samples] == ["a", "b", "c", "d", "e"]
     assert pipeline.checks[0]["message"] == "slow"
     assert pipeline.counter("datagrams_received") == 6
-    assert pipeline.counter("events_received") == 6
-    assert pipeline.counter("bytes_received") == len(data) - 4 * 4 + 5 + 6
+    assert pipeline.counter("received") == 6
+    assert pipeline.counter("received_bytes") == len(data) - 4 * 4 + 5 + 6
     writer.close()
     await source.shutdown(time.monotonic() + 5)
     assert not os.path.exists(path)
@@ -257,7 +257,7 @@ async def test_unix_stream_absurd_length_closes_the_connection(started, tmp_path
     await writer.drain()
     assert await asyncio.wait_for(reader.read(), 5) == b""  # the agent closed its side
     assert pipeline.samples == [("ok", "c", 1.0, "")]
-    assert pipeline.counter("dropped", reason="packet_too_large") == 1
+    assert pipeline.counter("discarded", reason="packet_too_large") == 1
     writer.close()
     reader, writer = await stream_client(path)  # the listener itself carries on
     writer.write(frame(b"next:1|c"))
@@ -273,7 +273,7 @@ async def test_unix_stream_client_leaving_mid_frame_is_counted(started, tmp_path
     writer.write(frame(b"whole:1|c") + frame(b"cut:1|c")[:-3])
     await writer.drain()
     writer.close()
-    await until(lambda: pipeline.counter("dropped", reason="truncated_frame") == 1, what="the cut frame")
+    await until(lambda: pipeline.counter("discarded", reason="truncated_frame") == 1, what="the cut frame")
     assert pipeline.samples == [("whole", "c", 1.0, "")]
 
 

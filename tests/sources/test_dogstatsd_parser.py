@@ -52,7 +52,7 @@ class Harness:
         return self.parser.feed(payload.encode() if isinstance(payload, str) else payload)
 
     def dropped(self, reason: str | None = None) -> float:
-        return self.comp.get("dropped", reason=reason) if reason else self.comp.get("dropped")
+        return self.comp.get("discarded", reason=reason) if reason else self.comp.get("discarded")
 
 
 @pytest.fixture

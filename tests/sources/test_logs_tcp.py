@@ -86,7 +86,7 @@ async def test_json_lines_plain_lines_and_arrays(source_factory):
     assert messages(pipeline)[1:] == ["a plain line", "in array 1", "in array 2", "7", '{"message": broken json}',
                                       '"a json string"', "\ufffd\ufffd not utf-8"]
     tel = pipeline.telemetry.component("logs_tcp")
-    assert tel.get("events_received") == 8
+    assert tel.get("received") == 8
     assert tel.get("plain_lines") == 4  # a line that is not a JSON object or array is kept as sent
     writer.close()
 
@@ -183,7 +183,7 @@ async def test_shutdown_submits_partial_lines_and_stops_listening(source_factory
     _, writer = await connect(source)
     writer.write(b"unterminated")
     await writer.drain()
-    await wait_until(lambda: pipeline.telemetry.component("logs_tcp").get("bytes_received") == 12, what="bytes")
+    await wait_until(lambda: pipeline.telemetry.component("logs_tcp").get("received_bytes") == 12, what="bytes")
     address = source.tcp_address
     await source.shutdown(time.monotonic() + 2)
     assert messages(pipeline) == ["unterminated"]

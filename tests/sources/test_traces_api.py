@@ -126,9 +126,9 @@ async def test_v04_capture_yields_spans_and_llmobs_events(server, http, pipeline
     assert (tracer.language, tracer.language_version, tracer.tracer_version) == ("python", "3.11.7", "4.16.0")
     assert tracer.runtime_id == "629aa4e04069412fb19ca3bad2c49c69"
 
-    assert counter(pipeline, "spans_received") == 12
-    assert counter(pipeline, "events_received") == 6
-    assert counter(pipeline, "bytes_received") == len(body)
+    assert counter(pipeline, "spans") == counter(pipeline, "received") == 12
+    assert counter(pipeline, "llmobs_events") == 6
+    assert counter(pipeline, "received_bytes") == len(body)
     assert counter(pipeline, "requests", endpoint="v0.4/traces") == 1
 
 
@@ -169,7 +169,7 @@ async def test_v05_capture_decodes_string_table_and_arrays(server, http, pipelin
             assert (span.start, span.duration, span.error) == tuple(fields[6:9])
             assert span.meta == {table[int(k)]: table[v] for k, v in fields[9].items()}
             assert span.meta_struct == {}
-    assert counter(pipeline, "spans_received") == sum(len(t) for t in traces)
+    assert counter(pipeline, "spans") == sum(len(t) for t in traces)
 
 
 async def test_v04_json_is_accepted(server, http, pipeline):
@@ -199,7 +199,7 @@ async def test_evp_llmobs_capture(server, http, pipeline):
     async with http.post(server.url + doc["path"], data=orjson.dumps(doc["body"]), headers=headers) as r:
         assert r.status == 202
     assert pipeline.llmobs == [e for envelope in doc["body"] for e in envelope["spans"]]
-    assert counter(pipeline, "events_received") == 6
+    assert counter(pipeline, "llmobs_events") == 6
     assert counter(pipeline, "requests", endpoint="evp_llmobs") == 1
 
 
@@ -224,7 +224,7 @@ async def test_evp_without_subdomain_is_a_bad_request(server, http, pipeline):
     async with http.post(server.url + "/evp_proxy/v2/api/v2/llmobs", json=[]) as r:
         assert r.status == 400
         assert "X-Datadog-EVP-Subdomain" in await r.text()
-    assert counter(pipeline, "dropped", reason="missing_subdomain") == 1
+    assert counter(pipeline, "refused", reason="missing_subdomain") == 1
 
 
 @pytest.mark.parametrize("method, path, status, endpoint", [

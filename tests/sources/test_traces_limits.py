@@ -73,8 +73,8 @@ async def test_oversized_content_length_is_refused_before_reading(server, pipeli
     status, response = await raw_request(server, head)  # no body sent at all
     assert status == 413 and b"payload-too-large" in response
     assert time.monotonic() - started < 1
-    assert counter(pipeline, "dropped", reason="payload_too_large") == 1
-    assert counter(pipeline, "bytes_received") == 0
+    assert counter(pipeline, "refused", reason="payload_too_large") == 1
+    assert counter(pipeline, "received_bytes") == 0
 
 
 async def test_oversized_stream_without_length_is_cut_off(server, http, pipeline):
@@ -83,7 +83,7 @@ async def test_oversized_stream_without_length_is_cut_off(server, http, pipeline
 
     async with http.post(server.url + "/v0.4/traces", data=chunks(), headers=MSGPACK) as r:
         assert r.status == 413
-    assert counter(pipeline, "dropped", reason="payload_too_large") == 1
+    assert counter(pipeline, "refused", reason="payload_too_large") == 1
     assert pipeline.span_batches == []
 
 
@@ -94,7 +94,7 @@ async def test_decompression_bomb_is_refused(server, http, pipeline):
                          headers={**MSGPACK, "Content-Encoding": "gzip"}) as r:
         assert r.status == 413
         assert "inflates past" in await r.text()
-    assert counter(pipeline, "dropped", reason="payload_too_large") == 1
+    assert counter(pipeline, "refused", reason="payload_too_large") == 1
 
 
 async def test_gzipped_traces_are_accepted(server, http, pipeline):
@@ -116,7 +116,7 @@ async def test_malformed_payloads_are_bad_requests(server, http, pipeline, path,
     async with http.post(server.url + path, data=body, headers=MSGPACK) as r:
         assert r.status == 400
         assert reason_text in await r.text()
-    assert counter(pipeline, "dropped", reason="decoding_error") == 1
+    assert counter(pipeline, "refused", reason="decoding_error") == 1
     assert pipeline.span_batches == []
 
 
@@ -127,7 +127,7 @@ async def test_malformed_evp_body_is_a_bad_request(server, http, pipeline):
     async with http.post(server.url + "/evp_proxy/v2/api/v2/llmobs", json=[{"spans": "nope"}],
                          headers={"X-Datadog-EVP-Subdomain": "llmobs-intake"}) as r:
         assert r.status == 400
-    assert counter(pipeline, "dropped", reason="decoding_error") == 2
+    assert counter(pipeline, "refused", reason="decoding_error") == 2
     assert pipeline.llmobs == []
 
 
@@ -141,7 +141,7 @@ async def test_malformed_evp_body_is_a_bad_request(server, http, pipeline):
 async def test_unsupported_media_types_and_encodings(server, http, pipeline, path, headers, reason):
     async with http.post(server.url + path, data=msgpack.packb([]), headers=headers) as r:
         assert r.status == 415
-    assert counter(pipeline, "dropped", reason=reason) == 1
+    assert counter(pipeline, "refused", reason=reason) == 1
 
 
 async def test_slow_body_times_out(server, pipeline):
@@ -149,7 +149,7 @@ async def test_slow_body_times_out(server, pipeline):
             b"Content-Length: 100\r\n\r\n")
     status, response = await raw_request(server, head, b"\x91" * 10)  # 90 bytes never come
     assert status == 408
-    assert counter(pipeline, "dropped", reason="timeout") == 1
+    assert counter(pipeline, "refused", reason="timeout") == 1
 
 
 async def test_overloaded_traces_follow_the_agent(server, http, pipeline):
@@ -164,7 +164,7 @@ async def test_overloaded_traces_follow_the_agent(server, http, pipeline):
     async with http.post(server.url + "/v0.4/traces", data=body,
                          headers={**MSGPACK, "Datadog-Send-Real-Http-Status": "false"}) as r:
         assert r.status == 200
-    assert counter(pipeline, "dropped", reason="overloaded") == 3
+    assert counter(pipeline, "refused", reason="overloaded") == 3
     assert pipeline.span_batches == []
 
 
@@ -173,7 +173,7 @@ async def test_overloaded_llmobs_is_always_429(server, http, pipeline):
     async with http.post(server.url + "/evp_proxy/v2/api/v2/llmobs", json=[{"spans": [{}]}],
                          headers={"X-Datadog-EVP-Subdomain": "llmobs-intake"}) as r:
         assert r.status == 429 and r.headers["Retry-After"] == "1"
-    assert counter(pipeline, "dropped", reason="overloaded") == 1
+    assert counter(pipeline, "refused", reason="overloaded") == 1
     assert pipeline.llmobs == []
 
 
@@ -198,7 +198,7 @@ async def test_slow_clients_do_not_hold_the_decoders(pipeline):
                 assert r.status == 200
             assert time.monotonic() - started < DECODER_WAIT_SECS
         assert len(pipeline.chunks) == 1
-        assert counter(pipeline, "dropped", reason="no_decoder") == 0
+        assert counter(pipeline, "refused", reason="no_decoder") == 0
     finally:
         for writer in stalled:
             writer.close()
@@ -215,7 +215,7 @@ async def test_payload_waiting_too_long_for_a_decoder_is_refused(pipeline):
             async with http.post(source.url + "/v0.4/traces", data=msgpack.packb([]),
                                  headers={**MSGPACK, "Datadog-Send-Real-Http-Status": "1"}) as r:
                 assert r.status == 429
-        assert counter(pipeline, "dropped", reason="no_decoder") == 1
+        assert counter(pipeline, "refused", reason="no_decoder") == 1
     finally:
         for _ in held:
             source._decoders.release()

@@ -642,7 +642,7 @@ def test_bad_events_are_counted_and_do_not_stop_the_batch():
     bad = ["not an object", {"meta": {"span": "llm"}, "span_id": "1"}, {"span_id": "2", "start_ns": "soon"}]
     events, _ = rig.process_llmobs_events([bad[0], good[0], bad[1], bad[2], good[1]])
     assert [e["span_id"] for e in events] == [good[0]["span_id"], good[1]["span_id"]]
-    assert rig.comp.get("dropped", reason="bad_llmobs_event") == 3
+    assert rig.comp.get("discarded", reason="bad_llmobs_event") == 3
 
 
 def test_odd_but_valid_event_shapes_are_processed():
@@ -660,7 +660,7 @@ def test_bad_event_on_an_apm_span_keeps_the_span():
     edit_struct(chunk[0], lambda e: e["meta"].update(span="llm"))
     spans, events, _ = rig.process_chunk(chunk)
     assert len(spans) == 2 and events == []
-    assert rig.comp.get("dropped", reason="bad_llmobs_event") == 1
+    assert rig.comp.get("discarded", reason="bad_llmobs_event") == 1
     # the call still counts, from what the event said before it failed and from the span
     series, _ = rig.metrics()
     assert series[("llm.requests", call_tags(CHAT, "/v1/chat/completions", ORG))] == 1

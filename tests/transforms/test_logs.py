@@ -57,7 +57,7 @@ def test_a_rule_decides_for_logs_whose_attributes_match():
     processor, telemetry = make(RULES)
     assert processor.process({"message": "m", "service": "chat-api", "model": "gpt-4o-mini"}) is None
     assert processor.process({"message": "m", "service": "chat-api", "model": "claude-3"}) is not None
-    assert telemetry.component("logs_processor").get("dropped", reason="sampled_out") == 1
+    assert telemetry.component("logs_processor").get("discarded", reason="sampled_out", intentional="true") == 1
 
 
 def test_a_log_no_rule_decides_is_kept_whatever_the_global_rate():

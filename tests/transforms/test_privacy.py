@@ -3,14 +3,13 @@ hash and drop_field actions, field policies, and counters per rule, action and k
 
 from __future__ import annotations
 
-import copy
 import random
 import re
 
 import orjson
 import pytest
 
-from llmship.config import ConfigError, ScrubField, ScrubRule, load_config_text
+from llmship.config import ConfigError, ScrubRule, load_config_text
 from llmship.llm.stage import LLMStage
 from llmship.model import Span
 from llmship.telemetry import Telemetry

@@ -7,8 +7,9 @@ Per payload kind ("lane"): a FIFO bounded in bytes, ``max_concurrency`` workers,
 shared by those workers. A worker waits out the lane's backoff window, takes the oldest payload (from
 memory or from the disk spool, whichever is older), and sends it through the transport:
 
-- delivered: counted (events_sent, bytes_sent), the lane's backoff resets;
-- permanent (400, other 4xx): dropped, counted (dropped{reason="http_<status>"}), logged with why;
+- delivered: counted (sent, sent_bytes), the lane's backoff resets and, after an outage, idle
+  workers wake so the spool is replayed at full speed;
+- permanent (400, other 4xx): dropped, counted (discarded{reason="http_<status>"}), logged with why;
 - too large (413): split in two at an item boundary (``payload.split``, in a worker thread: it inflates
   and compresses) and each half sent, holding the same worker;
 - retryable (408, 5xx, no answer), throttled (429), unauthorized (401/403, logged loudly): the lane backs
@@ -18,12 +19,14 @@ memory or from the disk spool, whichever is older), and sends it through the tra
 
 With a spool configured, a "flusher" moves the memory queue to disk every ``spool_flush_secs / 2`` while
 a lane is failing (so accepted data reaches disk within ``spool_flush_secs``) and writes the payloads
-``submit`` spilled because the queue was full. ``shutdown(deadline)`` keeps delivering until the deadline,
-then writes what is left in memory to the spool (or counts it dropped{reason="shutdown"}).
+``submit`` spilled because the queue was full. ``shutdown(deadline)`` lifts every backoff window once (the
+intake may be back), keeps delivering, memory first and then the spool, until the deadline, then writes
+what is left in memory to the spool (or counts it discarded{reason="shutdown"}).
 
 Telemetry: component ``delivery`` (info: destination, spool_dir, when_full) and one component
-``delivery.<kind>`` per payload kind with counters events_received, bytes_received, events_sent,
-bytes_sent, requests_sent, retries, splits, spooled, dropped{reason}, errors{reason}, and gauges
+``delivery.<kind>`` per payload kind with counters received, received_bytes, sent, sent_bytes (events as
+payload items, bytes as sent: compressed), requests_sent, retries, splits, spooled,
+discarded{reason, intentional}, errors{error_type, stage}, and gauges
 queue_bytes, queue_items, inflight_payloads, spool_bytes, spool_files.
 """
 
@@ -72,6 +75,7 @@ class _Lane:
         self.backoff = Backoff(d.retry_initial_secs, d.retry_max_secs)
         self.inflight: dict[int, Payload] = {}  # in-memory payloads workers hold (by id())
         self.spilling: list[Payload] = []  # taken from the queues and being written to the spool
+        self.replaying = 0  # spooled payloads workers hold
         self.workers: set[asyncio.Task] = set()
         self.wakeup = asyncio.Event()
 
@@ -85,7 +89,7 @@ class _Lane:
         return self.queue.bytes + self.overflow.bytes
 
     def idle(self) -> bool:
-        return not self.queue and not self.overflow and not self.inflight
+        return not self.queue and not self.overflow and not self.inflight and not self.replaying
 
     def hold(self, payload: Payload) -> None:
         self.inflight[id(payload)] = payload
@@ -145,7 +149,7 @@ class Delivery:
     def submit(self, payload: Payload) -> bool:
         """Queue ``payload`` for delivery; never blocks. False when it was dropped (and counted)."""
         if not LANE_NAME.fullmatch(payload.kind):  # a sink bug, not input: say it once per kind
-            self._comp.inc("dropped", payload.items, reason="bad_kind")
+            self._comp.discard("bad_kind", payload.items)
             self._limited.error(f"bad:{payload.kind}"[:80], "bad_payload_kind", kind=payload.kind[:80])
             return False
         lane = self._lane(payload.kind)
@@ -160,8 +164,8 @@ class Delivery:
             self._limited.warning(f"{reason}:{lane.kind}", "delivery_queue_full", kind=lane.kind, reason=reason,
                                   queue_bytes=lane.queue.bytes, queue_max_bytes=lane.queue.max_bytes)
             return self._drop(lane, payload, reason)
-        lane.comp.inc("events_received", payload.items)
-        lane.comp.inc("bytes_received", len(payload.body))
+        lane.comp.inc("received", payload.items)
+        lane.comp.inc("received_bytes", len(payload.body))
         return True
 
     def overloaded(self, kind: str) -> bool:
@@ -171,8 +175,9 @@ class Delivery:
 
     def totals(self) -> dict[str, float]:
         """Events delivered, spooled and dropped so far, over every kind (POST /flush reports the increase)."""
-        return {name: sum(lane.comp.get(counter) for lane in self._lanes.values())
-                for name, counter in (("delivered", "events_sent"), ("spooled", "spooled"), ("dropped", "dropped"))}
+        return {name: sum(lane.comp.get(counter, **labels) for lane in self._lanes.values())
+                for name, counter, labels in (("delivered", "sent", {}), ("spooled", "spooled", {}),
+                                              ("dropped", "discarded", {"intentional": "false"}))}
 
     def unsettled(self, accepted_by: float) -> tuple[int, int]:
         """(payloads, events) accepted by ``accepted_by`` (time.time()) and still only in memory: queued,
@@ -255,7 +260,7 @@ class Delivery:
             task.add_done_callback(lane.workers.discard)
 
     def _drop(self, lane: _Lane, payload: Payload, reason: str) -> bool:
-        lane.comp.inc("dropped", payload.items, reason=reason)
+        lane.comp.discard(reason, payload.items)
         return False
 
     # ------------------------------------------------------------------------------------------ workers
@@ -313,12 +318,14 @@ class Delivery:
             lane.let_go(item)
             return
         assert self._spool is not None
-        payload = await self._spool.read(item)
-        if payload is None:
-            return  # corrupt: counted and skipped by the spool
+        lane.replaying += 1
         try:
+            payload = await self._spool.read(item)
+            if payload is None:
+                return  # corrupt: counted and skipped by the spool
             await self._deliver(lane, payload, item)
         finally:
+            lane.replaying -= 1
             self._spool.release(item)  # a no-op once done; else it stays on disk for a later attempt
 
     async def _deliver(self, lane: _Lane, payload: Payload, lease: Lease | None) -> None:
@@ -327,16 +334,19 @@ class Delivery:
         while True:
             await self._stoppable(lane.backoff.wait())
             transport = self._transport
+            started = lane.backoff.now()
             result = await self._stoppable(transport.send(payload))
             lane.comp.inc("requests_sent")
             disposition = classify(result.status)
             if disposition is Disposition.DELIVERED:
+                if lane.backoff.failing:
+                    lane.wakeup.set()  # the intake is back: idle workers replay the spool at full speed
                 lane.backoff.reset()
-                lane.comp.inc("events_sent", payload.items)
-                lane.comp.inc("bytes_sent", len(payload.body))
+                lane.comp.inc("sent", payload.items)
+                lane.comp.inc("sent_bytes", len(payload.body))
                 self._finish(lease)
                 return
-            lane.comp.error(f"http_{result.status}" if result.status else "connection", result.detail)
+            lane.comp.error(f"http_{result.status}" if result.status else "connection", result.detail, stage="sending")
             if disposition is Disposition.PERMANENT:
                 self._limited.error(f"{lane.kind}:permanent:{result.status}", "payload_rejected", kind=lane.kind,
                                     status=result.status, items=payload.items, detail=result.detail,
@@ -347,22 +357,27 @@ class Delivery:
             if disposition is Disposition.TOO_LARGE:
                 await self._split(lane, payload, lease, result)
                 return
-            await self._retry_later(lane, payload, lease, disposition, result, transport.destination)
+            await self._retry_later(lane, payload, disposition, result, transport.destination, started)
             if self._spool is not None and (lease is not None or await self._spool_payload(lane, payload)):
                 return  # on disk: the spool replays it once the backoff window is over
 
-    async def _retry_later(self, lane: _Lane, payload: Payload, lease: Lease | None, disposition: Disposition,
-                           result: SendResult, destination: str) -> None:
+    async def _retry_later(self, lane: _Lane, payload: Payload, disposition: Disposition, result: SendResult,
+                           destination: str, started: float) -> None:
         lane.comp.inc("retries")
-        delay = lane.backoff.next_delay(parse_retry_after(result.retry_after))
+        delay = lane.backoff.next_delay(parse_retry_after(result.retry_after), attempt_started=started)
         self._progress.set()
         fields = dict(kind=lane.kind, status=result.status, detail=result.detail, retry_in_secs=round(delay, 3),
                       consecutive_failures=lane.backoff.failures, destination=destination)
         if disposition is Disposition.UNAUTHORIZED:
             # Loud: nothing gets through until the key is fixed. The data is kept (spool or memory).
-            self._limited.error(f"{lane.kind}:auth", "intake_rejected_api_key",
-                                hint="check [sinks.datadog] api_key (or DD_API_KEY); data is kept and retried",
-                                **fields)
+            if result.status == 407:
+                self._limited.error(f"{lane.kind}:proxy_auth", "proxy_rejected_credentials",
+                                    hint="check the user:password of [sinks.datadog] proxy (or HTTPS_PROXY / "
+                                         "HTTP_PROXY); data is kept and retried", **fields)
+            else:
+                self._limited.error(f"{lane.kind}:auth", "intake_rejected_api_key",
+                                    hint="check [sinks.datadog] api_key (or DD_API_KEY); data is kept and retried",
+                                    **fields)
         else:
             self._limited.warning(f"{lane.kind}:retry", "intake_unavailable_retrying", **fields)
 
@@ -400,13 +415,13 @@ class Delivery:
         return False  # disk full or spool full: keep it in memory and retry from there
 
     def _internal_error(self, lane: _Lane, item: Payload | Lease, e: Exception) -> None:
-        lane.comp.error("internal", f"{type(e).__name__}: {e}")
+        lane.comp.error("internal", f"{type(e).__name__}: {e}", stage="sending")
         _log.exception("delivery_internal_error", kind=lane.kind)
         if isinstance(item, Payload):
             lane.let_go(item)
             self._drop(lane, item, "internal_error")
         elif self._spool is not None:
-            lane.comp.inc("dropped", item.record.items, reason="internal_error")
+            lane.comp.discard("internal_error", item.record.items)
             self._spool.done(item)
 
     # ------------------------------------------------------------------------------------------ spool
@@ -432,7 +447,7 @@ class Delivery:
                         self._progress.set()
                 self._spool.expire()
             except Exception as e:  # a bug must not stop the spool for good: count it, try next tick
-                self._comp.error("internal", f"{type(e).__name__}: {e}")
+                self._comp.error("internal", f"{type(e).__name__}: {e}", stage="sending")
                 _log.exception("delivery_flush_failed")
 
     async def _write_to_spool(self, lane: _Lane, payloads: list[Payload], keep: int) -> None:
@@ -462,6 +477,9 @@ class Delivery:
         self._draining = True
         if self._started:
             for lane in self._lanes.values():
+                # One attempt now, whatever the backoff window: the intake may be back (the spool is tried
+                # too), and if it is not, the next window decides whether another fits before the deadline.
+                lane.backoff.try_now()
                 lane.wakeup.set()  # idle workers re-check with memory-first order
             while not self._drained(deadline) and time.monotonic() < deadline:
                 self._progress.clear()
@@ -493,8 +511,10 @@ class Delivery:
             await asyncio.gather(*self._retiring, return_exceptions=True)
 
     def _drained(self, deadline: float) -> bool:
-        """Nothing left in memory that could still be delivered before ``deadline``."""
-        return all(lane.idle() or lane.backoff.retry_at >= deadline for lane in self._lanes.values())
+        """Nothing left in memory or in the spool that could still be delivered before ``deadline``."""
+        spool = self._spool
+        return all((lane.idle() and (spool is None or spool.oldest(lane.kind) is None))
+                   or lane.backoff.retry_at >= deadline for lane in self._lanes.values())
 
     def _describe(self) -> None:
         self._comp.set_info("destination", self._transport.destination)

@@ -50,9 +50,10 @@ def classify(status: int | None) -> Disposition:
         return Disposition.THROTTLED  # "Too Many Requests, request should be retried after some time"
     if status == 413:
         return Disposition.TOO_LARGE  # "Payload too large (batch is above 5MB uncompressed)"
-    if status in (401, 403):
+    if status in (401, 403, 407):
         # 401 "Unauthorized (likely a missing API Key)", 403 "Permission issue (likely using an invalid API
         # Key)". The Agent drops here; we keep the data, because fixing the key should not mean losing it.
+        # 407: the proxy refused our proxy credentials, likewise fixable and never the payload's fault.
         return Disposition.UNAUTHORIZED
     if 400 <= status < 500:
         return Disposition.PERMANENT  # 400 "Bad request (likely an issue in the payload formatting)"
@@ -88,36 +89,68 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 class Backoff:
     """Exponential backoff with full jitter (AWS Architecture Blog, "Exponential Backoff and Jitter"):
-    the n-th consecutive failure waits uniform(0, min(max_secs, initial_secs * 2**n)), and never less
-    than a Retry-After the intake asked for. Shared by every sender to one destination."""
+    the n-th failed window waits uniform(0, min(max_secs, initial_secs * 2**n)), and never less than a
+    Retry-After the intake asked for. Shared by every sender to one destination.
 
-    def __init__(self, initial_secs: float, max_secs: float, rand: Callable[[], float] = random.random) -> None:
+    Two rules keep an outage from costing more than itself once the intake is back:
+    - failures are counted per window, not per sender: the ``max_concurrency`` requests that fail in one
+      window count once (four workers failing separately used to reach a 60 s cap within seconds);
+    - a window is never longer than half the outage so far, so after a 10 s blip data waits at most
+      about 5 s more, not ``max_secs``; long outages still reach ``max_secs``.
+    """
+
+    def __init__(self, initial_secs: float, max_secs: float, rand: Callable[[], float] = random.random,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.initial_secs = initial_secs
         self.max_secs = max_secs
-        self.failures = 0  # consecutive, reset by a success
-        self.retry_at = 0.0  # time.monotonic() before which nobody sends to this destination
+        self.failures = 0  # consecutive failed windows, reset by a success
+        self.retry_at = 0.0  # clock() before which nobody sends to this destination
         self._rand = rand
+        self._clock = clock
+        self._outage_since = 0.0  # when the first failure of this outage was recorded
+        self._counted_at = -math.inf  # when the current window's failure was recorded
         self._changed = asyncio.Event()  # lets waiters see a success (retry_at lifted) at once
 
-    def ceiling(self, failures: int) -> float:
-        """The jitter's upper bound after ``failures`` consecutive failures (1 -> initial_secs)."""
+    def ceiling(self, failures: int, outage_secs: float = math.inf) -> float:
+        """The jitter's upper bound after ``failures`` failed windows (1 -> initial_secs) in an outage that
+        has lasted ``outage_secs``."""
         exponent = min(max(failures - 1, 0), 62)  # 2**62 * anything positive is past any sane cap
-        return min(self.max_secs, self.initial_secs * 2.0**exponent)
+        return min(self.max_secs, self.initial_secs * 2.0**exponent, max(self.initial_secs, outage_secs / 2))
 
-    def next_delay(self, retry_after: float | None = None) -> float:
-        """Record a failure and return how long this destination now waits."""
-        self.failures += 1
-        delay = self._rand() * self.ceiling(self.failures)
+    def now(self) -> float:
+        return self._clock()
+
+    def next_delay(self, retry_after: float | None = None, attempt_started: float | None = None) -> float:
+        """Record a failure of an attempt made at ``attempt_started`` (``now()``; None: just now) and return
+        how long this destination now waits. An attempt made before another sender's failure was recorded
+        belongs to that window: it does not lengthen it (a Retry-After still does)."""
+        now = self._clock()
+        if attempt_started is not None and attempt_started < self._counted_at:
+            delay = max(self.retry_at - now, 0.0)
+        else:
+            if self.failures == 0:
+                self._outage_since = now
+            self.failures += 1
+            self._counted_at = now
+            delay = self._rand() * self.ceiling(self.failures, now - self._outage_since)
         if retry_after is not None:
             delay = max(delay, retry_after)
-        self.retry_at = max(self.retry_at, time.monotonic() + delay)
+        self.retry_at = max(self.retry_at, now + delay)
         return delay
 
     def reset(self) -> None:
         """Forget the failures (after a success, or for a new destination); release every waiter."""
         self.failures = 0
+        self._counted_at = -math.inf
         if self.retry_at:
             self.retry_at = 0.0
+            self._changed.set()
+            self._changed = asyncio.Event()
+
+    def try_now(self) -> None:
+        """Lift the current window (failures stay counted): one more attempt now, e.g. before exiting."""
+        if self.retry_at > self._clock():
+            self.retry_at = self._clock()
             self._changed.set()
             self._changed = asyncio.Event()
 
@@ -131,7 +164,7 @@ class Backoff:
 
     async def wait(self) -> None:
         """Return once this destination may be tried again (now, if it is not backing off)."""
-        while (remaining := self.retry_at - time.monotonic()) > 0:
+        while (remaining := self.retry_at - self._clock()) > 0:
             changed = self._changed
             try:
                 await asyncio.wait_for(changed.wait(), remaining)

@@ -19,19 +19,19 @@ payload exactly as it would be sent. Never the API key: the transport adds it at
 Version 1 files (before payloads carried their route and boundaries: record ``meta_len u32 | body_len u32 |
 crc32 u32 | meta | body``) are still read: the route comes from ``legacy_routes`` (kind -> Route, given by
 whoever builds delivery), and such a payload has no boundaries, so a 413 cannot split it (it is dropped,
-counted dropped{reason="too_large"}) and the file transport decodes it whole. At start only the record headers and metas
+counted discarded{reason="too_large"}) and the file transport decodes it whole. At start only the record headers and metas
 are read (fast); each record's checksum is verified when it is read for sending. A bad header, a
 truncated record or a checksum mismatch skips what it affects and is counted (errors{reason=
-"spool_corrupt"}, and dropped{reason="spool_corrupt"} for the items when known): never a crash loop.
+"spool_corrupt"}, and discarded{reason="spool_corrupt"} for the items when known): never a crash loop.
 
 A record is leased to one sender at a time; once delivered (or permanently rejected) it is done, and a
 file is deleted when all its records are done. Delivery is at-least-once: a crash between a send and the
 delete sends that record again after the restart (the payload id lets an intake recognise it).
 
 Bounds: ``max_bytes`` over all kinds (the oldest files are evicted to make room, counted as
-dropped{reason="spool_full"}), ``max_age_secs`` (older files are deleted, dropped{reason=
+discarded{reason="spool_full"}), ``max_age_secs`` (older files are deleted, discarded{reason=
 "spool_expired"}), and ``min_free_bytes``: a write that would leave less free space on the file system is
-refused (the caller counts dropped{reason="spool_disk_low"}). Leased records are never evicted.
+refused (the caller counts discarded{reason="spool_disk_low"}). Leased records are never evicted.
 
 The index lives on the event loop thread; only file reads and writes run in a worker thread.
 """
@@ -229,7 +229,7 @@ class Spool:
         try:
             records = await asyncio.to_thread(_write_file, path, metas, payloads)
         except OSError as e:
-            self._component(kind).error("spool_write", f"{type(e).__name__}: {e.strerror or e}")
+            self._component(kind).error("spool_write", f"{type(e).__name__}: {e.strerror or e}", stage="sending")
             self._limited.error(f"write:{kind}", "spool_write_failed", kind=kind, path=str(path),
                                 error=f"{type(e).__name__}: {e.strerror or e}")
             return "spool_write_error"
@@ -246,7 +246,7 @@ class Spool:
             # Unknown is not "low": say what failed, and let the write itself find out (it fails with
             # its own error, or succeeds: refusing would drop data over a failed statvfs).
             detail = f"cannot read free space of {self.directory}: {type(e).__name__}: {e.strerror or e}"
-            self._component(kind).error("spool_disk_usage", detail)
+            self._component(kind).error("spool_disk_usage", detail, stage="sending")
             self._limited.error(f"disk_usage:{kind}", "spool_disk_usage_failed", kind=kind, error=detail)
             free = None
         if free is not None and free - size < self.min_free_bytes:  # first: refusing must not cost evictions
@@ -292,7 +292,7 @@ class Spool:
     def _evict(self, spool_file: SpoolFile, reason: str) -> None:
         items = spool_file.undelivered_items()
         if items:
-            self._component(spool_file.kind).inc("dropped", items, reason=reason)
+            self._component(spool_file.kind).discard(reason, items)
         self._limited.warning(f"{reason}:{spool_file.kind}", "spool_evicted", reason=reason,
                               kind=spool_file.kind, items=items, path=str(spool_file.path))
         self._delete(spool_file)
@@ -307,13 +307,13 @@ class Spool:
         except FileNotFoundError:
             pass
         except OSError as e:
-            self._component(spool_file.kind).error("spool_delete", f"{type(e).__name__}: {e.strerror or e}")
+            self._component(spool_file.kind).error("spool_delete", f"{type(e).__name__}: {e.strerror or e}", stage="sending")
 
     def _corrupt(self, kind: str, reason: str, path: str, items: int) -> None:
         comp = self._component(kind)
-        comp.error("spool_corrupt", f"{path}: {reason}")
+        comp.error("spool_corrupt", f"{path}: {reason}", stage="sending")
         if items:
-            comp.inc("dropped", items, reason="spool_corrupt")
+            comp.discard("spool_corrupt", items)
         self._limited.error(f"corrupt:{kind}", "spool_record_skipped", kind=kind, path=path, reason=reason)
 
 

@@ -22,6 +22,7 @@ import orjson
 from llmship import __version__
 from llmship.compression import DecompressionLimit
 from llmship.config import Config
+from llmship.delivery import proxy
 from llmship.delivery.payload import PAYLOAD_ID_HEADER, Payload, Route, iter_items
 from llmship.intake.decode import DecodeError, decode_payload
 
@@ -96,23 +97,36 @@ class HttpTransport:
         self._inflight = _InFlight()
         url = cfg.sinks.datadog.url
         self.destination = base_url(cfg, Route("", "")) if url else f"Datadog ({cfg.sinks.datadog.site})"
-        self._urls: dict[Route, str] = {}
+        # Said where the destination is said (logs, status), without credentials: the proxy for the API
+        # intake stands for all (only NO_PROXY could make them differ).
+        via = proxy.proxy_for(url or url_for(cfg, Route("api", "")), cfg.sinks.datadog.proxy)
+        if via is not None:
+            self.destination += f" via proxy {via.describe()}"
+        # route -> (url, extra headers, proxy options); the environment is read once per route
+        self._targets: dict[Route, tuple[str, dict[str, str], dict]] = {}
+
+    def _target(self, route: Route) -> tuple[str, dict[str, str], dict]:
+        target = self._targets.get(route)
+        if target is None:
+            url = url_for(self._cfg, route)
+            via = proxy.proxy_for(url, self._cfg.sinks.datadog.proxy)
+            target = self._targets[route] = (url, *(via.request_options(url) if via else ({}, {})))
+        return target
 
     async def send(self, payload: Payload) -> SendResult:
-        url = self._urls.get(payload.route)
-        if url is None:
-            url = self._urls[payload.route] = url_for(self._cfg, payload.route)
+        url, proxy_headers, proxy_options = self._target(payload.route)
         if self._session is None:
             self._session = aiohttp.ClientSession(headers={"User-Agent": USER_AGENT})
-        headers = {**payload.extra_headers, "Content-Type": payload.content_type, PAYLOAD_ID_HEADER: payload.id}
+        headers = {**payload.extra_headers, **proxy_headers, "Content-Type": payload.content_type,
+                   PAYLOAD_ID_HEADER: payload.id}
         if payload.content_encoding not in ("", "identity"):
             headers["Content-Encoding"] = payload.content_encoding
         if self._api_key:
             headers["DD-API-KEY"] = self._api_key
         with self._inflight:
             try:
-                async with self._session.post(url, data=payload.body, headers=headers,
-                                              timeout=self._timeout) as resp:
+                async with self._session.post(url, data=payload.body, headers=headers, timeout=self._timeout,
+                                              **proxy_options) as resp:
                     if 200 <= resp.status < 300:
                         await resp.read()  # small acknowledgements; reading them lets the connection be reused
                         return SendResult(resp.status)

@@ -129,6 +129,6 @@ class LLMStage:
             self._tel.inc("text_sampled_out")
 
     def _bad_event(self, error: Exception) -> None:
-        self._tel.inc("dropped", reason="bad_llmobs_event")
+        self._tel.discard("bad_llmobs_event")
         self._tel.error("bad_llmobs_event", f"{type(error).__name__}: {error}")
         _log.warning("bad_llmobs_event", "llmobs_event_rejected", error=f"{type(error).__name__}: {error}")

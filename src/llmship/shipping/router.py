@@ -76,7 +76,7 @@ class Router:
                 if span_id is None or self._shipped.add(span_id):
                     self._llmobs_sink.add_item(out.event)
                 else:
-                    self._tel.inc("discarded", reason="duplicate_event", intentional="true")
+                    self._tel.discard("duplicate_event", intentional=True)
 
     def log_item(self, data: bytes) -> None:
         self._logs_sink.add_item(data)

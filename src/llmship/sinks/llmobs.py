@@ -25,6 +25,7 @@ from llmship.model import LLMObsEvent
 from llmship.log import RateLimited, get_logger
 from llmship.shipping.packer import Encoding, Packer, accepted
 from llmship.sinks.intakes import ROUTES
+from llmship.tap import IDLE
 from llmship.telemetry import Telemetry
 
 # 5 MiB: ddtrace DEFAULT_EVP_PAYLOAD_SIZE_LIMIT ("actual server limit is 5.1 MB")
@@ -55,6 +56,7 @@ class LLMObsSink:
     def __init__(self, cfg: Config, submit: Callable[[Payload], object], telemetry: Telemetry) -> None:
         self._tel = telemetry.component("llmobs_sink")
         self._packer = Packer(LLMOBS, submit, on_too_large=self._too_large)
+        self.tap = IDLE  # the agent's Tap, given by agent.build
         self._tel.gauge("batch_items", lambda: len(self._packer))
         self.reload(cfg)
 
@@ -72,7 +74,7 @@ class LLMObsSink:
         self._packer.flush()
 
     def _too_large(self, events: int) -> None:
-        self._tel.inc("dropped", events, reason="item_too_large")
+        self._tel.discard("item_too_large", events)
 
     def add(self, event: LLMObsEvent) -> None:
         """``add_item(encode(event))``, for callers in one process."""
@@ -86,21 +88,24 @@ class LLMObsSink:
 
     def encode(self, event: LLMObsEvent) -> bytes | None:
         """One event in its envelope, within the per-event limit (processing plane); None: dropped, counted."""
-        self._tel.inc("events_received")
+        self._tel.inc("received")
         # Measured with its envelope (about 100 bytes more than ddtrace measures): slightly conservative,
         # and each event is serialized once on the common path.
         data = _dumps(envelope(event))
         if len(data) >= MAX_EVENT_BYTES:
             size = len(data)
-            data = _dumps(envelope(drop_io(event)))
+            event = drop_io(event)
+            data = _dumps(envelope(event))
             self._tel.inc("reduced", reason=DROPPED_IO)
             _log.warning("event_too_large", "llmobs_event_io_dropped", size_bytes=size,
                          reduced_bytes=len(data), limit_bytes=MAX_EVENT_BYTES)
             if len(data) >= MAX_EVENT_BYTES:  # metadata or tags alone are too large: the intake would refuse it
-                self._tel.inc("dropped", reason="event_too_large")
+                self._tel.discard("event_too_large")
                 _log.error("event_too_large_after_reduction", "llmobs_event_dropped", size_bytes=len(data),
                            limit_bytes=MAX_EVENT_BYTES)
                 return None
+        if self.tap.active:
+            self.tap.offer("llmobs", event)
         return data
 
 

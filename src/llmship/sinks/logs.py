@@ -24,6 +24,7 @@ from llmship.model import LogRecord
 from llmship.log import RateLimited, get_logger
 from llmship.shipping.packer import Encoding, Packer, accepted
 from llmship.sinks.intakes import ROUTES
+from llmship.tap import IDLE
 from llmship.telemetry import Telemetry
 from llmship.transforms.logs import TRUNCATED_TAG
 from llmship.transforms.truncate import TRUNCATION_MARKER, truncate_text
@@ -53,6 +54,7 @@ class LogsSink:
     def __init__(self, cfg: Config, submit: Callable[[Payload], object], telemetry: Telemetry) -> None:
         self._tel = telemetry.component("logs_sink")
         self._packer = Packer(LOGS, submit, on_too_large=self._too_large)
+        self.tap = IDLE  # the agent's Tap, given by agent.build
         self._tel.gauge("batch_items", lambda: len(self._packer))
         self.reload(cfg)
 
@@ -72,7 +74,7 @@ class LogsSink:
         self._packer.flush()
 
     def _too_large(self, events: int) -> None:
-        self._tel.inc("dropped", events, reason="item_too_large")
+        self._tel.discard("item_too_large", events)
 
     def add(self, record: LogRecord) -> None:
         """``add_item(encode(record))``, for callers in one process."""
@@ -86,7 +88,7 @@ class LogsSink:
 
     def encode(self, record: LogRecord) -> bytes | None:
         """One record as the intake's JSON, within the per-entry limit (processing plane); None: dropped."""
-        self._tel.inc("events_received")
+        self._tel.inc("received")
         if not record.get("hostname"):
             record["hostname"] = self._hostname
         ddtags = record.get("ddtags")
@@ -95,11 +97,13 @@ class LogsSink:
         try:
             data = orjson.dumps(record)
         except TypeError as e:  # a value JSON cannot hold (a record built by code, not decoded from JSON)
-            self._tel.inc("dropped", reason="not_serializable")
+            self._tel.discard("not_serializable")
             _log.error("not_serializable", "log_record_not_serializable", error=str(e))
             return None
         if len(data) > MAX_ENTRY_BYTES:
             data = self._reduce(record, data)
+        if self.tap.active:
+            self.tap.offer("logs", record)
         return data
 
     def _reduce(self, record: LogRecord, data: bytes) -> bytes:

@@ -53,6 +53,7 @@ from llmship.log import RateLimited, get_logger
 from llmship.shipping.packer import Encoding, Packer, accepted, build_payloads
 from llmship.sinks.intakes import ROUTES
 from llmship.tags import add_missing, agent_default_tags, split_tags
+from llmship.tap import IDLE
 from llmship.telemetry import Telemetry
 
 # Datadog API docs, Submit metrics (v2): "The maximum payload size is 500 kilobytes (512000 bytes).
@@ -173,6 +174,7 @@ class MetricsSink:
         # Flushes being encoded, oldest first. One interrupted (ship_async cancelled) stays here and is
         # finished by the next ship or by shutdown: its aggregates were taken from the aggregator already.
         self._shipments: list[Iterator[None]] = []
+        self.tap = IDLE  # the agent's Tap, given by agent.build
         self._tel.gauge("pending_service_checks", lambda: len(self._checks))
         self.reload(cfg)
 
@@ -222,7 +224,10 @@ class MetricsSink:
         sketches = Packer(self._encodings["sketches"], self._submit_one, on_too_large=self._too_large("sketches"))
         encoded = {Series: 0, SketchSeries: 0}
         slice_end = time.perf_counter() + SLICE_SECS
+        tap = self.tap if self.tap.wants("metrics") else None  # asked once a flush: nothing per item otherwise
         for i, item in enumerate(result.drain(), 1):
+            if tap is not None:
+                tap.offer("metrics", item)
             if type(item) is Series:
                 series.add(encode_series(item))
             else:
@@ -248,7 +253,7 @@ class MetricsSink:
         ``tags`` may be a raw "k:v,..." string or a list. A missing host is the agent's hostname."""
         body = {k: event[k] for k in _EVENT_FIELDS if event.get(k) not in (None, "")}
         if not body.get("title"):
-            self._tel.inc("dropped", reason="event_without_title")
+            self._tel.discard("event_without_title")
             self._rl.warning("event_without_title", "event_rejected", reason="no title")
             return
         body.setdefault("host", self._hostname)
@@ -270,11 +275,11 @@ class MetricsSink:
         except (TypeError, ValueError, OverflowError):
             status = timestamp = -1
         if not name or status not in (0, 1, 2, 3) or timestamp < 0:
-            self._tel.inc("dropped", reason="bad_service_check")
+            self._tel.discard("bad_service_check")
             self._rl.warning("bad_service_check", "service_check_rejected", check=str(name)[:200])
             return
         if len(self._checks) >= MAX_PENDING_SERVICE_CHECKS:
-            self._tel.inc("dropped", reason="service_checks_full")
+            self._tel.discard("service_checks_full")
             return
         host = check.get("host_name", check.get("host"))
         item = {
@@ -304,7 +309,7 @@ class MetricsSink:
 
     def _too_large(self, kind: str) -> Callable[[int], None]:
         def count(n: int) -> None:
-            self._tel.inc("dropped", n, reason="item_too_large", kind=kind)
+            self._tel.inc("discarded", n, reason="item_too_large", intentional="false", kind=kind)
             self._rl.warning(f"too_large_{kind}", "item_too_large", kind=kind)
         return count
 

@@ -36,6 +36,7 @@ from llmship.shipping.packer import Encoding, Packer, accepted
 from llmship.sinks.intakes import ROUTES
 from llmship.sinks.spanenc import DEFAULT_SERVICE_NAME, ENCODE_ERRORS, encode_span
 from llmship.tags import agent_default_tags
+from llmship.tap import IDLE
 from llmship.telemetry import Telemetry
 
 # The Datadog Agent release whose trace API llmship implements. Tracers read it from /info and the
@@ -77,6 +78,7 @@ class TraceSink:
         self._submit = submit
         self._languages: set[str] = set()  # every language seen, as the Agent reports them
         self._packer: Packer | None = None
+        self.tap = IDLE  # the agent's Tap, given by agent.build
         self.reload(cfg)
         self._tel.gauge("batch_items", lambda: len(self._packer))
 
@@ -147,11 +149,13 @@ class TraceSink:
         for spans in chunks:
             if not spans:
                 continue
-            self._tel.inc("events_received", len(spans))
+            self._tel.inc("received", len(spans))
             priority = _priority(spans)
             if priority is not None and priority <= 0:
-                self._tel.inc("dropped", len(spans), reason="sampling_priority")
+                self._tel.discard("sampling_priority", len(spans), intentional=True)  # the Agent drops them too
                 continue
+            if self.tap.active:
+                self.tap.offer("spans", (spans, tracer))
             root = root_span(spans)
             header = self._header(tracer, root.meta.get("env") or self._env, root.meta.get("_dd.hostname", ""),
                                   root.meta.get("version", ""))
@@ -163,14 +167,14 @@ class TraceSink:
                 try:
                     encoded.append(encode_span(s, fallback_service, meta_defaults))
                 except ENCODE_ERRORS as e:  # a span built by code with what the wire cannot carry
-                    self._tel.inc("dropped", reason="unencodable_span")
+                    self._tel.discard("unencodable_span")
                     _log.warning("unencodable_span", "span_dropped", error=f"{type(e).__name__}: {e}")
             # A chunk too large for one payload is cut into several (tracers flush partial chunks too);
             # 32 bytes for the TracerPayload's and the chunk's own tags and lengths.
             room = self._packer.max_item - len(header) - len(chunk_fields) - 32
             for group in _groups_within(encoded, room):
                 if group is None:
-                    self._tel.inc("dropped", reason="span_too_large")
+                    self._tel.discard("span_too_large")
                     _log.warning("span_too_large", "span_too_large", limit_bytes=MAX_PAYLOAD_BYTES)
                     continue
                 yield header, pb.f_msg(6, chunk_fields + b"".join([_SPAN_TAG + pb.varint(len(s)) + s
@@ -182,7 +186,7 @@ class TraceSink:
         self._submit(payload)
 
     def _too_large(self, spans: int) -> None:
-        self._tel.inc("dropped", spans, reason="span_too_large")
+        self._tel.discard("span_too_large", spans)
 
     def _header(self, tracer: TracerInfo, env: str, hostname: str, app_version: str) -> bytes:
         key = (tracer.container_id, tracer.language, tracer.language_version, tracer.tracer_version,

@@ -10,7 +10,7 @@ A datagram (or a unix stream frame) holds one or more lines separated by "\\n", 
 Metric lines go straight to ``Aggregator.add`` with the tags as the raw wire string (the aggregator caches
 its contexts on that string); events and service checks become dicts in the shape of Datadog's
 POST /api/v1/events and /api/v1/check_run bodies. A bad line is counted under
-``dropped{reason=...}`` and skipped; the rest of the datagram still counts.
+``discarded{reason=...}`` and skipped; the rest of the datagram still counts.
 
 Speed is the constraint here (the goal: 250,000 lines per second on one core, parse and aggregate), so
 the hot path creates no object per line beyond the strings ``str.partition`` returns: the part of a line
@@ -148,7 +148,7 @@ class DogStatsDParser:
             self._parse_metric(line)
 
     def _drop(self, reason: str, line: str) -> None:
-        self._comp.inc("dropped", reason=reason)
+        self._comp.discard(reason)
         self._bad_input_log.warning(reason, "dogstatsd_bad_line", reason=reason, line=line[:200])
 
     def _parse_metric(self, line: str) -> None:
@@ -496,7 +496,7 @@ class DogStatsDSource:
                 except (BlockingIOError, InterruptedError):
                     break
                 except OSError as e:  # e.g. ECONNREFUSED left over from an ICMP error: try again later
-                    self._comp.error("recv_failed", str(e))
+                    self._comp.error("recv_failed", str(e), stage="receiving")
                     break
                 datagrams += 1
                 nbytes += len(data)
@@ -516,20 +516,20 @@ class DogStatsDSource:
         if datagrams:
             comp = self._comp
             comp.inc("datagrams_received", datagrams)
-            comp.inc("events_received", lines)
-            comp.inc("bytes_received", nbytes)
+            comp.inc("received", lines)
+            comp.inc("received_bytes", nbytes)
             # when a batch was last handled (unix time): "is anyone sending?", and when a burst was done
             comp.set_info("last_received_at", time.time())
 
     def _too_large(self, n: int) -> None:
-        self._comp.inc("dropped", reason="packet_too_large")
+        self._comp.discard("packet_too_large")
         self._bad_input_log.warning("packet_too_large", "dogstatsd_packet_too_large", bytes=n,
                                     max_packet_bytes=self._cfg.max_packet_bytes,
                                     hint="raise sources.dogstatsd.max_packet_bytes")
 
     def _parser_failed(self, e: Exception) -> None:
-        self._comp.inc("dropped", reason="parser_error")
-        self._comp.error("parser_error", f"{type(e).__name__}: {e}")
+        self._comp.discard("parser_error")
+        self._comp.error("parser_error", f"{type(e).__name__}: {e}", stage="receiving")
         self._bad_input_log.error("parser_error", "dogstatsd_parser_error", error=f"{type(e).__name__}: {e}",
                                   exc_info=True)
 
@@ -568,7 +568,7 @@ class _StreamProtocol(asyncio.Protocol):
     def connection_lost(self, exc) -> None:
         self._source._stream_transports.discard(self._transport)
         if self._pending:  # the client went away mid-frame
-            self._source._comp.inc("dropped", reason="truncated_frame")
+            self._source._comp.discard("truncated_frame")
 
     def data_received(self, data: bytes) -> None:
         pending = self._pending

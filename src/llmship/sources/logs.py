@@ -20,6 +20,7 @@ to every log of the request that lacks them. Answers: 202 ``{}`` (200 on v1 path
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from typing import Any
 
@@ -183,7 +184,7 @@ class _TcpConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         if not self._source.register(self):
-            self._tel.inc("dropped", reason="too_many_connections")
+            self._tel.inc("connections_refused", reason="too_many_connections")
             _limited.warning("too_many_connections", "log_connection_refused", limit=MAX_TCP_CONNECTIONS)
             transport.close()
             return
@@ -191,7 +192,7 @@ class _TcpConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_active = time.monotonic()
-        self._tel.inc("bytes_received", len(data))
+        self._tel.inc("received_bytes", len(data))
         records: list[LogRecord] = []
         self._splitter.feed(data, records)
         self._submit(records)
@@ -218,7 +219,7 @@ class _TcpConnection(asyncio.Protocol):
     def _submit(self, records: list[LogRecord]) -> None:
         if not records:
             return
-        self._tel.inc("events_received", len(records))
+        self._tel.inc("received", len(records))
         pipeline = self._source.pipeline
         pipeline.submit_logs(records)
         if pipeline.overloaded("logs") and self.transport is not None and not self.paused:
@@ -243,6 +244,17 @@ class LogsSource:
         self._runner: web.AppRunner | None = None
         self._sweeper: asyncio.Task | None = None
         self.tcp_telemetry.gauge("open_connections", lambda: len(self._connections))
+
+    def reload(self, cfg: Config) -> None:
+        """SIGHUP: max_line_bytes applies to new connections and requests, idle_timeout_secs to the next
+        sweep and body read (the HTTP keep-alive timeout is set at start); listener addresses need a restart."""
+        new, old = cfg.sources.logs, self._cfg
+        changed = [key for key in ("tcp", "http") if getattr(new, key) != getattr(old, key)]
+        if changed:
+            log.warning("reload_needs_restart", keys=[f"sources.logs.{key}" for key in changed])
+        self._cfg = dataclasses.replace(new, tcp=old.tcp, http=old.http)
+        self.max_line_bytes = new.max_line_bytes
+        self._idle_timeout = new.idle_timeout_secs
 
     # ------------------------------------------------------------------------------------ lifecycle
 
@@ -339,7 +351,7 @@ class LogsSource:
         try:
             body = await self._read_body(request)
         except web.HTTPException as e:
-            tel.inc("errors", reason=e.reason.lower().replace(" ", "_"))
+            tel.inc("errors", error_type=e.reason.lower().replace(" ", "_"), stage="receiving")
             return _error(e.status, e.text or e.reason)
         records: list[LogRecord] = []
         if request.content_type.startswith("text/"):
@@ -350,11 +362,11 @@ class LogsSource:
             try:
                 records_from_json(orjson.loads(body), records)
             except orjson.JSONDecodeError as e:
-                tel.inc("errors", reason="invalid_json")
+                tel.inc("errors", error_type="invalid_json", stage="receiving")
                 _limited.warning("invalid_json", "log_request_invalid_json", error=str(e))
                 return _error(400, f"invalid JSON: {e}")
         _apply_query(request.query, records)
-        tel.inc("events_received", len(records))
+        tel.inc("received", len(records))
         for i in range(0, len(records), SUBMIT_SLICE):
             if i:
                 await asyncio.sleep(0)  # let other clients in between slices
@@ -373,7 +385,7 @@ class LogsSource:
         except web.HTTPRequestEntityTooLarge:
             raise web.HTTPRequestEntityTooLarge(MAX_HTTP_BODY_BYTES, request.content_length or 0,
                                                 text=f"body over {MAX_HTTP_BODY_BYTES} bytes") from None
-        self._http_tel.inc("bytes_received", len(raw))
+        self._http_tel.inc("received_bytes", len(raw))
         try:
             return decompress(raw, encoding, MAX_HTTP_BODY_BYTES)
         except DecompressionLimit:

@@ -34,15 +34,17 @@ otherwise 200 with the usual rates body (header.go: "By default, the agent will 
 for every payload, even those dropped"). The EVP path always answers 429, as the intake behind the
 Agent's proxy would, and ddtrace's LLM Observability writer retries 429.
 
-Telemetry (component "traces"): requests{endpoint}, spans_received, events_received (LLM Observability
-events), bytes_received (as sent, before decompression), dropped{reason}: one per refused request
-(payload_too_large, decoding_error, timeout, unsupported_media_type, overloaded, ...), and one per
-``_llmobs`` struct that could not be decoded (llmobs_decode_error; its APM span is kept).
+Telemetry (component "traces"): requests{endpoint}; received (events: spans, and EVP LLM Observability
+events), spans, llmobs_events (LLM Observability events on either path), received_bytes (as sent, before
+decompression); refused{reason}, in requests, one per refused request (payload_too_large, decoding_error,
+timeout, unsupported_media_type, overloaded, ...: its events were never counted as received);
+discarded{reason="poison_value"} for spans with values the wire cannot carry.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import hashlib
 import math
@@ -119,13 +121,27 @@ class TraceSource:
         self._cfg = cfg.sources.traces
         self._pipeline = pipeline
         self._tel = pipeline.telemetry.component("traces")
-        self._default_env = cfg.agent.env or DEFAULT_ENV
         self._read_timeout = read_timeout_secs
-        self._info_body = orjson.dumps(info_document(cfg), option=orjson.OPT_INDENT_2)
-        self._state = hashlib.sha256(self._info_body).hexdigest()
+        self._apply(cfg)
         self._decoders = asyncio.Semaphore(DECODERS)
         self._runner: web.AppRunner | None = None
         self._socket_file: tuple[socket.socket, unixsock.FileId] | None = None
+
+    def _apply(self, cfg: Config) -> None:
+        self._default_env = cfg.agent.env or DEFAULT_ENV
+        self._info_body = orjson.dumps(info_document(cfg), option=orjson.OPT_INDENT_2)
+        # Tracers re-read /info when this hash changes (every response carries it), so they learn a new env.
+        self._state = hashlib.sha256(self._info_body).hexdigest()
+
+    def reload(self, cfg: Config) -> None:
+        """SIGHUP: a new env reaches /info, its state hash and the rate keys; max_body_bytes applies to the
+        next request. Listener addresses need a restart (the /info document keeps reporting the bound ones)."""
+        new, old = cfg.sources.traces, self._cfg
+        changed = [key for key in ("listen", "socket") if getattr(new, key) != getattr(old, key)]
+        if changed:
+            log.warning("reload_needs_restart", keys=[f"sources.traces.{key}" for key in changed])
+        self._cfg = dataclasses.replace(new, listen=old.listen, socket=old.socket)
+        self._apply(dataclasses.replace(cfg, sources=dataclasses.replace(cfg.sources, traces=self._cfg)))
 
     # ------------------------------------------------------------------------------------ lifecycle
 
@@ -223,11 +239,13 @@ class TraceSource:
                 self._decoders.release()
         except RequestError as e:
             return self._reject(e)
-        self._tel.inc("spans_received", sum(len(c) for c in chunks))
-        self._tel.inc("events_received", sum(1 for c in chunks for s in c if LLMOBS_STRUCT_KEY in s.meta_struct))
+        spans = sum(len(c) for c in chunks)
+        self._tel.inc("received", spans)
+        self._tel.inc("spans", spans)
+        self._tel.inc("llmobs_events", sum(1 for c in chunks for s in c if LLMOBS_STRUCT_KEY in s.meta_struct))
         poison = drop_poison(chunks)
         if poison:
-            self._tel.inc("discarded", poison, reason="poison_value", intentional="false")
+            self._tel.discard("poison_value", poison)
             _limited.warning("poison_value", "span_value_dropped", values=poison,
                              detail="non-finite _sampling_priority_v1")
         await self._submit_spans(chunks, _tracer_info(request.headers, chunks))
@@ -259,7 +277,8 @@ class TraceSource:
                 self._decoders.release()
         except RequestError as e:
             return self._reject(e)
-        self._tel.inc("events_received", len(events))
+        self._tel.inc("received", len(events))
+        self._tel.inc("llmobs_events", len(events))
         self._pipeline.submit_llmobs_events(events)
         return web.json_response({}, status=202)
 
@@ -310,7 +329,7 @@ class TraceSource:
                         raise RequestError(413, "payload_too_large", f"payload-too-large: over {limit} bytes")
         except TimeoutError:
             raise RequestError(408, "timeout", "timeout") from None
-        self._tel.inc("bytes_received", len(body))
+        self._tel.inc("received_bytes", len(body))
         try:
             return decompress(bytes(body), encoding, limit)
         except DecompressionLimit:
@@ -350,7 +369,7 @@ class TraceSource:
         return orjson.dumps({"rate_by_service": rates})
 
     def _reject(self, e: RequestError) -> web.Response:
-        self._tel.inc("dropped", reason=e.reason)
+        self._tel.inc("refused", reason=e.reason)
         _limited.warning(e.reason, "request_rejected", status=e.status, reason=e.reason, detail=e.message[:200])
         response = web.Response(status=e.status, text=e.message + "\n")
         if e.status in (408, 413):
@@ -358,7 +377,7 @@ class TraceSource:
         return response
 
     def _refuse_traces(self, real_status: bool, reason: str) -> web.Response:
-        self._tel.inc("dropped", reason=reason)
+        self._tel.inc("refused", reason=reason)
         _limited.warning(reason, "traces_refused", reason=reason, status=429 if real_status else 200)
         body = orjson.dumps({"rate_by_service": {"service:,env:": 1.0}})
         if real_status:
@@ -367,7 +386,7 @@ class TraceSource:
         return web.Response(status=200, body=body, content_type="application/json")
 
     def _refuse_llmobs(self, reason: str) -> web.Response:
-        self._tel.inc("dropped", reason=reason)
+        self._tel.inc("refused", reason=reason)
         _limited.warning(reason, "llmobs_refused", reason=reason)
         return web.Response(status=429, text="too many requests\n", headers={"Retry-After": str(RETRY_AFTER_SECS)})
 

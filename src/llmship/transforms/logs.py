@@ -97,14 +97,14 @@ class LogProcessor:
         self._merged_tags: dict[tuple[str, str, bool], str] = {}
 
     def process(self, record: LogRecord) -> LogRecord | None:
-        self._tel.inc("events_received")
+        self._tel.inc("received")
         if self._sampling and not self._keep(record):
-            self._tel.inc("dropped", reason="sampled_out")
+            self._tel.discard("sampled_out", intentional=True)
             return None
         try:
             truncated = self._scrub(record)
         except Exception as e:  # never shipped raw
-            self._tel.inc("dropped", reason="scrub_failed")
+            self._tel.discard("scrub_failed")
             self._scrubber.telemetry.inc("scrub_failed", kind="logs")
             self._tel.error("scrub_failed", f"{type(e).__name__}: {e}")
             _log.warning("scrub_failed", "log_dropped", error=f"{type(e).__name__}: {e}")
