@@ -109,7 +109,7 @@ def test_flush_with_the_intake_down_answers_at_the_deadline_and_keeps_the_data(t
     assert code == 504 and answer["status"] == "timeout", answer
     assert answer["pending"] == 2 and answer["delivered"] == 0 and answer["spooled"] == 0  # a series, a log
     assert 1.5 <= elapsed < 5
-    assert agent.counter("delivery.series", "dropped") == 0  # kept, retried
+    assert agent.counter("delivery.series", "discarded", intentional="false") == 0  # kept, retried
     cli = subprocess.run([PYTHON, "-m", "llmship", "flush", "--url", agent.status_url, "--timeout", "0.5",
                           "--json"], capture_output=True, text=True, timeout=60)
     assert cli.returncode == 3 and json.loads(cli.stdout)["pending"] == 2

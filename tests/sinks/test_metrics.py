@@ -278,4 +278,4 @@ def test_a_timestamp_beyond_64_bits_costs_only_its_own_line():
     names = [s["metric"] for p in payloads if p.kind == "series" for s in decode_payload(
         "series", p.body, p.content_encoding, max_bytes=1 << 20)]
     assert sorted(set(names)) == ["also.fine", "fine"]
-    assert top.telemetry.component("dogstatsd").get("dropped", reason="invalid_timestamp") == 1
+    assert top.telemetry.component("dogstatsd").get("discarded", reason="invalid_timestamp") == 1

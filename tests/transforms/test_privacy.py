@@ -161,7 +161,7 @@ def test_a_log_whose_scrubbing_fails_is_dropped_and_counted():
     processor, s, telemetry = log_processor("python")
     s.scrub_cached = lambda *a, **k: 1 / 0
     assert processor.process({"message": "x", "other": "y"}) is None
-    assert telemetry.component("logs_processor").get("dropped", reason="scrub_failed") == 1
+    assert telemetry.component("logs_processor").get("discarded", reason="scrub_failed", intentional="false") == 1
     assert s.telemetry.get("scrub_failed", kind="logs") == 1
 
 
@@ -234,7 +234,7 @@ def test_spans_whose_scrubbing_fails_are_dropped_and_counted():
     s.scrub_many = lambda *a, **k: 1 / 0
     spans, _, _ = rig.process_chunk(spans_with_secrets())
     assert spans == []
-    assert rig.telemetry.component("processing").get("dropped", reason="scrub_failed") == 3
+    assert rig.telemetry.component("processing").get("discarded", reason="scrub_failed", intentional="false") == 3
     assert s.telemetry.get("scrub_failed", kind="spans") == 3
 
 
