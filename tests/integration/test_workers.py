@@ -16,7 +16,6 @@ import time
 import tomllib
 
 import msgpack
-import pytest
 
 from harness import CAPTURES, dump_toml, http_get, wait_for
 
