@@ -41,23 +41,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import copy
-import json
-import struct
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgpack
 import orjson
 
 import mixes  # bench/mixes.py
-from common import (CPUS, Agent, Goal, LlmshipIntake, NullIntake, caught_up, datadog_sink, drops,  # bench/common.py
-                    free_port, pin, result, save_results, sent, stat, wait_until)
+from common import (CATCH_UP_SECS, CPUS, OPEN_LOOP_CONNECTIONS, STATUS_POLL_SECS, Agent,  # bench/common.py
+                    Goal, LlmshipIntake, Measured, NullIntake, Workload, caught_up, closed_loop, datadog_sink, drops,
+                    free_port, open_loop, pin, result, run_phase, save_results, sent, stat, wait_until)
 
-EVP_CAPTURE = mixes.CAPTURES / "evp_llmobs_spans_apm_tracing_disabled.json"
 
 SPANS_PER_PAYLOAD = 100  # default payload size, whatever the mix: comparable per-request overheads
 GOALS = {  # per mix: agent CPU per span end to end, its ratio to the msgpack baseline, spans/s a core
@@ -66,133 +62,6 @@ GOALS = {  # per mix: agent CPU per span end to end, its ratio to the msgpack ba
 }
 GOAL_P99 = Goal(50, "ms", strict=True)  # at half the saturation throughput
 DEADLINE_SECS = 600  # the whole run stops by itself after this, whatever happens
-CATCH_UP_SECS = 60  # delivery must have sent everything this long after the load stopped
-STATUS_POLL_SECS = 0.2  # /status costs the agent a snapshot: not too often
-# Open loop: stop offering once this many seconds of load wait for a connection (the agent is far behind).
-MAX_BACKLOG_SECS = 2.0
-# Open loop: enough connections that a request never waits for one while the agent keeps up.
-OPEN_LOOP_CONNECTIONS = 32
-
-# Id patching: every id in a template body is a sentinel (1<<63) | SENTINEL_TAG<<32 | k (msgpack writes an
-# integer with the top bit set as 0xcf + 8 bytes, whatever its value); a request's ids are
-# (1<<63) | seq<<16 | k: unique per (request, k), fixed width, so patching never moves a byte.
-SENTINEL_TAG = 0x5EED
-_UINT64 = struct.Struct(">Q")
-_TOP_BIT = 1 << 63
-MAX_IDS_PER_REQUEST = 1 << 16
-
-
-def _sentinel(k: int) -> int:
-    return _TOP_BIT | SENTINEL_TAG << 32 | k
-
-
-# ---------------------------------------------------------------------------------------------- workload
-
-
-@dataclass
-class Request:
-    kind: str  # "traces" | "evp"
-    head: bytes
-    body: bytes
-    spans: int  # spans (v0.4) or events (EVP) it carries
-    llmobs: int  # v0.4 spans with an _llmobs event (the agent counts them as llmobs_events)
-
-
-class TracePayloads:
-    """v0.4 bodies of ``traces`` (bench/mixes.py), with fresh ids per request."""
-
-    def __init__(self, traces: list[list[dict]], port: int) -> None:
-        k = 0
-        self.spans = self.llmobs = 0
-        for trace in traces:
-            ids = {}
-            trace_id = _sentinel(k)
-            k += 1
-            for span in trace:
-                ids[span["span_id"]] = _sentinel(k)
-                k += 1
-            for span in trace:
-                span["trace_id"] = trace_id
-                span["span_id"] = ids[span["span_id"]]
-                if span.get("parent_id") in ids:
-                    span["parent_id"] = ids[span["parent_id"]]
-                self.spans += 1
-                self.llmobs += "_llmobs" in (span.get("meta_struct") or {})
-        if k > MAX_IDS_PER_REQUEST:
-            raise ValueError(f"at most {MAX_IDS_PER_REQUEST} ids per payload")
-        self.template = msgpack.packb(traces, use_bin_type=True)
-        self.patches = []  # (offset of the 8 id bytes, k)
-        for j in range(k):
-            needle = b"\xcf" + _UINT64.pack(_sentinel(j))
-            at = self.template.find(needle)
-            while at >= 0:
-                self.patches.append((at + 1, j))
-                at = self.template.find(needle, at + 1)
-        self.head = (f"PUT /v0.4/traces HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/msgpack\r\n"
-                     f"Content-Length: {len(self.template)}\r\nDatadog-Meta-Lang: python\r\n"
-                     "Datadog-Meta-Lang-Version: 3.11.7\r\nDatadog-Meta-Lang-Interpreter: CPython\r\n"
-                     "Datadog-Meta-Tracer-Version: 4.16.0\r\nDatadog-Client-Computed-Top-Level: true\r\n"
-                     f"Datadog-Send-Real-Http-Status: 1\r\nX-Datadog-Trace-Count: {len(traces)}\r\n\r\n").encode()
-
-    def body(self, seq: int) -> bytes:
-        buf = bytearray(self.template)
-        base = _TOP_BIT | seq << 16
-        pack_into = _UINT64.pack_into
-        for offset, k in self.patches:
-            pack_into(buf, offset, base | k)
-        return bytes(buf)
-
-    def request(self, seq: int) -> Request:
-        return Request("traces", self.head, self.body(seq), self.spans, self.llmobs)
-
-
-class EvpBatches:
-    """EVP LLM Observability bodies of ``events`` envelopes cycled from the capture, with fresh ids."""
-
-    def __init__(self, events: int, port: int) -> None:
-        envelopes = json.loads(EVP_CAPTURE.read_text())["body"]
-        self.envelopes = [copy.deepcopy(envelopes[i % len(envelopes)]) for i in range(events)]
-        self.events = sum(len(e["spans"]) for e in self.envelopes)
-        self.port = port
-
-    def request(self, seq: int) -> Request:
-        base = _TOP_BIT | seq << 16
-        k = 0
-        for envelope in self.envelopes:
-            for event in envelope["spans"]:
-                trace_id = f"6b03dfbb00000000{base | k:016x}"
-                span_id = str(base | k + 1)
-                k += 2
-                event["span_id"] = event["_dd"]["span_id"] = span_id
-                event["trace_id"] = event["_dd"]["trace_id"] = event["_dd"]["apm_trace_id"] = trace_id
-        body = orjson.dumps(self.envelopes)
-        head = (f"POST /evp_proxy/v2/api/v2/llmobs HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
-                "Content-Type: application/json\r\nX-Datadog-EVP-Subdomain: llmobs-intake\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n").encode()
-        return Request("evp", head, body, self.events, 0)
-
-
-
-class Workload:
-    """Requests of one mix: an EVP batch whenever EVP events fall below ``evp_share`` of all spans."""
-
-    def __init__(self, mix: str, traces_per_payload: int, events_per_batch: int, evp_share: float,
-                 port: int) -> None:
-        self.traces = TracePayloads(mixes.traces(mix, traces_per_payload), port)
-        self.evp = EvpBatches(events_per_batch, port)
-        self.evp_share = evp_share
-        self.seq = 0
-        self.apm_spans = self.evp_events = 0
-
-    def next(self) -> Request:
-        self.seq += 1
-        total = self.apm_spans + self.evp_events
-        if self.evp_share > 0 and self.evp_events < self.evp_share * (total + self.evp.events):
-            self.evp_events += self.evp.events
-            return self.evp.request(self.seq)
-        self.apm_spans += self.traces.spans
-        return self.traces.request(self.seq)
-
 
 # ---------------------------------------------------------------------------------------------- baseline
 
@@ -219,203 +88,6 @@ def baseline(workload: Workload, seconds: float) -> tuple[float, int]:
     return cpu, spans
 
 
-def scrub_cost(workload: Workload) -> float:
-    """CPU µs per span of scrubbing the APM spans of the mix (``transforms/privacy.py``'s ``scrub_chunks``,
-    default rules, the engine the agent would choose): best of five passes over fresh decodes."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
-    from llmship.sources.traces import decode_v04
-    from llmship.transforms.privacy import scrub_chunks
-    from llmship.transforms.scrub import Scrubber
-
-    scrubber = Scrubber()
-    bodies = [r.body for r in (workload.next() for _ in range(60)) if r.kind != "evp"]
-    best = float("inf")
-    for _ in range(5):
-        decoded = [decode_v04(body) for body in bodies]
-        spans = sum(len(chunk) for chunks in decoded for chunk in chunks)
-        start = time.thread_time()
-        for chunks in decoded:
-            scrub_chunks(scrubber, chunks)
-        best = min(best, (time.thread_time() - start) / max(1, spans) * 1e6)
-    return best
-
-
-# ---------------------------------------------------------------------------------------------- HTTP load
-
-
-class Connection:
-    """One keep-alive HTTP/1.1 connection sending pre-built requests (tracers keep theirs open too)."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    async def send(self, request: Request) -> int:
-        if self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
-        self.writer.write(request.head)
-        self.writer.write(request.body)
-        status_line = await self.reader.readline()
-        if not status_line:
-            raise ConnectionError("the agent closed the connection")
-        length = 0
-        close = False
-        while (line := await self.reader.readline()) not in (b"\r\n", b""):
-            name, _, value = line.partition(b":")
-            name = name.strip().lower()
-            if name == b"content-length":
-                length = int(value)
-            elif name == b"connection" and value.strip().lower() == b"close":
-                close = True
-        if length:
-            await self.reader.readexactly(length)
-        if close:
-            self.close()
-        return int(status_line.split()[1])
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
-
-
-@dataclass
-class PhaseResult:
-    name: str
-    seconds: float = 0.0
-    requests: int = 0
-    spans_sent: int = 0
-    refused: int = 0  # 429: the agent was overloaded
-    errors: dict[int, int] = field(default_factory=dict)
-    latencies: list[float] = field(default_factory=list)  # seconds
-    offered_rate: float | None = None
-    stopped_early: str = ""
-
-    def record(self, request: Request, status: int, latency: float) -> None:
-        self.requests += 1
-        self.latencies.append(latency)
-        if status in (200, 202):
-            self.spans_sent += request.spans
-        elif status == 429:
-            self.refused += 1
-        else:
-            self.errors[status] = self.errors.get(status, 0) + 1
-
-    def percentile_ms(self, p: float) -> float:
-        if not self.latencies:
-            return float("nan")
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] * 1000
-
-
-async def closed_loop(workload: Workload, port: int, connections: int, seconds: float) -> PhaseResult:
-    result = PhaseResult(f"closed loop, {connections} connections")
-    start = time.perf_counter()
-    stop_at = start + seconds
-
-    async def worker() -> None:
-        conn = Connection(port)
-        try:
-            while time.perf_counter() < stop_at:
-                request = workload.next()
-                sent = time.perf_counter()
-                status = await conn.send(request)
-                result.record(request, status, time.perf_counter() - sent)
-        finally:
-            conn.close()
-
-    await asyncio.gather(*(worker() for _ in range(connections)))
-    result.seconds = time.perf_counter() - start
-    return result
-
-
-async def open_loop(workload: Workload, port: int, connections: int, rate: float, seconds: float) -> PhaseResult:
-    """Offer ``rate`` spans/s on a fixed schedule; latency counts from each request's scheduled time."""
-    result = PhaseResult(f"open loop at {rate:,.0f} spans/s offered", offered_rate=rate)
-    queue: asyncio.Queue[tuple[float, Request] | None] = asyncio.Queue()
-    start = time.perf_counter()
-
-    outstanding = 0  # spans offered and not answered yet
-
-    async def worker() -> None:
-        nonlocal outstanding
-        conn = Connection(port)
-        try:
-            while (item := await queue.get()) is not None:
-                scheduled, request = item
-                status = await conn.send(request)
-                result.record(request, status, time.perf_counter() - scheduled)
-                outstanding -= request.spans
-        finally:
-            conn.close()
-
-    workers = [asyncio.create_task(worker()) for _ in range(connections)]
-    due = start
-    while due < start + seconds:
-        now = time.perf_counter()
-        if due > now:
-            await asyncio.sleep(due - now)
-        if outstanding > rate * MAX_BACKLOG_SECS:  # the agent is far behind: bound the run
-            result.stopped_early = f"stopped offering after {now - start:.1f} s: over {MAX_BACKLOG_SECS:.0f} s " \
-                                   "of load waiting for answers"
-            break
-        request = workload.next()
-        outstanding += request.spans
-        queue.put_nowait((due, request))
-        due += request.spans / rate
-    for _ in workers:
-        queue.put_nowait(None)
-    await asyncio.gather(*workers)
-    result.seconds = time.perf_counter() - start
-    return result
-
-
-# ---------------------------------------------------------------------------------------------- phases
-
-
-
-
-# ---------------------------------------------------------------------------------------------- phases
-
-
-@dataclass
-class Measured:
-    phase: PhaseResult
-    spans: float  # processed, from the agent's counters
-    agent_cpu_load: float  # agent CPU seconds while the load ran
-    agent_cpu_total: float  # ... until delivery caught up
-    catch_up_secs: float
-    delta: dict[tuple[str, str], float]
-
-    @property
-    def us_per_span(self) -> float:
-        return self.agent_cpu_total / self.spans * 1e6 if self.spans else float("nan")
-
-    @property
-    def throughput(self) -> float:
-        return self.spans / self.phase.seconds if self.phase.seconds else 0.0
-
-
-def run_phase(agent: Agent, workload: Workload, phase) -> Measured:
-    before = agent.counters()
-    cpu0 = agent.cpu()
-    outcome = asyncio.run(phase())
-    cpu_load = agent.cpu() - cpu0
-    stopped = time.monotonic()
-    after = wait_until(lambda: (lambda c: c if caught_up(c) else None)(agent.counters()), CATCH_UP_SECS,
-                       "delivery to catch up", STATUS_POLL_SECS)
-    catch_up = time.monotonic() - stopped
-    cpu_total = agent.cpu() - cpu0
-    delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
-    apm_spans = stat(delta, "trace_spans")
-    # The source counts the _llmobs events of v0.4 spans as events too; every v0.4 payload carries the
-    # same share of them, so the rest are EVP events.
-    v04_llmobs = apm_spans * workload.traces.llmobs / workload.traces.spans
-    spans = apm_spans + stat(delta, "trace_events") - v04_llmobs
-    return Measured(outcome, spans, cpu_load, cpu_total, catch_up, delta)
-
-
 def report(m: Measured, baseline_us: float) -> None:
     p = m.phase
     print(f"\n  {p.name}, {p.seconds:.1f} s:")
@@ -439,7 +111,7 @@ def report(m: Measured, baseline_us: float) -> None:
           f"{sent(d, 'traces', 'requests_sent'):,.0f} requests, llmobs {sent(d, 'llmobs'):,.0f} events, "
           f"logs {sent(d, 'logs'):,.0f} sample logs")
     if dropped := drops(d):
-        print(f"    discarded:            {dropped}")
+        print(f"    dropped:              {dropped}")
 
 
 def run_mix(mix: str, args, seconds: float, deadline: float, workdir: Path) -> None:
@@ -456,9 +128,6 @@ def run_mix(mix: str, args, seconds: float, deadline: float, workdir: Path) -> N
     evp = ", orjson for EVP" if evp_share else ""
     print(f"  baseline in process (msgpack.unpackb of the bodies and _llmobs blobs{evp}; "
           f"decode only): {baseline_us:.2f} us/span = {1e6 / baseline_us:,.0f} spans/s per core")
-    scrub_us = scrub_cost(probe)
-    print(f"  scrubbing in process (every meta value and resource, one Hyperscan scan a request): "
-          f"{scrub_us:.2f} us/span (included in the agent CPU below)")
 
     destination = NullIntake(cpu=1) if args.intake == "null" else LlmshipIntake(workdir, cpu=1)
     agent = None

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import dataclasses
 import os
 import signal
 import sys
@@ -19,11 +18,13 @@ from llmship import __version__, flush, notify
 from llmship import log as logmod
 from llmship.aggregation import Aggregator
 from llmship.aws_lambda import LambdaExtension, api_key_from_environment
-from llmship.config import Config, ConfigError, is_loopback, load_config, parse_host_port
+from llmship.config import Config, ConfigError, is_loopback, load_config_text, parse_host_port
 from llmship.delivery import Delivery, proxy
 from llmship.delivery.transport import make_transport
 from llmship.llm.stage import LLMStage
+from llmship.listeners import Listeners
 from llmship.log import get_logger
+from llmship.overload import LoopLag
 from llmship.processing import Emitter
 from llmship.shipping.router import Router
 from llmship.sinks.intakes import ROUTES
@@ -74,16 +75,21 @@ class Topology:
                 self.status, *self.sources]
 
 
-def build(cfg: Config, telemetry: Telemetry | None = None, *, readiness=None, info_provider=None) -> Topology:
-    """Construct every component from config without binding a socket or starting a task."""
-    telemetry = telemetry or Telemetry()
-    if cfg.delivery.spool_dir:
-        problem = directory_problem(cfg.delivery.spool_dir)
-        if problem:  # found now, not at the first failed delivery (when the spool is what should help)
-            raise ConfigError([f"delivery.spool_dir: {problem}"])
-    delivery = Delivery(cfg, telemetry, make_transport, spool_routes=ROUTES)
-    aggregator = Aggregator(cfg, telemetry)
-    metrics_sink = MetricsSink(cfg, delivery.submit, telemetry)
+@dataclass
+class Processing:
+    """The processing plane: what a worker process builds (and, with one process, part of Topology)."""
+
+    llm: LLMStage
+    log_processor: LogProcessor
+    emitter: Emitter
+    sinks: list  # for their per-item encoders (and, in one process, their packers)
+    sources: list  # the trace and logs listeners
+
+
+def build_processing(cfg: Config, telemetry: Telemetry, router, *, submit=None, shed=None,
+                     sockets=None) -> Processing:
+    """The processing plane around ``router`` (the Router, or a worker's RemoteRouter); ``submit`` is
+    delivery's (None in a worker, whose sinks only encode); ``sockets``: inherited listeners."""
     try:
         scrubber = Scrubber(cfg.scrub.rules, telemetry.component("scrub"), hash_key=cfg.scrub.hash_key,
                             fields=cfg.scrub.fields)
@@ -92,20 +98,46 @@ def build(cfg: Config, telemetry: Telemetry | None = None, *, readiness=None, in
     sampler = Sampler(cfg.llm.sampling)
     llm = LLMStage(cfg, scrubber, telemetry)
     log_processor = LogProcessor(cfg, sampler, scrubber, telemetry)
-    trace_sink = TraceSink(cfg, delivery.submit, telemetry)
-    llmobs_sink = LLMObsSink(cfg, delivery.submit, telemetry)
-    logs_sink = LogsSink(cfg, delivery.submit, telemetry)
-    router = Router(telemetry=telemetry, aggregator=aggregator, delivery=delivery, metrics_sink=metrics_sink,
-                    trace_sink=trace_sink, llmobs_sink=llmobs_sink, logs_sink=logs_sink)
+    submit = submit or _worker_sinks_do_not_submit
+    trace_sink = TraceSink(cfg, submit, telemetry)
+    llmobs_sink = LLMObsSink(cfg, submit, telemetry)
+    logs_sink = LogsSink(cfg, submit, telemetry)
     emitter = Emitter(telemetry=telemetry, router=router, llm=llm, log_processor=log_processor,
-                      trace_sink=trace_sink, llmobs_sink=llmobs_sink, logs_sink=logs_sink, scrubber=scrubber)
-    sources = [DogStatsDSource(cfg, emitter), TraceSource(cfg, emitter), LogsSource(cfg, emitter)]
+                      trace_sink=trace_sink, llmobs_sink=llmobs_sink, logs_sink=logs_sink, scrubber=scrubber,
+                      shed=shed)
+    sources = [TraceSource(cfg, emitter, sockets=sockets), LogsSource(cfg, emitter, sockets=sockets)]
+    return Processing(llm, log_processor, emitter, [trace_sink, llmobs_sink, logs_sink], sources)
+
+
+def _worker_sinks_do_not_submit(payload) -> None:
+    raise AssertionError("a worker's sinks encode items; packing and delivery are the shipping plane's")
+
+
+def build(cfg: Config, telemetry: Telemetry | None = None, *, readiness=None, info_provider=None,
+          shed=None) -> Topology:
+    """Construct every component from config without binding a socket or starting a task. With
+    ``[agent] workers`` > 1 the trace and logs listeners are the workers' (llmship.workers), not here."""
+    telemetry = telemetry or Telemetry()
+    if cfg.delivery.spool_dir:
+        problem = directory_problem(cfg.delivery.spool_dir)
+        if problem:  # found now, not at the first failed delivery (when the spool is what should help)
+            raise ConfigError([f"delivery.spool_dir: {problem}"])
+    delivery = Delivery(cfg, telemetry, make_transport, spool_routes=ROUTES)
+    aggregator = Aggregator(cfg, telemetry)
+    metrics_sink = MetricsSink(cfg, delivery.submit, telemetry)
+    router = Router(telemetry=telemetry, aggregator=aggregator, delivery=delivery, metrics_sink=metrics_sink,
+                    trace_sink=None, llmobs_sink=None, logs_sink=None)
+    p = build_processing(cfg, telemetry, router, submit=delivery.submit, shed=shed)
+    router.attach_sinks(*p.sinks)
+    sources = [DogStatsDSource(cfg, p.emitter)]
+    if cfg.worker_count == 1:
+        sources += p.sources
     tap = Tap(telemetry)  # `llmship tap`: the sinks offer what they are about to send
-    for sink in (metrics_sink, trace_sink, llmobs_sink, logs_sink):
+    for sink in (metrics_sink, *p.sinks):
         sink.tap = tap
     status = StatusServer(cfg, telemetry, info_provider or (lambda: {}), readiness or (lambda: False), tap=tap)
-    return Topology(cfg, telemetry, delivery, aggregator, metrics_sink, llm, log_processor, router, emitter,
-                    [trace_sink, llmobs_sink, logs_sink], sources, status)
+    return Topology(cfg, telemetry, delivery, aggregator, metrics_sink, p.llm, p.log_processor, router, p.emitter,
+                    p.sinks, sources, status)
 
 
 def directory_problem(path: str) -> str | None:
@@ -130,12 +162,29 @@ def directory_problem(path: str) -> str | None:
     return None
 
 
+def read_config(path: str | None) -> tuple[Config, str]:
+    """The config and the text it came from ("" for the embedded default): workers get the text, so every
+    process runs exactly what the parent validated, even if the file changes meanwhile."""
+    if path is None:
+        return load_config_text(""), ""
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ConfigError([f"config: cannot read {path}: {e.strerror}"]) from None
+    return load_config_text(text, path=str(path)), text
+
+
 class Agent:
-    def __init__(self, cfg: Config, lambda_runtime_api: str = "") -> None:
+    def __init__(self, cfg: Config, config_text: str = "", lambda_runtime_api: str = "") -> None:
         """``lambda_runtime_api`` (host:port, AWS_LAMBDA_RUNTIME_API) runs the agent as a Lambda extension."""
         self.cfg = cfg
+        self._config_text = config_text
         self.ready = False
-        self.topology = build(cfg, readiness=lambda: self.ready, info_provider=self._info)
+        self.lag = LoopLag(cfg.agent.overload_lag_ms)
+        self.pool = None  # workers.WorkerPool with [agent] workers > 1
+        self._listeners: Listeners | None = None
+        self.topology = build(cfg, readiness=self._ready, info_provider=self._info, shed=self.lag.overloaded)
+        self.topology.telemetry.component("agent").gauge("loop_lag_ms", lambda: round(self.lag.lag * 1000, 1))
         flush.add_routes(self.topology.status.app, self.flush, lambda: self.cfg.delivery.drain_timeout_secs)
         self._lambda = (LambdaExtension(lambda_runtime_api, cfg.aws_lambda, self.flush, self._stop_by)
                         if lambda_runtime_api else None)
@@ -147,8 +196,17 @@ class Agent:
         self._clock = time.time  # bucket times are wall-clock seconds (the aggregator's clock)
         self._sleep = asyncio.sleep
 
+    def _ready(self) -> bool:
+        return self.ready and (self.pool is None or self.pool.ready())
+
+    def _healthy(self) -> bool:
+        return self.pool is None or self.pool.healthy()
+
     def _info(self) -> dict:
-        return {**describe_config(self.cfg), "destination": self._destination()}
+        info = {**describe_config(self.cfg), "destination": self._destination()}
+        if self.pool is not None:
+            info["workers"] = self.pool.describe()
+        return info
 
     def _destination(self) -> str:
         if self.cfg.sinks.datadog.url:
@@ -169,15 +227,18 @@ class Agent:
         await t.status.start()
         for source in t.sources:
             await source.start()
+        self.lag.start()
+        if self.cfg.worker_count > 1:
+            await self._start_workers()
         self.ready = True
         self._tasks = [asyncio.create_task(self._flush_loop(), name="flush"),
-                       asyncio.create_task(notify.watchdog_loop(), name="watchdog")]
+                       asyncio.create_task(notify.watchdog_loop(self._healthy), name="watchdog")]
         if self._lambda is not None:
             extension = asyncio.create_task(self._lambda.run(), name="lambda")
             extension.add_done_callback(self._on_extension_done)
             self._tasks.append(extension)
         log.info("agent_started", version=__version__, pid=os.getpid(), destination=self._destination(),
-                 config=self.cfg.path or "(embedded default)")
+                 config=self.cfg.path or "(embedded default)", workers=self.cfg.worker_count)
         if not self.cfg.ships_to_datadog:
             # A newcomer with no API key still sees their data: say where it goes.
             print(f"llmship: no API key or [sinks.datadog] url set: writing to {self.cfg.file_sink_dir}/"
@@ -187,6 +248,22 @@ class Agent:
         await self._stop.wait()
         await self._drain()
         return self._exit_code
+
+    async def _start_workers(self) -> None:
+        from llmship.workers import WorkerPool
+
+        t = self.topology
+        self._listeners = Listeners(self.cfg)
+        self.pool = WorkerPool(self.cfg.worker_count, self.cfg, self._config_text, t.router, self._listeners,
+                               t.telemetry, self.lag.overloaded)
+        try:
+            await self.pool.start()
+        except BaseException:
+            self._listeners.close()
+            raise
+        for key, socks in self._listeners.sockets.items():
+            for sock in socks:
+                log.info("listener_bound", key=key, address=str(sock.getsockname()), workers=self.cfg.worker_count)
 
     def _warn_about_exposed_listeners(self) -> None:
         """Listeners default to loopback; binding elsewhere is allowed (a DaemonSet needs it) but said."""
@@ -202,6 +279,8 @@ class Agent:
         self._signals_seen += 1
         if self._signals_seen > 1:
             log.warning("second_stop_signal_exiting_now", signal=name)
+            if self.pool is not None:
+                self.pool.kill()
             os._exit(1)
         log.info("stop_signal_received", signal=name, drain_timeout_secs=self.cfg.delivery.drain_timeout_secs)
         self._stop.set()
@@ -276,7 +355,7 @@ class Agent:
         """Re-read the config; swap in what can change live; keep the old config if the new one is bad."""
         notify.reloading()
         try:
-            new = load_config(self.cfg.path or None)
+            new, text = read_config(self.cfg.path or None)
             build(new)  # the same checks as start-up, without binding anything
         except ConfigError as e:
             log.error("reload_rejected_keeping_old_config", problems=e.problems)
@@ -288,7 +367,11 @@ class Agent:
             return
         for component in self.topology.reloadable():
             component.reload(new)
+        self.lag.reload(new.agent.overload_lag_ms)
+        if self.pool is not None:
+            self.pool.reload(new, text)  # validated once, here; every worker runs this same text
         self.cfg = new
+        self._config_text = text
         self.topology.cfg = new
         logmod.configure(new.agent.log_level, new.agent.log_format, secrets=log_secrets(new))
         log.info("config_reloaded", config=new.path)
@@ -303,8 +386,13 @@ class Agent:
         log.info("draining", deadline_secs=round(deadline - time.monotonic(), 3))
         for task in self._tasks:
             task.cancel()
+        if self.pool is not None:
+            # Workers stop accepting, finish their requests and hand over what they hold, before the
+            # shipping plane flushes: what they accepted is in the aggregator and the packers by then.
+            await self.pool.shutdown(deadline)
         for source in t.sources:
             await source.shutdown(deadline)
+        self.lag.stop()
         await self._flush_metrics(final=True)
         for sink in t.sinks:
             await sink.shutdown(deadline)
@@ -338,22 +426,22 @@ LAMBDA_DEFAULTS = Path(__file__).parent / "data" / "lambda.toml"
 
 def run(config_path: str | None, lambda_mode: bool = False) -> int:
     """``lambda_mode``: run as an AWS Lambda extension, on data/lambda.toml unless a config is given."""
+    runtime_api = ""
     if lambda_mode:
         runtime_api = os.environ.get("AWS_LAMBDA_RUNTIME_API", "")
         if not runtime_api:
             raise ConfigError(["--lambda: AWS_LAMBDA_RUNTIME_API is not set (Lambda sets it in the sandbox)"])
         env = dict(os.environ)
         env["DD_API_KEY"] = api_key_from_environment(env)
-        cfg = load_config(config_path or LAMBDA_DEFAULTS, env=env)
-        if not config_path:
-            cfg = dataclasses.replace(cfg, path="")  # the embedded Lambda default, as /status says it
+        path = config_path or str(LAMBDA_DEFAULTS)
+        text = Path(path).read_text()
+        cfg = load_config_text(text, env=env, path=config_path or "")  # "": the embedded Lambda default
     else:
-        runtime_api = ""
-        cfg = load_config(config_path)
+        cfg, text = read_config(config_path)
     logmod.configure(cfg.agent.log_level, cfg.agent.log_format, secrets=log_secrets(cfg))
 
     async def main() -> int:
-        return await Agent(cfg, lambda_runtime_api=runtime_api).run()
+        return await Agent(cfg, text, lambda_runtime_api=runtime_api).run()
 
     try:
         import uvloop

@@ -48,6 +48,12 @@ class AgentConfig:
     data_dir: str = "llmship-data"
     log_level: str = "info"
     log_format: str = "auto"  # auto: console on a terminal, JSON otherwise
+    # Processing-plane processes: 1 (both planes in this process), N, or "auto" (one per usable core).
+    workers: int | str = 1
+    # Shed load when the event loop runs this late (a measure of the work waiting in the process): the
+    # trace, logs and EVP listeners answer 429 (traces without Datadog-Send-Real-Http-Status: 200 and a
+    # counted drop) and logs TCP reading pauses, until it catches up. 0: never shed on lag.
+    overload_lag_ms: float = 150.0
 
 
 @dataclass(frozen=True)
@@ -232,6 +238,19 @@ class Config:
     def file_sink_dir(self) -> str:
         return self.sinks.file.dir or str(Path(self.agent.data_dir) / "out")
 
+    @property
+    def worker_count(self) -> int:
+        """``[agent] workers`` as a number: "auto" is the cores this process may run on."""
+        return usable_cores() if self.agent.workers == "auto" else int(self.agent.workers)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask: a cgroup cpuset or taskset narrows it)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
 
 # ---------------------------------------------------------------------------------------------- loading
 
@@ -327,10 +346,19 @@ def _convert(hint: Any, value: Any, dotted: str, problems: list[str]) -> Any:
     if dataclasses.is_dataclass(hint):
         built = _build(hint, value, dotted, problems)
         return _INVALID if built is None else built
-    if origin in (types.UnionType, typing.Union):  # X | None
+    if origin in (types.UnionType, typing.Union):  # X | None, or X | Y of distinct TOML types (int | str)
         if value is None:
             return None
-        return _convert(next(a for a in args if a is not type(None)), value, dotted, problems)
+        choices = [a for a in args if a is not type(None)]
+        if len(choices) > 1:
+            for choice in choices:
+                if isinstance(value, choice) and not (choice is int and isinstance(value, bool)):
+                    return value
+            names = " or ".join([{int: "an integer", float: "a number", str: "a string"}.get(c, c.__name__)
+                                 for c in choices])
+            problems.append(f"{dotted}: expected {names}, got {value!r}")
+            return _INVALID
+        return _convert(choices[0], value, dotted, problems)
     if origin is tuple:
         if not isinstance(value, list):
             problems.append(f"{dotted}: expected a list, got {type(value).__name__}")
@@ -407,6 +435,11 @@ def _validate(cfg: Config, problems: list[str]) -> None:
           f"expected debug, info, warning or error, got {a.log_level!r}")
     check(a.log_format in ("auto", "console", "json"), "agent.log_format",
           f"expected auto, console or json, got {a.log_format!r}")
+    if isinstance(a.workers, str):
+        check(a.workers == "auto", "agent.workers", f"expected an integer >= 1 or \"auto\", got {a.workers!r}")
+    else:
+        check(a.workers >= 1, "agent.workers", f"expected an integer >= 1 or \"auto\", got {a.workers!r}")
+    check(a.overload_lag_ms >= 0, "agent.overload_lag_ms", f"must be >= 0, got {a.overload_lag_ms}")
     for i, t in enumerate(a.tags):
         check(bool(t.strip()) and "," not in t, f"agent.tags[{i}]", f"expected a tag like k:v, got {t!r}")
 

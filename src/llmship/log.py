@@ -16,11 +16,13 @@ import structlog
 _configured = False
 
 
-def configure(level: str = "info", fmt: str = "auto", stream=None, secrets: Iterable[str] = ()) -> None:
+def configure(level: str = "info", fmt: str = "auto", stream=None, secrets: Iterable[str] = (),
+              fields: dict | None = None) -> None:
     """fmt: "auto" (console on a terminal, JSON otherwise), "console" or "json".
 
     ``secrets`` (the API key) are replaced in every rendered line, whatever field carries them: bad input
-    logged for diagnosis may contain a key an app put where it should not.
+    logged for diagnosis may contain a key an app put where it should not. ``fields`` are added to every
+    line (a worker process's ``worker`` index).
     """
     global _configured
     stream = stream or sys.stderr
@@ -33,6 +35,7 @@ def configure(level: str = "info", fmt: str = "auto", stream=None, secrets: Iter
     )
     structlog.configure(
         processors=[
+            *([lambda _logger, _method, event: {**fields, **event}] if fields else []),
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,

@@ -84,8 +84,9 @@ def watchdog_interval_secs() -> float | None:
     return int(usec) / 1_000_000 / 2
 
 
-async def watchdog_loop() -> None:
-    """Ping WATCHDOG=1 while the event loop runs; returns at once when no watchdog is asked for.
+async def watchdog_loop(healthy=None) -> None:
+    """Ping WATCHDOG=1 while the event loop runs (and ``healthy()``, when given, is true: with workers,
+    every worker is up and reporting); returns at once when no watchdog is asked for.
 
     The ping comes from the event loop itself on purpose: if the loop is blocked, pings stop and systemd
     restarts the agent, the same thing /health tells a Kubernetes liveness probe.
@@ -94,5 +95,6 @@ async def watchdog_loop() -> None:
     if interval is None:
         return
     while True:
-        notify("WATCHDOG=1")
+        if healthy is None or healthy():
+            notify("WATCHDOG=1")
         await asyncio.sleep(interval)

@@ -2,8 +2,10 @@
 between decode and the shipping plane's router: the LLM stage for spans and EVP events, the log processor
 for received logs, and each sink's per-item encoding. What it hands the router is bytes and plain tuples.
 
-Sources see only this interface (submit, and an ``overloaded`` signal for every lane their data fans into),
-never the router. Submitting is synchronous and never blocks; processing does no I/O. A processor that
+Sources see only this interface (submit, ``handed_over`` before answering, and an ``overloaded`` signal for
+every lane their data fans into, and for the process itself when it runs late: llmship.overload), never the
+router. With workers the router is a ``workers.RemoteRouter`` that frames what it is given for the shipping
+plane's process; the emitter does not know the difference. Submitting is synchronous and never blocks; processing does no I/O. A processor that
 raises on some odd input must not take the source down with it: the batch is counted as an error and the
 source carries on.
 """
@@ -30,12 +32,14 @@ LANES = {
 
 class Emitter:
     def __init__(self, *, telemetry: Telemetry, router, llm, log_processor, trace_sink, llmobs_sink,
-                 logs_sink, scrubber=None) -> None:
+                 logs_sink, scrubber=None, shed: Callable[[], bool] | None = None) -> None:
         self.telemetry = telemetry
         self.add_metric = router.add_metric  # DogStatsD: straight into the aggregator, no object per line
         self.submit_dsd_event = router.dsd_event
         self.submit_service_check = router.service_check
         self._router = router
+        self._shed = shed  # True while this process runs too late to take more (overload.LoopLag)
+        self.handed_over = router.handed_over
         self._llm = llm
         self._log_processor = log_processor
         self._encode_chunks = trace_sink.encode_chunks
@@ -94,7 +98,9 @@ class Emitter:
         return outputs
 
     def overloaded(self, kind: str) -> bool:
-        """True while any lane ``kind`` fans into is full."""
+        """True while this process runs too late, or any lane ``kind`` fans into is full."""
+        if self._shed is not None and self._shed():
+            return True
         return any(self._router.overloaded(lane) for lane in LANES.get(kind, (kind,)))
 
     def _guard(self, what: str, fn: Callable, arg):

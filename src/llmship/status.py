@@ -213,6 +213,12 @@ _HELP = {
     "splits": "Payloads split in two after the intake answered 413.",
     "spooled": "Payloads written to the disk spool.",
     "inflight_payloads": "Payloads being sent or retried right now.",
+    "worker_requests": "Requests (and logs TCP connections) a worker process took.",
+    "worker_items": "Spans, LLM Observability events and log records a worker process received.",
+    "worker_errors": "Errors a worker process counted.",
+    "worker_restarts": "Times this worker was started again after it exited.",
+    "worker_up": "1 while the worker process serves.",
+    "worker_loop_lag_ms": "The worker's largest event-loop lateness in its last report, ms.",
 }
 _BAD_NAME_CHARS = re.compile(r"[^a-zA-Z0-9_]")
 
@@ -274,6 +280,15 @@ def render_openmetrics(status_json: dict[str, Any]) -> str:
             if isinstance(value, (int, float)):  # None: the gauge's reader failed; show nothing for it
                 sample("gauge", name, "", [("component", component)], value)
 
+    for worker in status_json.get("workers") or ():  # [agent] workers > 1: a line per worker process
+        labels = [("worker", str(worker.get("index"))), ("pid", str(worker.get("pid")))]
+        for name in ("requests", "items", "errors", "restarts"):
+            if isinstance(worker.get(name), (int, float)):
+                sample("counter", f"worker_{name}", "_total", labels, worker[name])
+        sample("gauge", "worker_up", "", labels, 1 if worker.get("state") in ("ready", "draining") else 0)
+        if isinstance(worker.get("loop_lag_ms"), (int, float)):
+            sample("gauge", "worker_loop_lag_ms", "", labels, worker["loop_lag_ms"])
+
     lines = []
     for family, (kind, help_text, samples) in families.items():
         lines += [f"# TYPE {family} {kind}", f"# HELP {family} {_escape_help(help_text)}", *samples]
@@ -308,7 +323,7 @@ def self_metrics(telemetry: Telemetry) -> list[tuple[str, str, float, str]]:
     """
     last = _last_shipped.setdefault(telemetry, {})
     out: list[tuple[str, str, float, str]] = []
-    for comp_name, comp in sorted(telemetry.components.items()):
+    for comp_name, comp in sorted(telemetry.merged().items()):  # with workers: summed over them
         base_tags = ["llmship:self", _tag("component", comp_name)]
         for key, value in sorted(comp.counters.items()):
             name, labels = key
@@ -451,6 +466,23 @@ def render_table(status_json: dict[str, Any], now: float | None = None) -> str:
             out.append("  ".join(cells).rstrip())
     if idle:
         out.append(f"(nothing counted yet: {', '.join(idle)})")
+
+    workers = status_json.get("workers")
+    if isinstance(workers, list) and workers:
+        out += ["", "Workers (the counters above are their sums):"]
+        head = ("WORKER", "PID", "STATE", "REQUESTS", "ITEMS", "ERRORS", "RESTARTS", "LAG", "LAST ERROR")
+        rows = [head]
+        for w in workers:
+            last = w.get("last_error")
+            error = (f"{last.get('reason', '?')}: {_one_line(last.get('detail', ''))} ({_ago(last.get('at'), now)})"
+                     if isinstance(last, dict) else "-")
+            rows.append((str(w.get("index", "?")), str(w.get("pid", "-")), str(w.get("state", "?")),
+                         _count(w.get("requests")), _count(w.get("items")), _count(w.get("errors")),
+                         _count(w.get("restarts")), f"{w.get('loop_lag_ms', 0):.0f} ms", error))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(head) - 1)]
+        for row in rows:
+            out.append("  " + "  ".join(cell.ljust(w) if i < 3 else cell.rjust(w)
+                                        for i, (cell, w) in enumerate(zip(row, widths))) + "  " + row[-1])
 
     for title, entries in (("Discarded, by reason:", drops), ("Last error:", errors),
                            ("Gauges not read:", gauge_errors)):

@@ -47,12 +47,16 @@ class Router:
         self.add_metric = aggregator.add
         self._delivery = delivery
         self._metrics_sink = metrics_sink
-        self._trace_sink = trace_sink
-        self._llmobs_sink = llmobs_sink
-        self._logs_sink = logs_sink
+        self.attach_sinks(trace_sink, llmobs_sink, logs_sink)
         self._tel = telemetry.component("llm")  # its calls and duplicates are reported with the LLM stage's
         self._counted = RecentIds()  # calls whose metrics (and sample log) were produced
         self._shipped = RecentIds()  # events passed on to the LLM Observability sink
+
+    def attach_sinks(self, trace_sink, llmobs_sink, logs_sink) -> None:
+        """The packing sinks (built with the processing plane, whose encoders they also are)."""
+        self._trace_sink = trace_sink
+        self._llmobs_sink = llmobs_sink
+        self._logs_sink = logs_sink
 
     def trace_items(self, items: list[tuple[bytes, int]], language: str) -> None:
         """Encoded TracerPayloads with their span counts, from one tracer request."""
@@ -89,3 +93,6 @@ class Router:
 
     def overloaded(self, lane: str) -> bool:
         return self._delivery.overloaded(lane)
+
+    async def handed_over(self) -> None:
+        """Everything given so far is the shipping plane's: in one process, as soon as it was given."""

@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from llmship import listeners
 from llmship.compression import DecompressionLimit, decompress
 from llmship.config import Config, parse_host_port
 from llmship.model import LogRecord
@@ -232,15 +233,18 @@ class _TcpConnection(asyncio.Protocol):
 
 
 class LogsSource:
-    def __init__(self, cfg: Config, pipeline) -> None:
+    def __init__(self, cfg: Config, pipeline, *, sockets: listeners.Sockets | None = None) -> None:
         self._cfg = cfg.sources.logs
         self.pipeline = pipeline
+        self._handed_over = getattr(pipeline, "handed_over", None)  # see TraceSource
+        self._sockets = sockets  # inherited listening sockets (workers); None: bind our own
         self.max_line_bytes = self._cfg.max_line_bytes
         self._idle_timeout = self._cfg.idle_timeout_secs
         self.tcp_telemetry = pipeline.telemetry.component("logs_tcp")
         self._http_tel = pipeline.telemetry.component("logs_http")
         self._connections: set[_TcpConnection] = set()
         self._tcp_server: asyncio.base_events.Server | None = None
+        self._tcp_servers: list = []
         self._runner: web.AppRunner | None = None
         self._sweeper: asyncio.Task | None = None
         self.tcp_telemetry.gauge("open_connections", lambda: len(self._connections))
@@ -260,11 +264,19 @@ class LogsSource:
 
     async def start(self) -> None:
         try:
-            if self._cfg.tcp:
+            inherited = (self._sockets or {}).get("logs.tcp")
+            if inherited:
+                # One server per socket; the source keeps the first (tcp_address) and closes all.
+                self._tcp_servers = [await asyncio.get_running_loop().create_server(
+                    lambda: _TcpConnection(self), sock=sock) for sock in inherited]
+                self._tcp_server = self._tcp_servers[0]
+            elif self._cfg.tcp and self._sockets is None:
                 host, port = parse_host_port(self._cfg.tcp)
                 self._tcp_server = await asyncio.get_running_loop().create_server(
                     lambda: _TcpConnection(self), host, port)
-                for sock in self._tcp_server.sockets:
+                self._tcp_servers = [self._tcp_server]
+            for server in self._tcp_servers:
+                for sock in server.sockets:
                     log.info("listener_bound", protocol="tcp", address=str(sock.getsockname()))
             if self._cfg.http:
                 await self._start_http()
@@ -283,8 +295,12 @@ class LogsSource:
                                auto_decompress=False, keepalive_timeout=self._idle_timeout)
         await runner.setup()
         self._runner = runner
-        host, port = parse_host_port(self._cfg.http)
-        await web.TCPSite(runner, host, port).start()
+        if self._sockets is not None:
+            for sock in self._sockets.get("logs.http", ()):
+                await web.SockSite(runner, sock).start()
+        else:
+            host, port = parse_host_port(self._cfg.http)
+            await web.TCPSite(runner, host, port).start()
         for address in runner.addresses:
             log.info("listener_bound", protocol="http", address=str(address))
 
@@ -302,9 +318,10 @@ class LogsSource:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
-        server, self._tcp_server = self._tcp_server, None
-        if server is not None:
+        servers, self._tcp_servers, self._tcp_server = self._tcp_servers, [], None
+        for server in servers:
             server.close()  # stop accepting; then close each connection, submitting its partial line
+        if servers:
             for conn in list(self._connections):
                 conn.close("shutdown")
         runner, self._runner = self._runner, None
@@ -371,6 +388,8 @@ class LogsSource:
             if i:
                 await asyncio.sleep(0)  # let other clients in between slices
             self.pipeline.submit_logs(records[i:i + SUBMIT_SLICE])
+        if self._handed_over is not None:
+            await self._handed_over()
         return web.Response(status=ok_status, body=b"{}", content_type="application/json")
 
     async def _read_body(self, request: web.Request) -> bytes:

@@ -60,7 +60,7 @@ import orjson
 from aiohttp import web
 
 from llmship import NO_EXTENSIONS as _NO_EXTENSIONS
-from llmship import unixsock
+from llmship import listeners, unixsock
 from llmship.compression import DecompressionLimit, decompress
 from llmship.config import Config, parse_host_port
 from llmship.model import LLMOBS_STRUCT_KEY, LLMObsEvent, Span, TracerInfo, root_span
@@ -87,8 +87,7 @@ SAMPLING_PRIORITY_KEY = "_sampling_priority_v1"
 # What the Agent's EVP proxy forwards (evp_proxy_allowed_headers in its /info); we read the same ones.
 EVP_ALLOWED_HEADERS = ["Content-Type", "Accept-Encoding", "Content-Encoding", "User-Agent"]
 LLMOBS_SUBDOMAIN, LLMOBS_PATH = "llmobs-intake", "/api/v2/llmobs"
-# 0o722: the Agent's permissions on its unix socket, so any local process can connect (api.go listenUnix)
-SOCKET_MODE = 0o722
+SOCKET_MODE = listeners.UNIX_SOCKET_MODE
 
 _UINT64 = (1 << 64) - 1
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
@@ -117,9 +116,15 @@ class RequestError(Exception):
 
 
 class TraceSource:
-    def __init__(self, cfg: Config, pipeline, *, read_timeout_secs: float = READ_TIMEOUT_SECS) -> None:
+    def __init__(self, cfg: Config, pipeline, *, read_timeout_secs: float = READ_TIMEOUT_SECS,
+                 sockets: listeners.Sockets | None = None) -> None:
         self._cfg = cfg.sources.traces
         self._pipeline = pipeline
+        # Awaited before answering a request whose data was submitted: with workers, the answer must not
+        # leave before the data has left the worker (a worker killed then would lose what it accepted).
+        self._handed_over = getattr(pipeline, "handed_over", None)
+        # Inherited listening sockets (workers); None: bind our own at start.
+        self._sockets = sockets
         self._tel = pipeline.telemetry.component("traces")
         self._read_timeout = read_timeout_secs
         self._apply(cfg)
@@ -165,10 +170,14 @@ class TraceSource:
                                auto_decompress=False)
         await runner.setup()
         try:
-            if self._cfg.listen:
+            if self._sockets is not None:
+                for key in ("traces.listen", "traces.socket"):
+                    for sock in self._sockets.get(key, ()):
+                        await web.SockSite(runner, sock).start()
+            elif self._cfg.listen:
                 host, port = parse_host_port(self._cfg.listen)
                 await web.TCPSite(runner, host, port).start()
-            if self._cfg.socket:
+            if self._cfg.socket and self._sockets is None:
                 self._socket_file = _bind_unix_socket(self._cfg.socket)
                 await web.SockSite(runner, self._socket_file[0]).start()
         except BaseException:
@@ -249,6 +258,8 @@ class TraceSource:
             _limited.warning("poison_value", "span_value_dropped", values=poison,
                              detail="non-finite _sampling_priority_v1")
         await self._submit_spans(chunks, _tracer_info(request.headers, chunks))
+        if self._handed_over is not None:
+            await self._handed_over()
         return web.Response(body=self._rates(chunks), content_type="application/json")
 
     async def _evp_proxy(self, request: web.Request) -> web.StreamResponse:
@@ -280,6 +291,8 @@ class TraceSource:
         self._tel.inc("received", len(events))
         self._tel.inc("llmobs_events", len(events))
         self._pipeline.submit_llmobs_events(events)
+        if self._handed_over is not None:
+            await self._handed_over()
         return web.json_response({}, status=202)
 
     async def _telemetry(self, request: web.Request) -> web.Response:
@@ -678,13 +691,5 @@ def _tracer_info(headers: Mapping[str, str], chunks: Chunks) -> TracerInfo:
 
 
 def _bind_unix_socket(path: str) -> tuple[socket.socket, unixsock.FileId]:
-    """A listening unix stream socket at ``path``: refuses a path another process listens on, replaces a
-    stale file (llmship.unixsock). aiohttp's UnixSite would unlink whatever is there without asking."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        file_id = unixsock.bind_unix(sock, path, SOCKET_MODE, "traces")
-        sock.listen(128)
-    except BaseException:
-        sock.close()
-        raise
-    return sock, file_id
+    """A listening unix stream socket at ``path`` (llmship.listeners.bind_unix)."""
+    return listeners.bind_unix(path, "traces")

@@ -1,0 +1,129 @@
+"""Load shedding by time: the process is overloaded when work has been waiting in it longer than
+``[agent] overload_lag_ms``. Two signals, both in time, checked by one task every ``INTERVAL_SECS``:
+
+- **Lateness.** The task measures how late it wakes: a loop turn that takes longer than the bound means
+  the requests read in that turn waited that long. This is what many connections produce past capacity.
+- **No idle moment.** The loop thread's runnable time (on a CPU or waiting for one: the kernel's
+  /proc/thread-self/schedstat) over the last bound's worth of wall time. When it ran or wanted to run
+  BUSY_FRACTION of that time, it never caught up with its input for the whole bound, even though each
+  turn is short: what a few busy connections produce, their requests waiting in the clients' queues,
+  where no server-side measure can see them.
+
+While the loop is late, ``Emitter.overloaded`` says so for every request and the listeners refuse new
+work (429 with Retry-After; traces without Datadog-Send-Real-Http-Status get 200 and a counted drop, as
+the Datadog Agent answers; logs TCP reading pauses). While it has no idle moment, it refuses a share of
+requests that grows by SHED_STEP each check while that lasts and shrinks when it ends, up to SHED_MAX: a
+refusal costs far less than an acceptance (headers read, body discarded) but not nothing, and a client
+that sends again at once (a closed loop) keeps the loop busy with refusals alone, so refusing everything
+would leave the loop busy and accept nothing. Capped, past capacity it accepts at least 1 - SHED_MAX of
+requests and answers the rest at once, and clients' latency stays bounded. Below capacity (the loop idle
+part of every bound), nothing is refused.
+
+Why time and not queue depth: the work waiting is mostly in places nothing counts (kernel socket
+buffers, aiohttp's parsed-but-unhandled requests, ready callbacks, the clients), and the goal is set in
+time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import random
+import time
+
+# 20 ms: fine enough that a stall is seen within a turn, coarse enough to cost nothing (50 wake-ups/s).
+INTERVAL_SECS = 0.02
+# Runnable this share of the last bound: no idle moment to speak of (a loop that keeps up idles well over
+# 5% of the time: at half its capacity, about half).
+BUSY_FRACTION = 0.95
+SHED_STEP, SHED_MAX = 0.05, 0.6  # a share of 0.6 at most: at twice the capacity, about 0.5 is refused
+_SCHEDSTAT = "/proc/thread-self/schedstat"  # "run_ns wait_ns timeslices" of the calling thread
+
+
+def _runnable_clock():
+    """A function returning the calling thread's runnable nanoseconds (on a CPU or in the run queue), or,
+    without schedstat, its CPU nanoseconds (contention for the CPU is then not seen)."""
+    try:
+        fd = os.open(_SCHEDSTAT, os.O_RDONLY | os.O_CLOEXEC)  # opened on the loop thread: thread-self is it
+        os.pread(fd, 64, 0)
+    except OSError:
+        return time.thread_time_ns
+
+    def read() -> int:
+        run, wait, _ = os.pread(fd, 64, 0).split()
+        return int(run) + int(wait)
+    return read
+
+
+class LoopLag:
+    def __init__(self, bound_ms: float, interval: float = INTERVAL_SECS) -> None:
+        self.bound = bound_ms / 1000
+        self.interval = interval
+        self.lag = 0.0  # the last lateness measured, seconds
+        self.peak = 0.0  # the largest lateness since ``take_peak`` was last called
+        self._late_until = 0.0  # monotonic time until which the process counts as overloaded
+        self.shed_periods = 0  # times it went from keeping up to overloaded
+        self.busy = 0.0  # runnable share of the last bound's wall time
+        self.shed_share = 0.0  # the share of requests refused while the loop has no idle moment
+        self._samples: collections.deque[tuple[float, int]] = collections.deque()  # (monotonic, runnable ns)
+        self._task: asyncio.Task | None = None
+
+    def reload(self, bound_ms: float) -> None:
+        self.bound = bound_ms / 1000
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="loop-lag")
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    def overloaded(self) -> bool:
+        if self.bound <= 0:
+            return False
+        if time.monotonic() < self._late_until:
+            return True
+        return self.shed_share > 0 and random.random() < self.shed_share
+
+    def take_peak(self) -> float:
+        peak, self.peak = self.peak, self.lag
+        return peak
+
+    def observe(self, lag: float, now: float, runnable_ns: int | None = None) -> None:
+        self.lag = lag
+        self.peak = max(self.peak, lag)
+        if self.bound <= 0:
+            return
+        hold = 0.0
+        if lag > self.bound:
+            hold = lag  # for as long as it was late: the turns queued meanwhile are still to be worked off
+        if runnable_ns is not None:
+            samples = self._samples
+            samples.append((now, runnable_ns))
+            while len(samples) > 2 and now - samples[1][0] >= self.bound:
+                samples.popleft()
+            first_at, first_ns = samples[0]
+            if now - first_at >= self.bound * 0.9:
+                self.busy = (runnable_ns - first_ns) / 1e9 / (now - first_at)
+                if self.busy >= BUSY_FRACTION:
+                    if not self.shed_share:
+                        self.shed_periods += 1
+                    self.shed_share = min(SHED_MAX, self.shed_share + SHED_STEP)
+                else:
+                    self.shed_share = max(0.0, self.shed_share - 2 * SHED_STEP)
+        if hold:
+            if now >= self._late_until:
+                self.shed_periods += 1
+            self._late_until = max(self._late_until, now + hold)
+
+    async def _run(self) -> None:
+        sleep, clock = asyncio.sleep, time.monotonic
+        runnable = _runnable_clock()
+        while True:
+            due = clock() + self.interval
+            await sleep(self.interval)
+            now = clock()
+            self.observe(max(0.0, now - due), now, runnable())
