@@ -31,6 +31,7 @@ from llmship.sinks.metrics import MetricsSink
 from llmship.sinks.traces import TraceSink
 from llmship.sources.dogstatsd import DogStatsDSource
 from llmship.sources.logs import LogsSource
+from llmship.sources.otlp import OTLPSource
 from llmship.sources.traces import TraceSource
 from llmship.status import StatusServer, describe_config, self_metrics
 from llmship.telemetry import Telemetry
@@ -85,7 +86,8 @@ def build(cfg: Config, telemetry: Telemetry | None = None, *, readiness=None, in
     router = Router(telemetry=telemetry, aggregator=aggregator, delivery=delivery, metrics_sink=metrics_sink,
                     trace_sink=trace_sink, llmobs_sink=llmobs_sink, logs_sink=logs_sink)
     emitter = Emitter(telemetry=telemetry, router=router, llm=llm, log_processor=log_processor)
-    sources = [DogStatsDSource(cfg, emitter), TraceSource(cfg, emitter), LogsSource(cfg, emitter)]
+    sources = [DogStatsDSource(cfg, emitter), TraceSource(cfg, emitter), LogsSource(cfg, emitter),
+               OTLPSource(cfg, emitter)]
     status = StatusServer(cfg, telemetry, info_provider or (lambda: {}), readiness or (lambda: False))
     return Topology(cfg, telemetry, delivery, aggregator, metrics_sink, llm, log_processor, router, emitter,
                     [trace_sink, llmobs_sink, logs_sink], sources, status)
@@ -167,6 +169,7 @@ class Agent:
         for key, address in (("sources.dogstatsd.udp", c.sources.dogstatsd.udp),
                              ("sources.traces.listen", c.sources.traces.listen),
                              ("sources.logs.tcp", c.sources.logs.tcp), ("sources.logs.http", c.sources.logs.http),
+                             ("sources.otlp.http", c.sources.otlp.http), ("sources.otlp.grpc", c.sources.otlp.grpc),
                              ("status.listen", c.status.listen)):
             if address and not is_loopback(parse_host_port(address)[0]):
                 log.warning("listener_not_on_loopback", key=key, address=address)

@@ -10,10 +10,11 @@ source carries on.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 from llmship.log import RateLimited, get_logger
-from llmship.model import LLMObsEvent, LogRecord, Span, TracerInfo
+from llmship.model import LLMCall, LLMObsEvent, LogRecord, Span, TracerInfo
 from llmship.telemetry import Telemetry
 
 _log = RateLimited(get_logger("processing"))
@@ -31,6 +32,9 @@ class Emitter:
     def __init__(self, *, telemetry: Telemetry, router, llm, log_processor) -> None:
         self.telemetry = telemetry
         self.add_metric = router.add_metric  # DogStatsD: straight into the aggregator, no object per line
+        # OTLP metric points and histogram sketches, aggregated by their sender: shipped as they are
+        self.add_point = router.add_point
+        self.add_sketch = router.add_sketch
         self.submit_dsd_event = router.dsd_event
         self.submit_service_check = router.service_check
         self._router = router
@@ -44,6 +48,23 @@ class Emitter:
             outputs = self._guard("spans", self._llm.process_chunk, spans)
             if outputs:
                 router.calls(outputs)
+            router.spans(spans, tracer)
+
+    def submit_otlp(self, chunks: list[list[Span]], calls: list[list[LLMCall]], tracer: TracerInfo) -> None:
+        """OTLP traces: chunks of APM spans converted from OTLP, and aligned with them (``calls[i]`` belongs
+        to ``chunks[i]``) the LLM calls their GenAI spans are.
+
+        Why the calls come ready-made rather than found in the chunk as ``submit_spans`` finds them: an OTLP
+        GenAI span carries its call in attributes of several conventions that the APM span must not keep
+        (the prompt text), so the source extracts each call while it still has the attributes
+        (``llm/otlp.py``), and the LLM stage only applies the policies (``LLMStage.process_calls``). One
+        way in for OTLP, and ``submit_spans`` stays as it was for tracers."""
+        router = self._router
+        for spans, chunk_calls in zip(chunks, calls):
+            if chunk_calls:
+                outputs = self._guard("spans", functools.partial(self._llm.process_calls, spans), chunk_calls)
+                if outputs:
+                    router.calls(outputs)
             router.spans(spans, tracer)
 
     def submit_llmobs_events(self, events: list[LLMObsEvent]) -> None:
