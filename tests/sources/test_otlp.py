@@ -362,3 +362,52 @@ async def test_logs_become_datadog_logs_scrubbed(server, router):
     assert (log["status"], log["service"], log["hostname"], log["attempt"]) == ("error", "chatbot", "test-host", 2)
     assert "env:bars" in log["ddtags"] and log["timestamp"] == 1796177680123
     assert log["otel.trace_id"] == bytes(range(16)).hex() and log["dd.trace_id"] == str(int.from_bytes(bytes(range(8, 16)), "big"))
+
+
+# ------------------------------------------------------------------------------------------ OTLP/gRPC
+
+
+async def test_grpc_export_with_a_real_grpc_client(router, tmp_path):
+    grpc = pytest.importorskip("grpc")
+    from harness import free_port
+
+    port = free_port()
+    cfg = load_config_text(CONFIG.replace('http = "127.0.0.1:0"', f'grpc = "127.0.0.1:{port}"'))
+    telemetry = router.telemetry
+    scrubber = Scrubber(cfg.scrub.rules, telemetry.component("scrub"))
+    emitter = Emitter(telemetry=telemetry, router=router, llm=LLMStage(cfg, scrubber, telemetry),
+                      log_processor=LogProcessor(cfg, Sampler(cfg.llm.sampling), scrubber, telemetry))
+    source = OTLPSource(cfg, emitter)
+    await source.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            export = channel.unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+                                         request_serializer=trace_service_pb2.ExportTraceServiceRequest.SerializeToString,
+                                         response_deserializer=trace_service_pb2.ExportTraceServiceResponse.FromString)
+            request = trace_service_pb2.ExportTraceServiceRequest.FromString(capture("openai-v2_traces_1.pb"))
+            response = await export(request, compression=grpc.Compression.Gzip)
+            assert not response.HasField("partial_success") and len(router.events) == 6
+            router.full.add("traces")
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await export(request)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await source.shutdown(deadline=time.monotonic() + 5)
+
+
+def test_grpc_without_grpcio_is_a_config_error(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_grpc(name, *args, **kwargs):
+        if name == "grpc":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_grpc)
+    from llmship.config import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        load_config_text('[sources.otlp]\ngrpc = "127.0.0.1:4317"\n')
+    assert "sources.otlp.grpc: needs grpcio" in str(e.value)
