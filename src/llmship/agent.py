@@ -34,6 +34,7 @@ from llmship.sinks.metrics import MetricsSink
 from llmship.sinks.traces import TraceSink
 from llmship.sources.dogstatsd import DogStatsDSource
 from llmship.sources.logs import LogsSource
+from llmship.sources.otlp import OTLPSource
 from llmship.sources.traces import TraceSource
 from llmship.status import StatusServer, describe_config, self_metrics
 from llmship.tap import Tap
@@ -132,6 +133,9 @@ def build(cfg: Config, telemetry: Telemetry | None = None, *, readiness=None, in
     sources = [DogStatsDSource(cfg, p.emitter)]
     if cfg.worker_count == 1:
         sources += p.sources
+    # OTLP is served by this process whatever [agent] workers says (its listeners are not pre-bound for
+    # workers yet); its processing is the same emitter's.
+    sources.append(OTLPSource(cfg, p.emitter))
     tap = Tap(telemetry)  # `llmship tap`: the sinks offer what they are about to send
     for sink in (metrics_sink, *p.sinks):
         sink.tap = tap
@@ -271,6 +275,7 @@ class Agent:
         for key, address in (("sources.dogstatsd.udp", c.sources.dogstatsd.udp),
                              ("sources.traces.listen", c.sources.traces.listen),
                              ("sources.logs.tcp", c.sources.logs.tcp), ("sources.logs.http", c.sources.logs.http),
+                             ("sources.otlp.http", c.sources.otlp.http), ("sources.otlp.grpc", c.sources.otlp.grpc),
                              ("status.listen", c.status.listen)):
             if address and not is_loopback(parse_host_port(address)[0]):
                 log.warning("listener_not_on_loopback", key=key, address=address)

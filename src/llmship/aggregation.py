@@ -256,6 +256,7 @@ class Aggregator:
         self._bucket_end = -math.inf
         self._closed: list[_Row] = []  # aggregates of buckets that ended before their flush
         self._timestamped: list[Series] = []
+        self._timestamped_sketches: list[SketchSeries] = []
         self._last_cutoff = 0
         self._samples = 0
         # (id(context), bucket) -> samples of an open bucket already counted by a final flush, which left them
@@ -483,6 +484,33 @@ class Aggregator:
             series = Series(name, GAUGE, self.interval, [(ts, value)], tags, resolved_host)
         self._timestamped.append(series)
 
+    def add_point(self, name: str, series_type: int, value: float, tags: str, timestamp: float,
+                  host: str | None = None) -> None:
+        """A point its sender aggregated already (OTLP): shipped as is, with its own timestamp and series type
+        (COUNT or GAUGE), as the Agent's OTLP pipeline sends its series without aggregating them
+        (opentelemetry-mapping-go pkg/otlp/metrics ``ConsumeTimeSeries``)."""
+        if len(self._timestamped) >= MAX_PENDING_TIMESTAMPED:
+            self._tel.inc("dropped", reason="timestamped_queue_full")
+            return
+        if not name or value - value != 0.0:  # no name, NaN or infinite: the Agent skips those (isSkippable)
+            self._tel.inc("dropped", reason="no_name" if not name else "non_finite")
+            return
+        self._samples += 1
+        self._timestamped.append(Series(name, series_type, self.interval, [(int(timestamp), float(value))],
+                                        self._canonical_tags(tags), self._hostname if host is None else host))
+
+    def add_sketch(self, name: str, sketch: Sketch, tags: str, timestamp: float, host: str | None = None) -> None:
+        """A distribution its sender aggregated (an OTLP histogram point mapped to a sketch), shipped as is."""
+        if len(self._timestamped_sketches) >= MAX_PENDING_TIMESTAMPED:
+            self._tel.inc("dropped", reason="timestamped_queue_full")
+            return
+        if not name:
+            self._tel.inc("dropped", reason="no_name")
+            return
+        self._samples += 1
+        self._timestamped_sketches.append(SketchSeries(name, self._hostname if host is None else host,
+                                                       self._canonical_tags(tags), [(int(timestamp), sketch)]))
+
     # ------------------------------------------------------------------------------------------ flush
 
     def flush(self, now: float, final: bool = False) -> FlushResult:
@@ -545,8 +573,9 @@ class Aggregator:
             rows.extend(_counter_zeros(rows, [c for c in self._contexts if c.kind == _COUNTER], buckets))
             rows.sort(key=lambda row: (id(row[1]), row[0]))  # a context's rows together, in time order
         pending = self._render(rows, zeros, buckets[0] if zeros else 0, length_of) if rows or zeros else None
-        result = FlushResult(series=self._timestamped, pending=pending)
+        result = FlushResult(series=self._timestamped, sketches=self._timestamped_sketches, pending=pending)
         self._timestamped = []
+        self._timestamped_sketches = []
         if expired:
             self._forget(expired)
         return result

@@ -83,10 +83,22 @@ class LogsSourceConfig:
 
 
 @dataclass(frozen=True)
+class OTLPConfig:
+    # Off by default ("" disables): an app chooses OTLP explicitly (OTEL_EXPORTER_OTLP_ENDPOINT), and the
+    # usual ports 4318/4317 may belong to a Collector already running on the host.
+    http: str = ""  # OTLP/HTTP, e.g. "127.0.0.1:4318": /v1/traces, /v1/metrics, /v1/logs
+    grpc: str = ""  # OTLP/gRPC, e.g. "127.0.0.1:4317" (needs the "grpc" extra: grpcio)
+    # The trace API's limit (the Datadog Agent's apm_config.max_payload_size); an export batch of the
+    # SDK's default 512 spans stays far below it.
+    max_body_bytes: int = 25 * 1024 * 1024
+
+
+@dataclass(frozen=True)
 class SourcesConfig:
     dogstatsd: DogStatsDConfig = field(default_factory=DogStatsDConfig)
     traces: TracesConfig = field(default_factory=TracesConfig)
     logs: LogsSourceConfig = field(default_factory=LogsSourceConfig)
+    otlp: OTLPConfig = field(default_factory=OTLPConfig)
 
 
 @dataclass(frozen=True)
@@ -456,6 +468,15 @@ def _validate(cfg: Config, problems: list[str]) -> None:
     address("sources.logs.http", lg.http)
     positive("sources.logs.max_line_bytes", lg.max_line_bytes)
     positive("sources.logs.idle_timeout_secs", lg.idle_timeout_secs)
+    otlp = cfg.sources.otlp
+    address("sources.otlp.http", otlp.http)
+    address("sources.otlp.grpc", otlp.grpc)
+    positive("sources.otlp.max_body_bytes", otlp.max_body_bytes)
+    if otlp.grpc:
+        try:
+            import grpc  # noqa: F401  (an optional dependency: say so at start-up, not at the first request)
+        except ImportError:
+            problems.append("sources.otlp.grpc: needs grpcio: pip install 'llmship[grpc]'")
 
     dd = cfg.sinks.datadog
     check(dd.compression in ("gzip", "deflate", "zstd", "identity"), "sinks.datadog.compression",

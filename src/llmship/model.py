@@ -6,7 +6,7 @@ encodes them.
   from decode to the span encoder without becoming anything else. ``meta_struct`` keeps the tracer's
   msgpack blobs, ``_llmobs`` included (the encoder leaves that one out).
 - ``LLMCall``: the one model of an LLM call, extracted once from whatever carried it (a v0.4 span with its
-  ``_llmobs`` event, an EVP event; OTLP spans next). The LLM policies (``llm/``) read and complete it.
+  ``_llmobs`` event, an EVP event, an OTLP GenAI span). The LLM policies (``llm/``) read and complete it.
 - ``LogRecord``: a dict in the shape of Datadog's HTTP logs intake (message, ddsource, ddtags, hostname,
   service, status, plus any attributes).
 - ``LLMObsEvent``: an LLM Observability span event in the JSON shape ddtrace posts to

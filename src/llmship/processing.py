@@ -12,10 +12,11 @@ source carries on.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 from llmship.log import RateLimited, get_logger
-from llmship.model import LLMObsEvent, LogRecord, Span, TracerInfo
+from llmship.model import LLMCall, LLMObsEvent, LogRecord, Span, TracerInfo
 from llmship.telemetry import Telemetry
 from llmship.transforms.privacy import scrub_chunks
 
@@ -35,6 +36,9 @@ class Emitter:
                  logs_sink, scrubber=None, shed: Callable[[], bool] | None = None) -> None:
         self.telemetry = telemetry
         self.add_metric = router.add_metric  # DogStatsD: straight into the aggregator, no object per line
+        # OTLP metric points and histogram sketches, aggregated by their sender: shipped as they are
+        self.add_point = router.add_point
+        self.add_sketch = router.add_sketch
         self.submit_dsd_event = router.dsd_event
         self.submit_service_check = router.service_check
         self._router = router
@@ -56,11 +60,34 @@ class Emitter:
                 outputs += found
         if outputs:
             self._router.calls(self._encode_calls(outputs))
-        # After the LLM stage: it tags the spans that carry calls with their model, provider and endpoint.
+        self._ship_spans(chunks, tracer)
+
+    def _ship_spans(self, chunks: list[list[Span]], tracer: TracerInfo) -> None:
+        """After the LLM stage (it tags the spans that carry calls with their model, provider and endpoint):
+        scrubbed, encoded, handed over."""
         chunks = self._scrub_spans(chunks)
         items = self._guard("spans", lambda c: self._encode_chunks(c, tracer), chunks)
         if items:
             self._router.trace_items(items, tracer.language)
+
+    def submit_otlp(self, chunks: list[list[Span]], calls: list[list[LLMCall]], tracer: TracerInfo) -> None:
+        """OTLP traces: chunks of APM spans converted from OTLP, and aligned with them (``calls[i]`` belongs
+        to ``chunks[i]``) the LLM calls their GenAI spans are.
+
+        Why the calls come ready-made rather than found in the chunk as ``submit_spans`` finds them: an OTLP
+        GenAI span carries its call in attributes of several conventions that the APM span must not keep
+        (the prompt text), so the source extracts each call while it still has the attributes
+        (``llm/otlp.py``), and the LLM stage only applies the policies (``LLMStage.process_calls``). One
+        way in for OTLP, and ``submit_spans`` stays as it was for tracers."""
+        outputs = []
+        for spans, chunk_calls in zip(chunks, calls):
+            if chunk_calls:
+                found = self._guard("spans", functools.partial(self._llm.process_calls, spans), chunk_calls)
+                if found:
+                    outputs += found
+        if outputs:
+            self._router.calls(self._encode_calls(outputs))
+        self._ship_spans(chunks, tracer)
 
     def submit_llmobs_events(self, events: list[LLMObsEvent]) -> None:
         outputs = self._guard("llmobs", self._llm.process_events, events)

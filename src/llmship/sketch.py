@@ -96,6 +96,42 @@ class Sketch:
             self._trim()
         return True
 
+    def insert_interpolate(self, lower: float, upper: float, count: int) -> None:
+        """Spread ``count`` values over the keys from ``lower`` to ``upper`` in proportion to each key's
+        width, as the Agent does for a histogram bucket (pkg/quantile/agent.go ``InsertInterpolate``, used by
+        the OTLP metrics mapping, opentelemetry-mapping-go pkg/otlp/metrics/metrics_translator.go
+        ``getSketchBuckets``). Each share is summarized at its key's lower bound."""
+        start, end = key(lower), key(upper)
+        start = MAX_KEY if start == INF_KEY else -MAX_KEY if start == -INF_KEY else start
+        end = MAX_KEY if end == INF_KEY else -MAX_KEY if end == -INF_KEY else end
+        if end < start or count <= 0:
+            return
+        left, distance, remainder = count, upper - lower, 0.0
+        start_key, low = start, lower_bound(start)
+        bins = self._bins()
+        for k in range(start + 1, end + 1):
+            if left <= 0:
+                break
+            high = lower_bound(k)
+            share = (high - low) / distance * count
+            if share > 1:  # only shares above 1 carry a remainder (no run of empty bins)
+                remainder += share - int(share)
+            n = int(share)
+            if remainder > 1:
+                n += 1
+                remainder -= 1
+            if n > 0:
+                n = min(n, left)
+                self._merge_summary(low, n, low * n)
+                bins[start_key] = bins.get(start_key, 0) + n
+                left -= n
+                start_key, low = k, high
+        if left > 0:
+            self._merge_summary(lower_bound(start_key), left, lower_bound(start_key) * left)
+            bins[start_key] = bins.get(start_key, 0) + left
+        if len(bins) > BIN_LIMIT:
+            self._trim()
+
     def _bins(self) -> dict[int, int]:
         if self.bins is None:
             self.bins = {}

@@ -277,6 +277,11 @@ class RemoteRouter:
                    timestamp: float | None = None) -> None:
         self._put((METRIC, name, mtype, value, tags, rate, host, timestamp))
 
+    def add_point(self, *args, **kwargs) -> None:
+        raise AssertionError("OTLP metrics are served by the shipping plane's process, not by workers")
+
+    add_sketch = add_point
+
     def dsd_event(self, event: dict) -> None:
         self._put((DSD_EVENT, event))
 

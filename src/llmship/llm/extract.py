@@ -1,6 +1,6 @@
 """Carriers -> ``LLMCall``: the one place that knows how each client carries an LLM call.
 
-Two carriers today (OTLP GenAI spans are the next):
+Two carriers here (the third, OTLP GenAI spans, is read by ``llm/otlp.py``):
 - a v0.4 APM span with its LLM Observability event in ``meta_struct["_llmobs"]`` (ddtrace with APM on), or
   an ``llm`` span without one (the call is still counted from the span's own tags and metrics);
 - an event posted to the EVP proxy (``DD_APM_TRACING_ENABLED=false``, or spans the tracer expects dropped).

@@ -80,6 +80,23 @@ class LLMStage:
             outputs.append(self._process(call))
         return outputs
 
+    def process_calls(self, spans: list[Span], calls: list[LLMCall]) -> list[CallOutput]:
+        """Calls a source extracted itself from the chunk ``spans`` (OTLP GenAI spans, ``llm/otlp.py``):
+        the agent's defaults for what they do not name, proxy awareness from the chunk's HTTP client spans
+        (``http.url``, which the OTLP conversion maps from ``url.full``), then the same policies."""
+        proxied = self._proxies.proxied_parents(spans)
+        service, env, version = self._defaults
+        outputs = []
+        for call in calls:
+            call.service = call.service or service
+            call.env = call.env or env
+            call.version = call.version or version
+            if call.span_id in proxied and call.is_call:
+                policies.make_workflow(call)
+                self._tel.inc("proxied_calls")
+            outputs.append(self._process(call))
+        return outputs
+
     def process_events(self, events: list) -> list[CallOutput]:
         """Events posted to the EVP proxy; one that cannot be read is counted and the rest carry on."""
         outputs = []

@@ -45,6 +45,8 @@ class Router:
                  logs_sink) -> None:
         self.telemetry = telemetry
         self.add_metric = aggregator.add
+        self.add_point = aggregator.add_point
+        self.add_sketch = aggregator.add_sketch
         self._delivery = delivery
         self._metrics_sink = metrics_sink
         self.attach_sinks(trace_sink, llmobs_sink, logs_sink)
