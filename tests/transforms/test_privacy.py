@@ -425,3 +425,19 @@ def test_reload_swaps_rules_fields_and_key():
     assert s.scrub("jane.doe@example.com") != first
     s.reload((), hash_key="", fields=())
     assert s.scrub("jane.doe@example.com") == "[REDACTED:email]"
+
+
+def test_a_clean_value_comes_back_as_the_callers_own_object_even_from_the_cache():
+    """Callers tell "unchanged" by identity (a clean span keeps its meta dict, a clean tag list is
+    remembered): a cache hit must hand back the object passed in, not the first equal one it saw. It used
+    to, which made every repeated value look changed and rewrote every span and tag list."""
+    from llmship.transforms.scrub import Scrubber
+
+    scrubber = Scrubber()
+    first, second = "".join(["staging", "-eu"]), "".join(["staging", "-eu"])
+    assert first == second and first is not second
+    assert scrubber.scrub_cached(first, "spans") is first
+    assert scrubber.scrub_cached(second, "spans") is second  # a hit
+    secret = "".join(["mail ", "bob@example.com"])
+    assert scrubber.scrub_cached(secret, "spans") == "mail [REDACTED:email]"
+    assert scrubber.scrub_cached("".join(["mail ", "bob@example.com"]), "spans") == "mail [REDACTED:email]"

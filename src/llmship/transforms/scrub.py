@@ -738,10 +738,13 @@ class Scrubber:
     def scrub_cached(self, text: str, kind: str, tally: dict | None = None) -> str | None:
         """``scrub_value``, remembering the result for texts up to ``_CACHED_CHARS`` long: attribute values,
         tags and span meta values repeat (a hit counts the same matches again, into ``tally`` when given:
-        (rule, action) -> matches, for the caller to count once)."""
+        (rule, action) -> matches, for the caller to count once). A text scrubbing leaves alone comes back
+        as the very object passed in, hit or miss, so callers can tell "unchanged" by identity."""
         hit = self.results.get(text)
         if hit is not None:
             out, counts = hit
+            if out is _UNCHANGED:
+                return text
             for rule, action, n in counts:
                 if tally is not None:
                     tally[rule, action] = tally.get((rule, action), 0) + n
@@ -756,7 +759,7 @@ class Scrubber:
                 results = self.results
                 if len(results) >= _MAX_CACHED_RESULTS:
                     results.clear()
-                results[text] = (out, tuple(counts))
+                results[text] = (_UNCHANGED if out is text else out, tuple(counts))
         return out if out.__class__ is str else None
 
     def _scrub(self, text: str, kind: str, counts: list | None = None) -> str | tuple[str]:
@@ -830,6 +833,10 @@ class Scrubber:
                 return truncate_text(head, max_chars)
         scrubbed = self.scrub_value(text, kind)
         return (None, False) if scrubbed is None else truncate_text(scrubbed, max_chars)
+
+
+# What the scrub cache stores for a text no rule changed: a hit then returns the caller's own object.
+_UNCHANGED = object()
 
 
 def _twin(rules: list[_Rule], text: str) -> dict[str, list[int] | None]:
