@@ -62,10 +62,14 @@ class Span(msgspec.Struct, gc=False):
 
 
 def root_span(chunk: list[Span]) -> Span:
-    """A trace chunk's root: the span whose parent is not in the chunk (the first span if none is)."""
+    """A trace chunk's root: a span with no parent (tracers send one per chunk), else the first span whose
+    parent is not in the chunk (a partial flush), else the first span."""
+    for s in chunk:
+        if s.parent_id == 0:
+            return s
     ids = {s.span_id for s in chunk}
     for s in chunk:
-        if s.parent_id == 0 or s.parent_id not in ids:
+        if s.parent_id not in ids:
             return s
     return chunk[0]
 

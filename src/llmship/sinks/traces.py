@@ -146,39 +146,49 @@ class TraceSink:
         for one payload; chunks the tracer decided to drop (priority <= 0) are left out, as the Agent does."""
         fallback_service = self._service or tracer.language or DEFAULT_SERVICE_NAME
         meta_defaults = self._meta_defaults
+        tap = self.tap
+        received = 0
         for spans in chunks:
             if not spans:
                 continue
-            self._tel.inc("received", len(spans))
+            received += len(spans)
             priority = _priority(spans)
             if priority is not None and priority <= 0:
                 self._tel.discard("sampling_priority", len(spans), intentional=True)  # the Agent drops them too
                 continue
-            if self.tap.active:
-                self.tap.offer("spans", (spans, tracer))
+            if tap.active:
+                tap.offer("spans", (spans, tracer))
             root = root_span(spans)
-            header = self._header(tracer, root.meta.get("env") or self._env, root.meta.get("_dd.hostname", ""),
-                                  root.meta.get("version", ""))
+            root_meta = root.meta
+            header = self._header(tracer, root_meta.get("env") or self._env, root_meta.get("_dd.hostname", ""),
+                                  root_meta.get("version", ""))
             # A chunk without a tracer decision is one we keep: AUTO_KEEP, never 0 (AUTO_REJECT).
             chunk_fields = (pb.f_varint(1, AUTO_KEEP if priority is None else priority)
-                            + pb.f_str(2, root.meta.get("_dd.origin", "")))
+                            + pb.f_str(2, root_meta.get("_dd.origin", "")))
             encoded = []
+            size = 0
             for s in spans:
                 try:
-                    encoded.append(encode_span(s, fallback_service, meta_defaults))
+                    span = encode_span(s, fallback_service, meta_defaults)
                 except ENCODE_ERRORS as e:  # a span built by code with what the wire cannot carry
                     self._tel.discard("unencodable_span")
                     _log.warning("unencodable_span", "span_dropped", error=f"{type(e).__name__}: {e}")
+                    continue
+                encoded.append(span)
+                size += len(span) + 6  # with its tag and length prefix, at most
             # A chunk too large for one payload is cut into several (tracers flush partial chunks too);
             # 32 bytes for the TracerPayload's and the chunk's own tags and lengths.
             room = self._packer.max_item - len(header) - len(chunk_fields) - 32
-            for group in _groups_within(encoded, room):
+            for group in (encoded,) if size <= room else _groups_within(encoded, room):
                 if group is None:
                     self._tel.discard("span_too_large")
                     _log.warning("span_too_large", "span_too_large", limit_bytes=MAX_PAYLOAD_BYTES)
                     continue
-                yield header, pb.f_msg(6, chunk_fields + b"".join([_SPAN_TAG + pb.varint(len(s)) + s
-                                                                   for s in group])), len(group)
+                if group:
+                    yield header, pb.f_msg(6, chunk_fields + b"".join([_SPAN_TAG + varint(len(s)) + s
+                                                                       for s in group])), len(group)
+        if received:
+            self._tel.inc("received", received)
 
     def _submit_payload(self, payload: Payload) -> None:
         if self._languages:
@@ -213,6 +223,7 @@ def _priority(spans: list[Span]) -> int | None:
 
 
 _SPAN_TAG = pb.tag(3, _LEN)  # TraceChunk.spans
+varint = pb.varint
 
 
 def _tracer_payload_header(tracer: TracerInfo, *, env: str, hostname: str, app_version: str) -> bytes:
