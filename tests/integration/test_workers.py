@@ -247,9 +247,8 @@ def test_status_sums_and_a_line_per_worker(intake, start_agent, tmp_path):
         def total(comp, name):
             return sum(c["value"] for c in comps.get(comp, {}).get("counters", []) if c["name"] == name)
 
-        items = total("traces", "spans_received") + total("traces", "events_received") + \
-            total("logs_tcp", "events_received") + total("logs_http", "events_received")
-        if total("traces", "spans_received") == spans and total("logs_tcp", "events_received") == 50:
+        items = total("traces", "received") + total("logs_tcp", "received") + total("logs_http", "received")
+        if total("traces", "spans") == spans and total("logs_tcp", "received") == 50:
             return doc, ws, items, total
         return None
 
@@ -260,7 +259,7 @@ def test_status_sums_and_a_line_per_worker(intake, start_agent, tmp_path):
     # /metrics: the sums, and a line per worker
     code, body = http_get(agent.status_url + "/metrics")
     text = body.decode()
-    assert f'llmship_spans_received_total{{component="traces"}} {spans}' in text
+    assert f'llmship_spans_total{{component="traces"}} {spans}' in text
     for w in ws:
         assert f'llmship_worker_items_total{{worker="{w["index"]}",pid="{w["pid"]}"}} {int(w["items"])}' in text
     # `llmship status`: the component table (sums), then one line per worker
@@ -287,7 +286,7 @@ def test_overload_sheds_with_429_or_a_counted_200_and_loses_nothing_accepted(int
         real.stop()
         plain.stop()
     assert set(plain.statuses) == {200}, plain.statuses  # without the header the Agent's answer is 200
-    overloaded = agent.counter("traces", "dropped", reason="overloaded")
+    overloaded = agent.counter("traces", "refused", reason="overloaded")
     assert overloaded >= real.statuses[429]
     silent = overloaded - real.statuses[429]  # header-less requests answered 200 and dropped, counted
     plain_requests = len(plain.accepted) // 100

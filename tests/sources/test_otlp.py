@@ -58,14 +58,32 @@ class RecordingRouter:
 
     def service_check(self, check) -> None: ...
 
-    def spans(self, chunk, tracer) -> None:
-        self.chunks.append((chunk, tracer))
+    def trace_items(self, items, language) -> None:
+        self.chunks.extend(chunk for chunk, _ in items)
 
     def calls(self, outputs) -> None:
         self.outputs.extend(outputs)
 
-    def log(self, record) -> None:
+    def log_item(self, record) -> None:
         self.logs.append(record)
+
+    async def handed_over(self) -> None:
+        """In one process everything is handed over when submitted."""
+
+    # The sinks as the emitter sees them: items "encode" as themselves, so what reaches the router can be read.
+    def encode_chunks(self, chunks, tracer):
+        return [((chunk, tracer), len(chunk)) for chunk in chunks]
+
+    @staticmethod
+    def encode(item):
+        return item
+
+    def emitter(self, cfg, scrubber=None) -> Emitter:
+        telemetry = self.telemetry
+        scrubber = scrubber or Scrubber(cfg.scrub.rules, telemetry.component("scrub"))
+        return Emitter(telemetry=telemetry, router=self, llm=LLMStage(cfg, scrubber, telemetry),
+                       log_processor=LogProcessor(cfg, Sampler(cfg.llm.sampling), scrubber, telemetry),
+                       trace_sink=self, llmobs_sink=self, logs_sink=self, scrubber=scrubber)
 
     def overloaded(self, lane: str) -> bool:
         return lane in self.full
@@ -99,11 +117,7 @@ def router() -> RecordingRouter:
 @pytest.fixture
 async def server(router):
     cfg = load_config_text(CONFIG)
-    telemetry = router.telemetry
-    scrubber = Scrubber(cfg.scrub.rules, telemetry.component("scrub"))
-    emitter = Emitter(telemetry=telemetry, router=router, llm=LLMStage(cfg, scrubber, telemetry),
-                      log_processor=LogProcessor(cfg, Sampler(cfg.llm.sampling), scrubber, telemetry))
-    source = OTLPSource(cfg, emitter, read_timeout_secs=0.5)
+    source = OTLPSource(cfg, router.emitter(cfg), read_timeout_secs=0.5)
     await source.start()
     host, port = source.addresses[0][:2]
     source.url = f"http://{host}:{port}"
@@ -372,11 +386,7 @@ async def test_grpc_export_with_a_real_grpc_client(router, tmp_path):
 
     port = free_port()
     cfg = load_config_text(CONFIG.replace('http = "127.0.0.1:0"', f'grpc = "127.0.0.1:{port}"'))
-    telemetry = router.telemetry
-    scrubber = Scrubber(cfg.scrub.rules, telemetry.component("scrub"))
-    emitter = Emitter(telemetry=telemetry, router=router, llm=LLMStage(cfg, scrubber, telemetry),
-                      log_processor=LogProcessor(cfg, Sampler(cfg.llm.sampling), scrubber, telemetry))
-    source = OTLPSource(cfg, emitter)
+    source = OTLPSource(cfg, router.emitter(cfg))
     await source.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
