@@ -3,11 +3,13 @@
 
 - **Lateness.** The task measures how late it wakes: a loop turn that takes longer than the bound means
   the requests read in that turn waited that long. This is what many connections produce past capacity.
-- **No idle moment.** The loop thread's runnable time (on a CPU or waiting for one: the kernel's
-  /proc/thread-self/schedstat) over the last bound's worth of wall time. When it ran or wanted to run
+- **No idle moment.** The loop thread's CPU time over the last bound's worth of wall time. When it ran
   BUSY_FRACTION of that time, it never caught up with its input for the whole bound, even though each
   turn is short: what a few busy connections produce, their requests waiting in the clients' queues,
-  where no server-side measure can see them.
+  where no server-side measure can see them. CPU time only, not time spent waiting for a CPU: on a host
+  where other processes take the CPU, that wait is not work waiting in this process (an earlier version
+  counted it, and shed load with capacity to spare on a shared 2-core machine); lateness still sees it
+  when it delays requests past the bound.
 
 While the loop is late, ``Emitter.overloaded`` says so for every request and the listeners refuse new
 work (429 with Retry-After; traces without Datadog-Send-Real-Http-Status get 200 and a counted drop, as
@@ -28,32 +30,20 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import os
 import random
 import time
 
 # 20 ms: fine enough that a stall is seen within a turn, coarse enough to cost nothing (50 wake-ups/s).
 INTERVAL_SECS = 0.02
-# Runnable this share of the last bound: no idle moment to speak of (a loop that keeps up idles well over
+# On the CPU this share of the last bound: no idle moment to speak of (a loop that keeps up idles well over
 # 5% of the time: at half its capacity, about half).
 BUSY_FRACTION = 0.95
 SHED_STEP, SHED_MAX = 0.05, 0.6  # a share of 0.6 at most: at twice the capacity, about 0.5 is refused
-_SCHEDSTAT = "/proc/thread-self/schedstat"  # "run_ns wait_ns timeslices" of the calling thread
 
 
-def _runnable_clock():
-    """A function returning the calling thread's runnable nanoseconds (on a CPU or in the run queue), or,
-    without schedstat, its CPU nanoseconds (contention for the CPU is then not seen)."""
-    try:
-        fd = os.open(_SCHEDSTAT, os.O_RDONLY | os.O_CLOEXEC)  # opened on the loop thread: thread-self is it
-        os.pread(fd, 64, 0)
-    except OSError:
-        return time.thread_time_ns
-
-    def read() -> int:
-        run, wait, _ = os.pread(fd, 64, 0).split()
-        return int(run) + int(wait)
-    return read
+def _cpu_clock():
+    """A function returning the calling thread's CPU nanoseconds."""
+    return time.thread_time_ns
 
 
 class LoopLag:
@@ -64,9 +54,9 @@ class LoopLag:
         self.peak = 0.0  # the largest lateness since ``take_peak`` was last called
         self._late_until = 0.0  # monotonic time until which the process counts as overloaded
         self.shed_periods = 0  # times it went from keeping up to overloaded
-        self.busy = 0.0  # runnable share of the last bound's wall time
+        self.busy = 0.0  # CPU share of the last bound's wall time
         self.shed_share = 0.0  # the share of requests refused while the loop has no idle moment
-        self._samples: collections.deque[tuple[float, int]] = collections.deque()  # (monotonic, runnable ns)
+        self._samples: collections.deque[tuple[float, int]] = collections.deque()  # (monotonic, CPU ns)
         self._task: asyncio.Task | None = None
 
     def reload(self, bound_ms: float) -> None:
@@ -92,7 +82,7 @@ class LoopLag:
         peak, self.peak = self.peak, self.lag
         return peak
 
-    def observe(self, lag: float, now: float, runnable_ns: int | None = None) -> None:
+    def observe(self, lag: float, now: float, cpu_ns: int | None = None) -> None:
         self.lag = lag
         self.peak = max(self.peak, lag)
         if self.bound <= 0:
@@ -100,14 +90,14 @@ class LoopLag:
         hold = 0.0
         if lag > self.bound:
             hold = lag  # for as long as it was late: the turns queued meanwhile are still to be worked off
-        if runnable_ns is not None:
+        if cpu_ns is not None:
             samples = self._samples
-            samples.append((now, runnable_ns))
+            samples.append((now, cpu_ns))
             while len(samples) > 2 and now - samples[1][0] >= self.bound:
                 samples.popleft()
             first_at, first_ns = samples[0]
             if now - first_at >= self.bound * 0.9:
-                self.busy = (runnable_ns - first_ns) / 1e9 / (now - first_at)
+                self.busy = (cpu_ns - first_ns) / 1e9 / (now - first_at)
                 if self.busy >= BUSY_FRACTION:
                     if not self.shed_share:
                         self.shed_periods += 1
@@ -121,9 +111,9 @@ class LoopLag:
 
     async def _run(self) -> None:
         sleep, clock = asyncio.sleep, time.monotonic
-        runnable = _runnable_clock()
+        cpu = _cpu_clock()
         while True:
             due = clock() + self.interval
             await sleep(self.interval)
             now = clock()
-            self.observe(max(0.0, now - due), now, runnable())
+            self.observe(max(0.0, now - due), now, cpu())
