@@ -152,6 +152,9 @@ class StatusConfig:
 class Price:
     input: float  # USD per million input tokens
     output: float  # USD per million output tokens
+    cache_read: float | None = None  # per million input tokens read from the provider's cache (None: input)
+    cache_write: float | None = None  # per million input tokens written to the cache (None: input)
+    reasoning: float | None = None  # per million reasoning output tokens (None: output)
 
 
 @dataclass(frozen=True)
