@@ -267,10 +267,13 @@ class OTLPSink:
         for spans in chunks:
             if not spans or dropped_by_tracer(spans):
                 continue
-            by_service: dict[tuple, list[Span]] = {}
+            by_service: dict[str, list[Span]] = {}
             for s in spans:
-                by_service.setdefault((s.service, s.meta.get("env", ""), s.meta.get("version", "")), []).append(s)
-            for (service, env, version), group in by_service.items():
+                by_service.setdefault(s.service, []).append(s)
+            for service, group in by_service.items():
+                # env and version as tracers set them: on some spans of the chunk (the root at least)
+                env = next((s.meta["env"] for s in group if s.meta.get("env")), "")
+                version = next((s.meta["version"] for s in group if s.meta.get("version")), "")
                 rs = trace_pb2.ResourceSpans()
                 self._resource(rs.resource.attributes, service, env or self._env, version, tracer)
                 ss = rs.scope_spans.add()
