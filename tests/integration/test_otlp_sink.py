@@ -214,3 +214,20 @@ def test_otel_sdk_app_otlp_only_with_retry(tmp_path, start_intake, start_agent, 
     assert intake.records("llmobs") == [] and intake.records("traces") == []
     assert not (tmp_path / "data" / "out").exists()
     assert http_get(agent.status_url + "/ready")[0] == 200
+
+
+def test_with_workers_otlp_items_cross_to_the_shipping_plane(tmp_path, intake, start_agent, fake_openai):
+    config = BASE.replace("[agent]\n", "[agent]\nworkers = 2\n") + OTLP_ONLY
+    agent = start_agent(config, intake=intake, env={"OTLP_TOKEN": TOKEN})
+    run(tmp_path, DDTRACE_APP, ddtrace_env(agent, fake_openai))
+    with socket.create_connection(("127.0.0.1", agent.ports["logs_tcp_port"])) as s:
+        s.sendall(b'{"message": "from a worker", "service": "shop"}\n')
+    spans = [r["data"] for r in intake.wait_records(
+        "otlp_spans", 4, timeout=30, where=lambda d: "gen_ai.operation.name" in d["attributes"])]
+    assert "And of Peru? Reply to [REDACTED:email]" in {input_text(s) for s in spans}
+    intake.wait_records("otlp_logs", 1, timeout=20, where=lambda d: d["body"] == "from a worker")
+    ok = [s for s in spans if s["status"]["code"] != 2]
+    tokens_in = sum(s["attributes"]["gen_ai.usage.input_tokens"] for s in ok)
+    wait_for(lambda: sum(p["sum"] for p in points(intake, "gen_ai.client.token.usage",
+                                                   **{"gen_ai.token.type": "input"})) == tokens_in, timeout=20)
+    assert intake.records("llmobs") == []
