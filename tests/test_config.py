@@ -134,3 +134,23 @@ def test_a_scrub_replacement_must_name_groups_of_its_regex():
     with pytest.raises(ConfigError) as e:
         load_config_text("[[scrub.rules]]\nname = \"x\"\nregex = 'a(b)'\nreplacement = '\\2'\n", env={})
     assert e.value.problems[0].startswith("scrub.rules[0].replacement: ")
+
+
+def test_otlp_sink_config_interpolates_headers_and_hides_them():
+    from llmship.agent import log_secrets
+
+    cfg = load_config_text('[sinks.otlp]\nendpoint = "https://gw:4318"\n'
+                           'headers = { authorization = "Bearer ${TOK}" }\n', env={"TOK": "t0ken-xyz"})
+    assert cfg.sinks.otlp.headers == {"authorization": "Bearer t0ken-xyz"}
+    assert "t0ken-xyz" not in repr(cfg) and "Bearer t0ken-xyz" in log_secrets(cfg)
+    assert cfg.ships_to_otlp and not cfg.ships_to_datadog and not cfg.uses_datadog_sinks
+    both = load_config_text('[sinks.otlp]\nendpoint = "http://gw:4318"\n', env={"DD_API_KEY": "k" * 32})
+    assert both.ships_to_otlp and both.uses_datadog_sinks
+    assert load_config_text("", env={}).uses_datadog_sinks  # nothing configured: the file sink
+
+
+def test_otlp_sink_config_problems_name_their_keys():
+    with pytest.raises(ConfigError) as e:
+        load_config_text('[sinks.otlp]\nendpoint = "gw:4318"\ncompression = "zstd"\ntimeout_secs = 0\n', env={})
+    text = "\n".join(e.value.problems)
+    assert "sinks.otlp.endpoint" in text and "sinks.otlp.compression" in text and "sinks.otlp.timeout_secs" in text

@@ -16,11 +16,11 @@ from pathlib import Path
 
 from llmship import __version__, flush, notify
 from llmship import log as logmod
-from llmship.aggregation import Aggregator
+from llmship.aggregation import Aggregator, FlushResult
 from llmship.aws_lambda import LambdaExtension, api_key_from_environment
 from llmship.config import Config, ConfigError, is_loopback, load_config_text, parse_host_port
 from llmship.delivery import Delivery, proxy
-from llmship.delivery.transport import make_transport
+from llmship.delivery.transport import make_transport, public_url
 from llmship.llm.stage import LLMStage
 from llmship.listeners import Listeners
 from llmship.log import get_logger
@@ -31,6 +31,7 @@ from llmship.sinks.intakes import ROUTES
 from llmship.sinks.llmobs import LLMObsSink
 from llmship.sinks.logs import LogsSink
 from llmship.sinks.metrics import MetricsSink
+from llmship.sinks.otlp import OTLPSink
 from llmship.sinks.traces import TraceSink
 from llmship.sources.dogstatsd import DogStatsDSource
 from llmship.sources.logs import LogsSource
@@ -68,6 +69,7 @@ class Topology:
     sinks: list  # batching sinks, flushed on drain
     sources: list
     status: StatusServer
+    otlp_sink: OTLPSink | None = None
 
     def reloadable(self) -> list:
         """Every component holding config, in the order a reload reaches them (SIGHUP reaches all of them:
@@ -103,11 +105,12 @@ def build_processing(cfg: Config, telemetry: Telemetry, router, *, submit=None, 
     trace_sink = TraceSink(cfg, submit, telemetry)
     llmobs_sink = LLMObsSink(cfg, submit, telemetry)
     logs_sink = LogsSink(cfg, submit, telemetry)
+    otlp_sink = OTLPSink(cfg, submit, telemetry)
     emitter = Emitter(telemetry=telemetry, router=router, llm=llm, log_processor=log_processor,
-                      trace_sink=trace_sink, llmobs_sink=llmobs_sink, logs_sink=logs_sink, scrubber=scrubber,
-                      shed=shed)
+                      trace_sink=trace_sink, llmobs_sink=llmobs_sink, logs_sink=logs_sink, otlp_sink=otlp_sink,
+                      scrubber=scrubber, shed=shed)
     sources = [TraceSource(cfg, emitter, sockets=sockets), LogsSource(cfg, emitter, sockets=sockets)]
-    return Processing(llm, log_processor, emitter, [trace_sink, llmobs_sink, logs_sink], sources)
+    return Processing(llm, log_processor, emitter, [trace_sink, llmobs_sink, logs_sink, otlp_sink], sources)
 
 
 def _worker_sinks_do_not_submit(payload) -> None:
@@ -141,7 +144,7 @@ def build(cfg: Config, telemetry: Telemetry | None = None, *, readiness=None, in
         sink.tap = tap
     status = StatusServer(cfg, telemetry, info_provider or (lambda: {}), readiness or (lambda: False), tap=tap)
     return Topology(cfg, telemetry, delivery, aggregator, metrics_sink, p.llm, p.log_processor, router, p.emitter,
-                    p.sinks, sources, status)
+                    p.sinks, sources, status, otlp_sink=p.sinks[-1])
 
 
 def directory_problem(path: str) -> str | None:
@@ -213,11 +216,16 @@ class Agent:
         return info
 
     def _destination(self) -> str:
+        destinations = []
         if self.cfg.sinks.datadog.url:
-            return self.cfg.sinks.datadog.url
-        if self.cfg.ships_to_datadog:
-            return f"Datadog ({self.cfg.sinks.datadog.site})"
-        return f"files in {self.cfg.file_sink_dir}"
+            destinations.append(self.cfg.sinks.datadog.url)
+        elif self.cfg.ships_to_datadog:
+            destinations.append(f"Datadog ({self.cfg.sinks.datadog.site})")
+        elif not self.cfg.ships_to_otlp:
+            destinations.append(f"files in {self.cfg.file_sink_dir}")
+        if self.cfg.ships_to_otlp:
+            destinations.append(f"OTLP ({public_url(self.cfg.sinks.otlp.endpoint)})")
+        return " and ".join(destinations)
 
     async def run(self) -> int:
         t = self.topology
@@ -243,7 +251,7 @@ class Agent:
             self._tasks.append(extension)
         log.info("agent_started", version=__version__, pid=os.getpid(), destination=self._destination(),
                  config=self.cfg.path or "(embedded default)", workers=self.cfg.worker_count)
-        if not self.cfg.ships_to_datadog:
+        if not self.cfg.ships_to_datadog and not self.cfg.ships_to_otlp:
             # A newcomer with no API key still sees their data: say where it goes.
             print(f"llmship: no API key or [sinks.datadog] url set: writing to {self.cfg.file_sink_dir}/"
                   "<kind>.ndjson", file=sys.stderr, flush=True)
@@ -344,6 +352,17 @@ class Agent:
                 for name, mtype, value, tags in self_metrics(t.telemetry):
                     t.aggregator.add(name, mtype, value, tags)
             result = t.aggregator.flush(self._clock(), final=final or open_buckets)
+            otlp = t.otlp_sink
+            if otlp is not None and otlp.enabled:
+                if not otlp.datadog:  # OTLP only: the flush is the OTLP sink's alone
+                    for i, item in enumerate(result.drain(), 1):
+                        otlp.add_metric(item)
+                        if not final and i % 256 == 0:
+                            await asyncio.sleep(0)
+                    otlp.end_metrics()
+                    return
+                # Both: each series and sketch goes to the OTLP sink as the Datadog sink encodes it
+                result = FlushResult(pending=otlp.tee(result.drain()))
             if final:
                 t.metrics_sink.ship(result)
             else:
@@ -423,7 +442,8 @@ def _return_freed_memory() -> None:
 def log_secrets(cfg: Config) -> list[str]:
     """What no log line may show: the API key and proxy credentials (nothing logs them; this catches a
     library that would)."""
-    return [cfg.sinks.datadog.api_key, *proxy.secrets(cfg.sinks.datadog.proxy)]
+    return [cfg.sinks.datadog.api_key, *proxy.secrets(cfg.sinks.datadog.proxy),
+            *(v for v in cfg.sinks.otlp.headers.values() if v)]
 
 
 LAMBDA_DEFAULTS = Path(__file__).parent / "data" / "lambda.toml"

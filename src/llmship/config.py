@@ -117,6 +117,20 @@ class DatadogSinkConfig:
 
 
 @dataclass(frozen=True)
+class OTLPSinkConfig:
+    """[sinks.otlp]: OTLP/HTTP (protobuf) to an OpenTelemetry Collector or any OTLP endpoint."""
+
+    endpoint: str = ""  # a base URL, as OTEL_EXPORTER_OTLP_ENDPOINT: /v1/traces, /v1/metrics, /v1/logs appended
+    headers: dict[str, str] = field(default_factory=dict)  # sent on every request; values are secrets
+    compression: str = "gzip"  # gzip | identity (the two OTLP/HTTP names; "none" means identity)
+    timeout_secs: float = 10.0  # OTEL_EXPORTER_OTLP_TIMEOUT's default
+
+    def __repr__(self) -> str:  # header values (tokens) are never printed, even in a traceback or a dump
+        return (f"OTLPSinkConfig(endpoint={self.endpoint!r}, headers={sorted(self.headers)}, "
+                f"compression={self.compression!r})")
+
+
+@dataclass(frozen=True)
 class FileSinkConfig:
     dir: str = ""  # "" -> <agent.data_dir>/out
 
@@ -124,6 +138,7 @@ class FileSinkConfig:
 @dataclass(frozen=True)
 class SinksConfig:
     datadog: DatadogSinkConfig = field(default_factory=DatadogSinkConfig)
+    otlp: OTLPSinkConfig = field(default_factory=OTLPSinkConfig)
     file: FileSinkConfig = field(default_factory=FileSinkConfig)
 
 
@@ -137,6 +152,9 @@ class StatusConfig:
 class Price:
     input: float  # USD per million input tokens
     output: float  # USD per million output tokens
+    cache_read: float | None = None  # per million input tokens read from the provider's cache (None: input)
+    cache_write: float | None = None  # per million input tokens written to the cache (None: input)
+    reasoning: float | None = None  # per million reasoning output tokens (None: output)
 
 
 @dataclass(frozen=True)
@@ -245,6 +263,16 @@ class Config:
     def ships_to_datadog(self) -> bool:
         """Ship over HTTP when there is somewhere to ship to; otherwise the local file sink."""
         return bool(self.sinks.datadog.api_key or self.sinks.datadog.url)
+
+    @property
+    def ships_to_otlp(self) -> bool:
+        return bool(self.sinks.otlp.endpoint)
+
+    @property
+    def uses_datadog_sinks(self) -> bool:
+        """The Datadog sinks run when they ship to Datadog, or to the local file sink when nothing else is
+        configured (neither Datadog nor OTLP): an OTLP-only agent writes no files."""
+        return self.ships_to_datadog or not self.ships_to_otlp
 
     @property
     def file_sink_dir(self) -> str:
@@ -481,6 +509,17 @@ def _validate(cfg: Config, problems: list[str]) -> None:
     dd = cfg.sinks.datadog
     check(dd.compression in ("gzip", "deflate", "zstd", "identity"), "sinks.datadog.compression",
           f"expected gzip, deflate, zstd or identity, got {dd.compression!r}")
+    o = cfg.sinks.otlp
+    if o.endpoint:
+        parts = urllib.parse.urlsplit(o.endpoint)
+        check(parts.scheme in ("http", "https") and bool(parts.netloc), "sinks.otlp.endpoint",
+              f"expected an http:// or https:// base URL, got {o.endpoint!r}")
+    check(o.compression in ("gzip", "identity", "none"), "sinks.otlp.compression",
+          f"expected gzip or none, got {o.compression!r}")
+    positive("sinks.otlp.timeout_secs", o.timeout_secs)
+    for name in o.headers:
+        check(bool(name.strip()) and ":" not in name and "\n" not in name, f'sinks.otlp.headers."{name}"',
+              "expected an HTTP header name")
     check(not dd.url or re.match(r"^https?://[^/\s]+", dd.url) is not None, "sinks.datadog.url",
           f"expected http(s)://host[:port], got {dd.url!r}")
     check(re.fullmatch(r"[A-Za-z0-9.-]+", dd.site) is not None, "sinks.datadog.site",

@@ -89,9 +89,12 @@ class TracerInfo:
 class Tokens:
     """Token counts as reported (None: not reported). ``total`` is completed from its parts."""
 
-    input: float | None = None
-    output: float | None = None
+    input: float | None = None  # includes the cached input tokens (OpenAI prompt_tokens, GenAI conventions)
+    output: float | None = None  # includes the reasoning tokens
     total: float | None = None
+    cache_read: float | None = None  # of the input, read from the provider's prompt cache
+    cache_write: float | None = None  # of the input, written to it
+    reasoning: float | None = None  # of the output
 
     def __post_init__(self) -> None:
         if self.total is None and (self.input is not None or self.output is not None):

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from llmship.log import RateLimited, get_logger
 from llmship.model import LLMCall, LLMObsEvent, LogRecord, Span, TracerInfo
+from llmship.sinks.otlp import call_attributes, dropped_by_tracer
 from llmship.telemetry import Telemetry
 from llmship.transforms.privacy import scrub_chunks
 
@@ -25,15 +26,15 @@ _log = RateLimited(get_logger("processing"))
 # The shipping plane's lanes each kind of submission fans into: a source answers "overloaded" (429, or a
 # pause in reading) when any of them is full.
 LANES = {
-    "spans": ("traces", "llmobs", "logs"),
-    "llmobs": ("llmobs", "logs"),
-    "logs": ("logs",),
+    "spans": ("traces", "llmobs", "logs", "otlp_spans", "otlp_logs"),
+    "llmobs": ("llmobs", "logs", "otlp_spans", "otlp_logs"),
+    "logs": ("logs", "otlp_logs"),
 }
 
 
 class Emitter:
     def __init__(self, *, telemetry: Telemetry, router, llm, log_processor, trace_sink, llmobs_sink,
-                 logs_sink, scrubber=None, shed: Callable[[], bool] | None = None) -> None:
+                 logs_sink, otlp_sink=None, scrubber=None, shed: Callable[[], bool] | None = None) -> None:
         self.telemetry = telemetry
         self.add_metric = router.add_metric  # DogStatsD: straight into the aggregator, no object per line
         # OTLP metric points and histogram sketches, aggregated by their sender: shipped as they are
@@ -49,6 +50,9 @@ class Emitter:
         self._encode_chunks = trace_sink.encode_chunks
         self._encode_event = llmobs_sink.encode
         self._encode_log = logs_sink.encode
+        # [sinks.otlp]: each item is encoded once more, for it (sinks/otlp.py); ``otlp.enabled`` and
+        # ``otlp.datadog`` (the Datadog sinks run) are read per call, so a reload reaches them.
+        self._otlp = otlp_sink
         self._scrubber = scrubber
         self._tel = telemetry.component("processing")
 
@@ -58,17 +62,43 @@ class Emitter:
             found = self._guard("spans", self._llm.process_chunk, spans)
             if found:
                 outputs += found
+        in_chunks = self._otlp_calls(outputs, chunks)
         if outputs:
-            self._router.calls(self._encode_calls(outputs))
-        self._ship_spans(chunks, tracer)
+            self._router.calls(self._encode_calls(outputs, in_chunks))
+        self._ship_spans(chunks, tracer, in_chunks)
 
-    def _ship_spans(self, chunks: list[list[Span]], tracer: TracerInfo) -> None:
+    def _ship_spans(self, chunks: list[list[Span]], tracer: TracerInfo, calls: dict | None = None) -> None:
         """After the LLM stage (it tags the spans that carry calls with their model, provider and endpoint):
-        scrubbed, encoded, handed over."""
+        scrubbed, encoded, handed over (to each sink that runs)."""
         chunks = self._scrub_spans(chunks)
-        items = self._guard("spans", lambda c: self._encode_chunks(c, tracer), chunks)
-        if items:
-            self._router.trace_items(items, tracer.language)
+        otlp = self._otlp
+        if otlp is None or otlp.datadog:
+            items = self._guard("spans", lambda c: self._encode_chunks(c, tracer), chunks)
+            if items:
+                self._router.trace_items(items, tracer.language)
+        if otlp is not None and otlp.enabled:
+            items = self._guard("spans", lambda c: otlp.encode_chunks(c, tracer, calls), chunks)
+            if items:
+                self._router.otlp_items("spans", items)
+
+    def _otlp_calls(self, outputs: list, chunks: list[list[Span]]) -> dict | None:
+        """span id -> GenAI attributes, for the calls whose span is in the chunks (encoded with them), from
+        each call and its event after the text policy (scrubbed, truncated, sampled). Calls in chunks the
+        tracer dropped (priority <= 0, not shipped) are left out: they get a span of their own, as EVP
+        events do."""
+        otlp = self._otlp
+        if otlp is None or not otlp.enabled or not outputs:
+            return None
+        dropped = {s.span_id for c in chunks if c and dropped_by_tracer(c) for s in c}
+        calls = {}
+        for out in outputs:
+            if out.span_id is not None and out.span_id not in dropped:
+                try:
+                    calls[out.span_id] = call_attributes(out.event if isinstance(out.event, dict) else None,
+                                                         out.genai)
+                except Exception as e:  # an event shape not foreseen: the span still goes, without them
+                    self._tel.error("otlp_call_attributes", f"{type(e).__name__}: {e}")
+        return calls
 
     def submit_otlp(self, chunks: list[list[Span]], calls: list[list[LLMCall]], tracer: TracerInfo) -> None:
         """OTLP traces: chunks of APM spans converted from OTLP, and aligned with them (``calls[i]`` belongs
@@ -85,9 +115,10 @@ class Emitter:
                 found = self._guard("spans", functools.partial(self._llm.process_calls, spans), chunk_calls)
                 if found:
                     outputs += found
+        in_chunks = self._otlp_calls(outputs, chunks)
         if outputs:
-            self._router.calls(self._encode_calls(outputs))
-        self._ship_spans(chunks, tracer)
+            self._router.calls(self._encode_calls(outputs, in_chunks))
+        self._ship_spans(chunks, tracer, in_chunks)
 
     def submit_llmobs_events(self, events: list[LLMObsEvent]) -> None:
         outputs = self._guard("llmobs", self._llm.process_events, events)
@@ -95,9 +126,14 @@ class Emitter:
             self._router.calls(self._encode_calls(outputs))
 
     def submit_logs(self, records: list[LogRecord]) -> None:
+        otlp = self._otlp
         for record in records:
             processed = self._guard("logs", self._log_processor.process, record)
-            if processed is not None and (data := self._encode_log(processed)) is not None:
+            if processed is None:
+                continue
+            if otlp is not None and otlp.enabled and (data := otlp.encode_log(processed)) is not None:
+                self._router.otlp_items("logs", [data])
+            if (otlp is None or otlp.datadog) and (data := self._encode_log(processed)) is not None:
                 self._router.log_item(data)
 
     def _scrub_spans(self, chunks: list[list[Span]]) -> list[list[Span]]:
@@ -116,12 +152,29 @@ class Emitter:
             return []
         return chunks
 
-    def _encode_calls(self, outputs: list) -> list:
+    def _encode_calls(self, outputs: list, in_chunks: dict | None = None) -> list:
+        """Each call's event and sample log encoded for each sink that runs. ``in_chunks``: the calls whose
+        span the OTLP sink encodes with its chunk (the others, EVP events, get an OTLP span of their own)."""
+        otlp = self._otlp
+        to_otlp = otlp is not None and otlp.enabled
+        to_datadog = otlp is None or otlp.datadog
         for out in outputs:
+            if to_otlp:
+                if in_chunks is not None and out.span_id in in_chunks:
+                    out.otlp_span = b""  # shipped with its chunk; the router remembers its span id
+                elif isinstance(out.event, dict):
+                    try:
+                        out.otlp_span = otlp.encode_event_span(out.event, call_attributes(out.event, out.genai))
+                    except Exception as e:
+                        self._tel.error("otlp_call_attributes", f"{type(e).__name__}: {e}")
+                if isinstance(out.log, dict):
+                    out.otlp_log = otlp.encode_log(dict(out.log))
+            else:
+                out.genai = None
             if out.event is not None:
-                out.event = self._encode_event(out.event)
+                out.event = self._encode_event(out.event) if to_datadog else None
             if out.log is not None:
-                out.log = self._encode_log(out.log)
+                out.log = self._encode_log(out.log) if to_datadog else None
         return outputs
 
     def overloaded(self, kind: str) -> bool:

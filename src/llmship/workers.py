@@ -17,13 +17,16 @@ The channel carries bytes and plain tuples only, never pickles. Each direction i
 
 worker -> parent (one frame per event-loop turn that produced anything, so a burst is one write):
     [1, language, [[tracer_payload: bin, spans: int], ...]]            Router.trace_items
-    [2, [[span_id: int|nil, event: bin|nil, [[name, type, value, tags], ...], log: bin|nil], ...]]
+    [2, [[span_id: int|nil, event: bin|nil, [[name, type, value, tags], ...], log: bin|nil,
+          genai: [...]|nil, otlp_span: bin|nil, otlp_log: bin|nil], ...]]
                                                                        Router.calls (CallOutput fields)
     [3, [log_item: bin, ...]]                                          Router.log_item, each
     [4, name, type, value, tags, rate, host|nil, timestamp|nil]        Router.add_metric
     [5, {event}] / [6, {check}]                                        Router.dsd_event / service_check
     [7, [[component, name, [[label, value], ...], delta], ...]]        telemetry counter increments
     [8, {pid, ready, draining, lag_ms, overloaded, gauges, info}]      state, at least every HEARTBEAT_SECS
+    [9, kind, [item, ...]]                                             Router.otlp_items ("spans": items are
+                                                                       [bin, spans]; "logs": bin)
 parent -> worker:
     [20, config_path, config_text]   the config to run (first message, and on each SIGHUP reload)
     [21, [lane, ...]]                the shipping plane's overloaded lanes ("*": the parent runs late)
@@ -70,7 +73,7 @@ from llmship.telemetry import RecordingTelemetry, Telemetry
 log = get_logger("workers")
 
 # Message codes (see the module docstring).
-TRACES, CALLS, LOGS, METRIC, DSD_EVENT, SERVICE_CHECK, COUNTERS, STATE = 1, 2, 3, 4, 5, 6, 7, 8
+TRACES, CALLS, LOGS, METRIC, DSD_EVENT, SERVICE_CHECK, COUNTERS, STATE, OTLP = 1, 2, 3, 4, 5, 6, 7, 8, 9
 CONFIG, LANES = 20, 21
 
 HEADER = struct.Struct(">I")
@@ -87,7 +90,7 @@ LANES_CHECK_SECS = 0.05
 BACKOFF_INITIAL_SECS, BACKOFF_MAX_SECS, BACKOFF_RESET_AFTER_SECS = 1.0, 30.0, 60.0
 START_TIMEOUT_SECS = 60.0  # a worker that is not serving this long after it was started is stopped
 EOF_TIMEOUT_SECS = 10.0  # reading a dead worker's channel to its end
-SHIPPING_LANES = ("traces", "llmobs", "logs")
+SHIPPING_LANES = ("traces", "llmobs", "logs", "otlp_spans", "otlp_logs")
 
 _encoder = msgspec.msgpack.Encoder(enc_hook=str)  # enc_hook: an odd value in a component's info shows as text
 _decode = msgspec.msgpack.Decoder().decode
@@ -264,7 +267,11 @@ class RemoteRouter:
         self._put((TRACES, language, items))
 
     def calls(self, outputs: list[CallOutput]) -> None:
-        self._put((CALLS, [(o.span_id, o.event, o.samples, o.log) for o in outputs]))
+        self._put((CALLS, [(o.span_id, o.event, o.samples, o.log, o.genai, o.otlp_span, o.otlp_log)
+                           for o in outputs]))
+
+    def otlp_items(self, kind: str, items: list) -> None:
+        self._put((OTLP, kind, items))
 
     def log_item(self, data: bytes) -> None:
         pending = self._pending
@@ -601,8 +608,9 @@ class WorkerPool:
                 if code == TRACES:
                     router.trace_items(message[2], message[1])
                 elif code == CALLS:
-                    router.calls([CallOutput(span_id, event, samples, log_item)
-                                  for span_id, event, samples, log_item in message[1]])
+                    router.calls([CallOutput(*fields) for fields in message[1]])
+                elif code == OTLP:
+                    router.otlp_items(message[1], message[2])
                 elif code == LOGS:
                     for item in message[1]:
                         router.log_item(item)

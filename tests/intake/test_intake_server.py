@@ -202,3 +202,41 @@ async def test_max_body_bytes_answers_413_for_splitting(start):
     assert (await client.post("logs", body=orjson.dumps([{"message": "x"}])))[0] == 202
     assert (await client.post("series", body=orjson.dumps({"series": [{"metric": "m" * 200, "points": []}]})))[0] == 202
     assert [(r["status"], r["fault"]) for r in store.requests()] == [(413, "max_body_bytes"), (202, None), (202, None)]
+
+
+# ------------------------------------------------------------------------------------------ OTLP
+
+
+async def test_otlp_endpoints_decode_json_and_protobuf_without_an_api_key(tmp_path):
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+    store = IntakeStore(tmp_path / "otlp.sqlite")
+    server = IntakeServer(store)
+    url = await server.start()
+    try:
+        doc = {"resourceSpans": [{"resource": {"attributes": [{"key": "service.name",
+                                                               "value": {"stringValue": "svc"}}]},
+                                  "scopeSpans": [{"spans": [{"traceId": "0af7651916cd43dd8448eb211c80319c",
+                                                             "spanId": "b7ad6b7169203331", "name": "chat m",
+                                                             "kind": 3}]}]}]}
+        request = trace_service_pb2.ExportTraceServiceRequest()
+        span = request.resource_spans.add().scope_spans.add().spans.add()
+        span.name, span.span_id = "pb", b"\x00" * 7 + b"\x01"
+        async with aiohttp.ClientSession() as session:
+            async with session.post(url + "/v1/traces", data=orjson.dumps(doc),
+                                    headers={"Content-Type": "application/json"}) as resp:
+                assert resp.status == 200 and await resp.json() == {}
+            async with session.post(url + "/v1/traces", data=compress(request.SerializeToString(), "gzip"),
+                                    headers={"Content-Type": "application/x-protobuf",
+                                             "Content-Encoding": "gzip"}) as resp:
+                assert resp.status == 200 and resp.headers["Content-Type"] == "application/x-protobuf"
+            async with session.post(url + "/v1/logs", data=b"\xff\xff",
+                                    headers={"Content-Type": "application/x-protobuf"}) as resp:
+                assert resp.status == 400
+        spans = [r["data"] for r in store.records("otlp_spans")]
+        assert spans[0]["trace_id"] == "0af7651916cd43dd8448eb211c80319c" and spans[0]["resource"] == {
+            "service.name": "svc"} and spans[0]["kind"] == 3
+        assert spans[1]["name"] == "pb" and spans[1]["span_id"] == "0000000000000001"
+        assert [r["status"] for r in store.requests("otlp_spans")] == [200, 200]
+    finally:
+        await server.shutdown()

@@ -374,6 +374,9 @@ class Delivery:
                 self._limited.error(f"{lane.kind}:proxy_auth", "proxy_rejected_credentials",
                                     hint="check the user:password of [sinks.datadog] proxy (or HTTPS_PROXY / "
                                          "HTTP_PROXY); data is kept and retried", **fields)
+            elif payload.route.host == "otlp":  # sinks.otlp: credentials are its headers
+                self._limited.error(f"{lane.kind}:auth", "otlp_endpoint_rejected_credentials",
+                                    hint="check [sinks.otlp] headers; data is kept and retried", **fields)
             else:
                 self._limited.error(f"{lane.kind}:auth", "intake_rejected_api_key",
                                     hint="check [sinks.datadog] api_key (or DD_API_KEY); data is kept and retried",

@@ -49,7 +49,101 @@ class Transport(Protocol):
 
 
 def make_transport(cfg: Config) -> Transport:
-    return HttpTransport(cfg) if cfg.ships_to_datadog else FileTransport(cfg.file_sink_dir)
+    """Datadog over HTTP, or the file sink when there is nowhere to ship; routed by payload route to an
+    OTLP transport too when [sinks.otlp] endpoint is set (the OTLP sink's routes have host "otlp")."""
+    datadog = HttpTransport(cfg) if cfg.ships_to_datadog else FileTransport(cfg.file_sink_dir)
+    if not cfg.ships_to_otlp:
+        return datadog
+    return RoutingTransport({OTLP_HOST: OTLPTransport(cfg)}, datadog,
+                            datadog_used=cfg.uses_datadog_sinks)
+
+
+OTLP_HOST = "otlp"  # sinks.otlp.ROUTES: resolved against [sinks.otlp] endpoint
+
+
+def public_url(url: str) -> str:
+    """``url`` without any user:password@ (for logs and status)."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return f"{parts.scheme}://{host}{parts.path}"
+
+
+class RoutingTransport:
+    """Sends each payload through the transport of its route's host (the default for any other)."""
+
+    def __init__(self, by_host: dict[str, Transport], default: Transport, *, datadog_used: bool = True) -> None:
+        self._by_host = by_host
+        self._default = default
+        used = ([default] if datadog_used else []) + list(by_host.values())
+        self.destination = " and ".join(t.destination for t in used)
+
+    async def send(self, payload: Payload) -> SendResult:
+        return await self._by_host.get(payload.route.host, self._default).send(payload)
+
+    async def close(self) -> None:
+        await self._default.close()
+        for transport in self._by_host.values():
+            await transport.close()
+
+
+class OTLPTransport:
+    """OTLP/HTTP to [sinks.otlp] endpoint: the route's path (/v1/traces, /v1/metrics, /v1/logs) is appended
+    to the base URL, as OTLP exporters do with OTEL_EXPORTER_OTLP_ENDPOINT. The configured headers (tokens,
+    typically) are added here at send time: never stored in a payload, so never in the spool, and never in a
+    result, a log line or the status (their values are scrubbed from error details)."""
+
+    def __init__(self, cfg: Config) -> None:
+        o = cfg.sinks.otlp
+        self._base = o.endpoint.rstrip("/")
+        self._headers = dict(o.headers)
+        self._secrets = [v for v in o.headers.values() if len(v) >= 4]
+        self._timeout = aiohttp.ClientTimeout(total=o.timeout_secs)
+        self._session: aiohttp.ClientSession | None = None
+        self._inflight = _InFlight()
+        self.destination = f"OTLP ({public_url(o.endpoint)})"
+        self._targets: dict[Route, tuple[str, dict[str, str], dict]] = {}
+
+    def _target(self, route: Route) -> tuple[str, dict[str, str], dict]:
+        target = self._targets.get(route)
+        if target is None:
+            url = self._base + route.path
+            via = proxy.proxy_for(url, "")  # HTTPS_PROXY / HTTP_PROXY / NO_PROXY, as OTLP exporters honour
+            target = self._targets[route] = (url, *(via.request_options(url) if via else ({}, {})))
+        return target
+
+    async def send(self, payload: Payload) -> SendResult:
+        url, proxy_headers, proxy_options = self._target(payload.route)
+        if self._session is None:
+            self._session = aiohttp.ClientSession(headers={"User-Agent": USER_AGENT})
+        headers = {**payload.extra_headers, **proxy_headers, **self._headers, "Content-Type": payload.content_type,
+                   PAYLOAD_ID_HEADER: payload.id}
+        if payload.content_encoding not in ("", "identity"):
+            headers["Content-Encoding"] = payload.content_encoding
+        with self._inflight:
+            try:
+                async with self._session.post(url, data=payload.body, headers=headers, timeout=self._timeout,
+                                              **proxy_options) as resp:
+                    if 200 <= resp.status < 300:
+                        await resp.read()
+                        return SendResult(resp.status)
+                    text = (await resp.content.read(_RESPONSE_READ_BYTES)).decode("utf-8", "replace")
+                    return SendResult(resp.status, resp.headers.get("Retry-After"),
+                                      self._scrub(text[:_DETAIL_CHARS]))
+            except TimeoutError:
+                return SendResult(None, detail=f"timed out after {self._timeout.total}s")
+            except (aiohttp.ClientError, OSError) as e:
+                return SendResult(None, detail=self._scrub(f"{type(e).__name__}: {e}"[:_DETAIL_CHARS]))
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "<header value>")
+        return text
+
+    async def close(self) -> None:
+        await self._inflight.idle()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
 
 def base_url(cfg: Config, route: Route) -> str:

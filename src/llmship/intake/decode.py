@@ -22,7 +22,8 @@ import orjson
 from llmship import protobuf as pb
 from llmship.compression import ENCODINGS, DecompressionLimit, decompress
 
-KINDS = ("series", "sketches", "events", "service_checks", "logs", "llmobs", "traces")
+KINDS = ("series", "sketches", "events", "service_checks", "logs", "llmobs", "traces", "otlp_spans",
+         "otlp_metrics", "otlp_logs")
 
 # Largest decompressed body accepted per kind, in bytes (the intake's documented limits).
 MAX_DECOMPRESSED_BYTES: dict[str, int] = {
@@ -40,6 +41,10 @@ MAX_DECOMPRESSED_BYTES: dict[str, int] = {
     # 3.2 MB uncompressed: "the maximum content size ... the Datadog Trace API accepts" (datadog-agent
     # pkg/trace/writer/trace.go, as cited by DataDog/serverless-components)
     "traces": 3_200_000,
+    # OTLP: the Collector's otlpreceiver default (confighttp max_request_body_size, 20 MiB)
+    "otlp_spans": 20 << 20,
+    "otlp_metrics": 20 << 20,
+    "otlp_logs": 20 << 20,
 }
 
 
@@ -391,7 +396,112 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+# ---------------------------------------------------------------------------------------------- OTLP
+
+
+def _otlp_request(signal_name: str, raw: bytes):
+    """An Export*ServiceRequest, protobuf or OTLP/JSON (told apart by the first byte: a JSON object starts
+    with "{", a protobuf request with field 1's tag 0x0a), decoded with opentelemetry-proto."""
+    from google.protobuf.message import DecodeError as ProtobufDecodeError
+
+    from llmship.sources import otlp as otlp_source
+
+    signal = {"traces": otlp_source.TRACES, "metrics": otlp_source.METRICS, "logs": otlp_source.LOGS}[signal_name]
+    try:
+        return otlp_source.decode_request(signal, raw, raw.lstrip()[:1] == b"{")
+    except ProtobufDecodeError as e:
+        raise DecodeError(f"malformed OTLP {signal_name} request: {e}") from e
+    except Exception as e:  # json_format.ParseError and friends
+        raise DecodeError(f"malformed OTLP {signal_name} request: {e}") from e
+
+
+def _otlp_value(v) -> Any:
+    which = v.WhichOneof("value")
+    if which is None:
+        return None
+    if which == "array_value":
+        return [_otlp_value(x) for x in v.array_value.values]
+    if which == "kvlist_value":
+        return {kv.key: _otlp_value(kv.value) for kv in v.kvlist_value.values}
+    if which == "bytes_value":
+        return base64.b64encode(v.bytes_value).decode()
+    return getattr(v, which)
+
+
+def _otlp_attrs(kvs) -> dict[str, Any]:
+    return {kv.key: _otlp_value(kv.value) for kv in kvs}
+
+
+def _decode_otlp_spans(raw: bytes) -> list[dict[str, Any]]:
+    """One dict per span, with its resource's and scope's attributes."""
+    out = []
+    for rs in _otlp_request("traces", raw).resource_spans:
+        resource = _otlp_attrs(rs.resource.attributes)
+        for ss in rs.scope_spans:
+            for s in ss.spans:
+                out.append({
+                    "resource": resource, "scope": ss.scope.name, "trace_id": s.trace_id.hex(),
+                    "span_id": s.span_id.hex(), "parent_span_id": s.parent_span_id.hex(), "name": s.name,
+                    "kind": s.kind, "start_time_unix_nano": s.start_time_unix_nano,
+                    "end_time_unix_nano": s.end_time_unix_nano, "attributes": _otlp_attrs(s.attributes),
+                    "status": {"code": s.status.code, "message": s.status.message},
+                    "events": [{"name": e.name, "time_unix_nano": e.time_unix_nano,
+                                "attributes": _otlp_attrs(e.attributes)} for e in s.events],
+                })
+    return out
+
+
+def _decode_otlp_metrics(raw: bytes) -> list[dict[str, Any]]:
+    """One dict per data point: the metric's name, type, unit, temporality and the point's fields."""
+    out = []
+    for rm in _otlp_request("metrics", raw).resource_metrics:
+        resource = _otlp_attrs(rm.resource.attributes)
+        for sm in rm.scope_metrics:
+            for m in sm.metrics:
+                data = m.WhichOneof("data")
+                if data is None:
+                    continue
+                container = getattr(m, data)
+                base = {"resource": resource, "scope": sm.scope.name, "name": m.name, "type": data, "unit": m.unit}
+                if data in ("sum", "histogram", "exponential_histogram"):
+                    base["temporality"] = container.aggregation_temporality
+                if data == "sum":
+                    base["monotonic"] = container.is_monotonic
+                for p in container.data_points:
+                    point = {**base, "attributes": _otlp_attrs(p.attributes),
+                             "start_time_unix_nano": p.start_time_unix_nano, "time_unix_nano": p.time_unix_nano}
+                    if data in ("sum", "gauge"):
+                        point["value"] = getattr(p, p.WhichOneof("value") or "as_double")
+                    elif data == "histogram":
+                        point.update(count=p.count, sum=p.sum, min=p.min, max=p.max,
+                                     bucket_counts=list(p.bucket_counts), explicit_bounds=list(p.explicit_bounds))
+                    elif data == "exponential_histogram":
+                        point.update(count=p.count, sum=p.sum, scale=p.scale, zero_count=p.zero_count)
+                    elif data == "summary":
+                        point.update(count=p.count, sum=p.sum)
+                    out.append(point)
+    return out
+
+
+def _decode_otlp_logs(raw: bytes) -> list[dict[str, Any]]:
+    out = []
+    for rl in _otlp_request("logs", raw).resource_logs:
+        resource = _otlp_attrs(rl.resource.attributes)
+        for sl in rl.scope_logs:
+            for r in sl.log_records:
+                out.append({
+                    "resource": resource, "scope": sl.scope.name, "time_unix_nano": r.time_unix_nano,
+                    "observed_time_unix_nano": r.observed_time_unix_nano, "severity_number": r.severity_number,
+                    "severity_text": r.severity_text, "body": _otlp_value(r.body),
+                    "attributes": _otlp_attrs(r.attributes), "trace_id": r.trace_id.hex(), "span_id": r.span_id.hex(),
+                })
+    return out
+
+
 _DECODERS: dict[str, Callable[[bytes], list[dict[str, Any]]]] = {
+    "otlp_spans": _decode_otlp_spans,
+    "otlp_metrics": _decode_otlp_metrics,
+    "otlp_logs": _decode_otlp_logs,
     "series": _decode_series,
     "sketches": _decode_sketches,
     "events": _decode_events,

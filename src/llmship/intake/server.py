@@ -24,6 +24,7 @@ from llmship.intake.decode import DecodeError, UnsupportedEncoding, decode_paylo
 from llmship.intake.store import IntakeStore
 from llmship.log import RateLimited, get_logger
 from llmship.sinks.intakes import ROUTES
+from llmship.sinks.otlp import ROUTES as OTLP_ROUTES
 
 API_KEY_HEADER = "DD-API-KEY"
 
@@ -38,7 +39,14 @@ MAX_BODY_BYTES: dict[str, int] = {
     "logs": 5_000_000,  # 5 MB uncompressed per request (docs, POST /api/v2/logs): a body can't beat it
     "llmobs": 5 << 20,  # 5 MiB: ddtrace DEFAULT_EVP_PAYLOAD_SIZE_LIMIT, the Agent's EVP proxy body limit
     "traces": 3_200_000,  # 3.2 MB: datadog-agent pkg/trace/writer/trace.go, the Trace API's maximum
+    # OTLP/HTTP: the Collector's otlpreceiver (confighttp max_request_body_size default, 20 MiB)
+    "otlp_spans": 20 << 20,
+    "otlp_metrics": 20 << 20,
+    "otlp_logs": 20 << 20,
 }
+# OTLP endpoints need no API key (a Collector takes whatever auth its extensions ask for; none here). Their
+# answer is the signal's Export*ServiceResponse: empty, as protobuf or JSON like the request.
+OTLP_KINDS = frozenset(("otlp_spans", "otlp_metrics", "otlp_logs"))
 
 # At most this many items per request.
 MAX_ITEMS: dict[str, int] = {
@@ -54,9 +62,10 @@ ACCEPTED_BODY: dict[str, dict[str, Any]] = {
     "logs": {},  # "Response from server (always 202 empty JSON)": docs, POST /api/v2/logs
     "llmobs": {},  # not documented; ddtrace treats any status < 300 as success
     "traces": {},  # not documented; the trace-agent's sender treats any 2xx as success
+    "otlp_spans": {}, "otlp_metrics": {}, "otlp_logs": {},  # empty Export*ServiceResponse (OTLP/HTTP: 200)
 }
 
-_KIND_BY_PATH = {route.path: kind for kind, route in ROUTES.items()}
+_KIND_BY_PATH = {route.path: kind for kind, route in {**ROUTES, **OTLP_ROUTES}.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +129,7 @@ class IntakeServer:
         arrived = time.time()
         kind = _KIND_BY_PATH.get(request.path) if request.method == "POST" else None
         fault = self._scripted_fault(kind)
-        api_key_present = bool(request.headers.get(API_KEY_HEADER, "").strip())
+        api_key_present = bool(request.headers.get(API_KEY_HEADER, "").strip()) or kind in OTLP_KINDS
         encoding = request.headers.get("Content-Encoding")
         body, wire_bytes = await self._read_body(request, kind)
         if self.faults.latency_ms:
@@ -138,6 +147,11 @@ class IntakeServer:
             self._limited.warning(f"{kind}:{answer.status}", "intake_request_refused", kind=kind,
                                   path=request.path, status=answer.status, reason=answer.reason)
         headers = {"Retry-After": self.faults.retry_after} if fault and self.faults.retry_after else None
+        if kind in OTLP_KINDS and answer.status < 300:
+            # OTLP/HTTP: 200 with an empty Export*ServiceResponse, encoded as the request was
+            if "json" in request.headers.get("Content-Type", ""):
+                return web.json_response({}, status=200, headers=headers)
+            return web.Response(body=b"", status=200, content_type="application/x-protobuf", headers=headers)
         return web.json_response(answer.body, status=answer.status, headers=headers)
 
     def _scripted_fault(self, kind: str | None) -> str | None:
@@ -200,7 +214,7 @@ class IntakeServer:
         max_items = MAX_ITEMS.get(kind)
         if max_items is not None and len(items) > max_items:
             return self._refuse(kind, 413, f"{len(items)} {kind} items in one request, over {max_items}")
-        return _Answer(202, ACCEPTED_BODY[kind], items=items)
+        return _Answer(200 if kind in OTLP_KINDS else 202, ACCEPTED_BODY[kind], items=items)
 
     @staticmethod
     def _refuse(kind: str, status: int, reason: str) -> _Answer:

@@ -164,7 +164,9 @@ def event_tokens(event: LLMObsEvent) -> Tokens:
     if not isinstance(metrics, dict):
         return Tokens()
     get = metrics.get
-    return Tokens(_number(get("input_tokens")), _number(get("output_tokens")), _number(get("total_tokens")))
+    return Tokens(_number(get("input_tokens")), _number(get("output_tokens")), _number(get("total_tokens")),
+                  _number(get("cache_read_input_tokens")), _number(get("cache_write_input_tokens")),
+                  _number(get("reasoning_output_tokens")))
 
 
 def llmobs_event(data: dict, span: Span) -> LLMObsEvent:

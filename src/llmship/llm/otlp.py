@@ -149,6 +149,9 @@ def from_otlp(span: Span, name: str, attrs: Attrs, events: list[tuple[str, int, 
             value = _first_number(attrs, keys)
             if value is not None:
                 metrics[metric] = value
+        tokens.cache_read = metrics.get("cache_read_input_tokens")
+        tokens.cache_write = metrics.get("cache_write_input_tokens")
+        tokens.reasoning = metrics.get("reasoning_output_tokens")
     _content(ev_meta, kind, attrs, events)
     metadata = _metadata(attrs)
     if metadata:

@@ -438,7 +438,9 @@ def call_metrics(call: LLMCall, tags: str, pricing: Pricing) -> tuple[list[Metri
     output_tokens = tokens.output or 0
     samples += (("llm.tokens.input", "c", input_tokens, tags), ("llm.tokens.output", "c", output_tokens, tags),
                 ("llm.tokens.total", "c", tokens.total, tags))
-    cost = pricing.cost_usd(call.model, input_tokens, output_tokens)
+    cost = pricing.cost_usd(call.model, input_tokens, output_tokens, cache_read=tokens.cache_read or 0,
+                            cache_write=tokens.cache_write or 0, reasoning=tokens.reasoning or 0,
+                            provider=call.provider)
     if cost is not None:
         samples.append(("llm.cost.usd", "c", cost, tags))
     return samples, cost is None

@@ -18,6 +18,7 @@ from llmship.llm import compat, extract, policies
 from llmship.llm.policies import Proxies, Tags, TextPolicy
 from llmship.log import RateLimited, get_logger
 from llmship.model import LLMCall, LLMObsEvent, LogRecord, MetricSample, Span
+from llmship.sinks.otlp import operation_name
 from llmship.tags import agent_default_tags
 from llmship.telemetry import Telemetry
 from llmship.transforms.pricing import Pricing
@@ -36,6 +37,12 @@ class CallOutput:
     event: LLMObsEvent | bytes | None = None
     samples: list[MetricSample] = field(default_factory=list)
     log: LogRecord | bytes | None = None
+    # For the OTLP sink (sinks/otlp.py): the call for the GenAI histograms (a plain tuple, ``GenAICall``),
+    # and the OTLP span and log items the processing plane encoded (a span item b"": the call's span is in
+    # its chunk, shipped with it; None: none to ship).
+    genai: tuple | None = None
+    otlp_span: bytes | None = None
+    otlp_log: bytes | None = None
 
 
 class LLMStage:
@@ -130,6 +137,7 @@ class LLMStage:
         if call.span is not None:
             self._tags.tag_span(call)
         if call.is_call:
+            out.genai = genai_call(call)
             out.samples, unknown_cost = policies.call_metrics(call, self._tags.of(call).metric_tags, self._pricing)
             if unknown_cost:
                 self._tel.inc("unknown_model_cost")
@@ -149,3 +157,14 @@ class LLMStage:
         self._tel.discard("bad_llmobs_event")
         self._tel.error("bad_llmobs_event", f"{type(error).__name__}: {error}")
         _log.warning("bad_llmobs_event", "llmobs_event_rejected", error=f"{type(error).__name__}: {error}")
+
+
+def genai_call(call: LLMCall) -> tuple:
+    """What the OTLP sink's GenAI histograms need of a call (sinks.otlp.GenAICall)."""
+    error_type = None
+    if call.error:
+        meta = call.span.meta if call.span is not None else (call.event or {}).get("meta") or {}
+        error_type = (meta.get("error.type") if isinstance(meta, dict) else None) or "_OTHER"
+    return (call.service, call.env, operation_name(call.kind, call.endpoint or ""), (call.provider or "").lower(),
+            call.model or "", call.model or "", error_type, call.tokens.input, call.tokens.output,
+            call.duration_ns / 1e9 if call.duration_ns else None)

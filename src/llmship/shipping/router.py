@@ -42,23 +42,36 @@ class RecentIds:
 
 class Router:
     def __init__(self, *, telemetry: Telemetry, aggregator, delivery, metrics_sink, trace_sink, llmobs_sink,
-                 logs_sink) -> None:
+                 logs_sink, otlp_sink=None) -> None:
         self.telemetry = telemetry
         self.add_metric = aggregator.add
         self.add_point = aggregator.add_point
         self.add_sketch = aggregator.add_sketch
         self._delivery = delivery
         self._metrics_sink = metrics_sink
-        self.attach_sinks(trace_sink, llmobs_sink, logs_sink)
+        self.attach_sinks(trace_sink, llmobs_sink, logs_sink, otlp_sink)
         self._tel = telemetry.component("llm")  # its calls and duplicates are reported with the LLM stage's
         self._counted = RecentIds()  # calls whose metrics (and sample log) were produced
         self._shipped = RecentIds()  # events passed on to the LLM Observability sink
+        self._otlp_spans = RecentIds()  # calls whose OTLP span was shipped (in its chunk, or on its own)
 
-    def attach_sinks(self, trace_sink, llmobs_sink, logs_sink) -> None:
+    def attach_sinks(self, trace_sink, llmobs_sink, logs_sink, otlp_sink=None) -> None:
         """The packing sinks (built with the processing plane, whose encoders they also are)."""
         self._trace_sink = trace_sink
         self._llmobs_sink = llmobs_sink
         self._logs_sink = logs_sink
+        self._otlp_sink = otlp_sink
+
+    def otlp_items(self, kind: str, items: list) -> None:
+        """Items the processing plane encoded for the OTLP sink: "spans" ([(ResourceSpans item, spans)]) or
+        "logs" ([ResourceLogs item])."""
+        if self._otlp_sink is None:
+            return
+        if kind == "spans":
+            self._otlp_sink.add_span_items(items)
+        else:
+            for item in items:
+                self._otlp_sink.add_log_item(item)
 
     def trace_items(self, items: list[tuple[bytes, int]], language: str) -> None:
         """Encoded TracerPayloads with their span counts, from one tracer request."""
@@ -68,9 +81,10 @@ class Router:
         """Each call's encoded event once per span id, its metric samples and encoded sample log once per
         span id (``CallOutput``s whose event and log the processing plane encoded)."""
         add_metric = self.add_metric
+        otlp = self._otlp_sink
         for out in outputs:
             span_id = out.span_id
-            if out.samples or out.log is not None:
+            if out.samples or out.log is not None or out.genai or out.otlp_log:
                 if span_id is None or self._counted.add(span_id):
                     if out.samples:
                         self._tel.inc("llm_calls")
@@ -78,6 +92,15 @@ class Router:
                         add_metric(*sample)
                     if out.log is not None:
                         self._logs_sink.add_item(out.log)
+                    if otlp is not None:
+                        if out.genai:
+                            otlp.record_call(out.genai)
+                        if out.otlp_log:
+                            otlp.add_log_item(out.otlp_log)
+            if out.otlp_span is not None and otlp is not None:
+                # b"": the span goes with its chunk; remembered so the same call's EVP copy adds no second
+                if (span_id is None or self._otlp_spans.add(span_id)) and out.otlp_span:
+                    otlp.add_span_items([(out.otlp_span, 1)])
             if out.event is not None:
                 if span_id is None or self._shipped.add(span_id):
                     self._llmobs_sink.add_item(out.event)
@@ -88,10 +111,16 @@ class Router:
         self._logs_sink.add_item(data)
 
     def dsd_event(self, event: dict) -> None:
-        self._metrics_sink.send_event(event)
+        if self._otlp_sink is None or self._otlp_sink.datadog:  # no OTLP form: Datadog (or files) only
+            self._metrics_sink.send_event(event)
+        else:
+            self.telemetry.component("otlp_sink").discard("dogstatsd_event_without_destination", intentional=True)
 
     def service_check(self, check: dict) -> None:
-        self._metrics_sink.send_service_check(check)
+        if self._otlp_sink is None or self._otlp_sink.datadog:
+            self._metrics_sink.send_service_check(check)
+        else:
+            self.telemetry.component("otlp_sink").discard("service_check_without_destination", intentional=True)
 
     def overloaded(self, lane: str) -> bool:
         return self._delivery.overloaded(lane)
