@@ -47,7 +47,7 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 
 from llmship import __version__
 from llmship import protobuf as pb
-from llmship.aggregation import COUNT, GAUGE, RATE, Series, SketchSeries
+from llmship.aggregation import GAUGE, RATE, Series, SketchSeries
 from llmship.config import Config
 from llmship.delivery.payload import Framing, Payload, Route
 from llmship.log import RateLimited, get_logger
@@ -416,7 +416,6 @@ class OTLPSink:
         if type(item) is SketchSeries:
             hist = m.histogram
             hist.aggregation_temporality = _DELTA
-            interval = 0
             for ts, sketch in item.points:
                 dp = hist.data_points.add()
                 dp.time_unix_nano = int(ts) * 1_000_000_000

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import orjson
-import pytest
 
 from llmship.aggregation import COUNT, GAUGE, RATE, Series, SketchSeries
 from llmship.config import load_config_text
