@@ -70,10 +70,10 @@ def mib(kib: int) -> str:
 
 
 class _Pipeline:
-    """What the DogStatsD parser needs of the pipeline."""
+    """What the DogStatsD parser needs of the emitter."""
 
     def __init__(self, aggregator: Aggregator) -> None:
-        self.aggregator = aggregator
+        self.add_metric = aggregator.add
 
     def submit_dsd_event(self, event: dict) -> None:
         pass
