@@ -243,3 +243,18 @@ def build_payloads(encoding: Encoding, items: Iterable[bytes],
         packer.add(item)
     packer.flush()
     return payloads
+
+
+class PackedSink:
+    """The lifecycle every sink whose items go through one Packer (``self._packer``) shares."""
+
+    _packer: Packer
+
+    async def start(self) -> None:
+        self._packer.start()
+
+    async def shutdown(self, deadline: float) -> None:
+        await self._packer.shutdown(deadline)
+
+    def flush(self) -> None:
+        self._packer.flush()

@@ -23,7 +23,7 @@ from llmship.config import Config
 from llmship.delivery.payload import Framing, Payload
 from llmship.model import LLMObsEvent
 from llmship.log import RateLimited, get_logger
-from llmship.shipping.packer import Encoding, Packer, accepted
+from llmship.shipping.packer import Encoding, PackedSink, Packer, accepted
 from llmship.sinks.intakes import ROUTES
 from llmship.tap import IDLE
 from llmship.telemetry import Telemetry
@@ -52,7 +52,7 @@ LLMOBS = Encoding("llmobs", ROUTES["llmobs"], "application/json", MAX_PAYLOAD_BY
 _log = RateLimited(get_logger("llmobs_sink"))
 
 
-class LLMObsSink:
+class LLMObsSink(PackedSink):
     def __init__(self, cfg: Config, submit: Callable[[Payload], object], telemetry: Telemetry) -> None:
         self._tel = telemetry.component("llmobs_sink")
         self._packer = Packer(LLMOBS, submit, on_too_large=self._too_large)
@@ -63,15 +63,6 @@ class LLMObsSink:
     def reload(self, cfg: Config) -> None:
         compression = accepted(cfg.sinks.datadog.compression, _ACCEPTS)
         self._packer.reconfigure(replace(LLMOBS, compression=compression, level=FAST_LEVELS.get(compression)))
-
-    async def start(self) -> None:
-        self._packer.start()
-
-    async def shutdown(self, deadline: float) -> None:
-        await self._packer.shutdown(deadline)
-
-    def flush(self) -> None:
-        self._packer.flush()
 
     def _too_large(self, events: int) -> None:
         self._tel.discard("item_too_large", events)

@@ -22,7 +22,7 @@ from llmship.config import Config
 from llmship.delivery.payload import Framing, Payload
 from llmship.model import LogRecord
 from llmship.log import RateLimited, get_logger
-from llmship.shipping.packer import Encoding, Packer, accepted
+from llmship.shipping.packer import Encoding, PackedSink, Packer, accepted
 from llmship.sinks.intakes import ROUTES
 from llmship.tap import IDLE
 from llmship.telemetry import Telemetry
@@ -50,7 +50,7 @@ LOGS = Encoding("logs", ROUTES["logs"], "application/json", MAX_PAYLOAD_BYTES, M
 _log = RateLimited(get_logger("logs_sink"))
 
 
-class LogsSink:
+class LogsSink(PackedSink):
     def __init__(self, cfg: Config, submit: Callable[[Payload], object], telemetry: Telemetry) -> None:
         self._tel = telemetry.component("logs_sink")
         self._packer = Packer(LOGS, submit, on_too_large=self._too_large)
@@ -63,15 +63,6 @@ class LogsSink:
         compression = accepted(cfg.sinks.datadog.compression, _ACCEPTS)
         self._packer.reconfigure(replace(LOGS, compression=compression, level=FAST_LEVELS.get(compression),
                                          max_age_secs=min(BATCH_WAIT_SECS, cfg.agent.flush_interval_secs)))
-
-    async def start(self) -> None:
-        self._packer.start()
-
-    async def shutdown(self, deadline: float) -> None:
-        await self._packer.shutdown(deadline)
-
-    def flush(self) -> None:
-        self._packer.flush()
 
     def _too_large(self, events: int) -> None:
         self._tel.discard("item_too_large", events)

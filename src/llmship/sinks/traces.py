@@ -32,7 +32,7 @@ from llmship.config import Config
 from llmship.delivery.payload import Framing, Payload
 from llmship.model import Span, TracerInfo, root_span
 from llmship.log import RateLimited, get_logger
-from llmship.shipping.packer import Encoding, Packer, accepted
+from llmship.shipping.packer import Encoding, PackedSink, Packer, accepted
 from llmship.sinks.intakes import ROUTES
 from llmship.sinks.spanenc import DEFAULT_SERVICE_NAME, ENCODE_ERRORS, encode_span
 from llmship.tags import agent_default_tags
@@ -72,7 +72,7 @@ _LEN = pb.LEN
 _log = RateLimited(get_logger("traces_sink"))
 
 
-class TraceSink:
+class TraceSink(PackedSink):
     def __init__(self, cfg: Config, submit: Callable[[Payload], object], telemetry: Telemetry) -> None:
         self._tel = telemetry.component("traces_sink")
         self._submit = submit
@@ -102,15 +102,6 @@ class TraceSink:
         else:
             self._packer.reconfigure(encoding)
         self._headers: dict[tuple, bytes] = {}
-
-    async def start(self) -> None:
-        self._packer.start()
-
-    async def shutdown(self, deadline: float) -> None:
-        await self._packer.shutdown(deadline)
-
-    def flush(self) -> None:
-        self._packer.flush()
 
     def add_chunk(self, spans: list[Span], tracer: TracerInfo) -> None:
         """``add_items(encode_chunks([spans], tracer), tracer.language)``, for callers in one process."""
