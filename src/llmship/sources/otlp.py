@@ -40,12 +40,12 @@ from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from llmship import protobuf as pb
-from llmship.compression import DecompressionLimit, decompress
 from llmship.config import Config, parse_host_port
 from llmship.log import RateLimited, get_logger
 from llmship.sources import otlp_map
-from llmship.sources.traces import (DECODER_WAIT_SECS, DECODERS, READ_TIMEOUT_SECS, RETRY_AFTER_SECS,
-                                    SUBMIT_SLICE_SPANS, THREAD_DECODE_BYTES, RequestError)
+from llmship.sources.traces import (DECODERS, READ_TIMEOUT_SECS, RETRY_AFTER_SECS,
+                                    SUBMIT_SLICE_SPANS, THREAD_DECODE_BYTES, RequestError, read_body,
+                                    take_decoder)
 
 log = get_logger("otlp")
 _limited = RateLimited(log)
@@ -196,7 +196,7 @@ class OTLPSource:
                 raise RequestError(415, "unsupported_media_type",
                                    f"unsupported media type {media!r}: use application/x-protobuf or application/json")
             body = await self._read_body(request)
-            if not await self._take_decoder():
+            if not await take_decoder(self._decoders):
                 raise Overloaded("no_decoder")
             try:
                 decode = functools.partial(decode_request, signal, body, is_json)
@@ -217,37 +217,9 @@ class OTLPSource:
         self._tel.inc("requests", endpoint="unknown")
         return web.Response(status=404, text="404 page not found\n")
 
-    async def _take_decoder(self) -> bool:
-        try:
-            async with asyncio.timeout(DECODER_WAIT_SECS):
-                await self._decoders.acquire()
-        except TimeoutError:
-            return False
-        return True
-
     async def _read_body(self, request: web.Request) -> bytes:
-        limit = self._cfg.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise RequestError(413, "payload_too_large", f"payload too large: over {limit} bytes")
-        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
-        if encoding not in _ENCODINGS:
-            raise RequestError(415, "unsupported_encoding", f"unsupported Content-Encoding: {encoding!r}")
-        body = bytearray()
-        try:
-            async with asyncio.timeout(self._read_timeout):
-                async for piece in request.content.iter_chunked(64 * 1024):
-                    body += piece
-                    if len(body) > limit:
-                        raise RequestError(413, "payload_too_large", f"payload too large: over {limit} bytes")
-        except TimeoutError:
-            raise RequestError(408, "timeout", "timeout reading the body") from None
-        self._tel.inc("bytes_received", len(body))
-        try:
-            return decompress(bytes(body), encoding, limit)
-        except DecompressionLimit:
-            raise RequestError(413, "payload_too_large", f"payload too large: inflates past {limit} bytes") from None
-        except Exception as e:  # zlib.error, zstd.ZstdError: a corrupt stream
-            raise RequestError(400, "decoding_error", f"cannot decompress {encoding} body: {e}") from None
+        return await read_body(request, self._cfg.max_body_bytes, self._read_timeout, self._tel,
+                               too_large="payload too large")
 
     def _response(self, signal: Signal, rejected: int, error: str, is_json: bool) -> web.Response:
         response = signal.response()

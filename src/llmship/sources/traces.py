@@ -238,7 +238,7 @@ class TraceSource:
             # Read first, then take a decoder: a slow client holds only its own connection, never the
             # decoder other tracers wait for.
             body = await self._read_body(request)
-            if not await self._take_decoder():
+            if not await take_decoder(self._decoders):
                 return self._refuse_traces(real_status, "no_decoder")
             try:
                 decode = (functools.partial(decode_v05, body) if version == "v0.5"
@@ -280,7 +280,7 @@ class TraceSource:
             if self._pipeline.overloaded("llmobs"):
                 return self._refuse_llmobs("overloaded")
             body = await self._read_body(request)
-            if not await self._take_decoder():
+            if not await take_decoder(self._decoders):
                 return self._refuse_llmobs("no_decoder")
             try:
                 events = await self._decode(functools.partial(decode_evp_llmobs, body), len(body))
@@ -317,38 +317,8 @@ class TraceSource:
 
     # ------------------------------------------------------------------------------------ helpers
 
-    async def _take_decoder(self) -> bool:
-        """Wait for a free decoder (released by the caller), or give up after DECODER_WAIT_SECS."""
-        try:
-            async with asyncio.timeout(DECODER_WAIT_SECS):
-                await self._decoders.acquire()
-        except TimeoutError:
-            return False
-        return True
-
     async def _read_body(self, request: web.Request) -> bytes:
-        limit = self._cfg.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise RequestError(413, "payload_too_large", f"payload-too-large: over {limit} bytes")
-        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
-        if encoding not in ("", "identity", "gzip", "x-gzip", "deflate", "zstd"):
-            raise RequestError(415, "unsupported_encoding", f"unsupported Content-Encoding: {encoding!r}")
-        body = bytearray()
-        try:
-            async with asyncio.timeout(self._read_timeout):
-                async for piece in request.content.iter_chunked(64 * 1024):
-                    body += piece
-                    if len(body) > limit:
-                        raise RequestError(413, "payload_too_large", f"payload-too-large: over {limit} bytes")
-        except TimeoutError:
-            raise RequestError(408, "timeout", "timeout") from None
-        self._tel.inc("received_bytes", len(body))
-        try:
-            return decompress(bytes(body), encoding, limit)
-        except DecompressionLimit:
-            raise RequestError(413, "payload_too_large", f"payload-too-large: inflates past {limit} bytes")
-        except Exception as e:  # zlib.error, zstd.ZstdError: a corrupt stream
-            raise RequestError(400, "decoding_error", f"cannot decompress {encoding} body: {e}") from None
+        return await read_body(request, self._cfg.max_body_bytes, self._read_timeout, self._tel)
 
     async def _decode(self, decode: Callable[[], Any], size: int) -> Any:
         try:
@@ -663,6 +633,47 @@ def _number_map(value: Any) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------------------------- requests
+
+
+_CONTENT_ENCODINGS = ("", "identity", "gzip", "x-gzip", "deflate", "zstd")
+
+
+async def take_decoder(decoders: asyncio.Semaphore) -> bool:
+    """Wait for a free decoder (the caller releases it), or give up after DECODER_WAIT_SECS."""
+    try:
+        async with asyncio.timeout(DECODER_WAIT_SECS):
+            await decoders.acquire()
+    except TimeoutError:
+        return False
+    return True
+
+
+async def read_body(request: web.Request, limit: int, read_timeout: float, tel,
+                    too_large: str = "payload-too-large") -> bytes:
+    """The request's body, inflated, within ``limit`` bytes before and after inflating and within
+    ``read_timeout``; RequestError (413, 415, 408, 400) otherwise. Shared by the HTTP sources that answer
+    as the Agent's receiver does; ``too_large`` spells the 413 text (the Agent's "payload-too-large")."""
+    if request.content_length is not None and request.content_length > limit:
+        raise RequestError(413, "payload_too_large", f"{too_large}: over {limit} bytes")
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in _CONTENT_ENCODINGS:
+        raise RequestError(415, "unsupported_encoding", f"unsupported Content-Encoding: {encoding!r}")
+    body = bytearray()
+    try:
+        async with asyncio.timeout(read_timeout):
+            async for piece in request.content.iter_chunked(64 * 1024):
+                body += piece
+                if len(body) > limit:
+                    raise RequestError(413, "payload_too_large", f"{too_large}: over {limit} bytes")
+    except TimeoutError:
+        raise RequestError(408, "timeout", "timeout reading the body") from None
+    tel.inc("received_bytes", len(body))
+    try:
+        return decompress(bytes(body), encoding, limit)
+    except DecompressionLimit:
+        raise RequestError(413, "payload_too_large", f"{too_large}: inflates past {limit} bytes") from None
+    except Exception as e:  # zlib.error, zstd.ZstdError: a corrupt stream
+        raise RequestError(400, "decoding_error", f"cannot decompress {encoding} body: {e}") from None
 
 
 def _media_type(request: web.Request) -> str:
