@@ -143,7 +143,6 @@ class Pricing:
         globs.sort(key=lambda g: (g[0], g[1]))
         self._globs = [(pattern, price) for _, _, pattern, price in globs]
         self._fallback_prices = [p for _, p in self._fallback]
-        self._providers = table()[1]
         self._cache: dict[tuple[str, str], Price | TablePrice | None] = {}
 
     def price_for(self, model: str, provider: str = "", input_tokens: float = 0) -> Price | None:
@@ -174,7 +173,7 @@ class Pricing:
         for pattern, price in self._globs:
             if pattern.match(model):
                 return price
-        providers = self._providers
+        providers = table()[1]  # read at the first call to price: an agent with no LLM traffic never holds it
         tried: set[str] = set()
         for candidates in (
             [p for p in providers if provider and (p.id == provider or (p.provider_match and p.provider_match(provider)))],
