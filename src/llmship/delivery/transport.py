@@ -86,66 +86,6 @@ class RoutingTransport:
             await transport.close()
 
 
-class OTLPTransport:
-    """OTLP/HTTP to [sinks.otlp] endpoint: the route's path (/v1/traces, /v1/metrics, /v1/logs) is appended
-    to the base URL, as OTLP exporters do with OTEL_EXPORTER_OTLP_ENDPOINT. The configured headers (tokens,
-    typically) are added here at send time: never stored in a payload, so never in the spool, and never in a
-    result, a log line or the status (their values are scrubbed from error details)."""
-
-    def __init__(self, cfg: Config) -> None:
-        o = cfg.sinks.otlp
-        self._base = o.endpoint.rstrip("/")
-        self._headers = dict(o.headers)
-        self._secrets = [v for v in o.headers.values() if len(v) >= 4]
-        self._timeout = aiohttp.ClientTimeout(total=o.timeout_secs)
-        self._session: aiohttp.ClientSession | None = None
-        self._inflight = _InFlight()
-        self.destination = f"OTLP ({public_url(o.endpoint)})"
-        self._targets: dict[Route, tuple[str, dict[str, str], dict]] = {}
-
-    def _target(self, route: Route) -> tuple[str, dict[str, str], dict]:
-        target = self._targets.get(route)
-        if target is None:
-            url = self._base + route.path
-            via = proxy.proxy_for(url, "")  # HTTPS_PROXY / HTTP_PROXY / NO_PROXY, as OTLP exporters honour
-            target = self._targets[route] = (url, *(via.request_options(url) if via else ({}, {})))
-        return target
-
-    async def send(self, payload: Payload) -> SendResult:
-        url, proxy_headers, proxy_options = self._target(payload.route)
-        if self._session is None:
-            self._session = aiohttp.ClientSession(headers={"User-Agent": USER_AGENT})
-        headers = {**payload.extra_headers, **proxy_headers, **self._headers, "Content-Type": payload.content_type,
-                   PAYLOAD_ID_HEADER: payload.id}
-        if payload.content_encoding not in ("", "identity"):
-            headers["Content-Encoding"] = payload.content_encoding
-        with self._inflight:
-            try:
-                async with self._session.post(url, data=payload.body, headers=headers, timeout=self._timeout,
-                                              **proxy_options) as resp:
-                    if 200 <= resp.status < 300:
-                        await resp.read()
-                        return SendResult(resp.status)
-                    text = (await resp.content.read(_RESPONSE_READ_BYTES)).decode("utf-8", "replace")
-                    return SendResult(resp.status, resp.headers.get("Retry-After"),
-                                      self._scrub(text[:_DETAIL_CHARS]))
-            except TimeoutError:
-                return SendResult(None, detail=f"timed out after {self._timeout.total}s")
-            except (aiohttp.ClientError, OSError) as e:
-                return SendResult(None, detail=self._scrub(f"{type(e).__name__}: {e}"[:_DETAIL_CHARS]))
-
-    def _scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "<header value>")
-        return text
-
-    async def close(self) -> None:
-        await self._inflight.idle()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-
 def base_url(cfg: Config, route: Route) -> str:
     """``https://<route.host>.<site>``, or the scheme and host of [sinks.datadog] url."""
     if cfg.sinks.datadog.url:
@@ -180,30 +120,29 @@ class _InFlight:
         await self._idle.wait()
 
 
-class HttpTransport:
-    """One aiohttp ClientSession (one connection pool) for every intake."""
+class _Poster:
+    """One attempt to POST a payload over one aiohttp ClientSession (one connection pool): a subclass says
+    where a route goes (``_url_and_proxy``), which headers authenticate (``auth``, added at send time, so
+    never in a payload or the spool) and which values must never show in a result (``secrets``)."""
 
-    def __init__(self, cfg: Config) -> None:
-        self._cfg = cfg
-        self._api_key = cfg.sinks.datadog.api_key
-        self._timeout = aiohttp.ClientTimeout(total=cfg.sinks.datadog.timeout_secs)
+    destination: str
+
+    def __init__(self, timeout_secs: float, *, auth: dict[str, str], secrets: dict[str, str]) -> None:
+        self._timeout = aiohttp.ClientTimeout(total=timeout_secs)
+        self._auth = auth
+        self._secrets = secrets  # value -> what stands for it in a detail
         self._session: aiohttp.ClientSession | None = None
         self._inflight = _InFlight()
-        url = cfg.sinks.datadog.url
-        self.destination = base_url(cfg, Route("", "")) if url else f"Datadog ({cfg.sinks.datadog.site})"
-        # Said where the destination is said (logs, status), without credentials: the proxy for the API
-        # intake stands for all (only NO_PROXY could make them differ).
-        via = proxy.proxy_for(url or url_for(cfg, Route("api", "")), cfg.sinks.datadog.proxy)
-        if via is not None:
-            self.destination += f" via proxy {via.describe()}"
         # route -> (url, extra headers, proxy options); the environment is read once per route
         self._targets: dict[Route, tuple[str, dict[str, str], dict]] = {}
+
+    def _url_and_proxy(self, route: Route) -> tuple[str, proxy.Proxy | None]:
+        raise NotImplementedError
 
     def _target(self, route: Route) -> tuple[str, dict[str, str], dict]:
         target = self._targets.get(route)
         if target is None:
-            url = url_for(self._cfg, route)
-            via = proxy.proxy_for(url, self._cfg.sinks.datadog.proxy)
+            url, via = self._url_and_proxy(route)
             target = self._targets[route] = (url, *(via.request_options(url) if via else ({}, {})))
         return target
 
@@ -211,12 +150,10 @@ class HttpTransport:
         url, proxy_headers, proxy_options = self._target(payload.route)
         if self._session is None:
             self._session = aiohttp.ClientSession(headers={"User-Agent": USER_AGENT})
-        headers = {**payload.extra_headers, **proxy_headers, "Content-Type": payload.content_type,
+        headers = {**payload.extra_headers, **proxy_headers, **self._auth, "Content-Type": payload.content_type,
                    PAYLOAD_ID_HEADER: payload.id}
         if payload.content_encoding not in ("", "identity"):
             headers["Content-Encoding"] = payload.content_encoding
-        if self._api_key:
-            headers["DD-API-KEY"] = self._api_key
         with self._inflight:
             try:
                 async with self._session.post(url, data=payload.body, headers=headers, timeout=self._timeout,
@@ -233,14 +170,55 @@ class HttpTransport:
                 return SendResult(None, detail=self._scrub(f"{type(e).__name__}: {e}"[:_DETAIL_CHARS]))
 
     def _scrub(self, text: str) -> str:
-        """Belt and braces: an intake or a proxy echoing our headers must not put the key in our logs."""
-        return text.replace(self._api_key, "<api key>") if self._api_key else text
+        """Belt and braces: an intake or a proxy echoing our headers must not put a secret in our logs."""
+        for secret, stand_in in self._secrets.items():
+            text = text.replace(secret, stand_in)
+        return text
 
     async def close(self) -> None:
         await self._inflight.idle()
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+class HttpTransport(_Poster):
+    """Datadog's intakes (or [sinks.datadog] url), with the API key."""
+
+    def __init__(self, cfg: Config) -> None:
+        key = cfg.sinks.datadog.api_key
+        super().__init__(cfg.sinks.datadog.timeout_secs, auth={"DD-API-KEY": key} if key else {},
+                         secrets={key: "<api key>"} if key else {})
+        self._cfg = cfg
+        url = cfg.sinks.datadog.url
+        self.destination = base_url(cfg, Route("", "")) if url else f"Datadog ({cfg.sinks.datadog.site})"
+        # Said where the destination is said (logs, status), without credentials: the proxy for the API
+        # intake stands for all (only NO_PROXY could make them differ).
+        via = proxy.proxy_for(url or url_for(cfg, Route("api", "")), cfg.sinks.datadog.proxy)
+        if via is not None:
+            self.destination += f" via proxy {via.describe()}"
+
+    def _url_and_proxy(self, route: Route) -> tuple[str, proxy.Proxy | None]:
+        url = url_for(self._cfg, route)
+        return url, proxy.proxy_for(url, self._cfg.sinks.datadog.proxy)
+
+
+class OTLPTransport(_Poster):
+    """OTLP/HTTP to [sinks.otlp] endpoint: the route's path (/v1/traces, /v1/metrics, /v1/logs) is appended
+    to the base URL, as OTLP exporters do with OTEL_EXPORTER_OTLP_ENDPOINT. The configured headers (tokens,
+    typically) are added here at send time: never stored in a payload, so never in the spool, and never in a
+    result, a log line or the status (their values are scrubbed from error details)."""
+
+    def __init__(self, cfg: Config) -> None:
+        o = cfg.sinks.otlp
+        super().__init__(o.timeout_secs, auth=dict(o.headers),
+                         secrets={v: "<header value>" for v in o.headers.values() if len(v) >= 4})
+        self._base = o.endpoint.rstrip("/")
+        self.destination = f"OTLP ({public_url(o.endpoint)})"
+
+    def _url_and_proxy(self, route: Route) -> tuple[str, proxy.Proxy | None]:
+        url = self._base + route.path
+        return url, proxy.proxy_for(url, "")  # HTTPS_PROXY / HTTP_PROXY / NO_PROXY, as OTLP exporters honour
 
 
 # Kinds whose items are JSON objects written to their NDJSON file exactly as packed: what the intake's
