@@ -62,6 +62,10 @@ class Emitter:
             found = self._guard("spans", self._llm.process_chunk, spans)
             if found:
                 outputs += found
+        self._ship(chunks, outputs, tracer)
+
+    def _ship(self, chunks: list[list[Span]], outputs: list, tracer: TracerInfo) -> None:
+        """The calls the chunks carried, then the chunks themselves."""
         in_chunks = self._otlp_calls(outputs, chunks)
         if outputs:
             self._router.calls(self._encode_calls(outputs, in_chunks))
@@ -115,10 +119,7 @@ class Emitter:
                 found = self._guard("spans", functools.partial(self._llm.process_calls, spans), chunk_calls)
                 if found:
                     outputs += found
-        in_chunks = self._otlp_calls(outputs, chunks)
-        if outputs:
-            self._router.calls(self._encode_calls(outputs, in_chunks))
-        self._ship_spans(chunks, tracer, in_chunks)
+        self._ship(chunks, outputs, tracer)
 
     def submit_llmobs_events(self, events: list[LLMObsEvent]) -> None:
         outputs = self._guard("llmobs", self._llm.process_events, events)
