@@ -25,6 +25,20 @@ PYTHON = sys.executable
 CAPTURES = Path(__file__).resolve().parent / "fixtures" / "captures"
 TEST_API_KEY = "0123456789abcdef0123456789abcdef"  # a fake Datadog-shaped key, used to check it never leaks
 
+# One of each default rule's secrets, and the part of it that must never reach the intake.
+SECRETS = {
+    "anthropic_api_key": ("sk-ant-api03-Ab3dEfGh1jKlMn0pQr2StUvWxYz4aBcDeFgHiJkLmNoPqRsT9uVw",) * 2,
+    "openai_api_key": ("sk-proj-Ab3dEfGh1jKlMn0pQr2StUvWxYz4aBcDeFgHiJkLmNoPqRsT9",) * 2,
+    "aws_access_key_id": ("AKIAIOSFODNN7EXAMPLE",) * 2,
+    "datadog_api_key": ("DD_API_KEY=0123456789abcdef0123456789abcdef", "0123456789abcdef0123456789abcdef"),
+    "bearer_token": ("Authorization: Bearer abcdefghijklmnop123456", "abcdefghijklmnop123456"),
+    "email": ("jane.doe@example.com",) * 2,
+    "credit_card": ("4111 1111 1111 1111",) * 2,
+    "ipv4": ("203.0.113.7",) * 2,
+    "ipv6": ("2001:db8::1",) * 2,
+}
+NEEDLES = [needle for _, needle in SECRETS.values()]
+
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
     with socket.socket(socket.AF_INET, kind) as s:
