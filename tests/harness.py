@@ -157,6 +157,29 @@ def _toml_value(v: Any) -> str:
     raise TypeError(f"cannot write {v!r} as TOML")
 
 
+def rewrite_config(agent, change: dict) -> None:
+    """Merge ``change`` ({"dotted.section": {key: value}}) into the agent's config file, as an operator edits
+    it before a reload."""
+    current = tomllib.loads(agent.config_path.read_text())
+    for section, values in change.items():
+        table = current
+        for part in section.split("."):
+            table = table.setdefault(part, {})
+        table.update(values)
+    agent.config_path.write_text(dump_toml(current))
+
+
+def counted(intake, metric: str) -> float:
+    """What the intake keeps for a counter: the last point per timestamp, as counts (rate x interval)."""
+    kept = {}
+    for record in intake.records("series"):
+        s = record["data"]
+        if s["metric"] == metric:
+            for point in s["points"]:
+                kept[point["timestamp"]] = point["value"] * (s.get("interval") or 1)
+    return sum(kept.values())
+
+
 def dump_toml(data: dict, prefix: str = "") -> str:
     """A small TOML writer for test configs (tables, arrays of tables, scalars, lists, inline tables)."""
     lines, tables = [], []

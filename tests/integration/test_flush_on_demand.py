@@ -12,7 +12,7 @@ import time
 import urllib.error
 import urllib.request
 
-from harness import PYTHON, http_get
+from harness import PYTHON, counted, http_get
 
 # A bucket far longer than any test: only a flush on demand can ship these counts in time.
 LONG_BUCKET = """
@@ -47,15 +47,6 @@ def send_log(agent, message: str = "batch finished") -> None:
         assert r.status in (200, 202)
 
 
-def counted(intake, metric: str) -> float:
-    """What the intake keeps for a counter: the last point per timestamp, as counts (rate x interval)."""
-    kept = {}
-    for record in intake.records("series"):
-        s = record["data"]
-        if s["metric"] == metric:
-            for point in s["points"]:
-                kept[point["timestamp"]] = point["value"] * (s.get("interval") or 1)
-    return sum(kept.values())
 
 
 def test_flush_answers_once_everything_is_at_the_intake(tmp_path, start_intake, start_agent):

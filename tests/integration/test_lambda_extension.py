@@ -16,7 +16,7 @@ import pytest
 
 from fake_lambda import FakeLambda
 from fake_openai import FakeOpenAI
-from harness import Agent, _subprocess_env, wait_for
+from harness import Agent, counted, _subprocess_env, wait_for
 
 # Buckets far longer than the test: only the flush after each invocation can ship these counts in time.
 CONFIG = """
@@ -88,15 +88,6 @@ def log_events(agent, event: str) -> list[dict]:
     return [line for line in lines if line.get("event") == event]
 
 
-def counted(intake, metric: str) -> float:
-    """What the intake keeps for a counter: the last point per timestamp, as counts (rate x interval)."""
-    kept = {}
-    for record in intake.records("series"):
-        s = record["data"]
-        if s["metric"] == metric:
-            for point in s["points"]:
-                kept[point["timestamp"]] = point["value"] * (s.get("interval") or 1)
-    return sum(kept.values())
 
 
 def at_the_intake(intake) -> dict:

@@ -12,14 +12,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from harness import TEST_API_KEY, dump_toml, http_get, wait_for
+from harness import TEST_API_KEY, http_get, rewrite_config, wait_for
 from harness import CAPTURES as CAPTURES_ROOT
 
 CAPTURES = CAPTURES_ROOT / "ddtrace-4.16"
@@ -98,15 +97,6 @@ def notify_socket():
     sock.close()
 
 
-def rewrite_config(agent, change: dict) -> None:
-    """Merge ``change`` into the agent's config file (what an operator edits before a reload)."""
-    current = tomllib.loads(agent.config_path.read_text())
-    for section, values in change.items():
-        table = current
-        for part in section.split("."):
-            table = table.setdefault(part, {})
-        table.update(values)
-    agent.config_path.write_text(dump_toml(current))
 
 
 # ------------------------------------------------------------------------------------------ probes, metrics

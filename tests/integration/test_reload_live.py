@@ -8,23 +8,14 @@ import json
 import signal
 import socket
 import time
-import tomllib
 import urllib.request
 
 import msgpack
-from harness import dump_toml, http_get, wait_for
+from harness import http_get, rewrite_config, wait_for
 
 RATE = 2
 
 
-def rewrite_config(agent, change: dict) -> None:
-    current = tomllib.loads(agent.config_path.read_text())
-    for section, values in change.items():
-        table = current
-        for part in section.split("."):
-            table = table.setdefault(part, {})
-        table.update(values)
-    agent.config_path.write_text(dump_toml(current))
 
 
 def reload(agent, change: dict) -> None:

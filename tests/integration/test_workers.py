@@ -13,11 +13,10 @@ import subprocess
 import sys
 import threading
 import time
-import tomllib
 
 import msgpack
 
-from harness import CAPTURES, dump_toml, http_get, wait_for
+from harness import CAPTURES, http_get, rewrite_config, wait_for
 
 V04_CAPTURE = (CAPTURES / "ddtrace-4.16" / "v04_traces_llmobs_default.msgpack").read_bytes()
 WORKERS_CONFIG = "[agent]\nworkers = 2\n"
@@ -181,11 +180,6 @@ def test_a_worker_killed_under_load_is_restarted_and_every_accepted_span_arrives
     assert "worker_exited" in str(status["components"]["workers"]["info"].get("last_error"))
 
 
-def rewrite_config(agent, change: dict) -> None:
-    current = tomllib.loads(agent.config_path.read_text())
-    for section, values in change.items():
-        current.setdefault(section, {}).update(values)
-    agent.config_path.write_text(dump_toml(current))
 
 
 def test_sighup_reaches_every_worker(intake, start_agent):
