@@ -29,6 +29,8 @@ MetricSample = tuple[str, str, float, str]
 
 # ddtrace's key for the LLM Observability event it carries in a span's meta_struct (v0.4 only).
 LLMOBS_STRUCT_KEY = "_llmobs"
+# The metric a tracer's sampling decision travels in, on a chunk's local root (ddtrace constants).
+SAMPLING_PRIORITY_KEY = "_sampling_priority_v1"
 
 # The protobuf types of the trace intake's Span fields (uint64 ids, int64 times): a typed decode refuses
 # what does not fit, and the tolerant decoder then masks ids and refuses times as the Agent's decoder does.
@@ -72,6 +74,16 @@ def root_span(chunk: list[Span]) -> Span:
         if s.parent_id not in ids:
             return s
     return chunk[0]
+
+
+def sampling_priority(chunk: list[Span]) -> float | None:
+    """The chunk's sampling priority as the tracer wrote it: it sets it on the local root, so the first
+    span that has one; None when no span does (no decision: the chunk is kept)."""
+    for s in chunk:
+        value = s.metrics.get(SAMPLING_PRIORITY_KEY)
+        if value is not None:
+            return value
+    return None
 
 
 @dataclass(slots=True)

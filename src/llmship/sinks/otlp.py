@@ -51,7 +51,7 @@ from llmship.aggregation import GAUGE, RATE, Series, SketchSeries
 from llmship.config import Config
 from llmship.delivery.payload import Framing, Payload, Route
 from llmship.log import RateLimited, get_logger
-from llmship.model import Span, TracerInfo
+from llmship.model import Span, TracerInfo, sampling_priority
 from llmship.shipping.packer import Encoding, Packer
 from llmship.tap import IDLE
 from llmship.telemetry import Telemetry
@@ -513,11 +513,8 @@ class OTLPSink:
 
 
 def dropped_by_tracer(spans: list[Span]) -> bool:
-    for s in spans:
-        value = s.metrics.get("_sampling_priority_v1")
-        if value is not None:
-            return value <= 0
-    return False
+    value = sampling_priority(spans)
+    return value is not None and value <= 0
 
 
 def _int_id(value) -> int:

@@ -30,7 +30,7 @@ from llmship import protobuf as pb
 from llmship.compression import FAST_LEVELS
 from llmship.config import Config
 from llmship.delivery.payload import Framing, Payload
-from llmship.model import Span, TracerInfo, root_span
+from llmship.model import Span, TracerInfo, root_span, sampling_priority
 from llmship.log import RateLimited, get_logger
 from llmship.shipping.packer import Encoding, PackedSink, Packer, accepted
 from llmship.sinks.intakes import ROUTES
@@ -58,7 +58,6 @@ TARGET_TPS = 10.0
 ERROR_TPS = 10.0
 # apm_config.env default: what the Agent reports when neither the span nor the config names an env.
 DEFAULT_ENV = "none"
-SAMPLING_PRIORITY_KEY = "_sampling_priority_v1"
 AUTO_KEEP = 1  # ddtrace constants.AUTO_KEEP
 LANGUAGES_HEADER = "X-Datadog-Reported-Languages"
 # The trace intake takes gzip or zstd; current Agents send zstd by default (DataDog/datadog-agent#28603,
@@ -205,12 +204,9 @@ class TraceSink(PackedSink):
 
 
 def _priority(spans: list[Span]) -> int | None:
-    """The chunk's sampling priority: tracers set it on the local root, so take the first span that has it."""
-    for s in spans:
-        value = s.metrics.get(SAMPLING_PRIORITY_KEY)
-        if value is not None:
-            return int(value)
-    return None
+    """The chunk's sampling priority, as the integer the TraceChunk carries."""
+    value = sampling_priority(spans)
+    return None if value is None else int(value)
 
 
 _SPAN_TAG = pb.tag(3, _LEN)  # TraceChunk.spans

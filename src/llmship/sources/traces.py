@@ -63,7 +63,7 @@ from llmship import NO_EXTENSIONS as _NO_EXTENSIONS
 from llmship import listeners, unixsock
 from llmship.compression import DecompressionLimit, decompress
 from llmship.config import Config, parse_host_port
-from llmship.model import LLMOBS_STRUCT_KEY, LLMObsEvent, Span, TracerInfo, root_span
+from llmship.model import LLMOBS_STRUCT_KEY, SAMPLING_PRIORITY_KEY, LLMObsEvent, Span, TracerInfo, root_span
 from llmship.log import RateLimited, get_logger
 from llmship.sinks.traces import AGENT_VERSION
 
@@ -83,7 +83,6 @@ SUBMIT_SLICE_SPANS = 200
 RETRY_AFTER_SECS = 1
 # apm_config.env default, used for rate keys when neither the span nor our config names an env
 DEFAULT_ENV = "none"
-SAMPLING_PRIORITY_KEY = "_sampling_priority_v1"
 # What the Agent's EVP proxy forwards (evp_proxy_allowed_headers in its /info); we read the same ones.
 EVP_ALLOWED_HEADERS = ["Content-Type", "Accept-Encoding", "Content-Encoding", "User-Agent"]
 LLMOBS_SUBDOMAIN, LLMOBS_PATH = "llmobs-intake", "/api/v2/llmobs"
@@ -425,10 +424,6 @@ _MSGPACK_OPTIONS = {"raw": False, "strict_map_key": False, "unicode_errors": "re
 # (invalid UTF-8, a float where an integer belongs, a nil, an id outside uint64, a meta_struct value that is
 # not bin); such a body is decoded again by the tolerant decoder, so every odd payload is answered as before.
 _fast_v04 = msgspec.msgpack.Decoder(list[list[Span]])
-
-
-def _unpack(body: bytes) -> Any:
-    return msgpack.unpackb(body, **_MSGPACK_OPTIONS)
 
 
 def _unpacker(body: bytes) -> msgpack.Unpacker:
