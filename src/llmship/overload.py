@@ -3,13 +3,19 @@
 
 - **Lateness.** The task measures how late it wakes: a loop turn that takes longer than the bound means
   the requests read in that turn waited that long. This is what many connections produce past capacity.
-- **No idle moment.** The loop thread's CPU time over the last bound's worth of wall time. When it ran
-  BUSY_FRACTION of that time, it never caught up with its input for the whole bound, even though each
-  turn is short: what a few busy connections produce, their requests waiting in the clients' queues,
-  where no server-side measure can see them. CPU time only, not time spent waiting for a CPU: on a host
-  where other processes take the CPU, that wait is not work waiting in this process (an earlier version
-  counted it, and shed load with capacity to spare on a shared 2-core machine); lateness still sees it
-  when it delays requests past the bound.
+- **No idle moment.** Over the last bound's worth of wall time, the loop thread never waited for input:
+  it either ran BUSY_FRACTION of that time on the CPU, or never once blocked in the kernel (no voluntary
+  context switch: its poll always found a socket ready). Either way it never caught up with its input for
+  the whole bound, even though each turn is short: what a few busy connections produce, their requests
+  waiting in the clients' queues, where no server-side measure can see them. Why two: CPU time alone
+  misses a process that shares its cores (with workers, two of them, the shipping plane and the clients
+  on two cores: each gets half a core, is never BUSY_FRACTION on the CPU, and queued seconds of requests
+  unseen, measured); time waiting for a CPU is no measure either (an earlier version counted it, and shed
+  load with capacity to spare on a shared 2-core machine: waiting for a CPU is not work waiting in this
+  process). A loop that keeps up blocks in its poll every few milliseconds whatever its share of the
+  cores. The switch count is only trusted in a process whose loop is its only busy thread (workers):
+  threads that take the GIL in turn (the shipping plane's compression) block the loop thread without it
+  being idle, which would hide the signal, never raise it falsely.
 
 While the loop is late, ``Emitter.overloaded`` says so for every request and the listeners refuse new
 work (429 with Retry-After; traces without Datadog-Send-Real-Http-Status get 200 and a counted drop, as
@@ -33,6 +39,11 @@ import collections
 import random
 import time
 
+try:
+    import resource
+except ImportError:  # not on Windows: the CPU time signal alone
+    resource = None
+
 # 20 ms: fine enough that a stall is seen within a turn, coarse enough to cost nothing (50 wake-ups/s).
 INTERVAL_SECS = 0.02
 # On the CPU this share of the last bound: no idle moment to speak of (a loop that keeps up idles well over
@@ -46,9 +57,20 @@ def _cpu_clock():
     return time.thread_time_ns
 
 
+def _voluntary_switches() -> int | None:
+    """How often the calling thread blocked in the kernel (a poll that waited, a lock), or None where the
+    platform does not tell."""
+    if resource is None or not hasattr(resource, "RUSAGE_THREAD"):
+        return None
+    return resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw
+
+
 class LoopLag:
-    def __init__(self, bound_ms: float, interval: float = INTERVAL_SECS) -> None:
+    def __init__(self, bound_ms: float, interval: float = INTERVAL_SECS, count_blocking: bool = False) -> None:
+        """``count_blocking``: also take a loop that never blocked for a whole bound as having no idle moment
+        (only where the loop is the process's one busy thread: see the module docstring)."""
         self.bound = bound_ms / 1000
+        self.count_blocking = count_blocking
         self.interval = interval
         self.lag = 0.0  # the last lateness measured, seconds
         self.peak = 0.0  # the largest lateness since ``take_peak`` was last called
@@ -56,7 +78,8 @@ class LoopLag:
         self.shed_periods = 0  # times it went from keeping up to overloaded
         self.busy = 0.0  # CPU share of the last bound's wall time
         self.shed_share = 0.0  # the share of requests refused while the loop has no idle moment
-        self._samples: collections.deque[tuple[float, int]] = collections.deque()  # (monotonic, CPU ns)
+        # (monotonic, CPU ns, voluntary switches or None)
+        self._samples: collections.deque[tuple[float, int, int | None]] = collections.deque()
         self._task: asyncio.Task | None = None
 
     def reload(self, bound_ms: float) -> None:
@@ -82,7 +105,7 @@ class LoopLag:
         peak, self.peak = self.peak, self.lag
         return peak
 
-    def observe(self, lag: float, now: float, cpu_ns: int | None = None) -> None:
+    def observe(self, lag: float, now: float, cpu_ns: int | None = None, switches: int | None = None) -> None:
         self.lag = lag
         self.peak = max(self.peak, lag)
         if self.bound <= 0:
@@ -92,13 +115,14 @@ class LoopLag:
             hold = lag  # for as long as it was late: the turns queued meanwhile are still to be worked off
         if cpu_ns is not None:
             samples = self._samples
-            samples.append((now, cpu_ns))
+            samples.append((now, cpu_ns, switches))
             while len(samples) > 2 and now - samples[1][0] >= self.bound:
                 samples.popleft()
-            first_at, first_ns = samples[0]
+            first_at, first_ns, first_switches = samples[0]
             if now - first_at >= self.bound * 0.9:
                 self.busy = (cpu_ns - first_ns) / 1e9 / (now - first_at)
-                if self.busy >= BUSY_FRACTION:
+                never_blocked = switches is not None and first_switches is not None and switches == first_switches
+                if self.busy >= BUSY_FRACTION or never_blocked:
                     if not self.shed_share:
                         self.shed_periods += 1
                     self.shed_share = min(SHED_MAX, self.shed_share + SHED_STEP)
@@ -112,8 +136,9 @@ class LoopLag:
     async def _run(self) -> None:
         sleep, clock = asyncio.sleep, time.monotonic
         cpu = _cpu_clock()
+        switches = _voluntary_switches if self.count_blocking else lambda: None
         while True:
             due = clock() + self.interval
             await sleep(self.interval)
             now = clock()
-            self.observe(max(0.0, now - due), now, cpu())
+            self.observe(max(0.0, now - due), now, cpu(), switches())

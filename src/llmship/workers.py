@@ -351,7 +351,7 @@ class Worker:
         self.cfg = cfg = load_config_text(text, path=path)
         logmod.configure(cfg.agent.log_level, cfg.agent.log_format, secrets=[cfg.sinks.datadog.api_key],
                          fields={"worker": self.index})
-        self.lag = LoopLag(cfg.agent.overload_lag_ms)
+        self.lag = LoopLag(cfg.agent.overload_lag_ms, count_blocking=True)  # the loop is its one thread
         self.parts = build_processing(cfg, self.telemetry, self.router, shed=self.lag.overloaded,
                                       sockets=self._sockets)
         self.lag.start()
