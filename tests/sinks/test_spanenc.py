@@ -284,6 +284,39 @@ def test_native_and_twin_raise_alike_on_odd_spans(kind):
     check()
 
 
+def chunk_fields(fields: bytes) -> list[bytes]:
+    """The Span bodies of concatenated TraceChunk.spans fields (field 3)."""
+    decoded = pb.decode(fields)
+    assert set(decoded) <= {3}
+    return decoded.get(3, [])
+
+
+@pytest.mark.parametrize("encode_spans", [
+    pytest.param(spanenc.encode_spans_py, id="twin"),
+    pytest.param(spanenc.encode_spans_native, id="native", marks=needs_native)])
+def test_a_chunk_at_once_is_each_span_in_turn_with_the_bad_ones_left_out(encode_spans):
+    good = CAPTURE_SPANS[:5]
+    bad = [Span(trace_id=1 << 64), Span(meta={"k": 1})]  # beyond 64 bits; a meta value not a str
+    fields, sizes, errors = encode_spans([good[0], bad[0], *good[1:3], bad[1], *good[3:]], "python", DEFAULTS)
+    assert chunk_fields(fields) == [spanenc.encode_span_py(s, "python", DEFAULTS) for s in good]
+    assert len(sizes) == len(good) and sum(sizes) == len(fields)
+    assert [e.split(":")[0] for e in errors] == ["OverflowError", "ValueError"]
+
+
+@needs_native
+@pytest.mark.parametrize("kind", list(ODD_SPANS))
+def test_native_and_twin_agree_on_chunks_of_odd_spans(kind):
+    @FAST
+    @given(st.lists(ODD_SPANS[kind], max_size=4), defaults_strategy)
+    def check(chunk, defaults):
+        native = spanenc.encode_spans_native(chunk, "python", defaults)
+        twin = spanenc.encode_spans_py(chunk, "python", defaults)
+        assert native[:2] == twin[:2]
+        assert [e.split(":")[0] for e in native[2]] == [e.split(":")[0] for e in twin[2]]
+
+    check()
+
+
 @FAST
 @given(spans(), defaults_strategy)
 def test_generated_spans_read_back_with_their_defaults(span, defaults):

@@ -1,5 +1,6 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, infer_types=False
-"""The compiled span encoder: ``encode_span(span, fallback_service, meta_defaults) -> bytes``.
+"""The compiled span encoder: ``encode_span(span, fallback_service, meta_defaults) -> bytes``, and
+``encode_spans`` for a chunk's spans at once (one call and one buffer a chunk, not a Python loop).
 
 Same contract, same bytes and same exceptions as ``llmship.sinks.spanenc.encode_span_py`` (its docstring
 is the specification; tests/sinks/test_spanenc.py compares the two). Varints, tags and UTF-8 are written
@@ -54,6 +55,7 @@ cdef enum:
     TAG_KEY = 0x0A
     TAG_STRING_VALUE = 0x12
     TAG_DOUBLE_VALUE = 0x11
+    TAG_CHUNK_SPAN = 0x1A    # TraceChunk.spans = 3
 
 DEFAULT_SERVICE_NAME = "service"
 DEFAULT_SPAN_NAME = "service.trace"
@@ -255,6 +257,61 @@ def encode_span(span, fallback_service, meta_defaults=()):
     """The protobuf Span message body (without tag/length); see llmship.sinks.spanenc."""
     cdef char stack[STACK_BYTES]
     cdef Buf b
+    b.data = stack
+    b.len = 0
+    b.cap = STACK_BYTES
+    b.heap = False
+    try:
+        _encode_into(&b, span, fallback_service, meta_defaults)
+        return PyBytes_FromStringAndSize(b.data, b.len)
+    except (TypeError, AttributeError) as e:  # a value of the wrong type somewhere (orjson's errors too)
+        raise ValueError(f"span cannot be encoded: {e}") from e
+    finally:
+        if b.heap:
+            free(b.data)
+
+
+def encode_spans(spans, fallback_service, meta_defaults=()):
+    """``TraceChunk.spans`` fields (tag, length, Span body) of the spans that encode, concatenated, the size
+    of each field, and the errors of those that do not; see llmship.sinks.spanenc.encode_spans_py."""
+    cdef char stack[STACK_BYTES]
+    cdef Buf one, out
+    cdef Py_ssize_t before
+    sizes = []
+    errors = []
+    out.data = <char*>malloc(STACK_BYTES)
+    if out.data == NULL:
+        raise MemoryError()
+    out.len = 0
+    out.cap = STACK_BYTES
+    out.heap = True
+    try:
+        for span in spans:
+            one.data = stack
+            one.len = 0
+            one.cap = STACK_BYTES
+            one.heap = False
+            try:
+                _encode_into(&one, span, fallback_service, meta_defaults)
+                before = out.len
+                _reserve(&out, 11 + one.len)
+                _put_byte(&out, TAG_CHUNK_SPAN)
+                _put_varint(&out, <uint64_t>one.len)
+                _put_raw(&out, one.data, one.len)
+                sizes.append(out.len - before)
+            except (TypeError, AttributeError) as e:  # as encode_span says them
+                errors.append(f"ValueError: span cannot be encoded: {e}")
+            except (ValueError, OverflowError) as e:
+                errors.append(f"{type(e).__name__}: {e}")
+            finally:
+                if one.heap:
+                    free(one.data)
+        return PyBytes_FromStringAndSize(out.data, out.len), sizes, errors
+    finally:
+        free(out.data)
+
+
+cdef int _encode_into(Buf* b, object span, object fallback_service, object meta_defaults) except -1:
     cdef Py_ssize_t pos = 0
     cdef PyObject* k = NULL
     cdef PyObject* v = NULL
@@ -264,61 +321,51 @@ def encode_span(span, fallback_service, meta_defaults=()):
         span.trace_id, span.span_id, span.parent_id, span.start, span.duration, span.error)
     meta, metrics, type_, meta_struct = span.meta, span.metrics, span.type, span.meta_struct
     links, events = span.span_links, span.span_events
-    b.data = stack
-    b.len = 0
-    b.cap = STACK_BYTES
-    b.heap = False
-    try:
-        meta = _dict(meta, "meta")
-        metrics = _dict(metrics, "metrics")
-        meta_struct = _dict(meta_struct, "meta_struct")
-        if events and not PyDict_Contains(meta, "events") and isinstance(events, (list, tuple)):
-            events_json = span_events_json(events)
-        name = name or DEFAULT_SPAN_NAME
-        if duration and PyLong_Check(duration) and duration < 0:
-            duration = 0
-        _put_str_field(&b, 0x0A, service or fallback_service)
-        _put_str_field(&b, 0x12, name)
-        _put_str_field(&b, 0x1A, resource or name)
-        _put_varint_field(&b, 4, trace_id)
-        _put_varint_field(&b, 5, span_id)
-        _put_varint_field(&b, 6, parent_id)
-        _put_varint_field(&b, 7, start)
-        _put_varint_field(&b, 8, duration)
-        _put_varint_field(&b, 9, error)
-        # PyDict_Next lends its references; key and value own them while the entry is written, since a
-        # metric's __float__ (spans built by code) could change the dict under us. PyDict_Next itself
-        # stays within the dict's current table, so such a change cannot crash the loop.
-        while PyDict_Next(meta, &pos, &k, &v):
-            key = <object>k
-            value = <object>v
-            _put_entry(&b, TAG_META, key, value)
-        if events_json is not None:
-            _put_entry(&b, TAG_META, "events", events_json)
-        for key, value in meta_defaults:
-            if not PyDict_Contains(meta, key) and (events_json is None or key != "events"):
-                _put_entry(&b, TAG_META, key, value)
-        pos = 0
-        while PyDict_Next(metrics, &pos, &k, &v):
-            key = <object>k
-            value = <object>v
-            _put_metric(&b, key, value)
-        _put_str_field(&b, TAG_TYPE, type_)
-        pos = 0
-        while PyDict_Next(meta_struct, &pos, &k, &v):
-            key = <object>k
-            value = <object>v
-            if key != LLMOBS_STRUCT_KEY:
-                _put_bytes_entry(&b, TAG_META_STRUCT, key, value)
-        if links and isinstance(links, (list, tuple)):
-            for link in links:
-                _put_link(&b, link)
-        return PyBytes_FromStringAndSize(b.data, b.len)
-    except (TypeError, AttributeError) as e:  # a value of the wrong type somewhere (orjson's errors too)
-        raise ValueError(f"span cannot be encoded: {e}") from e
-    finally:
-        if b.heap:
-            free(b.data)
+    meta = _dict(meta, "meta")
+    metrics = _dict(metrics, "metrics")
+    meta_struct = _dict(meta_struct, "meta_struct")
+    if events and not PyDict_Contains(meta, "events") and isinstance(events, (list, tuple)):
+        events_json = span_events_json(events)
+    name = name or DEFAULT_SPAN_NAME
+    if duration and PyLong_Check(duration) and duration < 0:
+        duration = 0
+    _put_str_field(b, 0x0A, service or fallback_service)
+    _put_str_field(b, 0x12, name)
+    _put_str_field(b, 0x1A, resource or name)
+    _put_varint_field(b, 4, trace_id)
+    _put_varint_field(b, 5, span_id)
+    _put_varint_field(b, 6, parent_id)
+    _put_varint_field(b, 7, start)
+    _put_varint_field(b, 8, duration)
+    _put_varint_field(b, 9, error)
+    # PyDict_Next lends its references; key and value own them while the entry is written, since a
+    # metric's __float__ (spans built by code) could change the dict under us. PyDict_Next itself
+    # stays within the dict's current table, so such a change cannot crash the loop.
+    while PyDict_Next(meta, &pos, &k, &v):
+        key = <object>k
+        value = <object>v
+        _put_entry(b, TAG_META, key, value)
+    if events_json is not None:
+        _put_entry(b, TAG_META, "events", events_json)
+    for key, value in meta_defaults:
+        if not PyDict_Contains(meta, key) and (events_json is None or key != "events"):
+            _put_entry(b, TAG_META, key, value)
+    pos = 0
+    while PyDict_Next(metrics, &pos, &k, &v):
+        key = <object>k
+        value = <object>v
+        _put_metric(b, key, value)
+    _put_str_field(b, TAG_TYPE, type_)
+    pos = 0
+    while PyDict_Next(meta_struct, &pos, &k, &v):
+        key = <object>k
+        value = <object>v
+        if key != LLMOBS_STRUCT_KEY:
+            _put_bytes_entry(b, TAG_META_STRUCT, key, value)
+    if links and isinstance(links, (list, tuple)):
+        for link in links:
+            _put_link(b, link)
+    return 0
 
 
 cdef int _put_link(Buf* b, object link) except -1:

@@ -3,8 +3,9 @@
 ``encode_span(span, fallback_service, meta_defaults)`` is the compiled encoder (``_spanenc.pyx``) when it
 was built at install and ``LLMSHIP_NO_EXTENSIONS`` is not set (read once, at import), else the pure-Python
 twin below; both give the same bytes and raise in the same cases (tests/sinks/test_spanenc.py compares
-them). ``NATIVE`` says which one ``encode_span`` is; ``encode_span_py`` and ``encode_span_native`` (None when
-not built) are both importable for tests and benchmarks.
+them). ``encode_spans`` does a chunk's spans in one call (the trace sink's path), compiled or twin alike.
+``NATIVE`` says which ones they are; ``encode_span_py``/``encode_spans_py`` and ``encode_span_native``/
+``encode_spans_native`` (None when not built) are all importable for tests and benchmarks.
 
 Field numbers (datadog-agent pkg/proto/datadog/trace/span.proto):
   Span{service=1, name=2, resource=3, traceID=4, spanID=5, parentID=6, start=7, duration=8, error=9,
@@ -115,6 +116,29 @@ def encode_span_py(span: Any, fallback_service: str, meta_defaults: MetaDefaults
         return b"".join(parts)
     except (TypeError, AttributeError) as e:  # a value of the wrong type somewhere (orjson's errors too)
         raise ValueError(f"span cannot be encoded: {e}") from e
+
+
+_CHUNK_SPAN = pb.tag(3, _LEN)  # TraceChunk.spans
+
+
+def encode_spans_py(spans: Any, fallback_service: str, meta_defaults: MetaDefaults = ()
+                    ) -> tuple[bytes, list[int], list[str]]:
+    """A chunk's spans at once: the ``TraceChunk.spans`` fields (tag, length, Span body) of those that encode,
+    concatenated in order; the size of each field (to cut a chunk too large for one payload without
+    encoding again); and, for each span that cannot be encoded, ``"<error type>: <message>"``."""
+    fields: list[bytes] = []
+    sizes: list[int] = []
+    errors: list[str] = []
+    for span in spans:
+        try:
+            body = encode_span_py(span, fallback_service, meta_defaults)
+        except ENCODE_ERRORS as e:
+            errors.append(f"{type(e).__name__}: {e}")
+            continue
+        field = _CHUNK_SPAN + pb.varint(len(body)) + body
+        fields.append(field)
+        sizes.append(len(field))
+    return b"".join(fields), sizes, errors
 
 
 def _dict(value: Any, what: str) -> dict:
@@ -254,15 +278,19 @@ def _plain_attribute(value: Any, depth: int) -> Any:
 
 
 def _load_native() -> Any:
-    """The compiled encoder, or None when it was not built (no compiler at install) or cannot load."""
+    """The compiled encoder module, or None when it was not built (no compiler at install) or cannot load."""
     try:
         from llmship.sinks import _spanenc
     except ImportError:
         return None
-    return _spanenc.encode_span
+    # a module built from an older source (an in-place build not redone) lacks what this one calls
+    return _spanenc if hasattr(_spanenc, "encode_spans") else None
 
 
-encode_span_native = _load_native()
+_native = _load_native()
+encode_span_native = _native.encode_span if _native is not None else None
+encode_spans_native = _native.encode_spans if _native is not None else None
 # Read at import: set it before the agent starts to run the twin (a machine whose build misbehaves, a bisect).
-NATIVE = encode_span_native is not None and not NO_EXTENSIONS
+NATIVE = _native is not None and not NO_EXTENSIONS
 encode_span = encode_span_native if NATIVE else encode_span_py
+encode_spans = encode_spans_native if NATIVE else encode_spans_py

@@ -34,7 +34,7 @@ from llmship.model import Span, TracerInfo, root_span, sampling_priority
 from llmship.log import RateLimited, get_logger
 from llmship.shipping.packer import Encoding, PackedSink, Packer, accepted
 from llmship.sinks.intakes import ROUTES
-from llmship.sinks.spanenc import DEFAULT_SERVICE_NAME, ENCODE_ERRORS, encode_span
+from llmship.sinks.spanenc import DEFAULT_SERVICE_NAME, encode_spans
 from llmship.tags import agent_default_tags
 from llmship.tap import IDLE
 from llmship.telemetry import Telemetry
@@ -155,28 +155,21 @@ class TraceSink(PackedSink):
             # A chunk without a tracer decision is one we keep: AUTO_KEEP, never 0 (AUTO_REJECT).
             chunk_fields = (pb.f_varint(1, AUTO_KEEP if priority is None else priority)
                             + pb.f_str(2, root_meta.get("_dd.origin", "")))
-            encoded = []
-            size = 0
-            for s in spans:
-                try:
-                    span = encode_span(s, fallback_service, meta_defaults)
-                except ENCODE_ERRORS as e:  # a span built by code with what the wire cannot carry
-                    self._tel.discard("unencodable_span")
-                    _log.warning("unencodable_span", "span_dropped", error=f"{type(e).__name__}: {e}")
-                    continue
-                encoded.append(span)
-                size += len(span) + 6  # with its tag and length prefix, at most
+            fields, sizes, errors = encode_spans(spans, fallback_service, meta_defaults)
+            for error in errors:  # spans built by code with what the wire cannot carry
+                self._tel.discard("unencodable_span")
+                _log.warning("unencodable_span", "span_dropped", error=error)
             # A chunk too large for one payload is cut into several (tracers flush partial chunks too);
             # 32 bytes for the TracerPayload's and the chunk's own tags and lengths.
             room = self._packer.max_item - len(header) - len(chunk_fields) - 32
-            for group in (encoded,) if size <= room else _groups_within(encoded, room):
+            for group, spans_in in ((fields, len(sizes)),) if len(fields) <= room else _groups_within(
+                    fields, sizes, room):
                 if group is None:
                     self._tel.discard("span_too_large")
                     _log.warning("span_too_large", "span_too_large", limit_bytes=MAX_PAYLOAD_BYTES)
                     continue
-                if group:
-                    yield header, pb.f_msg(6, chunk_fields + b"".join([_SPAN_TAG + varint(len(s)) + s
-                                                                       for s in group])), len(group)
+                if spans_in:
+                    yield header, pb.f_msg(6, chunk_fields + group), spans_in
         if received:
             self._tel.inc("received", received)
 
@@ -209,8 +202,6 @@ def _priority(spans: list[Span]) -> int | None:
     return None if value is None else int(value)
 
 
-_SPAN_TAG = pb.tag(3, _LEN)  # TraceChunk.spans
-varint = pb.varint
 
 
 def _tracer_payload_header(tracer: TracerInfo, *, env: str, hostname: str, app_version: str) -> bytes:
@@ -222,19 +213,22 @@ def _tracer_payload_header(tracer: TracerInfo, *, env: str, hostname: str, app_v
     ))
 
 
-def _groups_within(encoded: list[bytes], limit: int) -> Iterable[list[bytes] | None]:
-    """Spans in groups whose encoding fits ``limit``; None for a span too large on its own."""
-    group: list[bytes] = []
-    size = 0
-    for span in encoded:
-        cost = len(span) + 6  # tag and length prefix
-        if cost > limit:
-            yield None
+def _groups_within(fields: bytes, sizes: list[int], limit: int) -> Iterable[tuple[bytes | None, int]]:
+    """The span fields in groups whose size fits ``limit``, with their span counts; (None, 1) for a span
+    too large on its own."""
+    start = end = count = 0
+    for size in sizes:
+        if size > limit:
+            if count:
+                yield fields[start:end], count
+            yield None, 1
+            start = end = end + size
+            count = 0
             continue
-        if group and size + cost > limit:
-            yield group
-            group, size = [], 0
-        group.append(span)
-        size += cost
-    if group:
-        yield group
+        if count and end + size - start > limit:
+            yield fields[start:end], count
+            start, count = end, 0
+        end += size
+        count += 1
+    if count:
+        yield fields[start:end], count
