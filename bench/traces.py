@@ -17,7 +17,9 @@ What it does, all on loopback, for each mix:
      distinct traces; parent ids follow.
   2. Baseline: the CPU time of decoding the same bodies in this process and nothing else (msgpack
      ``unpackb`` of the body and of every ``_llmobs`` blob; ``orjson.loads`` of EVP bodies): the least
-     any Python agent spends per span.
+     any Python agent spends per span. Then the processing plane's stages in this process on the same
+     v0.4 bodies (decode, the LLM stage, scrubbing every span's meta values and resource, encoding, and
+     all of it), for where the time goes.
   3. Starts a destination (default: a null intake that reads each body and answers 202, so the bench
      measures the agent, not a sink's decoding or disk; ``--intake llmship`` runs `llmship intake`, whose
      decoding and SQLite writes then share the load generator's core) and `llmship run` (default config:
@@ -88,6 +90,37 @@ def baseline(workload: Workload, seconds: float) -> tuple[float, int]:
     return cpu, spans
 
 
+def in_process_stages(workload: Workload) -> dict[str, float]:
+    """µs of CPU a span for each processing-plane stage, in this process, on the mix's v0.4 bodies: where
+    the agent's time goes (the best of three passes; the bodies get fresh ids each pass). Scrubbing is the
+    scan of every span's meta values and resource (the events' text is scrubbed within the LLM stage)."""
+    from llmship.agent import build
+    from llmship.config import load_config_text
+    from llmship.model import TracerInfo
+    from llmship.sources.traces import decode_v04
+    from llmship.transforms.privacy import scrub_chunks
+
+    emitter = build(load_config_text('[sinks.datadog]\napi_key = "x"\nurl = "http://127.0.0.1:9"\n')).emitter
+    scrubber, tracer, payloads = emitter._scrubber, TracerInfo(), workload.traces
+    stages = {"decode": lambda chunks: None,
+              "LLM stage (extract, policies, event text)": lambda chunks: [emitter._llm.process_chunk(c) for c in chunks],
+              "scrub span meta and resources": lambda chunks: scrub_chunks(scrubber, chunks),
+              "encode spans": lambda chunks: emitter._encode_chunks(chunks, tracer),
+              "all of the processing plane": lambda chunks: emitter.submit_spans(chunks, tracer)}
+    seq, best = 1 << 20, {}
+    for _ in range(3):
+        for name, stage in stages.items():
+            bodies = [payloads.body(seq + i) for i in range(20)]
+            seq += 20
+            start = time.thread_time()
+            for body in bodies:
+                stage(decode_v04(body))
+            spent = (time.thread_time() - start) / (20 * payloads.spans) * 1e6
+            best[name] = min(best.get(name, spent), spent)
+    decode = best["decode"]
+    return {name: us if name == "decode" else us - decode for name, us in best.items()}
+
+
 def report(m: Measured, baseline_us: float) -> None:
     p = m.phase
     print(f"\n  {p.name}, {p.seconds:.1f} s:")
@@ -128,6 +161,10 @@ def run_mix(mix: str, args, seconds: float, deadline: float, workdir: Path) -> N
     evp = ", orjson for EVP" if evp_share else ""
     print(f"  baseline in process (msgpack.unpackb of the bodies and _llmobs blobs{evp}; "
           f"decode only): {baseline_us:.2f} us/span = {1e6 / baseline_us:,.0f} spans/s per core")
+
+    stages = in_process_stages(probe)
+    print("  in process, µs of CPU a span (v0.4 bodies only): "
+          + ", ".join(f"{name} {us:.2f}" for name, us in stages.items()))
 
     destination = NullIntake(cpu=1) if args.intake == "null" else LlmshipIntake(workdir, cpu=1)
     agent = None
@@ -179,6 +216,8 @@ def run_mix(mix: str, args, seconds: float, deadline: float, workdir: Path) -> N
         row(f"p99 at {rate:,.0f} spans/s offered", f"{p99:.1f} ms",
             result(name, f"p99 at half saturation ({rate:,.0f} spans/s)", p99, "ms", GOAL_P99))
     row("agent RSS at the end", f"{rss:.0f} MiB")
+    row("scrubbing span meta, in process", f"{stages['scrub span meta and resources']:.2f} µs",
+        "a span (every meta value and resource; event text is in the LLM stage)")
 
 
 def main() -> int:
