@@ -35,6 +35,13 @@ def test_a_loop_that_blocks_between_requests_does_not_shed():
     assert not lag.overloaded()
 
 
+def test_a_starved_loop_that_does_little_does_not_shed():
+    # preempted past its tick, an idle loop finds the tick due at each poll and never blocks
+    lag = LoopLag(BOUND_MS)
+    feed(lag, 0.5, cpu_share=0.05, blocks=False)
+    assert lag.shed_share == 0
+
+
 def test_the_share_falls_back_once_the_loop_idles_again():
     lag = LoopLag(BOUND_MS)
     feed(lag, 0.5, cpu_share=0.5, blocks=False)
