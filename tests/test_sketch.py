@@ -113,3 +113,19 @@ def test_bin_limit_collapses_the_lowest_bins() -> None:
     assert sum(counts) == 5000
     assert keys[-1] == key(values[-1])
     assert counts[0] == 5000 - 4095  # everything below the 4096 highest keys landed in the lowest kept bin
+
+
+def test_plain_data_makes_the_same_sketch_in_another_process() -> None:
+    """What a worker hands the shipping plane (workers.py, frame code 11): msgpack-able, and the sketch
+    made from it ships what the original would."""
+    import msgspec
+
+    original = Sketch()
+    for v in [0.5, 3.0, 3.0, -2.0, 1e6, *range(600)]:  # more than the 512 buffered keys, and a few bins
+        original.insert(v)
+    original.insert_interpolate(10.0, 100.0, 40)
+    plain = msgspec.msgpack.decode(msgspec.msgpack.encode(original.to_plain()))
+    copy = Sketch.from_plain(*plain)
+    assert (copy.cnt, copy.min, copy.max, copy.sum, copy.avg) == (original.cnt, original.min, original.max,
+                                                                   original.sum, original.avg)
+    assert copy.cols() == original.cols() and sum(copy.cols()[1]) == original.cnt == 645

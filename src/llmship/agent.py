@@ -86,7 +86,7 @@ class Processing:
     log_processor: LogProcessor
     emitter: Emitter
     sinks: list  # for their per-item encoders (and, in one process, their packers)
-    sources: list  # the trace and logs listeners
+    sources: list  # the trace, logs and OTLP listeners
 
 
 def build_processing(cfg: Config, telemetry: Telemetry, router, *, submit=None, shed=None,
@@ -109,7 +109,8 @@ def build_processing(cfg: Config, telemetry: Telemetry, router, *, submit=None, 
     emitter = Emitter(telemetry=telemetry, router=router, llm=llm, log_processor=log_processor,
                       trace_sink=trace_sink, llmobs_sink=llmobs_sink, logs_sink=logs_sink, otlp_sink=otlp_sink,
                       scrubber=scrubber, shed=shed)
-    sources = [TraceSource(cfg, emitter, sockets=sockets), LogsSource(cfg, emitter, sockets=sockets)]
+    sources = [TraceSource(cfg, emitter, sockets=sockets), LogsSource(cfg, emitter, sockets=sockets),
+               OTLPSource(cfg, emitter, sockets=sockets)]
     return Processing(llm, log_processor, emitter, [trace_sink, llmobs_sink, logs_sink, otlp_sink], sources)
 
 
@@ -120,7 +121,7 @@ def _worker_sinks_do_not_submit(payload) -> None:
 def build(cfg: Config, telemetry: Telemetry | None = None, *, readiness=None, info_provider=None,
           shed=None) -> Topology:
     """Construct every component from config without binding a socket or starting a task. With
-    ``[agent] workers`` > 1 the trace and logs listeners are the workers' (llmship.workers), not here."""
+    ``[agent] workers`` > 1 the trace, logs and OTLP listeners are the workers' (llmship.workers), not here."""
     telemetry = telemetry or Telemetry()
     if cfg.delivery.spool_dir:
         problem = directory_problem(cfg.delivery.spool_dir)
@@ -136,9 +137,6 @@ def build(cfg: Config, telemetry: Telemetry | None = None, *, readiness=None, in
     sources = [DogStatsDSource(cfg, p.emitter)]
     if cfg.worker_count == 1:
         sources += p.sources
-    # OTLP is served by this process whatever [agent] workers says (its listeners are not pre-bound for
-    # workers yet); its processing is the same emitter's.
-    sources.append(OTLPSource(cfg, p.emitter))
     tap = Tap(telemetry)  # `llmship tap`: the sinks offer what they are about to send
     for sink in (metrics_sink, *p.sinks):
         sink.tap = tap

@@ -7,11 +7,18 @@ uvicorn's ``--workers`` do: a connection goes to whichever worker calls accept()
 with the least to do, and a worker that dies leaves the socket (and the connections waiting in its
 backlog) to the others. Unix socket files are the parent's: only it removes them (llmship.unixsock).
 
-Keys: ``traces.listen`` (TCP), ``traces.socket`` (unix stream), ``logs.tcp``, ``logs.http`` (TCP).
+Keys: ``traces.listen`` (TCP), ``traces.socket`` (unix stream), ``logs.tcp``, ``logs.http``, ``otlp.http`` (TCP).
+
+OTLP/gRPC is the exception: grpc.aio binds its own ports and cannot serve a socket it did not bind, so each
+worker binds ``sources.otlp.grpc`` itself with SO_REUSEPORT and the kernel spreads connections over them.
+SO_REUSEPORT would also let another process of the same user share the port without a word (say a second
+agent, which would then receive part of the data), so the parent first checks that nothing holds it
+(``check_free``): the same "cannot listen" at start as for the other listeners.
 """
 
 from __future__ import annotations
 
+import errno
 import socket
 
 from llmship import unixsock
@@ -25,9 +32,9 @@ UNIX_SOCKET_MODE = 0o722
 Sockets = dict[str, list[socket.socket]]
 
 
-def bind_tcp(address: str) -> list[socket.socket]:
+def bind_tcp(address: str, listen: bool = True) -> list[socket.socket]:
     """Listening sockets for ``host:port`` (every address the host resolves to, as asyncio's
-    create_server binds them), non-blocking and inheritable by workers."""
+    create_server binds them), non-blocking and inheritable by workers; only bound when not ``listen``."""
     host, port = parse_host_port(address)
     infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     sockets: list[socket.socket] = []
@@ -46,13 +53,24 @@ def bind_tcp(address: str) -> list[socket.socket]:
                 sock.bind(sockaddr)
             except OSError as e:
                 raise OSError(e.errno, f"cannot listen on {address}: {e.strerror}") from None
-            sock.listen(BACKLOG)
-            sock.setblocking(False)
+            if listen:
+                sock.listen(BACKLOG)
+                sock.setblocking(False)
     except BaseException:
         for sock in sockets:
             sock.close()
         raise
     return sockets
+
+
+def check_free(address: str) -> None:
+    """Raise unless ``host:port`` can be bound by this process alone: a bind without SO_REUSEPORT fails
+    while any socket listens there, one bound with SO_REUSEPORT included. Port 0 is refused: each worker
+    would get a port of its own."""
+    if parse_host_port(address)[1] == 0:
+        raise OSError(errno.EINVAL, f"cannot listen on {address}: workers share a port only when it is given")
+    for sock in bind_tcp(address, listen=False):
+        sock.close()
 
 
 def bind_unix(path: str, who: str) -> tuple[socket.socket, unixsock.FileId]:
@@ -75,12 +93,14 @@ class Listeners:
     def __init__(self, cfg: Config) -> None:
         self.sockets: Sockets = {}
         self._unix: list[tuple[str, unixsock.FileId]] = []
-        traces, logs = cfg.sources.traces, cfg.sources.logs
+        traces, logs, otlp = cfg.sources.traces, cfg.sources.logs, cfg.sources.otlp
         try:
             for key, address in (("traces.listen", traces.listen), ("logs.tcp", logs.tcp),
-                                 ("logs.http", logs.http)):
+                                 ("logs.http", logs.http), ("otlp.http", otlp.http)):
                 if address:
                     self.sockets[key] = bind_tcp(address)
+            if otlp.grpc:
+                check_free(otlp.grpc)
             if traces.socket:
                 sock, file_id = bind_unix(traces.socket, "traces")
                 self.sockets["traces.socket"] = [sock]

@@ -37,9 +37,12 @@ class Emitter:
                  logs_sink, otlp_sink=None, scrubber=None, shed: Callable[[], bool] | None = None) -> None:
         self.telemetry = telemetry
         self.add_metric = router.add_metric  # DogStatsD: straight into the aggregator, no object per line
-        # OTLP metric points and histogram sketches, aggregated by their sender: shipped as they are
+        # OTLP metric points and histogram sketches, aggregated by their sender: shipped as they are; cumulative
+        # points are the shipping plane's to difference (otlp_map.Cumulative)
         self.add_point = router.add_point
         self.add_sketch = router.add_sketch
+        self.add_cumulative_sum = router.add_cumulative_sum
+        self.add_cumulative_histogram = router.add_cumulative_histogram
         self.submit_dsd_event = router.dsd_event
         self.submit_service_check = router.service_check
         self._router = router

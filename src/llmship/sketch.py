@@ -168,6 +168,21 @@ class Sketch:
         moved = sum(bins.pop(k) for k in keys[:remove])
         bins[keys[remove]] += moved
 
+    def to_plain(self) -> tuple:
+        """The sketch as plain data, for another process (``from_plain`` makes it again): the summary, then
+        the keys and counts of its bins (the buffer merged into them)."""
+        self._merge_buffer()
+        bins = self._bins()
+        return self.cnt, self.min, self.max, self.sum, self.avg, list(bins), list(bins.values())
+
+    @classmethod
+    def from_plain(cls, cnt: int, vmin: float, vmax: float, total: float, avg: float, keys: list[int],
+                   counts: list[int]) -> Sketch:
+        sketch = cls()
+        sketch.cnt, sketch.min, sketch.max, sketch.sum, sketch.avg = cnt, vmin, vmax, total, avg
+        sketch.bins = dict(zip(keys, counts))
+        return sketch
+
     def cols(self) -> tuple[list[int], list[int]]:
         """Keys and counts as shipped (Dogsketch k and n): sorted by key, counts split at 65535 like
         the Agent's appendSafe (the remainder first, then full bins)."""

@@ -214,7 +214,8 @@ _HELP = {
     "spooled": "Payloads written to the disk spool.",
     "inflight_payloads": "Payloads being sent or retried right now.",
     "worker_requests": "Requests (and logs TCP connections) a worker process took.",
-    "worker_items": "Spans, LLM Observability events and log records a worker process received.",
+    "worker_items": "Spans, LLM Observability events, log records and OTLP metric points a worker process "
+                    "received.",
     "worker_errors": "Errors a worker process counted.",
     "worker_restarts": "Times this worker was started again after it exited.",
     "worker_up": "1 while the worker process serves.",

@@ -1,9 +1,10 @@
 """Pre-forked processing workers (``[agent] workers`` > 1): the processing plane in N processes, the
 shipping plane in the parent.
 
-The parent binds every processing-plane listener (llmship.listeners), creates one socketpair per worker
-and starts each worker as ``python -m llmship.workers`` with the listening sockets and its end of the
-pair as inherited file descriptors: spawned, not forked, because forking a process whose event loop runs
+The parent binds every processing-plane listener (llmship.listeners; OTLP/gRPC excepted, which each worker
+binds itself with SO_REUSEPORT), creates one socketpair per worker and starts each worker as
+``python -m llmship.workers`` with the listening sockets and its end of the pair as inherited file
+descriptors: spawned, not forked, because forking a process whose event loop runs
 (uvloop, threads, open connections) is unsafe; uvicorn's ``--workers`` spawns for the same reason. The
 worker builds the processing plane (sources, LLM stage, policies, per-item encoders) around a
 ``RemoteRouter`` and accepts on the inherited sockets; the parent (``WorkerPool``) reads each channel and
@@ -27,6 +28,18 @@ worker -> parent (one frame per event-loop turn that produced anything, so a bur
     [8, {pid, ready, draining, lag_ms, overloaded, gauges, info}]      state, at least every HEARTBEAT_SECS
     [9, kind, [item, ...]]                                             Router.otlp_items ("spans": items are
                                                                        [bin, spans]; "logs": bin)
+    [10, [[name, series_type, value, tags, timestamp], ...]]           Router.add_point, each (OTLP gauges,
+                                                                       delta sums)
+    [11, [[name, [cnt, min, max, sum, avg, [key, ...], [count, ...]], tags, timestamp], ...]]
+                                                                       Router.add_sketch, each (OTLP delta
+                                                                       histograms; the Sketch as plain data:
+                                                                       Sketch.to_plain / from_plain)
+    [12, [[name, value, tags, start_ns, time_ns], ...]]                Router.add_cumulative_sum, each
+    [13, [[name, tags, start_ns, time_ns, [bucket_count, ...], [bound, ...], count, sum], ...]]
+                                                                       Router.add_cumulative_histogram, each
+                                                                       (cumulative OTLP points: the parent
+                                                                       takes their differences, as a series'
+                                                                       points may reach different workers)
 parent -> worker:
     [20, config_path, config_text]   the config to run (first message, and on each SIGHUP reload)
     [21, [lane, ...]]                the shipping plane's overloaded lanes ("*": the parent runs late)
@@ -68,12 +81,14 @@ from llmship import log as logmod
 from llmship.config import Config, load_config_text
 from llmship.llm.stage import CallOutput
 from llmship.log import get_logger
+from llmship.sketch import Sketch
 from llmship.telemetry import RecordingTelemetry, Telemetry
 
 log = get_logger("workers")
 
 # Message codes (see the module docstring).
 TRACES, CALLS, LOGS, METRIC, DSD_EVENT, SERVICE_CHECK, COUNTERS, STATE, OTLP = 1, 2, 3, 4, 5, 6, 7, 8, 9
+POINTS, SKETCHES, CUMULATIVE_SUMS, CUMULATIVE_HISTOGRAMS = 10, 11, 12, 13
 CONFIG, LANES = 20, 21
 
 HEADER = struct.Struct(">I")
@@ -273,21 +288,33 @@ class RemoteRouter:
     def otlp_items(self, kind: str, items: list) -> None:
         self._put((OTLP, kind, items))
 
-    def log_item(self, data: bytes) -> None:
+    def _append(self, code: int, item: Any) -> None:
+        """One item into a [code, [item, ...]] message: a run of items of one kind is one message."""
         pending = self._pending
-        if pending and pending[-1][0] == LOGS:
-            pending[-1][1].append(data)
+        if pending and pending[-1][0] == code:
+            pending[-1][1].append(item)
         else:
-            self._put((LOGS, [data]))
+            self._put((code, [item]))
+
+    def log_item(self, data: bytes) -> None:
+        self._append(LOGS, data)
 
     def add_metric(self, name: str, mtype: str, value, tags: str = "", rate: float = 1.0, host: str | None = None,
                    timestamp: float | None = None) -> None:
         self._put((METRIC, name, mtype, value, tags, rate, host, timestamp))
 
-    def add_point(self, *args, **kwargs) -> None:
-        raise AssertionError("OTLP metrics are served by the shipping plane's process, not by workers")
+    def add_point(self, name: str, series_type: int, value: float, tags: str, timestamp: float) -> None:
+        self._append(POINTS, (name, series_type, value, tags, timestamp))
 
-    add_sketch = add_point
+    def add_sketch(self, name: str, sketch: Sketch, tags: str, timestamp: float) -> None:
+        self._append(SKETCHES, (name, sketch.to_plain(), tags, timestamp))
+
+    def add_cumulative_sum(self, name: str, value: float, tags: str, start: int, ts: int) -> None:
+        self._append(CUMULATIVE_SUMS, (name, value, tags, start, ts))
+
+    def add_cumulative_histogram(self, name: str, tags: str, start: int, ts: int, counts: list[int],
+                                 bounds: list[float], count: int, total: float) -> None:
+        self._append(CUMULATIVE_HISTOGRAMS, (name, tags, start, ts, counts, bounds, count, total))
 
     def dsd_event(self, event: dict) -> None:
         self._put((DSD_EVENT, event))
@@ -618,6 +645,18 @@ class WorkerPool:
                     slot.telemetry.add_deltas(message[1])
                 elif code == METRIC:
                     router.add_metric(*message[1:])
+                elif code == POINTS:
+                    for point in message[1]:
+                        router.add_point(*point)
+                elif code == SKETCHES:
+                    for name, plain, tags, timestamp in message[1]:
+                        router.add_sketch(name, Sketch.from_plain(*plain), tags, timestamp)
+                elif code == CUMULATIVE_SUMS:
+                    for point in message[1]:
+                        router.add_cumulative_sum(*point)
+                elif code == CUMULATIVE_HISTOGRAMS:
+                    for point in message[1]:
+                        router.add_cumulative_histogram(*point)
                 elif code == STATE:
                     self._state(slot, message[1])
                 elif code == DSD_EVENT:
@@ -729,8 +768,10 @@ class WorkerPool:
                 "state": ("draining" if slot.draining else "ready" if slot.ready else "starting") if slot.alive
                          else "down",
                 "requests": total("traces", "requests") + total("logs_http", "requests")
-                            + total("logs_tcp", "connections"),
-                "items": total("traces", "received") + total("logs_tcp", "received") + total("logs_http", "received"),
+                            + total("logs_tcp", "connections") + total("otlp", "requests"),
+                "items": total("traces", "received") + total("logs_tcp", "received") + total("logs_http", "received")
+                         + total("otlp", "spans_received") + total("otlp", "points_received")
+                         + total("otlp", "logs_received"),
                 "errors": sum(c.get("errors") for c in comps.values()),
                 "last_error": max(errors, key=lambda e: e.get("at", 0)) if errors else None,
                 "restarts": slot.restarts,

@@ -22,6 +22,7 @@ from llmship.config import load_config_text
 from llmship.llm.stage import LLMStage
 from llmship.processing import Emitter
 from llmship.sources.otlp import OTLPSource
+from llmship.sources.otlp_map import Cumulative
 from llmship.telemetry import Telemetry
 from llmship.transforms.logs import LogProcessor
 from llmship.transforms.sampling import Sampler
@@ -44,6 +45,8 @@ class RecordingRouter:
         self.telemetry = Telemetry()
         self.chunks, self.outputs, self.logs, self.metrics, self.points, self.sketches = [], [], [], [], [], []
         self.full: set[str] = set()
+        cumulative = Cumulative(self.add_point, self.add_sketch)  # the real router's: points become differences
+        self.add_cumulative_sum, self.add_cumulative_histogram = cumulative.add_sum, cumulative.add_histogram
 
     def add_metric(self, *sample, **kwargs) -> None:
         self.metrics.append(sample)

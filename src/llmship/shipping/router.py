@@ -11,6 +11,7 @@ A duplicate is an intended discard, not a loss (``component_discarded_events_tot
 from __future__ import annotations
 
 from llmship.log import RateLimited, get_logger
+from llmship.sources.otlp_map import Cumulative
 from llmship.telemetry import Telemetry
 
 _log = RateLimited(get_logger("router"))
@@ -47,6 +48,10 @@ class Router:
         self.add_metric = aggregator.add
         self.add_point = aggregator.add_point
         self.add_sketch = aggregator.add_sketch
+        # Cumulative OTLP series become differences here, where every point of a series arrives
+        cumulative = Cumulative(aggregator.add_point, aggregator.add_sketch)
+        self.add_cumulative_sum = cumulative.add_sum
+        self.add_cumulative_histogram = cumulative.add_histogram
         self._delivery = delivery
         self._metrics_sink = metrics_sink
         self.attach_sinks(trace_sink, llmobs_sink, logs_sink, otlp_sink)

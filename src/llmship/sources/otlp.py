@@ -18,6 +18,9 @@ OTLP/gRPC (``grpc``, e.g. 127.0.0.1:4317; optional, needs ``grpcio``: ``pip inst
 three ``Export`` methods of the same services, answering RESOURCE_EXHAUSTED / UNAVAILABLE when overloaded
 and INVALID_ARGUMENT never (gRPC decodes the message itself).
 
+With ``[agent] workers`` > 1 both are served by the workers: OTLP/HTTP on the listener the parent bound
+(``sockets``), OTLP/gRPC on the port each worker binds with SO_REUSEPORT (llmship.listeners says why).
+
 Decoding uses the canonical classes of the ``opentelemetry-proto`` package (upb-backed protobuf: a
 ExportTraceServiceRequest of 7 spans parses in ~7 µs); mapping is ``sources/otlp_map.py`` and, for GenAI
 spans, ``llm/otlp.py``. Telemetry (component "otlp"): requests{endpoint}, spans_received,
@@ -39,6 +42,7 @@ from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
+from llmship import listeners
 from llmship import protobuf as pb
 from llmship.config import Config, parse_host_port
 from llmship.log import RateLimited, get_logger
@@ -81,14 +85,18 @@ class Overloaded(Exception):
 
 
 class OTLPSource:
-    def __init__(self, cfg: Config, pipeline, *, read_timeout_secs: float = READ_TIMEOUT_SECS) -> None:
+    def __init__(self, cfg: Config, pipeline, *, read_timeout_secs: float = READ_TIMEOUT_SECS,
+                 sockets: listeners.Sockets | None = None) -> None:
         self._cfg = cfg.sources.otlp
         self._pipeline = pipeline
+        self._handed_over = getattr(pipeline, "handed_over", None)  # see TraceSource
+        # Inherited listening sockets (workers); None: bind our own at start. gRPC binds its own either way.
+        self._sockets = sockets
         self._hostname = cfg.agent.hostname
         self._tel = pipeline.telemetry.component("otlp")
         self._read_timeout = read_timeout_secs
         self._decoders = asyncio.Semaphore(DECODERS)
-        self._metrics = otlp_map.MetricsMapper(pipeline.add_point, pipeline.add_sketch)
+        self._metrics = otlp_map.MetricsMapper(pipeline)
         self._runner: web.AppRunner | None = None
         self._grpc = None
 
@@ -108,8 +116,12 @@ class OTLPSource:
                                    auto_decompress=False)
             await runner.setup()
             try:
-                host, port = parse_host_port(self._cfg.http)
-                await web.TCPSite(runner, host, port).start()
+                if self._sockets is not None:
+                    for sock in self._sockets.get("otlp.http", ()):
+                        await web.SockSite(runner, sock).start()
+                else:
+                    host, port = parse_host_port(self._cfg.http)
+                    await web.TCPSite(runner, host, port).start()
             except BaseException:
                 await runner.cleanup()
                 raise
@@ -119,7 +131,10 @@ class OTLPSource:
         if self._cfg.grpc:
             from llmship.sources import otlp_grpc  # grpcio is optional: imported only when configured
 
-            self._grpc = await otlp_grpc.serve(self._cfg.grpc, self, self._cfg.max_body_bytes)
+            # grpc.aio takes no listening socket: in workers each binds the port itself, shared with
+            # SO_REUSEPORT (the parent checked that no other process holds it: listeners.check_free)
+            self._grpc = await otlp_grpc.serve(self._cfg.grpc, self, self._cfg.max_body_bytes,
+                                               share_port=self._sockets is not None)
             log.info("listener_bound", address=self._cfg.grpc, protocol="otlp/grpc")
 
     @property
@@ -142,7 +157,14 @@ class OTLPSource:
 
     async def export(self, signal: Signal, message) -> tuple[int, str]:
         """Hand one decoded request to the pipeline; (rejected items, message) for partial_success.
-        Raises Overloaded when the lanes it fans into are full (checked before any work)."""
+        Raises Overloaded when the lanes it fans into are full (checked before any work). Returns once
+        what it handed over has left this process (with workers: before the client hears "accepted")."""
+        answer = await self._export(signal, message)
+        if self._handed_over is not None:
+            await self._handed_over()
+        return answer
+
+    async def _export(self, signal: Signal, message) -> tuple[int, str]:
         if signal is TRACES:
             if self._pipeline.overloaded("spans"):
                 raise Overloaded("overloaded")

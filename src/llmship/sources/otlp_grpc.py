@@ -22,8 +22,13 @@ _SERVICES = {
 }
 
 
-async def serve(address: str, source, max_body_bytes: int) -> grpc.aio.Server:
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_body_bytes)])
+async def serve(address: str, source, max_body_bytes: int, share_port: bool = False) -> grpc.aio.Server:
+    """``share_port``: bind with SO_REUSEPORT, so that every worker listens on the same port (grpc.aio cannot
+    serve a listening socket bound by another process); otherwise grpc's default."""
+    options = [("grpc.max_receive_message_length", max_body_bytes)]
+    if share_port:
+        options.append(("grpc.so_reuseport", 1))
+    server = grpc.aio.server(options=options)
     for signal, service in _SERVICES.items():
         handler = grpc.unary_unary_rpc_method_handler(
             _handler(source, signal), request_deserializer=signal.request.FromString,

@@ -430,15 +430,13 @@ class MetricsResult:
 
 
 class MetricsMapper:
-    """OTLP metrics -> ``add_point``/``add_sketch`` calls. Holds the previous point of each cumulative series
-    (the Agent's ``prevPts`` TTL cache) to ship differences."""
+    """OTLP metrics -> the shipping plane's calls (``pipeline``: the emitter), remembering nothing: gauges,
+    delta sums and delta histograms go as points and sketches (``add_point``, ``add_sketch``); cumulative sums
+    and histograms go as they came (``add_cumulative_sum``, ``add_cumulative_histogram``) to ``Cumulative``,
+    which ships their differences."""
 
-    def __init__(self, add_point, add_sketch, clock=time.time) -> None:
-        self._add_point = add_point
-        self._add_sketch = add_sketch
-        self._clock = clock
-        self._started_ns = int(clock() * 1e9)  # getProcessStartTime
-        self._previous: dict[tuple, tuple[int, int, float, float]] = {}  # key -> (start, ts, value, seen at)
+    def __init__(self, pipeline) -> None:
+        self._pipeline = pipeline
 
     def map(self, request) -> MetricsResult:
         result = MetricsResult()
@@ -455,17 +453,17 @@ class MetricsMapper:
         data = metric.WhichOneof("data")
         if data == "gauge":
             for p in metric.gauge.data_points:
-                self._number(name, GAUGE, p, base, result, None)
+                self._number(name, GAUGE, p, base, result, False)
         elif data == "sum":
             s = metric.sum
             cumulative = s.aggregation_temporality == _TEMPORALITY_CUMULATIVE
             for p in s.data_points:
                 if not cumulative:
-                    self._number(name, COUNT, p, base, result, None)
+                    self._number(name, COUNT, p, base, result, False)
                 elif s.is_monotonic:
-                    self._number(name, COUNT, p, base, result, "monotonic")
+                    self._number(name, COUNT, p, base, result, True)
                 else:
-                    self._number(name, GAUGE, p, base, result, None)
+                    self._number(name, GAUGE, p, base, result, False)
         elif data == "histogram":
             cumulative = metric.histogram.aggregation_temporality == _TEMPORALITY_CUMULATIVE
             for p in metric.histogram.data_points:
@@ -476,69 +474,103 @@ class MetricsMapper:
             result.rejected += n
             result.error = f"metric types not supported: {data}"
 
-    def _number(self, name: str, series_type: int, p, base: list[str], result: MetricsResult, diff) -> None:
+    def _number(self, name: str, series_type: int, p, base: list[str], result: MetricsResult,
+                cumulative: bool) -> None:
         result.points += 1
         value = float(p.as_int) if p.WhichOneof("value") == "as_int" else p.as_double
         if value - value != 0.0:  # NaN or infinite: isSkippable
             result.rejected += 1
             result.error = "non-finite values were rejected"
             return
-        tags = base + _point_tags(p.attributes)
-        ts = p.time_unix_nano
-        if diff is not None:
-            dx, first = self._diff((name, "sum", tuple(tags)), p.start_time_unix_nano, ts, value, monotonic=True)
-            # The first point of a series that started after llmship counts as is (mapNumberMonotonicMetrics:
-            # "Report the first value if the timeseries started after the Datadog Agent process started").
-            if first and self._started_ns < p.start_time_unix_nano and p.start_time_unix_nano != ts:
-                dx = value
-            if dx is None:
-                return
-            value = dx
-        self._add_point(name, series_type, value, ",".join(tags), ts / 1e9)
+        tags = ",".join(base + _point_tags(p.attributes))
+        if cumulative:
+            self._pipeline.add_cumulative_sum(name, value, tags, p.start_time_unix_nano, p.time_unix_nano)
+        else:
+            self._pipeline.add_point(name, series_type, value, tags, p.time_unix_nano / 1e9)
 
     def _histogram(self, name: str, p, base: list[str], result: MetricsResult, cumulative: bool) -> None:
-        """getSketchBuckets: one sketch per point from its buckets, the exact count and sum when known."""
         result.points += 1
-        tags = base + _point_tags(p.attributes)
-        key = (name, "hist", tuple(tags))
-        start, ts = p.start_time_unix_nano, p.time_unix_nano
         counts = list(p.bucket_counts)
         bounds = list(p.explicit_bounds)
         if len(counts) != len(bounds) + 1 and counts:
             result.rejected += 1
             result.error = "histogram points whose bucket_counts do not match explicit_bounds were rejected"
             return
-        count, total = p.count, p.sum
+        tags = ",".join(base + _point_tags(p.attributes))
         if cumulative:
-            deltas = [self._diff(key + (i,), start, ts, float(c), monotonic=False)[0] for i, c in enumerate(counts)]
-            d_count = self._diff(key + ("count",), start, ts, float(count), monotonic=False)[0]
-            d_sum = self._diff(key + ("sum",), start, ts, total, monotonic=False)[0]
-            if d_count is None:
-                return  # the first point of a cumulative histogram is dropped (prevPts.Diff not ok)
-            counts = [int(d) if d is not None else 0 for d in deltas]
-            count, total = int(d_count), (d_sum if d_sum is not None else 0.0)
-        sketch = Sketch()
-        for i, n in enumerate(counts):
-            if n <= 0:
-                continue
-            lower = bounds[i - 1] if i > 0 else float("-inf")
-            upper = bounds[i] if i < len(bounds) else float("inf")
-            if upper == float("inf"):  # InsertInterpolate needs finite bounds: the finite one stands for both
-                upper = lower
-            elif lower == float("-inf"):
-                lower = upper
-            sketch.insert_interpolate(lower, upper, n)
-        if sketch.cnt == 0:
+            self._pipeline.add_cumulative_histogram(name, tags, p.start_time_unix_nano, p.time_unix_nano, counts,
+                                                    bounds, p.count, p.sum)
             return
-        if count and total - total == 0.0:  # exact count, sum and average override the approximate ones
-            sketch.cnt, sketch.sum = int(count), total
-            sketch.avg = total / count
-        if not cumulative:
-            if p.HasField("min"):
-                sketch.min = p.min
-            if p.HasField("max"):
-                sketch.max = p.max
-        self._add_sketch(name, sketch, ",".join(tags), ts / 1e9)
+        sketch = bucket_sketch(counts, bounds, p.count, p.sum)
+        if sketch is None:
+            return
+        if p.HasField("min"):
+            sketch.min = p.min
+        if p.HasField("max"):
+            sketch.max = p.max
+        self._pipeline.add_sketch(name, sketch, tags, p.time_unix_nano / 1e9)
+
+
+def bucket_sketch(counts: list[int], bounds: list[float], count: int, total: float) -> Sketch | None:
+    """getSketchBuckets: a histogram point's sketch from its bucket counts, with the exact count and sum when
+    known; None when it holds nothing."""
+    sketch = Sketch()
+    for i, n in enumerate(counts):
+        if n <= 0:
+            continue
+        lower = bounds[i - 1] if i > 0 else float("-inf")
+        upper = bounds[i] if i < len(bounds) else float("inf")
+        if upper == float("inf"):  # InsertInterpolate needs finite bounds: the finite one stands for both
+            upper = lower
+        elif lower == float("-inf"):
+            lower = upper
+        sketch.insert_interpolate(lower, upper, n)
+    if sketch.cnt == 0:
+        return None
+    if count and total - total == 0.0:  # exact count, sum and average override the approximate ones
+        sketch.cnt, sketch.sum = int(count), total
+        sketch.avg = total / count
+    return sketch
+
+
+class Cumulative:
+    """Cumulative OTLP series -> their differences between points, as points and sketches (``add_point``,
+    ``add_sketch``: the aggregator's). Holds the previous point of each series (the Agent's ``prevPts`` TTL
+    cache), so it is the shipping plane's, one per agent whatever ``[agent] workers`` says: a client that
+    reconnects may reach another worker, and two workers each remembering a series would ship overlapping
+    differences (and its first point, which may count as is, twice)."""
+
+    def __init__(self, add_point, add_sketch, clock=time.time) -> None:
+        self._add_point = add_point
+        self._add_sketch = add_sketch
+        self._clock = clock
+        self._started_ns = int(clock() * 1e9)  # getProcessStartTime
+        self._previous: dict[tuple, tuple[int, int, float, float]] = {}  # key -> (start, ts, value, seen at)
+
+    def add_sum(self, name: str, value: float, tags: str, start: int, ts: int) -> None:
+        """A monotonic cumulative sum's point -> a count of its difference (mapNumberMonotonicMetrics)."""
+        dx, first = self._diff((name, "sum", tags), start, ts, value, monotonic=True)
+        # The first point of a series that started after llmship counts as is ("Report the first value if the
+        # timeseries started after the Datadog Agent process started").
+        if first and self._started_ns < start and start != ts:
+            dx = value
+        if dx is not None:
+            self._add_point(name, COUNT, dx, tags, ts / 1e9)
+
+    def add_histogram(self, name: str, tags: str, start: int, ts: int, counts: list[int], bounds: list[float],
+                      count: int, total: float) -> None:
+        """A cumulative histogram's point -> the sketch of its difference; the first point is dropped
+        (prevPts.Diff not ok), and min and max are unknown for a difference."""
+        key = (name, "hist", tags)
+        deltas = [self._diff(key + (i,), start, ts, float(c), monotonic=False)[0] for i, c in enumerate(counts)]
+        d_count = self._diff(key + ("count",), start, ts, float(count), monotonic=False)[0]
+        d_sum = self._diff(key + ("sum",), start, ts, total, monotonic=False)[0]
+        if d_count is None:
+            return
+        sketch = bucket_sketch([int(d) if d is not None else 0 for d in deltas], bounds, int(d_count),
+                               d_sum if d_sum is not None else 0.0)
+        if sketch is not None:
+            self._add_sketch(name, sketch, tags, ts / 1e9)
 
     def _diff(self, key: tuple, start: int, ts: int, value: float, monotonic: bool) -> tuple[float | None, bool]:
         """(the change since the series' previous point, whether this is a first point): None for a first
