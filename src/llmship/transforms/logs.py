@@ -119,17 +119,20 @@ class LogProcessor:
         scrubber = self._scrubber
         kept = scrubber.fields.apply("logs", record, scrubber.telemetry)
         truncated = False
+        fields, texts = [], []  # the common case: top-level strings, scanned together
         for field in self._text_fields:
             value = record.get(field)
-            if isinstance(value, str):  # the common case, inline
-                new, cut = scrubber.scrub_truncate(value, self._max_chars, "logs")
-                if new is None:
-                    del record[field]
-                else:
-                    record[field] = new
-                truncated |= cut
+            if value.__class__ is str:
+                fields.append(field)
+                texts.append(value)
             elif value is not None or (field not in record and "." in field):
                 truncated |= self._process_field(record, field)
+        for field, (new, cut) in zip(fields, scrubber.scrub_truncate_many(texts, self._max_chars, "logs")):
+            if new is None:
+                del record[field]
+            else:
+                record[field] = new
+            truncated |= cut
         privacy.scrub_record_rest(scrubber, record, self._skip)
         privacy.restore(kept)
         return truncated

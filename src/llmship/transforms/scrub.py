@@ -40,7 +40,8 @@ it; "drop_field" makes ``scrub_value`` answer None when the rule matches, and th
 field. Every match is counted as ``scrub_matches{rule, action, kind}``, kind being llmobs, logs or spans.
 
 Many short strings (an APM span's meta values and resource) are looked at in one Hyperscan scan of their
-concatenation (``scrub_many``), and only those where a rule may match are scrubbed one by one.
+concatenation (``scrub_many``), and only those where a rule may match are scrubbed one by one; so are a log
+record's text fields, each up to where it is cut (``scrub_truncate_many``).
 """
 
 from __future__ import annotations
@@ -819,20 +820,41 @@ class Scrubber:
         """``truncate_text(self.scrub_value(text), max_chars)``, scrubbing only the head that can be kept
         when the rules allow a safe cut (see above); matches in the rest are not looked for, nor counted.
         (None, False) when a drop_field rule matched."""
+        cut = self._scrubbed_first(text, max_chars)
+        if cut < len(text):
+            head = self.scrub_value(text[:cut], kind)
+            if head is None:
+                return None, False
+            if len(head) <= max_chars:  # a long secret shrank to its marker: the rest may be shown
+                rest = self.scrub_value(text[cut:], kind)
+                if rest is None:
+                    return None, False
+                head += rest
+            return truncate_text(head, max_chars)
+        scrubbed = self.scrub_value(text, kind)
+        return (None, False) if scrubbed is None else truncate_text(scrubbed, max_chars)
+
+    def scrub_truncate_many(self, texts: list[str], max_chars: int, kind: str) -> list[tuple[str | None, bool]]:
+        """``scrub_truncate`` of each text. With Hyperscan, one scan of the parts it scrubs first finds the
+        few texts where a rule may match there; the others are only cut (a text no rule changes is its own
+        scrubbed text, and a head kept whole is longer than ``max_chars``: nothing past it is scrubbed)."""
+        hs = self._state[1]
+        may = None
+        if hs is not None:
+            may = hs.scan_many([t[:end] if (end := self._scrubbed_first(t, max_chars)) < len(t) else t
+                                for t in texts])
+        may = range(len(texts)) if may is None else set(may)  # None: the twin, or a text Hyperscan cannot take
+        return [self.scrub_truncate(t, max_chars, kind) if i in may else truncate_text(t, max_chars)
+                for i, t in enumerate(texts)]
+
+    def _scrubbed_first(self, text: str, max_chars: int) -> int:
+        """How much of ``text`` ``scrub_truncate`` scrubs first: up to a cut past ``max_chars`` when the rules
+        allow a safe one (see above) and it saves enough, else all of it."""
         if self._state[3] and len(text) > max_chars + _CUT_MIN_SAVING:
             cut = _cut_point(text, max_chars + 1)
             if cut > 0:
-                head = self.scrub_value(text[:cut], kind)
-                if head is None:
-                    return None, False
-                if len(head) <= max_chars:  # a long secret shrank to its marker: the rest may be shown
-                    rest = self.scrub_value(text[cut:], kind)
-                    if rest is None:
-                        return None, False
-                    head += rest
-                return truncate_text(head, max_chars)
-        scrubbed = self.scrub_value(text, kind)
-        return (None, False) if scrubbed is None else truncate_text(scrubbed, max_chars)
+                return cut
+        return len(text)
 
 
 # What the scrub cache stores for a text no rule changed: a hit then returns the caller's own object.
