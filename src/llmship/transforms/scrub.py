@@ -329,15 +329,14 @@ class _Hyperscan:
         self._many_anchored = False  # a user rule may hold "^" or "$": strings are joined by newlines
 
     def _build_many(self) -> None:
-        """The database ``scan_many`` runs over strings joined by newlines: every head (the card's as the
-        whole card shape, so ids of 20 or 39 digits do not hit it at every digit), every user rule in
-        prefilter mode; multi-line, so that ``^`` and ``$`` hold at each string's edges, and without
-        single-match, so that each string's own matches are reported. A head crossing a newline can only
-        add a candidate, never hide one."""
+        """The database ``scan_many`` runs over strings joined by newlines: every head (or its rule's
+        ``_MANY_SHAPES``), every user rule in prefilter mode; multi-line, so that ``^`` and ``$`` hold at
+        each string's edges, and without single-match, so that each string's own matches are reported. A
+        head crossing a newline can only add a candidate, never hide one."""
         heads, user = self._many_spec
         patterns, flags = [], []
         for name, head in heads:
-            patterns.append((_CARD_SHAPE if name == "credit_card" else head).encode())
+            patterns.append(_MANY_SHAPES.get(name, head).encode())
             flags.append(hyperscan.HS_FLAG_MULTILINE)
         prefilter = hyperscan.HS_FLAG_PREFILTER | hyperscan.HS_FLAG_UTF8 | hyperscan.HS_FLAG_MULTILINE
         for name, regex in user:
@@ -463,8 +462,17 @@ _PLUS_ONE = (1).__add__
 _CACHED_CHARS = 256  # scrub_cached remembers texts up to this long ...
 _MAX_CACHED_RESULTS = 20_000  # ... this many (about 5 MB at most), emptied when full
 _hyperscan = functools.lru_cache(maxsize=8)(_Hyperscan)
-# The card rule's regex without its group: exact, and one hit per run of digits (see _build_many).
-_CARD_SHAPE = r"(?:^|[^0-9.-])[2-6][0-9]{3}(?:[ -]?[0-9]){9,15}(?:$|[^0-9.-]|[.-](?:$|[^0-9]))"
+# What scan_many looks for instead of a head that common text holds at every turn; each is still in every
+# match of its rule (over bytes, each class as wide as the rule's or wider), and only tells which strings
+# may hold one. The card: its rule's regex without the group, exact, one hit per run of digits (not one at
+# every digit of an id of 20 or 39 digits). IPv6: each form holds "::" after or before a hex digit, or
+# three full groups between colons (not a grammar's "::=", a reST "example::"). E-mail: a local-part
+# character, "@", a domain and two letters of its last label (not a decorator, "@f").
+_MANY_SHAPES = {
+    "credit_card": r"(?:^|[^0-9.-])[2-6][0-9]{3}(?:[ -]?[0-9]){9,15}(?:$|[^0-9.-]|[.-](?:$|[^0-9]))",
+    "ipv6": r"[0-9A-Fa-f]::|::[0-9A-Fa-f]|:[0-9A-Fa-f]{1,4}:[0-9A-Fa-f]{1,4}:[0-9A-Fa-f]{1,4}:",
+    "email": r"[A-Za-z0-9._%+-]@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2}",
+}
 
 
 def _hyperscan_compiles(regex: str, flags: int) -> bool:
