@@ -503,7 +503,7 @@ def default_engine() -> str:
 # - a space is no word character, nor any of ". - : [ %" that the other contexts look for.
 # A replacement lands just before the space when a match ends there, so each must end with a character
 # as harmless (the defaults end with "]"; a group reference could bring back anything).
-_CUT_AFTER = frozenset("abcdefghjklmoqstuvwxz")
+_CUT = re.compile("[abcdefghjklmoqstuvwxz] ")  # one search in C, not a find and a look per space
 _SAFE_REPLACEMENT_END = frozenset("])}*#!?,;|")
 _CUT_SEARCH_CHARS = 64  # how far past the budget a cut is looked for (prose has a space every few characters)
 _CUT_MIN_SAVING = 256  # below this, finding a cut costs more than scrubbing the rest (measured: 600 chars, budget 512)
@@ -511,13 +511,8 @@ _CUT_MIN_SAVING = 256  # below this, finding a cut costs more than scrubbing the
 
 def _cut_point(text: str, start: int) -> int:
     """The first position >= ``start`` where the text can be cut (see above), or -1."""
-    end = start + _CUT_SEARCH_CHARS
-    space = text.find(" ", start, end)
-    while space >= 0:
-        if text[space - 1] in _CUT_AFTER:
-            return space
-        space = text.find(" ", space + 1, end)
-    return -1
+    m = _CUT.search(text, start - 1, start + _CUT_SEARCH_CHARS)
+    return -1 if m is None else m.end() - 1
 
 
 # ------------------------------------------------------------------------------------------- scrubber
