@@ -146,24 +146,29 @@ class LogProcessor:
                 self._scrub_failed(e)
                 pending.append(None)
                 continue
-            fields = [f for f in self._text_fields if record.get(f).__class__ is str]
-            texts += [record[f] for f in fields]
+            fields = []
+            for field in self._text_fields:
+                value = record.get(field)
+                if value.__class__ is str:
+                    fields.append(field)
+                    texts.append(value)
             pending.append((record, kept, fields))
         try:
-            results = iter(scrubber.scrub_truncate_many(texts, self._max_chars, "logs"))
+            results = scrubber.scrub_truncate_many(texts, self._max_chars, "logs")
         except Exception as e:
             for _ in filter(None, pending):
                 self._scrub_failed(e)
             return [None] * len(records)
         out: list[bool | None] = []
+        end = 0
         for item in pending:
             if item is None:
                 out.append(None)
                 continue
             record, kept, fields = item
-            done = [next(results) for _ in fields]
+            start, end = end, end + len(fields)
             try:
-                out.append(self._scrub_rest(record, kept, fields, done))
+                out.append(self._scrub_rest(record, kept, fields, results[start:end]))
             except Exception as e:
                 self._scrub_failed(e)
                 out.append(None)
