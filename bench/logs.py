@@ -110,12 +110,12 @@ def in_process_stages(lines: list[bytes], compression: str) -> dict[str, float]:
     processed: list[dict] = []
 
     def process(_):
-        processed[:] = [processor.process(r) for r in next(copies)]
+        processed[:] = processor.process_many(next(copies))
 
     stages["process"] = cpu_per_line(process, lines)
     records = iter([[orjson.loads(line) for line in lines] for _ in range(3)])
     # every string of the record: the text fields scrubbed and cut, every other attribute and tag scrubbed
-    stages["of which scrub"] = cpu_per_line(lambda _: [processor._scrub(r) for r in next(records)], lines)
+    stages["of which scrub"] = cpu_per_line(lambda _: processor._scrub_many(next(records)), lines)
 
     def encode(_):
         for r in processed:

@@ -131,10 +131,7 @@ class Emitter:
 
     def submit_logs(self, records: list[LogRecord]) -> None:
         otlp = self._otlp
-        for record in records:
-            processed = self._guard("logs", self._log_processor.process, record)
-            if processed is None:
-                continue
+        for processed in self._guard("logs", self._log_processor.process_many, records) or ():
             if otlp is not None and otlp.enabled and (data := otlp.encode_log(processed)) is not None:
                 self._router.otlp_items("logs", [data])
             if (otlp is None or otlp.datadog) and (data := self._encode_log(processed)) is not None:

@@ -190,3 +190,32 @@ async def test_shutdown_submits_partial_lines_and_stops_listening(source_factory
     with pytest.raises(OSError):
         await asyncio.open_connection(*address)
     await source.shutdown(time.monotonic() + 2)  # idempotent
+
+
+def test_the_splitter_gives_the_same_records_however_the_stream_is_cut():
+    """Lines are read where they lie in each read: every way of cutting a stream into reads (a line split
+    anywhere, CRLF, blank, plain, oversize, an object then garbage) gives what one read of it gives."""
+    import random
+
+    from llmship.sources.logs import LineSplitter
+    from llmship.telemetry import Component
+
+    stream = (b'{"message": "one"}\n{"a": [1, 2]}\r\n\n  \nplain text\n' + b'{"message": "' + b"x" * 300 + b'"}\n'
+              + b'{"broken": \n[{"message": "in an array"}]\n{"message": "two"}{\n"just a string"\n{}\n'
+              + b'{"message": "caf\xc3\xa9"}\n{"unterminated": "end"}')
+
+    def records(pieces: list[bytes]) -> list:
+        splitter, out = LineSplitter(200, Component("logs_tcp")), []
+        for piece in pieces:
+            splitter.feed(piece, out)
+        splitter.finish(out)
+        return out
+
+    whole = records([stream])
+    assert whole[0] == {"message": "one"} and whole[1] == {"a": [1, 2]} and whole[2] == {"message": "plain text"}
+    assert whole[3]["llmship"] == {"line_bytes": 315} and whole[-1] == {"unterminated": "end"}
+    assert len(whole) == 11
+    rng = random.Random(5)
+    for _ in range(300):
+        cuts = sorted(rng.sample(range(1, len(stream)), rng.randrange(1, 12)))
+        assert records([stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)])]) == whole, cuts

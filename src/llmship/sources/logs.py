@@ -125,29 +125,31 @@ class LineSplitter:
             self._buf += data
             self._check_partial()
             return
-        if self._buf:
-            self._buf += data[:last_nl]
-            complete: bytes = bytes(self._buf)
+        if self._buf:  # the line an earlier read began: one copy, then every line is read where it lies
+            last_nl += len(self._buf)
+            data = b"".join((self._buf, data))
             self._buf.clear()
-        else:
-            complete = data[:last_nl]
-        self._buf += data[last_nl + 1:]
+        view = memoryview(data)  # orjson parses a slice of it: no line is copied out of the read
+        self._buf += view[last_nl + 1:]
         self._check_partial()
-        max_line, loads, append, tel = self.max_line, orjson.loads, into.append, self._tel
-        for line in complete.split(b"\n"):
-            if len(line) > max_line:
-                self._emit_oversize(line[:max_line], len(line), into)
-                continue
-            if line[:1] == b"{" and line[-1:] == b"}":  # the common case, inline: one JSON object a line
+        max_line, loads, append, tel, find = self.max_line, orjson.loads, into.append, self._tel, data.find
+        pos = 0
+        while pos <= last_nl:
+            end = find(b"\n", pos)
+            if end - pos > max_line:
+                self._emit_oversize(data[pos:pos + max_line], end - pos, into)
+            elif data[pos] == 0x7B and data[end - 1] == 0x7D:  # "{...}" (an empty line: "\n"): the common case, inline
                 try:
-                    value = loads(line)
+                    value = loads(view[pos:end])
                 except orjson.JSONDecodeError:
-                    pass
+                    value = None
+                if type(value) is dict:
+                    append(value)
                 else:
-                    if type(value) is dict:
-                        append(value)
-                        continue
-            parse_line(line, into, tel)
+                    parse_line(data[pos:end], into, tel)
+            else:
+                parse_line(data[pos:end], into, tel)
+            pos = end + 1
 
     def finish(self, into: list[LogRecord]) -> None:
         """The stream ended: what was sent without a final newline is a log too."""

@@ -73,8 +73,8 @@ def is_id_key(key: str) -> bool:
 
 def is_structural(key, value: str) -> bool:
     """An identifier (see the module docstring) or a user agent."""
-    return key.__class__ is str and (key in _USER_AGENT_KEYS
-                                     or (is_id_key(key) and _ID_VALUE.fullmatch(value) is not None))
+    return key.__class__ is str and (key in _USER_AGENT_KEYS or (is_id_key(key) and (
+        (value.isdigit() and value.isascii()) or _ID_VALUE.fullmatch(value) is not None)))  # decimal: common
 
 
 # ------------------------------------------------------------------------------------------ walking
@@ -100,7 +100,8 @@ class _Walker:
         if isinstance(node, dict):
             dropped = None
             for key, value in node.items():
-                if value.__class__ is str:
+                cls = value.__class__
+                if cls is str:
                     if not value or key in skip or (key[-1:] in "dD" and is_structural(key, value)):
                         continue
                     new = scrub(value, kind)
@@ -109,7 +110,7 @@ class _Walker:
                             dropped = (dropped or []) + [key]
                         else:
                             node[key] = new  # same keys: iterating stays valid
-                elif isinstance(value, (dict, list)):
+                elif cls is not int and cls is not float and isinstance(value, (dict, list)):  # numbers: common
                     self.walk(value, nested)
             if dropped:
                 for key in dropped:

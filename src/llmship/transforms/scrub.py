@@ -40,7 +40,8 @@ it; "drop_field" makes ``scrub_value`` answer None when the rule matches, and th
 field. Every match is counted as ``scrub_matches{rule, action, kind}``, kind being llmobs, logs or spans.
 
 Many short strings (an APM span's meta values and resource) are looked at in one Hyperscan scan of their
-concatenation (``scrub_many``), and only those where a rule may match are scrubbed one by one.
+concatenation (``scrub_many``), and only those where a rule may match are scrubbed one by one; so are a log
+record's text fields, each up to where it is cut (``scrub_truncate_many``).
 """
 
 from __future__ import annotations
@@ -328,15 +329,14 @@ class _Hyperscan:
         self._many_anchored = False  # a user rule may hold "^" or "$": strings are joined by newlines
 
     def _build_many(self) -> None:
-        """The database ``scan_many`` runs over strings joined by newlines: every head (the card's as the
-        whole card shape, so ids of 20 or 39 digits do not hit it at every digit), every user rule in
-        prefilter mode; multi-line, so that ``^`` and ``$`` hold at each string's edges, and without
-        single-match, so that each string's own matches are reported. A head crossing a newline can only
-        add a candidate, never hide one."""
+        """The database ``scan_many`` runs over strings joined by newlines: every head (or its rule's
+        ``_MANY_SHAPES``), every user rule in prefilter mode; multi-line, so that ``^`` and ``$`` hold at
+        each string's edges, and without single-match, so that each string's own matches are reported. A
+        head crossing a newline can only add a candidate, never hide one."""
         heads, user = self._many_spec
         patterns, flags = [], []
         for name, head in heads:
-            patterns.append((_CARD_SHAPE if name == "credit_card" else head).encode())
+            patterns.append(_MANY_SHAPES.get(name, head).encode())
             flags.append(hyperscan.HS_FLAG_MULTILINE)
         prefilter = hyperscan.HS_FLAG_PREFILTER | hyperscan.HS_FLAG_UTF8 | hyperscan.HS_FLAG_MULTILINE
         for name, regex in user:
@@ -462,8 +462,17 @@ _PLUS_ONE = (1).__add__
 _CACHED_CHARS = 256  # scrub_cached remembers texts up to this long ...
 _MAX_CACHED_RESULTS = 20_000  # ... this many (about 5 MB at most), emptied when full
 _hyperscan = functools.lru_cache(maxsize=8)(_Hyperscan)
-# The card rule's regex without its group: exact, and one hit per run of digits (see _build_many).
-_CARD_SHAPE = r"(?:^|[^0-9.-])[2-6][0-9]{3}(?:[ -]?[0-9]){9,15}(?:$|[^0-9.-]|[.-](?:$|[^0-9]))"
+# What scan_many looks for instead of a head that common text holds at every turn; each is still in every
+# match of its rule (over bytes, each class as wide as the rule's or wider), and only tells which strings
+# may hold one. The card: its rule's regex without the group, exact, one hit per run of digits (not one at
+# every digit of an id of 20 or 39 digits). IPv6: each form holds "::" after or before a hex digit, or
+# three full groups between colons (not a grammar's "::=", a reST "example::"). E-mail: a local-part
+# character, "@", a domain and two letters of its last label (not a decorator, "@f").
+_MANY_SHAPES = {
+    "credit_card": r"(?:^|[^0-9.-])[2-6][0-9]{3}(?:[ -]?[0-9]){9,15}(?:$|[^0-9.-]|[.-](?:$|[^0-9]))",
+    "ipv6": r"[0-9A-Fa-f]::|::[0-9A-Fa-f]|:[0-9A-Fa-f]{1,4}:[0-9A-Fa-f]{1,4}:[0-9A-Fa-f]{1,4}:",
+    "email": r"[A-Za-z0-9._%+-]@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2}",
+}
 
 
 def _hyperscan_compiles(regex: str, flags: int) -> bool:
@@ -494,7 +503,7 @@ def default_engine() -> str:
 # - a space is no word character, nor any of ". - : [ %" that the other contexts look for.
 # A replacement lands just before the space when a match ends there, so each must end with a character
 # as harmless (the defaults end with "]"; a group reference could bring back anything).
-_CUT_AFTER = frozenset("abcdefghjklmoqstuvwxz")
+_CUT = re.compile("[abcdefghjklmoqstuvwxz] ")  # one search in C, not a find and a look per space
 _SAFE_REPLACEMENT_END = frozenset("])}*#!?,;|")
 _CUT_SEARCH_CHARS = 64  # how far past the budget a cut is looked for (prose has a space every few characters)
 _CUT_MIN_SAVING = 256  # below this, finding a cut costs more than scrubbing the rest (measured: 600 chars, budget 512)
@@ -502,13 +511,8 @@ _CUT_MIN_SAVING = 256  # below this, finding a cut costs more than scrubbing the
 
 def _cut_point(text: str, start: int) -> int:
     """The first position >= ``start`` where the text can be cut (see above), or -1."""
-    end = start + _CUT_SEARCH_CHARS
-    space = text.find(" ", start, end)
-    while space >= 0:
-        if text[space - 1] in _CUT_AFTER:
-            return space
-        space = text.find(" ", space + 1, end)
-    return -1
+    m = _CUT.search(text, start - 1, start + _CUT_SEARCH_CHARS)
+    return -1 if m is None else m.end() - 1
 
 
 # ------------------------------------------------------------------------------------------- scrubber
@@ -819,20 +823,41 @@ class Scrubber:
         """``truncate_text(self.scrub_value(text), max_chars)``, scrubbing only the head that can be kept
         when the rules allow a safe cut (see above); matches in the rest are not looked for, nor counted.
         (None, False) when a drop_field rule matched."""
+        cut = self._scrubbed_first(text, max_chars)
+        if cut < len(text):
+            head = self.scrub_value(text[:cut], kind)
+            if head is None:
+                return None, False
+            if len(head) <= max_chars:  # a long secret shrank to its marker: the rest may be shown
+                rest = self.scrub_value(text[cut:], kind)
+                if rest is None:
+                    return None, False
+                head += rest
+            return truncate_text(head, max_chars)
+        scrubbed = self.scrub_value(text, kind)
+        return (None, False) if scrubbed is None else truncate_text(scrubbed, max_chars)
+
+    def scrub_truncate_many(self, texts: list[str], max_chars: int, kind: str) -> list[tuple[str | None, bool]]:
+        """``scrub_truncate`` of each text. With Hyperscan, one scan of the parts it scrubs first finds the
+        few texts where a rule may match there; the others are only cut (a text no rule changes is its own
+        scrubbed text, and a head kept whole is longer than ``max_chars``: nothing past it is scrubbed)."""
+        hs = self._state[1]
+        may = None
+        if hs is not None:
+            may = hs.scan_many([t[:end] if (end := self._scrubbed_first(t, max_chars)) < len(t) else t
+                                for t in texts])
+        may = range(len(texts)) if may is None else set(may)  # None: the twin, or a text Hyperscan cannot take
+        return [self.scrub_truncate(t, max_chars, kind) if i in may else truncate_text(t, max_chars)
+                for i, t in enumerate(texts)]
+
+    def _scrubbed_first(self, text: str, max_chars: int) -> int:
+        """How much of ``text`` ``scrub_truncate`` scrubs first: up to a cut past ``max_chars`` when the rules
+        allow a safe one (see above) and it saves enough, else all of it."""
         if self._state[3] and len(text) > max_chars + _CUT_MIN_SAVING:
             cut = _cut_point(text, max_chars + 1)
             if cut > 0:
-                head = self.scrub_value(text[:cut], kind)
-                if head is None:
-                    return None, False
-                if len(head) <= max_chars:  # a long secret shrank to its marker: the rest may be shown
-                    rest = self.scrub_value(text[cut:], kind)
-                    if rest is None:
-                        return None, False
-                    head += rest
-                return truncate_text(head, max_chars)
-        scrubbed = self.scrub_value(text, kind)
-        return (None, False) if scrubbed is None else truncate_text(scrubbed, max_chars)
+                return cut
+        return len(text)
 
 
 # What the scrub cache stores for a text no rule changed: a hit then returns the caller's own object.

@@ -59,6 +59,9 @@ def _splits_cluster(text: str, cut: int) -> bool:
 
 def _safe_cut(text: str, cut: int) -> int:
     """The largest index <= ``cut`` that does not split a cluster (``cut`` < len(text))."""
+    pair = text[cut - 1:cut + 1]
+    if cut > 0 and pair.isascii() and pair != "\r\n":  # the common case: of ASCII, only CR LF is a cluster
+        return cut
     position = cut
     while position > 0 and _splits_cluster(text, position):
         if cut - position >= _MAX_BACKOFF:  # a huge cluster: cut inside it, but never inside a surrogate pair
