@@ -35,7 +35,6 @@ from llmship.sinks.otlp import OTLPSink
 from llmship.sinks.traces import TraceSink
 from llmship.sources.dogstatsd import DogStatsDSource
 from llmship.sources.logs import LogsSource
-from llmship.sources.otlp import OTLPSource
 from llmship.sources.traces import TraceSource
 from llmship.status import StatusServer, describe_config, self_metrics
 from llmship.tap import Tap
@@ -138,7 +137,14 @@ def build(cfg: Config, telemetry: Telemetry | None = None, *, readiness=None, in
         sources += p.sources
     # OTLP is served by this process whatever [agent] workers says (its listeners are not pre-bound for
     # workers yet); its processing is the same emitter's.
-    sources.append(OTLPSource(cfg, p.emitter))
+    if cfg.sources.otlp.http or cfg.sources.otlp.grpc:
+        # Imported only when configured: protobuf and the opentelemetry-proto classes cost an agent about
+        # 3 MiB (bench/contexts.py). A listener added later needs a restart anyway.
+        from llmship.sources.otlp import OTLPSource
+
+        sources.append(OTLPSource(cfg, p.emitter))
+    else:
+        telemetry.component("otlp")  # listed by `llmship status` all the same, as the other sources are
     tap = Tap(telemetry)  # `llmship tap`: the sinks offer what they are about to send
     for sink in (metrics_sink, *p.sinks):
         sink.tap = tap
