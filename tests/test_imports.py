@@ -1,5 +1,6 @@
-"""An agent imports the optional parts (OTLP: protobuf and opentelemetry-proto, grpc) only when its config
-uses them: each costs memory an agent that never needs it would carry (bench/contexts.py)."""
+"""An agent imports the optional parts (OTLP: protobuf and opentelemetry-proto, grpc; RE2 for user scrub
+rules) only when its config uses them: each costs memory an agent that never needs it would carry
+(bench/contexts.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import subprocess
 import sys
 
 # Modules of the optional parts, by prefix.
-OPTIONAL = ("google.protobuf", "opentelemetry", "grpc", "llmship.sources.otlp", "llmship.llm.otlp")
+OPTIONAL = ("google.protobuf", "opentelemetry", "grpc", "llmship.sources.otlp", "llmship.llm.otlp", "re2")
 
 # Builds the topology from a config in a fresh interpreter (the test process has imported everything) and
 # prints the optional modules it loaded.
@@ -28,7 +29,7 @@ def optional_modules_loaded(config: str) -> list[str]:
     return json.loads(result.stdout)
 
 
-def test_the_default_config_loads_no_otlp_module():
+def test_the_default_config_loads_none_of_them():
     assert optional_modules_loaded("") == []
 
 
@@ -37,3 +38,8 @@ def test_an_otlp_listener_loads_them():
     loaded = optional_modules_loaded('[sources.otlp]\nhttp = "127.0.0.1:4318"\n')
     assert "llmship.sources.otlp" in loaded
     assert any(m.startswith("google.protobuf") for m in loaded)
+
+
+def test_a_user_scrub_rule_loads_re2():
+    loaded = optional_modules_loaded('[[scrub.rules]]\nname = "ticket"\nregex = "TCK-[0-9]+"\n')
+    assert "re2" in loaded and not any(m.startswith(("google.protobuf", "opentelemetry")) for m in loaded)
