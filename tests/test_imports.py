@@ -1,6 +1,6 @@
 """An agent imports the optional parts (OTLP: protobuf and opentelemetry-proto, grpc; RE2 for user scrub
-rules) only when its config uses them: each costs memory an agent that never needs it would carry
-(bench/contexts.py)."""
+rules) only when its config uses them, and no other verb's (the intake's server and SQLite): each costs
+memory an agent that never needs it would carry (bench/contexts.py)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,17 @@ import subprocess
 import sys
 
 # Modules of the optional parts, by prefix.
-OPTIONAL = ("google.protobuf", "opentelemetry", "grpc", "llmship.sources.otlp", "llmship.llm.otlp", "re2")
+OPTIONAL = ("google.protobuf", "opentelemetry", "grpc", "llmship.sources.otlp", "llmship.llm.otlp", "re2",
+            "sqlite3", "llmship.intake.server", "llmship.intake.store")
 
-# Builds the topology from a config in a fresh interpreter (the test process has imported everything) and
-# prints the optional modules it loaded.
+# Parses `llmship run` and builds the topology from a config, as the agent starts, in a fresh interpreter (the
+# test process has imported everything), and prints the optional modules it loaded.
 _PROBE = """
 import json, sys
 from llmship.agent import build
+from llmship.cli import parser
 from llmship.config import load_config_text
+parser().parse_args(["run"])
 build(load_config_text(sys.argv[1]))
 print(json.dumps(sorted(m for m in sys.modules if m.startswith(tuple(sys.argv[2:])))))
 """
