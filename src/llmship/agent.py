@@ -348,6 +348,15 @@ class Agent:
             now = self._clock()
             await self._sleep(max(0.0, aggregator.next_flush_at(now) + _FLUSH_AFTER_BUCKET_END_SECS - now))
             await self._flush_metrics()
+            await self._return_memory_once_delivered()
+
+    async def _return_memory_once_delivered(self) -> None:
+        """Delivering a flush frees about as much as encoding it did (the bodies sent, what the file sink
+        inflated in its thread): once what the flush made has left memory, or when the next flush is due,
+        that goes back to the system too (bench/contexts.py measures RSS at that moment)."""
+        now = self._clock()
+        await self.topology.delivery.settle(now, time.monotonic() + self.topology.aggregator.next_flush_at(now) - now)
+        _return_freed_memory()
 
     async def _flush_metrics(self, final: bool = False, open_buckets: bool = False) -> None:
         """Ship this interval's aggregates: in slices that let the loop read sockets meanwhile, or, when
