@@ -65,6 +65,7 @@ one flat list: no object per context) and decides the counters' zeros; the serie
 
 from __future__ import annotations
 
+import itertools
 import math
 import sys
 import time
@@ -562,7 +563,7 @@ class Aggregator:
                          else CONTEXT_EXPIRY_SECS) < seen_before:
                 expired.append(ctx)
         self._samples += samples
-        buckets = sorted(set(rows[::3]))
+        buckets = sorted(set(itertools.islice(rows, 0, None, 3)))
         if not buckets and self._last_cutoff < cutoff:
             buckets = [cutoff - length_of(cutoff - 1)]  # nothing sampled: still ship the counters' zeros
         self._last_cutoff = cutoff
