@@ -35,7 +35,6 @@ from llmship.sinks.otlp import OTLPSink
 from llmship.sinks.traces import TraceSink
 from llmship.sources.dogstatsd import DogStatsDSource
 from llmship.sources.logs import LogsSource
-from llmship.sources.otlp import OTLPSource
 from llmship.sources.traces import TraceSource
 from llmship.status import StatusServer, describe_config, self_metrics
 from llmship.tap import Tap
@@ -109,8 +108,15 @@ def build_processing(cfg: Config, telemetry: Telemetry, router, *, submit=None, 
     emitter = Emitter(telemetry=telemetry, router=router, llm=llm, log_processor=log_processor,
                       trace_sink=trace_sink, llmobs_sink=llmobs_sink, logs_sink=logs_sink, otlp_sink=otlp_sink,
                       scrubber=scrubber, shed=shed)
-    sources = [TraceSource(cfg, emitter, sockets=sockets), LogsSource(cfg, emitter, sockets=sockets),
-               OTLPSource(cfg, emitter, sockets=sockets)]
+    sources = [TraceSource(cfg, emitter, sockets=sockets), LogsSource(cfg, emitter, sockets=sockets)]
+    if cfg.sources.otlp.http or cfg.sources.otlp.grpc:
+        # Imported only when configured: protobuf and the opentelemetry-proto classes cost an agent about
+        # 3 MiB (bench/contexts.py). A listener added later needs a restart anyway.
+        from llmship.sources.otlp import OTLPSource
+
+        sources.append(OTLPSource(cfg, emitter, sockets=sockets))
+    else:
+        telemetry.component("otlp")  # listed by `llmship status` all the same, as the other sources are
     return Processing(llm, log_processor, emitter, [trace_sink, llmobs_sink, logs_sink, otlp_sink], sources)
 
 
@@ -340,6 +346,15 @@ class Agent:
             now = self._clock()
             await self._sleep(max(0.0, aggregator.next_flush_at(now) + _FLUSH_AFTER_BUCKET_END_SECS - now))
             await self._flush_metrics()
+            await self._return_memory_once_delivered()
+
+    async def _return_memory_once_delivered(self) -> None:
+        """Delivering a flush frees about as much as encoding it did (the bodies sent, what the file sink
+        inflated in its thread): once what the flush made has left memory, or when the next flush is due,
+        that goes back to the system too (bench/contexts.py measures RSS at that moment)."""
+        now = self._clock()
+        await self.topology.delivery.settle(now, time.monotonic() + self.topology.aggregator.next_flush_at(now) - now)
+        _return_freed_memory()
 
     async def _flush_metrics(self, final: bool = False, open_buckets: bool = False) -> None:
         """Ship this interval's aggregates: in slices that let the loop read sockets meanwhile, or, when

@@ -58,13 +58,15 @@ leaves DogStatsD tags to the backend's normalization; normalizing here gives the
 Memory (issue 2: 100,000 contexts within an agent under 100 MB): a context is one slotted object (its kind
 is its class), its tags tuple, and an entry in each of two dicts; a histogram, distribution or set holds
 its first sample as a plain value and gets a buffer only with a second one (a high-cardinality context
-typically sees one sample per interval). ``flush`` only takes the ready aggregates (a tuple each) and
-decides the counters' zeros; the series and sketches are built one at a time as the sink drains the
+typically sees one sample per interval, or a few: a distribution keeps its first few values in an array,
+and makes the sketch of them at the flush). ``flush`` only takes the ready aggregates (three entries each in
+one flat list: no object per context) and decides the counters' zeros; the series and sketches are built one at a time as the sink drains the
 ``FlushResult``, so a flush never holds a list of every series, and the loop is free between slices.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import sys
 import time
@@ -85,6 +87,9 @@ _FIRST_EPOCH = -(1 << 62)  # the start of the first interval "epoch": before any
 CONTEXT_EXPIRY_SECS = 20  # dogstatsd_context_expiry_seconds
 HISTOGRAM_PERCENTILES = (95,)  # histogram_percentiles default ["0.95"]
 MAX_PENDING_TIMESTAMPED = 100_000  # bound on `T` points waiting for the next flush (ours, not the Agent's)
+# A distribution keeps up to this many unweighted samples of a bucket as plain values (an array) before it
+# makes its sketch: a sketch of a few samples costs about 300 bytes, their values 8 each.
+_FEW_SAMPLES = 16
 
 # Context kinds. Small ints: compared on every sample.
 _COUNTER, _GAUGE, _SET, _HISTOGRAM, _DISTRIBUTION = range(5)
@@ -162,7 +167,8 @@ class _Context:
     # One context, and its aggregate for ``bucket``: the start of the latest bucket it was sampled in (which
     # also serves as its "last seen" time), ``n`` samples so far (0: nothing to ship) and ``acc``: the
     # counter's sum, the gauge's last value, or for sets, histograms and distributions the first sample
-    # as is, then a set, _Histogram or Sketch from the second sample on (see _add_to_buffer).
+    # as is, then a set, _Histogram or Sketch from the second sample on (a distribution's first few values
+    # in an array before its Sketch; see _add_to_buffer).
     # A context is its own key in Aggregator._contexts (equal when name, kind, tags and host are), which
     # saves a key tuple per context; its kind is its class, which saves a slot: slots keep 100k contexts
     # within the memory budget.
@@ -175,7 +181,7 @@ class _Context:
         self.tags = tags
         self.bucket = -1
         self.n = 0
-        self.acc: float | str | set | _Histogram | Sketch = 0.0
+        self.acc: float | str | set | _Histogram | array | Sketch = 0.0
 
     def __hash__(self) -> int:
         return hash((self.name, self.kind, self.tags, self.host))
@@ -397,21 +403,27 @@ class Aggregator:
                 return True
             acc.add(value, 1 if unweighted else int(1.0 / rate))
         elif kind == _DISTRIBUTION:
-            if type(acc) is not Sketch:
-                if first and unweighted:
-                    value += 0.0
-                    if value - value != 0.0:  # NaN or infinite: the Agent ignores it (sketch_map.go)
-                        return False
+            if type(acc) is Sketch:
+                return acc.insert(value, rate)
+            value += 0.0
+            if value - value != 0.0:  # NaN or infinite: the Agent ignores it (sketch_map.go)
+                return False
+            # The first few unweighted values are kept as they are, and the sketch made from them, inserted in
+            # arrival order, at the flush or with a later sample: the same sketch, for a fraction of its memory.
+            if unweighted:
+                if first:
                     ctx.acc = value
                     return True
-                sketch = Sketch()
-                if not first:
-                    sketch.insert(acc)
-                if not sketch.insert(value, rate):
-                    return False
-                ctx.acc = sketch
-                return True
-            return acc.insert(value, rate)
+                if type(acc) is float:
+                    ctx.acc = array("d", (acc, value))
+                    return True
+                if len(acc) < _FEW_SAMPLES:
+                    acc.append(value)
+                    return True
+            sketch = Sketch() if first else _as_sketch(acc)
+            sketch.insert(value, rate)
+            ctx.acc = sketch
+            return True
         elif type(acc) is set:
             acc.add(value)
         else:
@@ -533,7 +545,11 @@ class Aggregator:
             self._closed = [row for row in self._closed if row[0] >= limit]
         early = self._counted_early
         samples = sum(row[2] - early.pop((id(row[1]), row[0]), 0) for row in closed)
-        rows = list(closed)
+        # What is rendered: one flat list, three entries a row (bucket, context, acc). A tuple a row cost a
+        # flush of 100,000 contexts 8 MiB of small objects at its peak, in pools that pymalloc keeps after.
+        rows: list = []
+        for bucket, ctx, _, acc in closed:
+            rows += (bucket, ctx, acc)
         idle_counters: list[_Context] = []  # counters with no aggregate taken in this pass
         expired: list[_Context] = []
         # Expiry counts from the end of a context's latest bucket: no context expires earlier than the
@@ -545,11 +561,11 @@ class Aggregator:
                 if bucket >= cutoff and ctx.kind != _DISTRIBUTION:  # open (final): shipped now and again later
                     shipped = early.get((id(ctx), bucket), 0)
                     if n > shipped:  # else nothing new since the last final flush: no need to repeat it
-                        rows.append((bucket, ctx, n, _copy(ctx.acc)))
+                        rows += (bucket, ctx, _copy(ctx.acc))
                         samples += n - shipped
                         early[(id(ctx), bucket)] = n
                     continue
-                rows.append((bucket, ctx, n, ctx.acc))
+                rows += (bucket, ctx, ctx.acc)
                 ctx.n, ctx.acc = 0, 0.0  # detached: no buffer until sampled again
                 samples += n - (early.pop((id(ctx), bucket), 0) if early else 0)
             elif ctx.kind == _COUNTER:
@@ -558,7 +574,7 @@ class Aggregator:
                          else CONTEXT_EXPIRY_SECS) < seen_before:
                 expired.append(ctx)
         self._samples += samples
-        buckets = sorted({row[0] for row in rows})
+        buckets = sorted(set(itertools.islice(rows, 0, None, 3)))
         if not buckets and self._last_cutoff < cutoff:
             buckets = [cutoff - length_of(cutoff - 1)]  # nothing sampled: still ship the counters' zeros
         self._last_cutoff = cutoff
@@ -570,8 +586,10 @@ class Aggregator:
             zeros = [ctx for ctx in idle_counters
                      if ctx.bucket + COUNTER_EXPIRY_SECS >= buckets[0] and id(ctx) not in sampled]
         elif buckets:  # a late flush: a counter may lack some buckets, and has one series for them all
-            rows.extend(_counter_zeros(rows, [c for c in self._contexts if c.kind == _COUNTER], buckets))
-            rows.sort(key=lambda row: (id(row[1]), row[0]))  # a context's rows together, in time order
+            table = [rows[i:i + 3] for i in range(0, len(rows), 3)]
+            table += _counter_zeros(table, [c for c in self._contexts if c.kind == _COUNTER], buckets)
+            table.sort(key=lambda row: (id(row[1]), row[0]))  # a context's rows together, in time order
+            rows = [entry for row in table for entry in row]
         pending = self._render(rows, zeros, buckets[0] if zeros else 0, length_of) if rows or zeros else None
         result = FlushResult(series=self._timestamped, sketches=self._timestamped_sketches, pending=pending)
         self._timestamped = []
@@ -580,21 +598,22 @@ class Aggregator:
             self._forget(expired)
         return result
 
-    def _render(self, rows: list[_Row], zeros: list[_Context], zeros_bucket: int,
+    def _render(self, rows: list, zeros: list[_Context], zeros_bucket: int,
                 length_of: Callable[[int], int]) -> Iterator[Series | SketchSeries]:
-        """Series and sketches from ``rows`` (a context's rows are consecutive, in time order), releasing
-        each row once rendered; then a zero at ``zeros_bucket`` for each of the ``zeros`` counters. A series
-        holds buckets of one length (its ``interval``): after an interval change, a context's buckets of
-        each length make a series each."""
-        rows.reverse()  # popped from the end, in order
+        """Series and sketches from ``rows`` (flat: bucket, context, acc; a context's rows are consecutive,
+        in time order), releasing each row once rendered; then a zero at ``zeros_bucket`` for each of the
+        ``zeros`` counters. A series holds buckets of one length (its ``interval``): after an interval
+        change, a context's buckets of each length make a series each."""
+        rows.reverse()  # popped from the end, in order: the first row is now its last three entries, reversed
+        pop = rows.pop
         while rows:
-            bucket, ctx, _, acc = rows.pop()
+            bucket, ctx, acc = pop(), pop(), pop()
             group = [(bucket, acc)]
             interval = length_of(bucket)
             # the same context in a later bucket of the same length (a late flush)
-            while rows and rows[-1][1] is ctx and length_of(rows[-1][0]) == interval:
-                row = rows.pop()
-                group.append((row[0], row[3]))
+            while rows and rows[-2] is ctx and length_of(rows[-1]) == interval:
+                later, _, later_acc = pop(), pop(), pop()
+                group.append((later, later_acc))
             if ctx.kind == _DISTRIBUTION:
                 yield SketchSeries(ctx.name, ctx.host, ctx.tags, [(b, _as_sketch(a)) for b, a in group])
                 continue
@@ -644,16 +663,16 @@ class Aggregator:
         self._tel.inc("contexts_expired", len(dead))
 
 
-def _counter_zeros(rows: list[_Row], counters: list[_Context], buckets: list[int]) -> Iterator[_Row]:
-    """A zero for each counter and flushed bucket it was not sampled in while the Agent would still ship
-    one: lastSeen + dogstatsd_expiry_seconds > bucket. Any last-seen time inside the context's latest
-    bucket (after its start) gives this same set of buckets (flush() applies the same rule when there is
-    one bucket)."""
+def _counter_zeros(rows: list, counters: list[_Context], buckets: list[int]) -> Iterator[tuple]:
+    """Rows (bucket, context, acc) of a zero for each counter and flushed bucket it was not sampled in while
+    the Agent would still ship one: lastSeen + dogstatsd_expiry_seconds > bucket. Any last-seen time inside
+    the context's latest bucket (after its start) gives this same set of buckets (flush() applies the same
+    rule when there is one bucket)."""
     sampled = {(row[0], id(row[1])) for row in rows if row[1].kind == _COUNTER}
     for ctx in counters:
         for bucket in buckets:
             if ctx.bucket + COUNTER_EXPIRY_SECS >= bucket and (bucket, id(ctx)) not in sampled:
-                yield (bucket, ctx, 0, 0.0)
+                yield (bucket, ctx, 0.0)
 
 
 def _copy(acc: object) -> object:
@@ -668,11 +687,13 @@ def _copy(acc: object) -> object:
     return acc  # a float or a single set member: immutable
 
 
-def _as_sketch(acc: float | Sketch) -> Sketch:
+def _as_sketch(acc: float | array | Sketch) -> Sketch:
+    """A distribution's aggregate as a sketch: its only sample, or its first few, are inserted in order."""
     if type(acc) is Sketch:
         return acc
-    sketch = Sketch()  # a distribution's only sample
-    sketch.insert(acc)
+    sketch = Sketch()
+    for value in (acc,) if type(acc) is float else acc:
+        sketch.insert(value)
     return sketch
 
 

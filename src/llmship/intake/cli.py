@@ -12,13 +12,17 @@ import signal
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 
 from llmship import log
 from llmship.intake.decode import KINDS
-from llmship.intake.server import Faults, IntakeServer
-from llmship.intake.store import IntakeStore
+
+# The server and its SQLite store are imported by the verb: every `llmship` command builds this parser,
+# `llmship run` included, which would otherwise load SQLite for nothing (about 1 MiB).
+if TYPE_CHECKING:
+    from llmship.intake.server import Faults
 
 
 def _env(flag: str, default: str | None = None) -> str | None:
@@ -64,6 +68,8 @@ def main(args: argparse.Namespace) -> int:
     if port is None:
         print(f"llmship intake: --listen {args.listen!r} is not host:port", file=sys.stderr)
         return 2
+    from llmship.intake.server import Faults
+
     faults = Faults(fail_first=args.fail_first, fail_status=args.fail_status, retry_after=args.retry_after,
                     latency_ms=args.latency_ms, fail_kind=args.fail_kind, max_body_bytes=args.max_body_bytes,
                     fail_for_secs=args.fail_for_secs)
@@ -77,6 +83,9 @@ def main(args: argparse.Namespace) -> int:
 
 
 async def _serve(db: Path, faults: Faults, host: str, port: int) -> None:
+    from llmship.intake.server import IntakeServer
+    from llmship.intake.store import IntakeStore
+
     store = IntakeStore(db)
     server = IntakeServer(store, faults)
     stop = asyncio.Event()
@@ -104,6 +113,8 @@ def show(db: Path, kind: str | None) -> int:
     if not db.exists():
         print(f"llmship intake: no database at {db}", file=sys.stderr)
         return 1
+    from llmship.intake.store import IntakeStore
+
     with IntakeStore(db) as store:
         for record in store.records(kind):
             received = datetime.fromtimestamp(record["received_at"], UTC).isoformat(timespec="milliseconds")

@@ -112,6 +112,8 @@ class Packer:
             return
         if self._items and not self._fits(n):
             self._close()
+        if self._compressor is None:  # the payload's first item
+            self._compressor, self._flush_mode = stream_compressor(self._enc.compression, self._enc.level)
         if self._items:
             self._pending += self._enc.framing.separator
             self._raw += len(self._enc.framing.separator)
@@ -163,7 +165,9 @@ class Packer:
 
     def _open(self) -> None:
         enc = self._enc
-        self._compressor, self._flush_mode = stream_compressor(enc.compression, enc.level)
+        # Made for the first item: an idle destination holds no codec state (gzip's is ~256 KiB).
+        self._compressor: object | None = None
+        self._flush_mode: int | None = None
         self._chunks: list[bytes] = []  # compressed so far
         self._out = 0  # their length
         self._flushed = 0  # compressed length as of the last flush of the compressor (exact then)

@@ -38,12 +38,9 @@ import bisect
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import orjson
-from opentelemetry.proto.common.v1 import common_pb2
-from opentelemetry.proto.logs.v1 import logs_pb2
-from opentelemetry.proto.metrics.v1 import metrics_pb2
-from opentelemetry.proto.trace.v1 import trace_pb2
 
 from llmship import __version__
 from llmship import protobuf as pb
@@ -55,6 +52,14 @@ from llmship.model import Span, TracerInfo, sampling_priority
 from llmship.shipping.packer import Encoding, Packer
 from llmship.tap import IDLE
 from llmship.telemetry import Telemetry
+
+# opentelemetry-proto's message classes (and protobuf) are imported where a message is built: every agent
+# builds this sink (a reload may give it an endpoint), and they cost about 2 MiB that an agent which never
+# ships OTLP would carry for nothing (bench/contexts.py).
+if TYPE_CHECKING:
+    from opentelemetry.proto.common.v1 import common_pb2
+    from opentelemetry.proto.metrics.v1 import metrics_pb2
+    from opentelemetry.proto.trace.v1 import trace_pb2
 
 ROUTES: dict[str, Route] = {
     "otlp_spans": Route("otlp", "/v1/traces"),
@@ -76,8 +81,12 @@ SCOPE_NAME = "llmship"
 TOKEN_BOUNDS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
 DURATION_BOUNDS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
 
+# Enum values of the OTLP protos (stable: they are wire values): Span.SpanKind, Status.StatusCode,
+# AggregationTemporality.
 _KINDS = {"internal": 1, "server": 2, "client": 3, "producer": 4, "consumer": 5}
-_DELTA = metrics_pb2.AGGREGATION_TEMPORALITY_DELTA
+_KIND_INTERNAL, _KIND_CLIENT = _KINDS["internal"], _KINDS["client"]
+_STATUS_ERROR = 2
+_DELTA = 1
 _ITEM = pb.tag(1, pb.LEN)  # Export*ServiceRequest field 1
 # LLM Observability span kinds -> gen_ai.operation.name (semantic conventions' well-known values)
 _OPERATIONS = {"embedding": "embeddings", "tool": "execute_tool", "agent": "invoke_agent"}
@@ -262,6 +271,8 @@ class OTLPSink:
                       calls: dict[int, list] | None = None) -> list[tuple[bytes, int]]:
         """One ResourceSpans item per chunk and service, with its span count. ``calls``: span id ->
         GenAI attributes of the call that span carries (``call_attributes``)."""
+        from opentelemetry.proto.trace.v1 import trace_pb2
+
         items = []
         calls = calls or {}
         for spans in chunks:
@@ -293,6 +304,8 @@ class OTLPSink:
 
     def encode_event_span(self, event: dict, attrs: list[tuple[str, object]]) -> bytes | None:
         """An LLM Observability event that came without its APM span (EVP) as one OTLP span."""
+        from opentelemetry.proto.trace.v1 import trace_pb2
+
         try:
             tags = dict(t.partition(":")[::2] for t in event.get("tags") or () if isinstance(t, str))
             rs = trace_pb2.ResourceSpans()
@@ -311,10 +324,10 @@ class OTLPSink:
             start = int(event.get("start_ns") or 0)
             span.start_time_unix_nano = start
             span.end_time_unix_nano = start + int(event.get("duration") or 0)
-            span.kind = trace_pb2.Span.SPAN_KIND_CLIENT if _is_call(attrs) else trace_pb2.Span.SPAN_KIND_INTERNAL
+            span.kind = _KIND_CLIENT if _is_call(attrs) else _KIND_INTERNAL
             span.name = _genai_name(attrs) or str(event.get("name") or "llm")
             if event.get("status") == "error":
-                span.status.code = trace_pb2.Status.STATUS_CODE_ERROR
+                span.status.code = _STATUS_ERROR
                 meta = event.get("meta") or {}
                 span.status.message = str(meta.get("error.message") or "")
             _add_attributes(span.attributes, attrs)
@@ -336,6 +349,8 @@ class OTLPSink:
 
     def encode_log(self, record: dict) -> bytes | None:
         """One log record (the Datadog logs intake's shape) as a ResourceLogs item."""
+        from opentelemetry.proto.logs.v1 import logs_pb2
+
         try:
             rl = logs_pb2.ResourceLogs()
             _add_attributes(rl.resource.attributes, (
@@ -405,6 +420,8 @@ class OTLPSink:
         if item.metric.startswith("gen_ai.client."):
             self._tel.discard("genai_metric_derived_here", intentional=True)
             return
+        from opentelemetry.proto.metrics.v1 import metrics_pb2
+
         rm = metrics_pb2.ResourceMetrics()
         if item.host:
             _add_attributes(rm.resource.attributes, (("host.name", item.host),))
@@ -444,6 +461,8 @@ class OTLPSink:
 
     def end_metrics(self) -> None:
         """End of a flush: the GenAI histograms of the interval, then submit what is packed."""
+        from opentelemetry.proto.metrics.v1 import metrics_pb2
+
         now = self._clock()
         start_ns, end_ns = int(self._since * 1e9), int(now * 1e9)
         self._since = now
@@ -551,7 +570,7 @@ def _span(out: trace_pb2.Span, s: Span, call_attrs) -> None:
     out.kind = _KINDS.get(meta.get("span.kind", ""), 1)
     out.name = s.resource or s.name
     if s.error:
-        out.status.code = trace_pb2.Status.STATUS_CODE_ERROR
+        out.status.code = _STATUS_ERROR
         out.status.message = meta.get("error.message", "")
     attrs = out.attributes
     _add_attributes(attrs, (("operation.name", s.name), ("resource.name", s.resource), ("span.type", s.type or None)))
@@ -567,4 +586,4 @@ def _span(out: trace_pb2.Span, s: Span, call_attrs) -> None:
         if name:
             out.name = name
         if _is_call(call_attrs):
-            out.kind = trace_pb2.Span.SPAN_KIND_CLIENT
+            out.kind = _KIND_CLIENT

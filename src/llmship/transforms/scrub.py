@@ -56,8 +56,6 @@ import re
 import threading
 from collections.abc import Callable, Iterable
 
-import re2
-
 from llmship.config import ScrubRule
 from llmship.telemetry import Component
 from llmship.transforms.truncate import truncate_text
@@ -517,8 +515,15 @@ def _cut_point(text: str, start: int) -> int:
 
 # ------------------------------------------------------------------------------------------- scrubber
 
-_RE2_OPTIONS = re2.Options()
-_RE2_OPTIONS.log_errors = False  # a bad user regex is reported by validation, not printed on stderr
+@functools.cache
+def _re2():
+    """google-re2 and the options its patterns compile with, imported with the first user rule: the default
+    rules never need it, and it costs an agent about 1 MiB (bench/contexts.py)."""
+    import re2
+
+    options = re2.Options()
+    options.log_errors = False  # a bad user regex is reported by validation, not printed on stderr
+    return re2, options
 
 
 def effective_rules(user_rules: tuple[ScrubRule, ...],
@@ -551,11 +556,12 @@ def rule_problems(rule: ScrubRule) -> list[tuple[str, str]]:
     regex = rule.regex or (default.regex if default is not None else "")
     if not regex:
         return []
+    re2, options = _re2()
     try:
         if default is not None and regex == default.regex:
             pattern = re.compile(regex)
         else:
-            pattern = re2.compile(regex, _RE2_OPTIONS)
+            pattern = re2.compile(regex, options)
     except re2.error as e:
         reason = e.args[0].decode(errors="replace") if isinstance(e.args[0], bytes) else str(e.args[0])
         try:
@@ -586,7 +592,11 @@ class _Rule:
         self.action = rule.action or "redact"
         self.headed = headed
         self.validate = _VALIDATORS.get(rule.name) if headed else None
-        self.pattern = re.compile(rule.regex) if headed else re2.compile(rule.regex, _RE2_OPTIONS)
+        if headed:
+            self.pattern = re.compile(rule.regex)
+        else:
+            re2, options = _re2()
+            self.pattern = re2.compile(rule.regex, options)
         self.replacement = rule.replacement
         template = _parse_template(rule.replacement, self.pattern.groups, self.pattern.groupindex)
         self.group = self.pattern.groupindex.get("secret", 0)  # the part replaced
