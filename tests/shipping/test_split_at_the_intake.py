@@ -93,7 +93,10 @@ max_concurrency = 2
 
         expected = {"series": N, "sketches": N, "service_checks": N, "logs": N, "llmobs": N, "traces": N}
         for kind, n in expected.items():
+            comp = tel.component(f"delivery.{kind}")
             await eventually(lambda: len(intake.records(kind)) >= n, what=f"{n} {kind} at the intake")
+            # the intake has a payload before delivery has read its answer and counted it sent
+            await eventually(lambda: comp.get("sent") >= n, what=f"{n} {kind} counted sent")
         for kind, n in expected.items():
             comp = tel.component(f"delivery.{kind}")
             statuses = {r["status"] for r in intake.requests(kind)}
