@@ -7,7 +7,7 @@ import pytest
 
 from llmship.aggregation import COUNT, GAUGE, RATE, Aggregator, FlushResult
 from llmship.config import load_config_text
-from llmship.sketch import Sketch, key
+from llmship.sketch import key
 from llmship.telemetry import Telemetry
 
 T0 = 1_700_000_000.0  # a bucket start (multiple of 10)
@@ -102,27 +102,6 @@ def test_distribution_is_a_sketch_per_bucket() -> None:
     [(ts, sk)] = ss.points
     assert ts == int(T0) and (sk.cnt, sk.min, sk.max, sk.sum) == (4, 1.0, 1000.0, 1005.0)
     assert sk.cols() == ([key(1.0), key(2.0), key(1000.0)], [1, 2, 1])
-
-
-@pytest.mark.parametrize("samples", [
-    [(0.3, 1.0), (2.5, 1.0)],  # kept as values until the flush
-    [(float(v) * 1.1, 1.0) for v in range(40)],  # past the few kept as values
-    [(1.0, 1.0), (7.0, 1.0), (3.0, 0.25), (5.0, 1.0)],  # a weighted sample makes the sketch at once
-    [(4.0, 0.5), (1e-12, 1.0), (-3.0, 1.0)],
-])
-def test_a_distribution_ships_the_sketch_of_its_samples_in_arrival_order(samples) -> None:
-    # Its first few samples wait as plain values: what ships is the sketch of inserting each as it came,
-    # summary sums included (float addition depends on the order).
-    agg, clock, _ = make()
-    expected = Sketch()
-    for value, rate in samples:
-        agg.add("d", "d", value, "a:b", rate=rate)
-        expected.insert(value, rate)
-    clock.now = T0 + 10
-    [(_, sketch)] = agg.flush(clock.now).sketches[0].points
-    assert (sketch.cnt, sketch.min, sketch.max, sketch.sum, sketch.avg) == (
-        expected.cnt, expected.min, expected.max, expected.sum, expected.avg)
-    assert sketch.cols() == expected.cols()
 
 
 def test_tag_order_and_duplicates_make_one_context() -> None:

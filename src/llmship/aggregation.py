@@ -58,8 +58,7 @@ leaves DogStatsD tags to the backend's normalization; normalizing here gives the
 Memory (issue 2: 100,000 contexts within an agent under 100 MB): a context is one slotted object (its kind
 is its class), its tags tuple, and an entry in each of two dicts; a histogram, distribution or set holds
 its first sample as a plain value and gets a buffer only with a second one (a high-cardinality context
-typically sees one sample per interval, or a few: a distribution keeps its first few values in an array,
-and makes the sketch of them at the flush). ``flush`` only takes the ready aggregates (three entries each in
+typically sees one sample per interval). ``flush`` only takes the ready aggregates (three entries each in
 one flat list: no object per context) and decides the counters' zeros; the series and sketches are built one at a time as the sink drains the
 ``FlushResult``, so a flush never holds a list of every series, and the loop is free between slices.
 """
@@ -87,9 +86,6 @@ _FIRST_EPOCH = -(1 << 62)  # the start of the first interval "epoch": before any
 CONTEXT_EXPIRY_SECS = 20  # dogstatsd_context_expiry_seconds
 HISTOGRAM_PERCENTILES = (95,)  # histogram_percentiles default ["0.95"]
 MAX_PENDING_TIMESTAMPED = 100_000  # bound on `T` points waiting for the next flush (ours, not the Agent's)
-# A distribution keeps up to this many unweighted samples of a bucket as plain values (an array) before it
-# makes its sketch: a sketch of a few samples costs about 300 bytes, their values 8 each.
-_FEW_SAMPLES = 16
 
 # Context kinds. Small ints: compared on every sample.
 _COUNTER, _GAUGE, _SET, _HISTOGRAM, _DISTRIBUTION = range(5)
@@ -167,8 +163,7 @@ class _Context:
     # One context, and its aggregate for ``bucket``: the start of the latest bucket it was sampled in (which
     # also serves as its "last seen" time), ``n`` samples so far (0: nothing to ship) and ``acc``: the
     # counter's sum, the gauge's last value, or for sets, histograms and distributions the first sample
-    # as is, then a set, _Histogram or Sketch from the second sample on (a distribution's first few values
-    # in an array before its Sketch; see _add_to_buffer).
+    # as is, then a set, _Histogram or Sketch from the second sample on (see _add_to_buffer).
     # A context is its own key in Aggregator._contexts (equal when name, kind, tags and host are), which
     # saves a key tuple per context; its kind is its class, which saves a slot: slots keep 100k contexts
     # within the memory budget.
@@ -181,7 +176,7 @@ class _Context:
         self.tags = tags
         self.bucket = -1
         self.n = 0
-        self.acc: float | str | set | _Histogram | array | Sketch = 0.0
+        self.acc: float | str | set | _Histogram | Sketch = 0.0
 
     def __hash__(self) -> int:
         return hash((self.name, self.kind, self.tags, self.host))
@@ -403,27 +398,21 @@ class Aggregator:
                 return True
             acc.add(value, 1 if unweighted else int(1.0 / rate))
         elif kind == _DISTRIBUTION:
-            if type(acc) is Sketch:
-                return acc.insert(value, rate)
-            value += 0.0
-            if value - value != 0.0:  # NaN or infinite: the Agent ignores it (sketch_map.go)
-                return False
-            # The first few unweighted values are kept as they are, and the sketch made from them, inserted in
-            # arrival order, at the flush or with a later sample: the same sketch, for a fraction of its memory.
-            if unweighted:
-                if first:
+            if type(acc) is not Sketch:
+                if first and unweighted:
+                    value += 0.0
+                    if value - value != 0.0:  # NaN or infinite: the Agent ignores it (sketch_map.go)
+                        return False
                     ctx.acc = value
                     return True
-                if type(acc) is float:
-                    ctx.acc = array("d", (acc, value))
-                    return True
-                if len(acc) < _FEW_SAMPLES:
-                    acc.append(value)
-                    return True
-            sketch = Sketch() if first else _as_sketch(acc)
-            sketch.insert(value, rate)
-            ctx.acc = sketch
-            return True
+                sketch = Sketch()
+                if not first:
+                    sketch.insert(acc)
+                if not sketch.insert(value, rate):
+                    return False
+                ctx.acc = sketch
+                return True
+            return acc.insert(value, rate)
         elif type(acc) is set:
             acc.add(value)
         else:
@@ -687,13 +676,11 @@ def _copy(acc: object) -> object:
     return acc  # a float or a single set member: immutable
 
 
-def _as_sketch(acc: float | array | Sketch) -> Sketch:
-    """A distribution's aggregate as a sketch: its only sample, or its first few, are inserted in order."""
+def _as_sketch(acc: float | Sketch) -> Sketch:
     if type(acc) is Sketch:
         return acc
-    sketch = Sketch()
-    for value in (acc,) if type(acc) is float else acc:
-        sketch.insert(value)
+    sketch = Sketch()  # a distribution's only sample
+    sketch.insert(acc)
     return sketch
 
 
