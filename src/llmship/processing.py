@@ -29,6 +29,7 @@ LANES = {
     "spans": ("traces", "llmobs", "logs", "otlp_spans", "otlp_logs"),
     "llmobs": ("llmobs", "logs", "otlp_spans", "otlp_logs"),
     "logs": ("logs", "otlp_logs"),
+    "metrics": ("series", "sketches"),  # OTLP metrics (DogStatsD has no answer to give)
 }
 
 

@@ -105,7 +105,7 @@ LANES_CHECK_SECS = 0.05
 BACKOFF_INITIAL_SECS, BACKOFF_MAX_SECS, BACKOFF_RESET_AFTER_SECS = 1.0, 30.0, 60.0
 START_TIMEOUT_SECS = 60.0  # a worker that is not serving this long after it was started is stopped
 EOF_TIMEOUT_SECS = 10.0  # reading a dead worker's channel to its end
-SHIPPING_LANES = ("traces", "llmobs", "logs", "otlp_spans", "otlp_logs")
+SHIPPING_LANES = ("traces", "llmobs", "logs", "otlp_spans", "otlp_logs", "series", "sketches")
 
 _encoder = msgspec.msgpack.Encoder(enc_hook=str)  # enc_hook: an odd value in a component's info shows as text
 _decode = msgspec.msgpack.Decoder().decode

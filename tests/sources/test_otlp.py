@@ -274,7 +274,7 @@ async def test_other_methods_and_paths(server):
             assert r.status == 404
 
 
-@pytest.mark.parametrize("lane, path", [("traces", "/v1/traces"), ("logs", "/v1/logs")])
+@pytest.mark.parametrize("lane, path", [("traces", "/v1/traces"), ("logs", "/v1/logs"), ("series", "/v1/metrics")])
 async def test_overloaded_answers_429_with_retry_after(server, router, lane, path):
     router.full.add(lane)
     status, _, headers = await post(server, path, trace_service_pb2.ExportTraceServiceRequest().SerializeToString(),

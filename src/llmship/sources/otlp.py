@@ -173,6 +173,8 @@ class OTLPSource:
             await self._submit_traces(result.batches)
             return self._partial(signal, result.rejected, result.error)
         if signal is METRICS:
+            if self._pipeline.overloaded("metrics"):
+                raise Overloaded("overloaded")
             result = self._metrics.map(message)
             self._tel.inc("points_received", result.points)
             return self._partial(signal, result.rejected, result.error)
