@@ -24,10 +24,9 @@ _SERVICES = {
 
 async def serve(address: str, source, max_body_bytes: int, share_port: bool = False) -> grpc.aio.Server:
     """``share_port``: bind with SO_REUSEPORT, so that every worker listens on the same port (grpc.aio cannot
-    serve a listening socket bound by another process); otherwise grpc's default."""
-    options = [("grpc.max_receive_message_length", max_body_bytes)]
-    if share_port:
-        options.append(("grpc.so_reuseport", 1))
+    serve a listening socket bound by another process); otherwise without it (grpc's default is with it on
+    Linux, which would let another process of the same user share the port without a word)."""
+    options = [("grpc.max_receive_message_length", max_body_bytes), ("grpc.so_reuseport", 1 if share_port else 0)]
     server = grpc.aio.server(options=options)
     for signal, service in _SERVICES.items():
         handler = grpc.unary_unary_rpc_method_handler(
