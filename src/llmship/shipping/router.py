@@ -10,8 +10,9 @@ A duplicate is an intended discard, not a loss (``component_discarded_events_tot
 
 from __future__ import annotations
 
+import time
+
 from llmship.log import RateLimited, get_logger
-from llmship.sources.otlp_map import Cumulative
 from llmship.telemetry import Telemetry
 
 _log = RateLimited(get_logger("router"))
@@ -48,10 +49,8 @@ class Router:
         self.add_metric = aggregator.add
         self.add_point = aggregator.add_point
         self.add_sketch = aggregator.add_sketch
-        # Cumulative OTLP series become differences here, where every point of a series arrives
-        cumulative = Cumulative(aggregator.add_point, aggregator.add_sketch)
-        self.add_cumulative_sum = cumulative.add_sum
-        self.add_cumulative_histogram = cumulative.add_histogram
+        self._cumulative = None  # OTLP's cumulative series: made with the first (see _cumulative_series)
+        self._started_ns = time.time_ns()  # a series that started later counts its first point as is
         self._delivery = delivery
         self._metrics_sink = metrics_sink
         self.attach_sinks(trace_sink, llmobs_sink, logs_sink, otlp_sink)
@@ -59,6 +58,21 @@ class Router:
         self._counted = RecentIds()  # calls whose metrics (and sample log) were produced
         self._shipped = RecentIds()  # events passed on to the LLM Observability sink
         self._otlp_spans = RecentIds()  # calls whose OTLP span was shipped (in its chunk, or on its own)
+
+    def add_cumulative_sum(self, *args) -> None:
+        self._cumulative_series().add_sum(*args)
+
+    def add_cumulative_histogram(self, *args) -> None:
+        self._cumulative_series().add_histogram(*args)
+
+    def _cumulative_series(self):
+        """Cumulative OTLP series become differences here, where every point of a series arrives; the OTLP
+        mapping is imported with the first, as the OTLP source is only when configured."""
+        if self._cumulative is None:
+            from llmship.sources.otlp_map import Cumulative
+
+            self._cumulative = Cumulative(self.add_point, self.add_sketch, started_ns=self._started_ns)
+        return self._cumulative
 
     def attach_sinks(self, trace_sink, llmobs_sink, logs_sink, otlp_sink=None) -> None:
         """The packing sinks (built with the processing plane, whose encoders they also are)."""

@@ -540,11 +540,12 @@ class Cumulative:
     reconnects may reach another worker, and two workers each remembering a series would ship overlapping
     differences (and its first point, which may count as is, twice)."""
 
-    def __init__(self, add_point, add_sketch, clock=time.time) -> None:
+    def __init__(self, add_point, add_sketch, clock=time.time, started_ns: int | None = None) -> None:
+        """``started_ns``: when the agent started (getProcessStartTime), if before now."""
         self._add_point = add_point
         self._add_sketch = add_sketch
         self._clock = clock
-        self._started_ns = int(clock() * 1e9)  # getProcessStartTime
+        self._started_ns = int(clock() * 1e9) if started_ns is None else started_ns
         self._previous: dict[tuple, tuple[int, int, float, float]] = {}  # key -> (start, ts, value, seen at)
 
     def add_sum(self, name: str, value: float, tags: str, start: int, ts: int) -> None:
