@@ -37,9 +37,12 @@ def test_the_environments_proxy_carries_every_request_and_its_password_is_shown_
     agent = start_agent(intake=intake, env={"HTTP_PROXY": f"http://llmship:{PASSWORD}@127.0.0.1:{proxy.port}"})
     send_metric(agent, "via.env.proxy")
     intake.wait_records("series", where=lambda r: r["metric"] == "via.env.proxy")
-    assert proxy.passed and all(p.credentials == f"llmship:{PASSWORD}" and p.status == 202 for p in proxy.passed)
+    # The proxy records a request once the intake has answered it, so after the intake stored it: nothing
+    # went around the proxy when both have counted the same requests (one that did would keep the intake ahead)
+    wait_for(lambda: proxy.passed and len(intake.requests()) == len(proxy.passed),
+             what="the proxy to have carried every request the intake got")
+    assert all(p.credentials == f"llmship:{PASSWORD}" and p.status == 202 for p in proxy.passed)
     assert all(p.url.startswith(intake.url + "/api/") for p in proxy.passed)
-    assert len(intake.requests()) == len(proxy.passed)  # nothing went around it
 
     status = agent.status()
     assert status["components"]["delivery"]["info"]["destination"] == (
@@ -58,7 +61,8 @@ def test_sinks_datadog_proxy_overrides_the_environment(intake, start_agent, forw
                         env={"HTTP_PROXY": dead, "HTTPS_PROXY": dead})
     send_metric(agent, "via.configured.proxy")
     intake.wait_records("series", where=lambda r: r["metric"] == "via.configured.proxy")
-    assert proxy.passed and proxy.passed[0].credentials is None
+    wait_for(lambda: proxy.passed, what="the proxy to record the request (it does once the intake answered)")
+    assert proxy.passed[0].credentials is None
 
 
 def test_no_proxy_sends_matching_hosts_direct(intake, start_agent, forward_proxy):
