@@ -257,15 +257,10 @@ def encode_span(span, fallback_service, meta_defaults=()):
     """The protobuf Span message body (without tag/length); see llmship.sinks.spanenc."""
     cdef char stack[STACK_BYTES]
     cdef Buf b
-    b.data = stack
-    b.len = 0
-    b.cap = STACK_BYTES
-    b.heap = False
+    _on_stack(&b, stack)
     try:
-        _encode_into(&b, span, fallback_service, meta_defaults)
+        _encode_checked(&b, span, fallback_service, meta_defaults)
         return PyBytes_FromStringAndSize(b.data, b.len)
-    except (TypeError, AttributeError) as e:  # a value of the wrong type somewhere (orjson's errors too)
-        raise ValueError(f"span cannot be encoded: {e}") from e
     finally:
         if b.heap:
             free(b.data)
@@ -287,21 +282,16 @@ def encode_spans(spans, fallback_service, meta_defaults=()):
     out.heap = True
     try:
         for span in spans:
-            one.data = stack
-            one.len = 0
-            one.cap = STACK_BYTES
-            one.heap = False
+            _on_stack(&one, stack)
             try:
-                _encode_into(&one, span, fallback_service, meta_defaults)
+                _encode_checked(&one, span, fallback_service, meta_defaults)
                 before = out.len
                 _reserve(&out, 11 + one.len)
                 _put_byte(&out, TAG_CHUNK_SPAN)
                 _put_varint(&out, <uint64_t>one.len)
                 _put_raw(&out, one.data, one.len)
                 sizes.append(out.len - before)
-            except (TypeError, AttributeError) as e:  # as encode_span says them
-                errors.append(f"ValueError: span cannot be encoded: {e}")
-            except (ValueError, OverflowError) as e:
+            except (ValueError, OverflowError) as e:  # what encode_span raises for such a span
                 errors.append(f"{type(e).__name__}: {e}")
             finally:
                 if one.heap:
@@ -309,6 +299,23 @@ def encode_spans(spans, fallback_service, meta_defaults=()):
         return PyBytes_FromStringAndSize(out.data, out.len), sizes, errors
     finally:
         free(out.data)
+
+
+cdef inline void _on_stack(Buf* b, char* stack) noexcept:
+    """An empty buffer over ``stack`` (STACK_BYTES), moving to the heap when it outgrows it."""
+    b.data = stack
+    b.len = 0
+    b.cap = STACK_BYTES
+    b.heap = False
+
+
+cdef int _encode_checked(Buf* b, object span, object fallback_service, object meta_defaults) except -1:
+    """``_encode_into``, with a value of the wrong type somewhere (orjson's errors too) a ValueError, as the
+    twin raises it."""
+    try:
+        return _encode_into(b, span, fallback_service, meta_defaults)
+    except (TypeError, AttributeError) as e:
+        raise ValueError(f"span cannot be encoded: {e}") from e
 
 
 cdef int _encode_into(Buf* b, object span, object fallback_service, object meta_defaults) except -1:

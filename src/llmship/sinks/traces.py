@@ -67,7 +67,6 @@ LANGUAGES_HEADER = "X-Datadog-Reported-Languages"
 _ACCEPTS = ("gzip", "zstd")
 _MAX_CACHED_HEADERS = 1024  # tracer payload headers: one per tracer process, env and version
 
-_LEN = pb.LEN
 _log = RateLimited(get_logger("traces_sink"))
 
 
@@ -200,8 +199,6 @@ def _priority(spans: list[Span]) -> int | None:
     """The chunk's sampling priority, as the integer the TraceChunk carries."""
     value = sampling_priority(spans)
     return None if value is None else int(value)
-
-
 
 
 def _tracer_payload_header(tracer: TracerInfo, *, env: str, hostname: str, app_version: str) -> bytes:
