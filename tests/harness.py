@@ -6,6 +6,7 @@ deadline", never a fixed sleep.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -69,6 +70,18 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
+
+
+def http_post(port: int, path: str, body: bytes, headers: dict[str, str]) -> int:
+    """POST to 127.0.0.1:``port`` on a connection of its own; the answer's status."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("POST", path, body=body, headers=headers)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
 
 
 _PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY")

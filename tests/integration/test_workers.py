@@ -16,7 +16,7 @@ import time
 
 import msgpack
 
-from harness import CAPTURES, http_get, rewrite_config, wait_for
+from harness import CAPTURES, http_get, http_post, rewrite_config, wait_for
 
 V04_CAPTURE = (CAPTURES / "ddtrace-4.16" / "v04_traces_llmobs_default.msgpack").read_bytes()
 WORKERS_CONFIG = "[agent]\nworkers = 2\n"
@@ -115,17 +115,6 @@ def send_log_lines(port: int, messages: list[str]) -> None:
         s.sendall("".join(json.dumps({"message": m, "service": "w"}) + "\n" for m in messages).encode())
 
 
-def post(port: int, path: str, body: bytes, headers: dict[str, str]) -> int:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("POST", path, body=body, headers=headers)
-        response = conn.getresponse()
-        response.read()
-        return response.status
-    finally:
-        conn.close()
-
-
 # ------------------------------------------------------------------------------------------------ tests
 
 
@@ -136,13 +125,13 @@ def test_two_workers_deliver_captured_traces_events_and_logs_once(intake, start_
     trace_port, logs_tcp, logs_http = (agent.ports[k] for k in ("trace_port", "logs_tcp_port", "logs_http_port"))
     # ddtrace's own bytes (6 LLM calls with their _llmobs events and http children); each on its own
     # connection, so both workers are likely to take some.
-    assert post(trace_port, "/v0.4/traces", V04_CAPTURE, {"Content-Type": "application/msgpack"}) == 200
+    assert http_post(trace_port, "/v0.4/traces", V04_CAPTURE, {"Content-Type": "application/msgpack"}) == 200
     captured = [s["span_id"] for t in msgpack.unpackb(V04_CAPTURE, strict_map_key=False) for s in t]
     sent_logs = [f"tcp-{i}" for i in range(200)] + [f"http-{i}" for i in range(200)]
     for i in range(0, 200, 20):
         send_log_lines(logs_tcp, sent_logs[i:i + 20])
         body = json.dumps([{"message": m, "service": "w"} for m in sent_logs[200 + i:220 + i]]).encode()
-        assert post(logs_http, "/api/v2/logs", body, {"Content-Type": "application/json"}) == 202
+        assert http_post(logs_http, "/api/v2/logs", body, {"Content-Type": "application/json"}) == 202
     spans = wait_delivered(intake, captured)
     assert sorted(spans) == sorted(captured)  # every span once
     events = intake.wait_records("llmobs", 6)
@@ -295,6 +284,6 @@ def test_overload_sheds_with_429_or_a_counted_200_and_loses_nothing_accepted(int
     assert not delivered & set(real.refused)
     assert len(delivered_span_ids(intake)) == len(set(delivered_span_ids(intake)))
     # Once the load stops, the agent takes requests again.
-    wait_for(lambda: post(port, "/v0.4/traces", traces_body(90_000_000, 1)[0],
+    wait_for(lambda: http_post(port, "/v0.4/traces", traces_body(90_000_000, 1)[0],
                           {"Content-Type": "application/msgpack", "Datadog-Send-Real-Http-Status": "1"}) == 200,
              timeout=10, what="a request accepted after the load")

@@ -20,7 +20,7 @@ from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
-from harness import CAPTURES, free_port, wait_for
+from harness import CAPTURES, free_port, http_post, wait_for
 from test_ddtrace_openai import has_tags, series_total, sketch_count
 from test_workers import WORKERS_CONFIG, workers
 
@@ -158,18 +158,6 @@ def cumulative_request(value: int, start: int, ts: int) -> bytes:
     return request.SerializeToString()
 
 
-def post_on_a_new_connection(port: int, path: str, body: bytes) -> int:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("POST", path, body=body, headers={"Content-Type": "application/x-protobuf",
-                                                       "Connection": "close"})
-        response = conn.getresponse()
-        response.read()
-        return response.status
-    finally:
-        conn.close()
-
-
 def test_a_cumulative_series_reaching_both_workers_ships_each_difference_once(intake, start_agent):
     """Each point on a connection of its own, until both workers took some: the differences are the
     parent's, so the totals are the series' last values whichever worker took which point."""
@@ -181,8 +169,8 @@ def test_a_cumulative_series_reaching_both_workers_ships_each_difference_once(in
     while sent < 4 or not all(w["requests"] for w in workers(agent)):
         assert sent < 200, f"every connection went to one worker: {workers(agent)}"
         value += 3
-        assert post_on_a_new_connection(otlp_port, "/v1/metrics",
-                                        cumulative_request(value, start, base + sent * 10**9)) == 200
+        assert http_post(otlp_port, "/v1/metrics", cumulative_request(value, start, base + sent * 10**9),
+                         {"Content-Type": "application/x-protobuf", "Connection": "close"}) == 200
         sent += 1
     wait_for(lambda: series_total(intake, "cumul.total", "service:cumul")[0] == value, timeout=30,
              what=f"cumul.total = {value}, the last cumulative value")
