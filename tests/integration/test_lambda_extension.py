@@ -18,10 +18,11 @@ from fake_lambda import FakeLambda
 from fake_openai import FakeOpenAI
 from harness import Agent, counted, _subprocess_env, wait_for
 
-# Buckets far longer than the test: only the flush after each invocation can ship these counts in time.
+# Buckets far longer than the test (an hour: a bucket closing mid-test would ship again, whole): only the
+# flush after each invocation can ship these counts in time.
 CONFIG = """
 [agent]
-flush_interval_secs = 60
+flush_interval_secs = 3600
 [aws_lambda]
 telemetry_listen = "127.0.0.1:0"
 flush_timeout_secs = 10
