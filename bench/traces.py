@@ -23,7 +23,8 @@ What it does, all on loopback, for each mix:
   3. Starts a destination (default: a null intake that reads each body and answers 202, so the bench
      measures the agent, not a sink's decoding or disk; ``--intake llmship`` runs `llmship intake`, whose
      decoding and SQLite writes then share the load generator's core) and `llmship run` (default config:
-     gzip, sampling, scrubbing, truncation; only the trace and status listeners), the agent pinned to
+     gzip, sampling, scrubbing, truncation; only the trace and status listeners; load shedding off, which
+     bench/workers.py measures), the agent pinned to
      one core and this process (load generator) and the intake to the other. A fresh agent per mix.
   4. Closed loop (saturation): ``--connections`` keep-alive connections send as fast as the agent answers
      for ``--seconds``. Open loop: requests offered on a fixed schedule at half the throughput the closed
@@ -170,8 +171,12 @@ def run_mix(mix: str, args, seconds: float, deadline: float, workdir: Path) -> N
     agent = None
     try:
         port = free_port()
+        # Load shedding off (overload_lag_ms = 0), as in bench/workers.py's closed loop: a closed loop is
+        # demand without end, which shedding answers with 429s, and a refused request's CPU (its body read)
+        # would be charged to the spans accepted. bench/workers.py measures shedding.
         agent = Agent(workdir, {"traces": {"listen": f"127.0.0.1:{port}"}},
-                      datadog_sink(destination.url, args.compression), cpu=0, profile=args.profile)
+                      datadog_sink(destination.url, args.compression), cpu=0, agent={"overload_lag_ms": 0},
+                      profile=args.profile)
         workload = Workload(mix, traces_per_payload, args.events_per_batch, evp_share, port)
         # warm-up: first-seen contexts, tag caches, connections
         asyncio.run(closed_loop(workload, port, 1, 0.5))
