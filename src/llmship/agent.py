@@ -40,6 +40,7 @@ from llmship.status import StatusServer, describe_config, self_metrics
 from llmship.tap import Tap
 from llmship.telemetry import Telemetry
 from llmship.transforms.logs import LogProcessor
+from llmship.transforms.privacy import MetricScrubber
 from llmship.transforms.sampling import Sampler
 from llmship.transforms.scrub import Scrubber
 
@@ -84,6 +85,7 @@ class Processing:
     llm: LLMStage
     log_processor: LogProcessor
     emitter: Emitter
+    scrubber: Scrubber
     sinks: list  # for their per-item encoders (and, in one process, their packers)
     sources: list  # the trace, logs and OTLP listeners
 
@@ -117,7 +119,8 @@ def build_processing(cfg: Config, telemetry: Telemetry, router, *, submit=None, 
         sources.append(OTLPSource(cfg, emitter, sockets=sockets))
     else:
         telemetry.component("otlp")  # listed by `llmship status` all the same, as the other sources are
-    return Processing(llm, log_processor, emitter, [trace_sink, llmobs_sink, logs_sink, otlp_sink], sources)
+    return Processing(llm, log_processor, emitter, scrubber, [trace_sink, llmobs_sink, logs_sink, otlp_sink],
+                      sources)
 
 
 def _worker_sinks_do_not_submit(payload) -> None:
@@ -140,6 +143,9 @@ def build(cfg: Config, telemetry: Telemetry | None = None, *, readiness=None, in
                     trace_sink=None, llmobs_sink=None, logs_sink=None)
     p = build_processing(cfg, telemetry, router, submit=delivery.submit, shed=shed)
     router.attach_sinks(*p.sinks)
+    # Metric tags, events and service checks are made in the shipping plane: scrubbed there
+    aggregator.scrub_tags = MetricScrubber(p.scrubber).tags
+    metrics_sink.privacy = MetricScrubber(p.scrubber)
     sources = [DogStatsDSource(cfg, p.emitter)]
     if cfg.worker_count == 1:
         sources += p.sources

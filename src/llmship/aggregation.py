@@ -272,6 +272,9 @@ class Aggregator:
         self._epochs: list[tuple[int, int]] = [(_FIRST_EPOCH, interval)]
         self._hostname = None
         self._default_tags = None
+        # Tag values scrubbed where tags are made (a context's first sample, a timestamped point): set by
+        # agent.build to transforms.privacy.MetricScrubber.tags; None leaves them as they came.
+        self.scrub_tags: Callable[[list[str]], list[str]] | None = None
         self.reload(cfg)
         self._tel.gauge("contexts", lambda: len(self._contexts))
         # samples accepted; those of the open bucket are counted when it is flushed (no cost per sample)
@@ -437,8 +440,11 @@ class Aggregator:
             self._rl.warning("bad_sample", "metric_sample_rejected", metric=name[:200], type=str(mtype)[:10])
             return None
         # Names and hosts repeat across contexts: interned, each is stored once.
+        tags = self._canonical_tags(raw_tags)
+        if tags is None:
+            return None
         host = self._hostname if host is None else sys.intern(host)
-        candidate = cls(sys.intern(name), host, self._canonical_tags(raw_tags))
+        candidate = cls(sys.intern(name), host, tags)
         if len(self._contexts) >= self._max_contexts:  # here only: a raw key seen before never gets here
             ctx = self._contexts.get(candidate)  # the same context under another tag order is no new one
             if ctx is None:
@@ -452,9 +458,18 @@ class Aggregator:
         self._by_raw[raw_key] = ctx
         return ctx
 
-    def _canonical_tags(self, raw_tags: str) -> tuple[str, ...]:
-        """Normalized tags plus the agent's defaults for keys they lack, sorted and de-duplicated (the
-        Agent's context key ignores tag order and duplicates)."""
+    def _canonical_tags(self, raw_tags: str) -> tuple[str, ...] | None:
+        """Tags with their values scrubbed (as they came: normalizing first would hide an e-mail's "@"),
+        normalized, plus the agent's defaults for keys they lack, sorted and de-duplicated (the Agent's
+        context key ignores tag order and duplicates). None: scrubbing raised, the sample is dropped and
+        counted (never shipped raw)."""
+        if raw_tags and self.scrub_tags is not None:
+            try:
+                raw_tags = ",".join(self.scrub_tags(raw_tags.split(",")))
+            except Exception as e:
+                self._tel.discard("scrub_failed")
+                self._rl.error("scrub_failed", "metric_tags_scrub_failed", error=f"{type(e).__name__}: {e}")
+                return None
         return tuple(sorted(add_missing(split_tags(raw_tags) if raw_tags else [], self._default_tags)))
 
     def _add_timestamped(
@@ -475,9 +490,11 @@ class Aggregator:
         except (TypeError, ValueError, OverflowError):
             self._tel.discard("bad_value")
             return
-        self._samples += 1
         # Not a context: nothing to aggregate, and no zeros to ship after it.
         tags = self._canonical_tags(raw_tags)
+        if tags is None:
+            return
+        self._samples += 1
         resolved_host = self._hostname if host is None else host
         if mtype == "c":
             series = Series(name, RATE, self.interval, [(ts, value / self.interval)], tags, resolved_host)
@@ -496,9 +513,12 @@ class Aggregator:
         if not name or value - value != 0.0:  # no name, NaN or infinite: the Agent skips those (isSkippable)
             self._tel.inc("dropped", reason="no_name" if not name else "non_finite")
             return
+        canonical = self._canonical_tags(tags)
+        if canonical is None:
+            return
         self._samples += 1
         self._timestamped.append(Series(name, series_type, self.interval, [(int(timestamp), float(value))],
-                                        self._canonical_tags(tags), self._hostname if host is None else host))
+                                        canonical, self._hostname if host is None else host))
 
     def add_sketch(self, name: str, sketch: Sketch, tags: str, timestamp: float, host: str | None = None) -> None:
         """A distribution its sender aggregated (an OTLP histogram point mapped to a sketch), shipped as is."""
@@ -508,9 +528,12 @@ class Aggregator:
         if not name:
             self._tel.inc("dropped", reason="no_name")
             return
+        canonical = self._canonical_tags(tags)
+        if canonical is None:
+            return
         self._samples += 1
         self._timestamped_sketches.append(SketchSeries(name, self._hostname if host is None else host,
-                                                       self._canonical_tags(tags), [(int(timestamp), sketch)]))
+                                                       canonical, [(int(timestamp), sketch)]))
 
     # ------------------------------------------------------------------------------------------ flush
 

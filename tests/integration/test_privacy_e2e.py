@@ -11,14 +11,19 @@ exporting the same secrets as span, event and log attributes, checked the same w
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import textwrap
 
+import urllib.request
+
 import orjson
+from datadog.dogstatsd import DogStatsd
 
 from fake_openai import FakeOpenAI
 from harness import NEEDLES, SECRETS
+from llmship.tags import normalize_tag
 from test_logs_e2e import APP as LOGGING_SNIPPET
 
 
@@ -126,3 +131,56 @@ def test_no_default_secret_reaches_the_intake_from_the_logging_snippet(tmp_path,
     assert record["usr"]["email"] == "see [REDACTED:email] here" and record["trace_id"] == "2256081974650575786"
     assert record["request"]["items"][0]["note"].startswith("[REDACTED:")
     assert agent.counter("scrub", "scrub_matches", action="redact", kind="logs") >= 3 * len(SECRETS)
+
+
+def test_no_default_secret_reaches_the_intake_in_dogstatsd_tags_events_and_service_checks(intake, start_agent):
+    """Every default kind of secret in the tag values of a counter and a distribution, an event's title and
+    text and a service check's message and tags: sent with datadog's DogStatsd, and as a raw datagram the
+    way clients that leave tags alone send them (datadog-go, dd-trace's runtime metrics). The agent
+    normalizes tags as Datadog does ("@" and spaces become "_"), which would hide an unscrubbed e-mail from
+    a plain search: the normalized needles are looked for too."""
+    agent = start_agent("[agent]\nflush_interval_secs = 3600\n", intake=intake)
+    needles = {k: v for k, (v, _) in SECRETS.items()}
+    tags = [f"{name}:see {value} here" for name, value in needles.items()] + ["user_id:2256081974650575786"]
+    every = " ".join(f"see {v} here" for v in needles.values())
+    statsd = DogStatsd(host="127.0.0.1", port=agent.ports["dsd_port"], disable_telemetry=True,
+                       disable_buffering=True)
+    statsd.increment("privacy.requests", tags=tags)
+    statsd.distribution("privacy.latency", 12.5, tags=tags)
+    statsd.event(f"deploy by {needles['email']}", every, tags=tags, aggregation_key="privacy-deploy")
+    statsd.service_check("privacy.check", DogStatsd.WARNING, tags=tags, message=every)
+    statsd.close_socket()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
+        raw.sendto(f"privacy.raw:1|c|#{','.join(tags)}".encode(), ("127.0.0.1", agent.ports["dsd_port"]))
+    request = urllib.request.Request(agent.status_url + "/flush?timeout=20", data=b"", method="POST")
+    with urllib.request.urlopen(request, timeout=30) as r:  # the open bucket shipped now, and delivered
+        assert orjson.loads(r.read())["status"] == "delivered"
+    raw_series = intake.wait_records("series", where=lambda d: d["metric"] == "privacy.raw")[0]["data"]
+    series = intake.wait_records("series", where=lambda d: d["metric"] == "privacy.requests")[0]["data"]
+    sketch = intake.wait_records("sketches", where=lambda d: d["metric"] == "privacy.latency")[0]["data"]
+    event = intake.wait_records("events", where=lambda d: d.get("aggregation_key") == "privacy-deploy")[0]["data"]
+    check = intake.wait_records("service_checks", where=lambda d: d["check"] == "privacy.check")[0]["data"]
+
+    def found(shipped, needles: list[str]) -> list[str]:
+        text = orjson.dumps(shipped).decode()
+        return [n for n in needles + [normalize_tag(f"x:{n}")[2:] for n in needles] if n in text]
+
+    texts = [event["title"], event["text"], check["message"]]
+    assert [found(shipped, NEEDLES) for shipped in (raw_series, texts)] == [[], []]
+    def cleaned(name: str, before: str = "see ") -> str:  # as the agent normalizes it
+        return normalize_tag(f"{name}:{before}[REDACTED:{name}] here")
+
+    assert cleaned("email") in raw_series["tags"] and cleaned("credit_card") in raw_series["tags"]
+    assert "user_id:2256081974650575786" in raw_series["tags"]  # an id stays
+    assert event["title"] == "deploy by [REDACTED:email]" and "see [REDACTED:ipv4] here" in event["text"]
+    assert "see [REDACTED:openai_api_key] here" in check["message"]
+    # datadog's DogStatsd replaces what tags may not hold ("@", spaces, "=") with "_" before sending: the
+    # agent reads a tag's "_" as a separator too (the card, the bearer token, the address after "see_"),
+    # but an e-mail without its "@" is beyond any rule (README: Privacy)
+    others = [n for n in NEEDLES if n != SECRETS["email"][1]]
+    client_tags = [series["tags"], sketch["tags"], event["tags"], check["tags"]]
+    assert [found(t, others) for t in client_tags] == [[], [], [], []]
+    assert cleaned("credit_card") in sketch["tags"]
+    assert cleaned("bearer_token", "see Authorization: Bearer ") in series["tags"]
+    for name in SECRETS:
+        assert agent.counter("scrub", "scrub_matches", rule=name, action="redact", kind="metrics") > 0, name

@@ -12,6 +12,7 @@ import pytest
 from llmship.config import ConfigError, ScrubRule, load_config_text
 from llmship.llm.stage import LLMStage
 from llmship.model import Span
+from llmship.tags import normalize_tag
 from llmship.telemetry import Telemetry
 from llmship.transforms import privacy
 from llmship.transforms.logs import LogProcessor
@@ -488,3 +489,78 @@ def test_a_clean_value_comes_back_as_the_callers_own_object_even_from_the_cache(
     secret = "".join(["mail ", "bob@example.com"])
     assert scrubber.scrub_cached(secret, "spans") == "mail [REDACTED:email]"
     assert scrubber.scrub_cached("".join(["mail ", "bob@example.com"]), "spans") == "mail [REDACTED:email]"
+
+
+# ------------------------------------------------------------------------------------------ metrics
+
+
+def aggregator_with(s: Scrubber, cfg):
+    from llmship.aggregation import Aggregator
+
+    telemetry = Telemetry()
+    agg = Aggregator(cfg, telemetry, clock=lambda: 1000.0)
+    agg.scrub_tags = privacy.MetricScrubber(s).tags
+    return agg, telemetry
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_no_default_secret_leaves_in_metric_tags_events_or_service_checks(engine):
+    s, cfg = scrubber(engine)
+    agg, _ = aggregator_with(s, cfg)
+    raw = ",".join(f"{n}:{sentence(n)}" for n in SECRETS) + ",user_id:2256081974650575786,plain"
+    agg.add("app.calls", "c", 1, raw)
+    agg.add_point("otlp.calls", 1, 2.0, raw, 1000)  # OTLP points take the same path
+    tags = [ctx.tags for ctx in agg._contexts] + [series.tags for series in agg._timestamped]
+    assert [leaks(list(t)) for t in tags] == [[], []]
+    assert "user_id:2256081974650575786" in tags[0] and "plain" in tags[0]  # ids and key-less tags stay
+    assert s.telemetry.get("scrub_matches", rule="email", action="redact", kind="metrics") == 2
+    m = privacy.MetricScrubber(s)
+    event = {"title": f"deploy by {SECRETS['email'][0]}", "text": " ".join(sentence(n) for n in SECRETS),
+             "tags": f"who:{SECRETS['email'][0]},env:prod"}
+    check = {"check": "db.up", "status": 2, "message": sentence("ipv4"), "tags": [f"ip:{SECRETS['ipv4'][0]}"]}
+    assert leaks(m.event(event)) == [] and leaks(m.service_check(check)) == []
+    assert m.event(event)["tags"] == ["who:[REDACTED:email]", "env:prod"] and "title" in event  # a copy
+    clean = {"title": "deploy", "text": "v2 is out", "tags": "env:prod"}
+    assert m.event(clean) is clean
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_metric_tags_mangled_by_a_client_are_read_with_underscores_as_spaces(engine):
+    """datadog's DogStatsd sends "see 4111 1111 1111 1111 here" as "see_4111_1111_1111_1111_here"."""
+    s, _ = scrubber(engine, """
+[[scrub.rules]]
+name = "session"
+regex = "sess_[a-z0-9]{8}"
+""")
+    m = privacy.MetricScrubber(s)
+    assert m.tags(["card:see_4111_1111_1111_1111_here", "ip:see_203.0.113.7_here", "id:sess_abcd1234", "ok:a_b"]) == [
+        "card:see [REDACTED:credit_card] here", "ip:see [REDACTED:ipv4] here", "id:[REDACTED]", "ok:a_b"]
+    assert s.telemetry.get("scrub_matches", kind="metrics") == 3  # each match counted once
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_metric_tag_actions_hash_and_drop_field(engine):
+    s, cfg = scrubber(engine, HASH_CFG + DROP_CFG, {"KEY": "k1"})
+    m = privacy.MetricScrubber(s)
+    tags = m.tags([f"user:{SECRETS['email'][0]}", f"card:{SECRETS['credit_card'][0]}", "env:prod"])
+    assert len(tags) == 2 and MARKER.fullmatch(tags[0].partition(":")[2]) and tags[1] == "env:prod"
+    assert m.tags([f"user:{SECRETS['email'][0]}"]) == tags[:1]  # the same value, the same marker
+    agg, _ = aggregator_with(s, cfg)
+    agg.add("app.calls", "c", 1, f"user:{SECRETS['email'][0]}")
+    assert list(agg._contexts)[0].tags == (normalize_tag(tags[0]),)
+
+
+def test_a_metric_whose_tag_scrubbing_fails_is_dropped_and_counted():
+    s, cfg = scrubber("python")
+    agg, telemetry = aggregator_with(s, cfg)
+    s.scrub_many = lambda *a, **k: 1 / 0
+    agg.add("app.calls", "c", 1, "user:someone")
+    agg.add("app.calls", "c", 1)  # no tags: nothing to scrub, kept
+    assert [ctx.tags for ctx in agg._contexts] == [()]
+    assert telemetry.component("aggregator").get("discarded", reason="scrub_failed", intentional="false") == 1
+    from llmship.sinks.metrics import MetricsSink
+
+    sink = MetricsSink(cfg, lambda payload: None, telemetry)
+    sink.privacy = privacy.MetricScrubber(s)
+    sink.send_event({"title": "deploy", "text": "x", "tags": "who:someone"})
+    assert telemetry.component("metrics_sink").get("discarded", reason="scrub_failed", intentional="false") == 1

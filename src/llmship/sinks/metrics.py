@@ -175,6 +175,8 @@ class MetricsSink:
         # finished by the next ship or by shutdown: its aggregates were taken from the aggregator already.
         self._shipments: list[Iterator[None]] = []
         self.tap = IDLE  # the agent's Tap, given by agent.build
+        # transforms.privacy.MetricScrubber, given by agent.build: events' and checks' text and tag values
+        self.privacy = None
         self._tel.gauge("pending_service_checks", lambda: len(self._checks))
         self.reload(cfg)
 
@@ -251,6 +253,9 @@ class MetricsSink:
     def send_event(self, event: dict) -> None:
         """Submit one DogStatsD event at once. Keys as the /api/v1/events body (see module docstring);
         ``tags`` may be a raw "k:v,..." string or a list. A missing host is the agent's hostname."""
+        event = self._scrubbed(self.privacy.event if self.privacy else None, event)
+        if event is None:
+            return
         body = {k: event[k] for k in _EVENT_FIELDS if event.get(k) not in (None, "")}
         if not body.get("title"):
             self._tel.discard("event_without_title")
@@ -265,9 +270,23 @@ class MetricsSink:
         self._tel.inc("events_encoded")
         self._submit_all(build_payloads(self._encodings["events"], [orjson.dumps(body)], self._too_large("events")))
 
+    def _scrubbed(self, scrub: Callable[[dict], dict] | None, item: dict) -> dict | None:
+        """``item`` scrubbed; None (dropped and counted, never sent raw) when scrubbing raised."""
+        if scrub is None:
+            return item
+        try:
+            return scrub(item)
+        except Exception as e:
+            self._tel.discard("scrub_failed")
+            self._rl.error("scrub_failed", "event_scrub_failed", error=f"{type(e).__name__}: {e}")
+            return None
+
     def send_service_check(self, check: dict) -> None:
         """Queue one service check for the next ``ship``. Keys: check (or name), status 0-3, host_name
         (or host; default the agent's hostname), timestamp (default now), message, tags (str or list)."""
+        check = self._scrubbed(self.privacy.service_check if self.privacy else None, check)
+        if check is None:
+            return
         name = check.get("check") or check.get("name")
         try:
             status = int(check.get("status"))

@@ -14,6 +14,9 @@ label or identify rather than say something (``is_structural``):
   Not scanned: ``ddsource``, ``hostname``, ``service``, ``status`` and the other reserved attributes below.
 - APM spans: every ``meta`` value and the resource, in one Hyperscan scan per request (``scrub_chunks``).
   Not scanned: ``_dd.*`` keys and the few below (the encoder and the intake read them).
+- Metrics: the value part of each tag of a DogStatsD or OTLP metric (once, when its context is made, in
+  one scan of all of them), a DogStatsD event's title and text, a service check's message, and their tags'
+  values (``MetricScrubber``). Not scanned: metric names, the agent's own default tags, hosts.
 - Everywhere: a value under an id key (``id``, ``*_id``, ``*.id``, ``*Id``) that is only hex digits and dashes
   (a number, a hex id, a UUID) is an identifier, never a card number; user agents ("Chrome/124.0.0.0" is
   no IPv4 address).
@@ -39,7 +42,7 @@ import orjson
 
 from llmship.config import FIELD_ACTIONS, ScrubField
 
-KINDS = ("llmobs", "logs", "spans")
+KINDS = ("llmobs", "logs", "spans")  # what field policies apply to; matches are also counted for "metrics"
 # Values that label rather than say something, whatever the kind.
 _USER_AGENT_KEYS = frozenset(("http.useragent", "useragent", "user_agent", "user-agent", "http.user_agent",
                               "user_agent.original", "http.request.headers.user-agent"))
@@ -392,6 +395,79 @@ def scrub_record_rest(scrubber, record: dict, skip: frozenset) -> None:
         record["ddtags"] = walker.tag_string(ddtags)
     elif isinstance(ddtags, list):
         walker.tags(ddtags)
+
+
+class MetricScrubber:
+    """Metric tags, DogStatsD events and service checks (kind "metrics"). Only the shipping plane's
+    aggregator and metrics sink call it, and only where a context or an event is made, never per sample:
+    the values of one call are looked at in one scan and not remembered (100,000 contexts would fill the
+    scrubber's cache with values each seen once)."""
+
+    __slots__ = ("_scrubber",)
+
+    def __init__(self, scrubber) -> None:
+        self._scrubber = scrubber
+
+    def tags(self, tags: list[str]) -> list[str]:
+        """``key:value`` tags with each value scrubbed; a tag whose value a drop_field rule matched goes.
+        Keys, key-less tags and identifiers are left alone, as in events' tags."""
+        return self._scrub(tags, [])[0]
+
+    def event(self, event: dict) -> dict:
+        """A DogStatsD event with its title, text and tag values scrubbed (a copy when anything changed; a
+        dropped title leaves an event the sink refuses, and counts)."""
+        return self._text_and_tags(event, ("title", "text"))
+
+    def service_check(self, check: dict) -> dict:
+        return self._text_and_tags(check, ("message",))
+
+    def _text_and_tags(self, item: dict, fields: tuple[str, ...]) -> dict:
+        raw = item.get("tags")
+        tags = [t for t in raw.split(",") if t] if isinstance(raw, str) else list(raw) if isinstance(raw, list) else []
+        texts = [f for f in fields if isinstance(item.get(f), str) and item[f]]
+        new_tags, new_texts = self._scrub(tags, [item[f] for f in texts])
+        if new_tags is tags and not new_texts:
+            return item
+        out = dict(item)
+        if new_tags is not tags:
+            out["tags"] = new_tags
+        for k, new in new_texts.items():
+            if new is None:
+                del out[texts[k]]
+            else:
+                out[texts[k]] = new
+        return out
+
+    def _scrub(self, tags: list[str], texts: list[str]) -> tuple[list[str], dict[int, str | None]]:
+        """(the tags scrubbed, or ``tags`` itself when unchanged; the changed ``texts`` by index).
+
+        Each tag value is also read with its "_" as spaces: datadog's DogStatsd (and other clients) replace
+        what a tag may not hold, spaces and "@" among them, with "_" before sending, which hides a card
+        number ("4111_1111_1111_1111"), a bearer token or an address after "_" from rules that look for a
+        separator; that reading is used only when the value as sent has no match (a user rule may need
+        the "_"). An e-mail without its "@" is beyond any rule."""
+        values, where = list(texts), []
+        for i, tag in enumerate(tags):
+            name, sep, value = tag.partition(":") if tag.__class__ is str else ("", "", "")
+            if sep and value and not is_structural(name, value):
+                values.append(value)
+                where.append((i, name))
+        if not values:
+            return tags, {}
+        scrub_many, first_tag = self._scrubber.scrub_many, len(texts)
+        changed = scrub_many(values, "metrics")
+        in_tags = {k - first_tag: new for k, new in changed.items() if k >= first_tag}
+        unchanged = [k for k in range(len(where)) if k not in in_tags and "_" in values[first_tag + k]]
+        if unchanged:
+            spaced = scrub_many([values[first_tag + k].replace("_", " ") for k in unchanged], "metrics")
+            in_tags.update((unchanged[j], new) for j, new in spaced.items())
+        if in_tags:
+            tags = list(tags)
+            for k, new in in_tags.items():
+                i, name = where[k]
+                tags[i] = _DROP if new is None else f"{name}:{new}"
+            tags = [t for t in tags if t is not _DROP]
+        return tags, {k: new for k, new in changed.items() if k < first_tag}
 
 
 def log_skip(text_fields) -> frozenset:
