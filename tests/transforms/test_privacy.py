@@ -279,7 +279,7 @@ def test_spans_whose_scrubbing_fails_are_dropped_and_counted():
     rig = Rig()
     s = Scrubber()
     rig.emitter._scrubber = s
-    s.scrub_many = lambda *a, **k: 1 / 0
+    s.candidates_many = lambda *a, **k: 1 / 0
     spans, _, _ = rig.process_chunk(spans_with_secrets())
     assert spans == []
     assert rig.telemetry.component("processing").get("discarded", reason="scrub_failed", intentional="false") == 3

@@ -76,8 +76,12 @@ def is_id_key(key: str) -> bool:
 
 def is_structural(key, value: str) -> bool:
     """An identifier (see the module docstring) or a user agent."""
-    return key.__class__ is str and (key in _USER_AGENT_KEYS or (is_id_key(key) and (
-        (value.isdigit() and value.isascii()) or _ID_VALUE.fullmatch(value) is not None)))  # decimal: common
+    return key.__class__ is str and (key in _USER_AGENT_KEYS or (is_id_key(key) and _is_id_value(value)))
+
+
+def _is_id_value(value: str) -> bool:
+    """A number, a hex id or a UUID: hex digits and dashes only."""
+    return (value.isdigit() and value.isascii()) or _ID_VALUE.fullmatch(value) is not None  # decimal: common
 
 
 # ------------------------------------------------------------------------------------------ walking
@@ -475,8 +479,21 @@ def log_skip(text_fields) -> frozenset:
     return LOG_STRUCTURAL | frozenset(f for f in text_fields if "." not in f)
 
 
-def _span_structural(key: str, value: str) -> bool:
-    return key.startswith("_dd.") or key in _SPAN_STRUCTURAL or is_structural(key, value)
+def _span_key_skip(key: str) -> bool | None:
+    """Is a span meta value under ``key`` left alone? True: always (``_dd.*``, the structural keys); None:
+    when the value is an identifier (an id key); False: never. Remembered per key (apps use a few hundred)."""
+    skip = _SPAN_KEY_SKIP.get(key)
+    if skip is None and key not in _SPAN_KEY_SKIP:
+        skip = (True if key.startswith("_dd.") or key in _SPAN_STRUCTURAL
+                else None if key.__class__ is str and is_id_key(key) else False)
+        if len(_SPAN_KEY_SKIP) >= _MAX_REMEMBERED_KEYS:
+            _SPAN_KEY_SKIP.clear()  # keys made of ids (unbounded): start again rather than grow
+        _SPAN_KEY_SKIP[key] = skip
+    return skip
+
+
+_SPAN_KEY_SKIP: dict[str, bool | None] = {}
+_MAX_REMEMBERED_KEYS = 4096
 
 
 def scrub_chunks(scrubber, chunks: list) -> None:
@@ -492,35 +509,39 @@ def scrub_chunks(scrubber, chunks: list) -> None:
             if kept := _span_fields(scrubber, span, policies):
                 kept_keys[j] = kept
     strings: list[str] = []
-    offsets: list[int] = []
+    offsets: list[int] = []  # where each span's strings start: its meta values, then its resource
     add_offset, add_string, extend = offsets.append, strings.append, strings.extend
     for span in spans:
         add_offset(len(strings))
         extend(span.meta.values())
         add_string(span.resource)
-    keys_of: dict[int, list] = {}
-
-    def where(i: int) -> tuple[int, str | None]:
-        """The span holding string ``i`` and its meta key (None: the resource)."""
-        j = bisect.bisect_right(offsets, i) - 1
+    # The candidates ascend: walk the spans along with them, each span's keys listed once it has one.
+    scrub, tally = scrubber.scrub_cached, {}
+    changes: list[tuple[int, str | None, str | None]] = []  # (span, meta key or None: the resource, new)
+    j, last, keys, kept = -1, len(spans) - 1, [], ()
+    for i in scrubber.candidates_many(strings):
+        text = strings[i]
+        if not text:
+            continue
+        if j < last and offsets[j + 1] <= i:
+            j = bisect.bisect_right(offsets, i, j + 1) - 1
+            keys, kept = list(spans[j].meta), kept_keys.get(j, ())
         k = i - offsets[j]
-        keys = keys_of.get(j)
-        if keys is None:
-            keys = keys_of[j] = list(spans[j].meta)
-        return j, keys[k] if k < len(keys) else None
-
-    def skip(i: int) -> bool:
-        j, key = where(i)
-        if key is None:
-            return "resource" in kept_keys.get(j, ())
-        return _span_structural(key, strings[i]) or key in kept_keys.get(j, ())
-
-    changed = scrubber.scrub_many(strings, "spans", skip)
-    if not changed:
-        return
+        if k < len(keys):
+            key = keys[k]
+            skip = _span_key_skip(key)
+            if skip or (skip is None and _is_id_value(text)) or key in kept:
+                continue
+        else:
+            key = None
+            if "resource" in kept:
+                continue
+        new = scrub(text, "spans", tally)
+        if new is not text:
+            changes.append((j, key, new))
+    scrubber.count(tally, "spans")
     metas: dict[int, dict] = {}
-    for i, new in changed.items():
-        j, key = where(i)
+    for j, key, new in changes:
         span = spans[j]
         if key is None:
             span.resource = "" if new is None else new

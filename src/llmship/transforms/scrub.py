@@ -811,23 +811,30 @@ class Scrubber:
         """The strings that scrubbing changes, by index, scrubbed (None: drop the field); ``skip(i)`` says
         which of the strings where a rule may match are left alone (structural values). With Hyperscan, one
         scan of all of them finds the few where a rule may match; the twin tries each."""
-        hs = self._state[1]
-        candidates = hs.scan_many(strings) if hs is not None else None
-        if candidates is None:
-            candidates = range(len(strings))
         changed: dict[int, str | None] = {}
         scrub = self.scrub_cached
         tally: dict[tuple[str, str], int] = {}
-        for i in candidates:
+        for i in self.candidates_many(strings):
             text = strings[i]
             if not text or (skip is not None and skip(i)):
                 continue
             out = scrub(text, kind, tally)
             if out is not text:
                 changed[i] = out
+        self.count(tally, kind)
+        return changed
+
+    def candidates_many(self, strings: list[str]) -> Iterable[int]:
+        """The indexes of ``strings`` where a rule may match, ascending: with Hyperscan from one scan of
+        all of them, else (or for a text Hyperscan cannot take) every index."""
+        hs = self._state[1]
+        candidates = hs.scan_many(strings) if hs is not None else None
+        return range(len(strings)) if candidates is None else candidates
+
+    def count(self, tally: dict[tuple[str, str], int], kind: str) -> None:
+        """The matches ``scrub_cached`` tallied, counted as ``scrub_matches{rule, action, kind}``."""
         for (rule, action), n in tally.items():
             self.telemetry.inc("scrub_matches", n, rule=rule, action=action, kind=kind)
-        return changed
 
     def scrub_truncate(self, text: str, max_chars: int, kind: str = "llmobs") -> tuple[str | None, bool]:
         """``truncate_text(self.scrub_value(text), max_chars)``, scrubbing only the head that can be kept
