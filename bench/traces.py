@@ -24,10 +24,11 @@ What it does, all on loopback, for each mix:
      measures the agent, not a sink's decoding or disk; ``--intake llmship`` runs `llmship intake`, whose
      decoding and SQLite writes then share the load generator's core) and `llmship run` (default config:
      gzip, sampling, scrubbing, truncation; only the trace and status listeners; load shedding off, which
-     bench/workers.py measures), the agent pinned to
-     one core and this process (load generator) and the intake to the other. A fresh agent per mix.
+     bench/workers.py measures), the agent pinned to one core and this process (load generator) and the
+     intake to the other. A fresh agent per mix.
   4. Closed loop (saturation): ``--connections`` keep-alive connections send as fast as the agent answers
-     for ``--seconds``. Open loop: requests offered on a fixed schedule at half the throughput the closed
+     for ``--seconds``; then the baseline again (the ratio uses the mean of the two baselines: a shared
+     machine's speed drifts). Open loop: requests offered on a fixed schedule at half the throughput the closed
      loop took (and at ``--rate`` spans/s if given) for ``--seconds``; latency counts from the scheduled
      send time, so a stalled agent cannot hide queueing (no coordinated omission). After each phase the
      bench waits until delivery caught up: every span and event the sinks took was sent.
@@ -184,6 +185,14 @@ def run_mix(mix: str, args, seconds: float, deadline: float, workdir: Path) -> N
                    STATUS_POLL_SECS)
 
         closed = run_phase(agent, workload, lambda: closed_loop(workload, port, args.connections, seconds))
+        # The baseline again, right after: on a shared machine the speed drifts over a minute by as much as a
+        # third, and the ratio must compare the agent with the baseline of the same moment. Their mean is the
+        # baseline the ratio uses (both are printed).
+        cpu, spans = baseline(probe, 1.0 if args.quick else 3.0)
+        baseline_after = cpu / spans * 1e6
+        print(f"  baseline again, right after the closed loop: {baseline_after:.2f} us/span "
+              f"(before: {baseline_us:.2f}; the ratio uses their mean)")
+        baseline_us = (baseline_us + baseline_after) / 2
         report(closed, baseline_us)
         half = round(closed.throughput / 2, -2)
         latency = None

@@ -50,6 +50,12 @@ class TablePrice:
     cache_write: object = None
     reasoning: object = None
 
+    @property
+    def tiered(self) -> bool:
+        """Does a price depend on the call's input tokens?"""
+        return any(isinstance(v, tuple) for v in (self.input, self.output, self.cache_read, self.cache_write,
+                                                   self.reasoning))
+
     def at(self, input_tokens: float) -> Price:
         """The flat prices for a call with ``input_tokens`` input tokens."""
         def rate(value):
@@ -161,6 +167,8 @@ class Pricing:
         price = self._lookup(*key)
         if (price is None or price in self._fallback_prices) and "/" in key[0]:
             price = self._lookup(key[0].rsplit("/", 1)[1], key[1]) or price
+        if isinstance(price, TablePrice) and not price.tiered:
+            price = price.at(0)  # the same flat prices whatever the call: made once, not per call
         if len(self._cache) >= _MAX_CACHED_MODELS:
             self._cache.clear()
         self._cache[key] = price
