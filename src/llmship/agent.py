@@ -70,6 +70,7 @@ class Topology:
     sources: list
     status: StatusServer
     otlp_sink: OTLPSink | None = None
+    tap: Tap | None = None  # `llmship tap`: what the sinks (the workers' too) are about to send
 
     def reloadable(self) -> list:
         """Every component holding config, in the order a reload reaches them (SIGHUP reaches all of them:
@@ -154,7 +155,7 @@ def build(cfg: Config, telemetry: Telemetry | None = None, *, readiness=None, in
         sink.tap = tap
     status = StatusServer(cfg, telemetry, info_provider or (lambda: {}), readiness or (lambda: False), tap=tap)
     return Topology(cfg, telemetry, delivery, aggregator, metrics_sink, p.llm, p.log_processor, router, p.emitter,
-                    p.sinks, sources, status, otlp_sink=p.sinks[-1])
+                    p.sinks, sources, status, otlp_sink=p.sinks[-1], tap=tap)
 
 
 def directory_problem(path: str) -> str | None:
@@ -278,7 +279,7 @@ class Agent:
         t = self.topology
         self._listeners = Listeners(self.cfg)
         self.pool = WorkerPool(self.cfg.worker_count, self.cfg, self._config_text, t.router, self._listeners,
-                               t.telemetry, self.lag.overloaded)
+                               t.telemetry, self.lag.overloaded, tap=t.tap)
         try:
             await self.pool.start()
         except BaseException:

@@ -7,6 +7,10 @@ what matches its kinds and its service/model globs, within its rate (a token buc
 bounded ``asyncio.Queue``): past either, the item is skipped and counted, never waited for, so a slow or
 greedy tap cannot slow the agent. Items are serialized when admitted, so the stream shows them as sent.
 
+With ``[agent] workers`` > 1 the spans, events and logs are encoded in the workers: the parent tells them
+which kinds a tap wants and at what rate (``Tap.demand``), and each worker's ``RelayTap`` sends those items,
+as plain data, to the parent's Tap, which filters and serves them as its own.
+
 Served by the status listener (GET /tap?kind=spans&kind=logs&service=...&model=...&rate=N), so it is
 reachable where /status is and nowhere else. Each line is {"kind": ..., "data": ...}; once a second, and
 last, a line {"_tap": {"sent": n, "skipped": m}} tells the client what it missed.
@@ -42,26 +46,40 @@ HEARTBEAT_SECS = 1.0
 _END = b""  # queued by close(): the stream ends (no item serializes to an empty line)
 
 
+class _Bucket:
+    """A token bucket: ``rate`` takes a second, up to ``rate`` at once."""
+
+    __slots__ = ("rate", "tokens", "refilled")
+
+    def __init__(self, rate: float) -> None:
+        self.rate = self.tokens = rate
+        self.refilled = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.rate, self.tokens + (now - self.refilled) * self.rate)
+        self.refilled = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
 class _Subscriber:
     def __init__(self, kinds: set[str], service: str, model: str, rate: float) -> None:
         self.kinds = kinds
         self.service = service
         self.model = model
         self.rate = rate
-        self.tokens = rate
-        self.refilled = time.monotonic()
+        self.bucket = _Bucket(rate)
         self.queue: asyncio.Queue[bytes] = asyncio.Queue(QUEUE_ITEMS)
         self.sent = 0
         self.skipped = 0
 
     def admit(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.rate, self.tokens + (now - self.refilled) * self.rate)
-        self.refilled = now
-        if self.tokens < 1 or self.queue.full():
+        if self.queue.full() or not self.bucket.take():
             self.skipped += 1
             return False
-        self.tokens -= 1
         return True
 
     def matches(self, kind: str, item: Any) -> bool:
@@ -85,6 +103,11 @@ class Tap:
 
     def wants(self, kind: str) -> bool:
         return self.active and any(kind in s.kinds for s in self._subscribers)
+
+    def demand(self) -> tuple[list[str], float]:
+        """The kinds some tap wants and the highest rate among the taps: what workers relay."""
+        kinds = sorted({k for s in self._subscribers for k in s.kinds})
+        return kinds, max((s.rate for s in self._subscribers), default=0.0)
 
     def offer(self, kind: str, item: Any) -> None:
         """``item`` is about to be sent: pass it to every matching subscriber that has room."""
@@ -151,6 +174,30 @@ class Tap:
 IDLE = Tap()  # what a sink holds until the agent gives it the live one: never active
 
 
+class RelayTap:
+    """A worker's tap: while the parent's Tap wants a kind, what the worker's sinks offer of it goes to the
+    parent as plain data (``send(kind, data)``), at most the taps' highest rate a second from this worker
+    (the parent's taps then apply their own filters and rates)."""
+
+    def __init__(self, send: Callable[[str, Any], None]) -> None:
+        self._send = send
+        self.active = False
+        self._kinds: frozenset[str] = frozenset()
+        self._bucket = _Bucket(0.0)
+
+    def demand(self, kinds: list[str], rate: float) -> None:
+        self._kinds = frozenset(kinds)
+        self.active = bool(self._kinds) and rate > 0
+        self._bucket = _Bucket(rate)
+
+    def wants(self, kind: str) -> bool:
+        return self.active and kind in self._kinds
+
+    def offer(self, kind: str, item: Any) -> None:
+        if kind in self._kinds and self._bucket.take():
+            self._send(kind, _builtins(kind, item))
+
+
 # ------------------------------------------------------------------------------------------ item shapes
 
 
@@ -160,6 +207,10 @@ _MODEL_TAGS = ("model:", "model_name:")
 def _identity(kind: str, item: Any) -> tuple[list[str], list[str]]:
     """(services, models) an item belongs to, for the --service and --model filters."""
     if kind == "spans":
+        if isinstance(item, dict):  # relayed by a worker: plain already
+            spans = item["spans"]
+            return [s.get("service", "") for s in spans], [s["meta"]["model"] for s in spans
+                                                           if "model" in s.get("meta", {})]
         spans = item[0]
         return [s.service for s in spans], [s.meta["model"] for s in spans if "model" in s.meta]
     if kind == "logs":
@@ -176,7 +227,7 @@ def _identity(kind: str, item: Any) -> tuple[list[str], list[str]]:
 
 
 def _builtins(kind: str, item: Any) -> Any:
-    if kind == "spans":
+    if kind == "spans" and not isinstance(item, dict):  # a dict: plain already (relayed by a worker)
         chunk, tracer = item
         spans = []
         for span in chunk:

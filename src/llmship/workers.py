@@ -35,6 +35,8 @@ worker -> parent (one frame per event-loop turn that produced anything, so a bur
                                                                        histograms; the Sketch as plain data:
                                                                        Sketch.to_plain / from_plain)
     [12, [[name, value, tags, start_ns, time_ns], ...]]                Router.add_cumulative_sum, each
+    [14, kind, data]                                                   an item for `llmship tap` (plain data:
+                                                                       tap.RelayTap), only while a tap wants it
     [13, [[name, tags, start_ns, time_ns, [bucket_count, ...], [bound, ...], count, sum], ...]]
                                                                        Router.add_cumulative_histogram, each
                                                                        (cumulative OTLP points: the parent
@@ -43,6 +45,7 @@ worker -> parent (one frame per event-loop turn that produced anything, so a bur
 parent -> worker:
     [20, config_path, config_text]   the config to run (first message, and on each SIGHUP reload)
     [21, [lane, ...]]                the shipping plane's overloaded lanes ("*": the parent runs late)
+    [22, [kind, ...], rate]          what `llmship tap` wants relayed (no kind: nothing), at most rate/s
 
 Counter increments travel in the same frame as the data they describe, so the sums in /status add up
 even when a worker is killed: what it handed over is counted, what it had not is neither counted nor
@@ -82,14 +85,15 @@ from llmship.config import Config, load_config_text
 from llmship.llm.stage import CallOutput
 from llmship.log import get_logger
 from llmship.sketch import Sketch
+from llmship.tap import IDLE, RelayTap, Tap
 from llmship.telemetry import RecordingTelemetry, Telemetry
 
 log = get_logger("workers")
 
 # Message codes (see the module docstring).
 TRACES, CALLS, LOGS, METRIC, DSD_EVENT, SERVICE_CHECK, COUNTERS, STATE, OTLP = 1, 2, 3, 4, 5, 6, 7, 8, 9
-POINTS, SKETCHES, CUMULATIVE_SUMS, CUMULATIVE_HISTOGRAMS = 10, 11, 12, 13
-CONFIG, LANES = 20, 21
+POINTS, SKETCHES, CUMULATIVE_SUMS, CUMULATIVE_HISTOGRAMS, TAP = 10, 11, 12, 13, 14
+CONFIG, LANES, TAP_DEMAND = 20, 21, 22
 
 HEADER = struct.Struct(">I")
 MAX_FRAME_BYTES = 1 << 30  # a sanity bound: a frame is at most one event-loop turn's output
@@ -332,6 +336,9 @@ class RemoteRouter:
     def state(self, message: dict) -> None:
         self._put((STATE, message))
 
+    def tap_item(self, kind: str, data: Any) -> None:
+        self._put((TAP, kind, data))
+
     def flush(self) -> None:
         self._scheduled = False
         deltas = self._telemetry.take_deltas()
@@ -369,6 +376,7 @@ class Worker:
         loop = asyncio.get_running_loop()
         self.telemetry = RecordingTelemetry()
         self.router = RemoteRouter(self.telemetry)
+        self.relay = RelayTap(self.router.tap_item)  # the sinks' tap: what the parent's taps want
         self._config = loop.create_future()
         self.router.channel = Channel(self._channel_sock, self._on_frame, self._on_channel_closed)
         for sig in (signal.SIGINT, signal.SIGHUP):
@@ -381,6 +389,8 @@ class Worker:
         self.lag = LoopLag(cfg.agent.overload_lag_ms, count_blocking=True)  # the loop is its one thread
         self.parts = build_processing(cfg, self.telemetry, self.router, shed=self.lag.overloaded,
                                       sockets=self._sockets)
+        for sink in self.parts.sinks:
+            sink.tap = self.relay
         self.lag.start()
         for source in self.parts.sources:
             await source.start()
@@ -398,6 +408,8 @@ class Worker:
             code = message[0]
             if code == LANES:
                 self.router.lanes = frozenset(message[1])
+            elif code == TAP_DEMAND:
+                self.relay.demand(message[1], message[2])
             elif code == CONFIG:
                 if not self._config.done():
                     self._config.set_result((message[1], message[2]))
@@ -517,7 +529,7 @@ class WorkerSlot:
 
 class WorkerPool:
     def __init__(self, count: int, cfg: Config, config_text: str, router, listeners, telemetry: Telemetry,
-                 parent_overloaded: Callable[[], bool]) -> None:
+                 parent_overloaded: Callable[[], bool], tap: Tap | None = None) -> None:
         self.count = count
         self._cfg = cfg
         self._config_text = config_text
@@ -533,6 +545,8 @@ class WorkerPool:
         self._stop_event = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._lanes: list[str] = []
+        self._tap = tap or IDLE  # the parent's: the workers relay what it wants to it
+        self._tap_demand = self._tap.demand()
         self._tel.gauge("workers_alive", lambda: sum(s.alive for s in self.slots))
 
     # ---------------------------------------------------------------------------------------- lifecycle
@@ -579,7 +593,8 @@ class WorkerPool:
         slot.draining = False
         slot.started_at = slot.last_state = time.monotonic()
         slot.channel = Channel(parent_end, lambda messages, s=slot: self._apply(s, messages), lambda: None)
-        slot.channel.send(frame([(CONFIG, self._cfg.path, self._config_text), (LANES, self._lanes)]))
+        slot.channel.send(frame([(CONFIG, self._cfg.path, self._config_text), (LANES, self._lanes),
+                                 (TAP_DEMAND, *self._tap_demand)]))
         log.info("worker_spawned", worker=slot.index, pid=slot.pid)
 
     async def _supervise(self, slot: WorkerSlot) -> None:
@@ -663,6 +678,8 @@ class WorkerPool:
                     router.dsd_event(message[1])
                 elif code == SERVICE_CHECK:
                     router.service_check(message[1])
+                elif code == TAP:
+                    self._tap.offer(message[1], message[2])
             except Exception as e:  # a bug on one side or the other: count it, keep the rest of the frame
                 self._tel.error("handover_error", f"{type(e).__name__}: {e}")
                 log.exception("handover_error", worker=slot.index)
@@ -681,7 +698,8 @@ class WorkerPool:
             slot.telemetry.component(comp_name).info.update(info)
 
     async def _lanes_loop(self) -> None:
-        """Tell every worker which shipping lanes are full (and whether this process runs late) on change."""
+        """Tell every worker which shipping lanes are full (and whether this process runs late), and what a
+        tap wants relayed, on change."""
         while True:
             await asyncio.sleep(LANES_CHECK_SECS)
             lanes = [lane for lane in SHIPPING_LANES if self._router.overloaded(lane)]
@@ -690,6 +708,10 @@ class WorkerPool:
             if lanes != self._lanes:
                 self._lanes = lanes
                 self._broadcast([(LANES, lanes)])
+            demand = self._tap.demand()
+            if demand != self._tap_demand:
+                self._tap_demand = demand
+                self._broadcast([(TAP_DEMAND, *demand)])
 
     def _broadcast(self, messages: list) -> None:
         data = frame(messages)

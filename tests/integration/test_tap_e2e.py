@@ -92,3 +92,31 @@ def test_a_tap_is_rate_bounded_and_says_what_it_skipped_while_everything_is_deli
     wait_for(lambda: agent.counter("tap", "discarded", reason="tap_skipped", intentional="true") >= skipped,
              what="the tap's skips in the agent's counters")
     assert agent.counter("delivery.logs", "discarded") == 0
+
+
+def test_tap_with_workers_shows_the_spans_and_logs_the_workers_encode(intake, start_agent):
+    """With workers the parent tells them what a tap wants; they relay it. The parent learns of a tap at
+    once, the workers within a check (50 ms): the test sends until each tap has what it waits for."""
+    agent = start_agent("[agent]\nworkers = 2\n", intake=intake)
+    taps = {kind: llmship("tap", "--url", agent.status_url, "--kind", kind, "--service", "svc-a", "--limit", "1")
+            for kind in ("logs", "spans")}
+    tapping(agent, 2)
+    sent = iter(range(1, 1000))
+
+    def send_until_tapped() -> bool:
+        n = next(sent)
+        post_logs(agent, [{"message": "reach me at bob@example.com", "service": "svc-a"},
+                          {"message": "other service", "service": "svc-b"}])
+        put_traces(agent, [[span(n, "svc-a", 1)], [span(10_000 + n, "svc-b", 1)]])
+        return all(tap.poll() is not None for tap in taps.values())
+
+    wait_for(send_until_tapped, timeout=30, interval=0.1, what="both taps' items")
+    shown = {}
+    for kind, tap in taps.items():
+        out, err = tap.communicate(timeout=30)
+        assert tap.returncode == 0 and "1 shown" in err, err
+        doc = json.loads(out.splitlines()[0])
+        assert doc["kind"] == kind
+        shown[kind] = doc["data"]
+    assert shown["logs"]["message"] == "reach me at [REDACTED:email]"  # as a worker encoded it
+    assert [s["service"] for s in shown["spans"]["spans"]] == ["svc-a"]  # the parent's --service filter
