@@ -129,3 +129,23 @@ def test_plain_data_makes_the_same_sketch_in_another_process() -> None:
     assert (copy.cnt, copy.min, copy.max, copy.sum, copy.avg) == (original.cnt, original.min, original.max,
                                                                    original.sum, original.avg)
     assert copy.cols() == original.cols() and sum(copy.cols()[1]) == original.cnt == 645
+
+
+def test_insert_gives_what_key_and_the_summary_give_across_the_whole_range():
+    """``insert`` writes ``key`` and the summary's arithmetic out for speed: the same bins and summary."""
+    rnd = random.Random(3)
+    values = [0.0, -0.0, 1e-12, -1e-12, 1e-9, 5e300, -5e300, 1.0, 2.5, -7.25, 3]
+    values += [rnd.choice([-1, 1]) * 10 ** rnd.uniform(-12, 12) for _ in range(5000)]
+    fast, reference = Sketch(), Sketch()
+    for v in values:
+        assert fast.insert(v)
+        reference._merge_summary(v, 1, v)
+        reference.buf.append(key(v))
+        if len(reference.buf) >= 512:
+            reference._merge_buffer()
+    fast._merge_buffer()
+    reference._merge_buffer()
+    assert fast.bins == reference.bins
+    assert (fast.cnt, fast.min, fast.max, fast.sum, fast.avg) == (reference.cnt, reference.min, reference.max,
+                                                                  reference.sum, reference.avg)
+    assert not fast.insert(float("nan")) and not fast.insert(float("inf")) and fast.cnt == len(values)
