@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import re
 import socket
 import sys
 import time
@@ -37,6 +38,7 @@ from llmship.telemetry import Component
 
 log = get_logger("dogstatsd")
 
+_SLOW_LINE = re.compile("\n[_:]")  # a line (not the first) that the fast path must not take
 METRIC_TYPES = frozenset(("c", "g", "ms", "h", "s", "d"))  # counter gauge timing histogram set distribution
 
 # Fields the Agent removes from a line's tags: `host:` sets the sample's host (comp/dogstatsd/server
@@ -95,8 +97,10 @@ class DogStatsDParser:
             return self._feed_general(*self._decode_lines_one_by_one(payload))
         lines = text.split("\n")
         # A line starting with "_" (an event `_e{`, a service check `_sc|`) or ":" (an empty metric
-        # name) must not take the fast path; checking the whole datagram once is cheaper than each line.
-        if "\n_" in text or "\n:" in text or text[:1] in ("_", ":"):
+        # name) must not take the fast path; checking the whole datagram once is cheaper than each line,
+        # and one regex search cheaper than two `in` (0.06 instead of 0.24 us a line: str's two-character
+        # search stops at every newline).
+        if text[:1] in ("_", ":") or _SLOW_LINE.search(text) is not None:
             return self._feed_general(lines, 0)
         suffixes = self._suffixes
         add = self._add
