@@ -16,6 +16,10 @@ What it does, all on loopback (Linux: it reads /proc):
      (/proc/<pid>/task/*/schedstat), which other load cannot inflate.
   3. The agent's CPU per line of buffered datagrams sent as fast as it takes them, against the goal
      (the core redesign issue: DogStatsD must not get slower, <= 1.4 us a buffered line).
+  4. The same lines in process: the agent's parser and aggregator (``agent.build``) fed 32-line datagrams
+     of the bench's lines, every context made before (a second pass), the best of IN_PROCESS_PASSES: the
+     parse-and-aggregate cost without the sockets, which the end-to-end runs judge only when the kernel
+     lost little.
 Memory with many contexts is bench/contexts.py's.
 
 Sender and receiver each get one core (os.sched_setaffinity) where there are two; the bench itself
@@ -46,6 +50,7 @@ GOAL_BUFFERED_US = Goal(1.4, "µs")  # agent CPU per line of buffered datagrams,
 MAX_JUDGED_LOSS = 0.10  # a run that lost more than this says too little about CPU per line
 RECEIVE_BUFFER_BYTES = 8 * 1024 * 1024  # the agent's default sources.dogstatsd.receive_buffer_bytes
 BENCH_DEADLINE_SECS = 600  # the whole run stops by itself after this, whatever happens
+IN_PROCESS_PASSES = 7
 IDLE_SECS = 0.3  # a receiver that has used no CPU for this long has handled everything it was sent
 POLL_SECS = 0.05
 IDLE_CPU_SECS_PER_POLL = 0.001  # "no CPU": the baseline's 20 timeouts a second stay far below this
@@ -316,6 +321,26 @@ def print_verdicts(results: list[Result]) -> None:
             print(f"  {r.transport:<4} {us:6.2f} µs   {verdict}")
 
 
+def in_process_us(lines: list[bytes]) -> float:
+    """CPU µs a line of the agent's own parser and aggregator, in this process (step 4)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+    from llmship.agent import build
+    from llmship.config import load_config_text
+
+    topology = build(load_config_text('[sinks.datadog]\napi_key = "x"\nurl = "http://127.0.0.1:9"\n'))
+    parser = next(s for s in topology.sources if type(s).__name__ == "DogStatsDSource").parser
+    datagrams = [b"\n".join(lines[i:i + 32]) for i in range(0, len(lines), 32)]
+    for datagram in datagrams:  # every context made
+        parser.feed(datagram)
+    best = float("inf")
+    for _ in range(IN_PROCESS_PASSES):
+        started = time.thread_time()
+        for datagram in datagrams:
+            parser.feed(datagram)
+        best = min(best, (time.thread_time() - started) / len(lines) * 1e6)
+    return best
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run: fewer lines and rates")
@@ -366,6 +391,11 @@ def main() -> int:
                   f"{stat(c, 'dsd_kernel_drops'):.0f}; net.unix.max_dgram_qlen = {stat(c, 'dsd_unix_qlen'):.0f} "
                   "(a non-blocking unix client drops once that many datagrams wait)")
             print_verdicts(results)
+            us = in_process_us(llm_lines(20_000 if args.quick else 64_000, 7))
+            verdict = result("DogStatsD, in process", "parse + aggregate per buffered line", us, "µs",
+                             GOAL_BUFFERED_US)
+            print(f"\nin process, the agent's parser and aggregator on 32-line datagrams (best of "
+                  f"{IN_PROCESS_PASSES} passes): {us:.2f} µs a line   {verdict}")
         finally:
             for baseline in baselines.values():
                 baseline.stop()
