@@ -82,6 +82,17 @@ def http_get(url: str, timeout: float = 5) -> tuple[int, bytes]:
         return e.code, e.read()
 
 
+def in_process_topology():
+    """The agent's components built in this process (``agent.build``, the default config), for a bench's
+    in-process stages: nothing listens, and the Datadog destination is never contacted."""
+    if str(SRC) not in sys.path:
+        sys.path.insert(0, str(SRC))
+    from llmship.agent import build
+    from llmship.config import load_config_text
+
+    return build(load_config_text('[sinks.datadog]\napi_key = "x"\nurl = "http://127.0.0.1:9"\n'))
+
+
 def clean_env() -> dict[str, str]:
     """This environment without DD_* and LLMSHIP_* (they would change the agent's config), with src/ on
     PYTHONPATH."""

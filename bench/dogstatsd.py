@@ -41,8 +41,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import (CPUS, Agent, Goal, datadog_sink, file_sink, free_port, pin, result,  # bench/common.py
-                    save_results, stat)
+from common import (CPUS, Agent, Goal, datadog_sink, file_sink, free_port, in_process_topology, pin,  # bench/common.py
+                    result, save_results, stat)
 
 UDP_PACKET_BYTES = 1432  # datadogpy / datadog-go default max UDP payload
 UDS_PACKET_BYTES = 8192  # their default for unix sockets
@@ -323,11 +323,7 @@ def print_verdicts(results: list[Result]) -> None:
 
 def in_process_us(lines: list[bytes]) -> float:
     """CPU µs a line of the agent's own parser and aggregator, in this process (step 4)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
-    from llmship.agent import build
-    from llmship.config import load_config_text
-
-    topology = build(load_config_text('[sinks.datadog]\napi_key = "x"\nurl = "http://127.0.0.1:9"\n'))
+    topology = in_process_topology()
     parser = next(s for s in topology.sources if type(s).__name__ == "DogStatsDSource").parser
     datagrams = [b"\n".join(lines[i:i + 32]) for i in range(0, len(lines), 32)]
     for datagram in datagrams:  # every context made

@@ -56,7 +56,8 @@ import orjson
 import mixes  # bench/mixes.py
 from common import (CATCH_UP_SECS, CPUS, OPEN_LOOP_CONNECTIONS, STATUS_POLL_SECS, Agent,  # bench/common.py
                     Goal, LlmshipIntake, Measured, NullIntake, Workload, caught_up, closed_loop, datadog_sink, drops,
-                    free_port, open_loop, pin, result, run_phase, save_results, sent, stat, wait_until)
+                    free_port, in_process_topology, open_loop, pin, result, run_phase, save_results, sent, stat,
+                    wait_until)
 
 
 SPANS_PER_PAYLOAD = 100  # default payload size, whatever the mix: comparable per-request overheads
@@ -70,8 +71,8 @@ DEADLINE_SECS = 600  # the whole run stops by itself after this, whatever happen
 # ---------------------------------------------------------------------------------------------- baseline
 
 
-def baseline(workload: Workload, seconds: float) -> tuple[float, int]:
-    """CPU seconds and spans of decoding the same mix of bodies, and nothing else, for about ``seconds``."""
+def baseline(workload: Workload, seconds: float) -> float:
+    """CPU µs a span of decoding the same mix of bodies, and nothing else, for about ``seconds``."""
     requests = [workload.next() for _ in range(200)]
     spans = 0
     cpu = 0.0
@@ -89,20 +90,18 @@ def baseline(workload: Workload, seconds: float) -> tuple[float, int]:
                             msgpack.unpackb(blob, raw=False, strict_map_key=False)
             spans += r.spans
         cpu += time.process_time() - start
-    return cpu, spans
+    return cpu / spans * 1e6
 
 
 def in_process_stages(workload: Workload) -> dict[str, float]:
     """µs of CPU a span for each processing-plane stage, in this process, on the mix's v0.4 bodies: where
     the agent's time goes (the best of three passes; the bodies get fresh ids each pass). Scrubbing is the
     scan of every span's meta values and resource (the events' text is scrubbed within the LLM stage)."""
-    from llmship.agent import build
-    from llmship.config import load_config_text
+    emitter = in_process_topology().emitter  # first: it puts src/ on the path where llmship is not installed
     from llmship.model import TracerInfo
     from llmship.sources.traces import decode_v04
     from llmship.transforms.privacy import scrub_chunks
 
-    emitter = build(load_config_text('[sinks.datadog]\napi_key = "x"\nurl = "http://127.0.0.1:9"\n')).emitter
     scrubber, tracer, payloads = emitter._scrubber, TracerInfo(), workload.traces
     stages = {"decode": lambda chunks: None,
               "LLM stage (extract, policies, event text)": lambda chunks: [emitter._llm.process_chunk(c) for c in chunks],
@@ -158,8 +157,7 @@ def run_mix(mix: str, args, seconds: float, deadline: float, workdir: Path) -> N
     print(f"\n== {mix} mix: v0.4 payload of {traces_per_payload} traces, {t.spans} spans ({t.llmobs} with _llmobs), "
           f"{len(t.template) / 1024:.0f} KiB" + (f"; EVP batches of {probe.evp.events} events, {evp_share:.0%} of "
                                                  "spans" if evp_share else "; no EVP"))
-    cpu, spans = baseline(probe, 1.0 if args.quick else 3.0)
-    baseline_us = cpu / spans * 1e6
+    baseline_us = baseline(probe, 1.0 if args.quick else 3.0)
     evp = ", orjson for EVP" if evp_share else ""
     print(f"  baseline in process (msgpack.unpackb of the bodies and _llmobs blobs{evp}; "
           f"decode only): {baseline_us:.2f} us/span = {1e6 / baseline_us:,.0f} spans/s per core")
@@ -188,8 +186,7 @@ def run_mix(mix: str, args, seconds: float, deadline: float, workdir: Path) -> N
         # The baseline again, right after: on a shared machine the speed drifts over a minute by as much as a
         # third, and the ratio must compare the agent with the baseline of the same moment. Their mean is the
         # baseline the ratio uses (both are printed).
-        cpu, spans = baseline(probe, 1.0 if args.quick else 3.0)
-        baseline_after = cpu / spans * 1e6
+        baseline_after = baseline(probe, 1.0 if args.quick else 3.0)
         print(f"  baseline again, right after the closed loop: {baseline_after:.2f} us/span "
               f"(before: {baseline_us:.2f}; the ratio uses their mean)")
         baseline_us = (baseline_us + baseline_after) / 2

@@ -145,8 +145,9 @@ def build(cfg: Config, telemetry: Telemetry | None = None, *, readiness=None, in
     p = build_processing(cfg, telemetry, router, submit=delivery.submit, shed=shed)
     router.attach_sinks(*p.sinks)
     # Metric tags, events and service checks are made in the shipping plane: scrubbed there
-    aggregator.scrub_tags = MetricScrubber(p.scrubber).tags
-    metrics_sink.privacy = MetricScrubber(p.scrubber)
+    metric_scrubber = MetricScrubber(p.scrubber)
+    aggregator.scrub_tags = metric_scrubber.tags
+    metrics_sink.privacy = metric_scrubber
     sources = [DogStatsDSource(cfg, p.emitter)]
     if cfg.worker_count == 1:
         sources += p.sources

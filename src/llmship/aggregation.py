@@ -59,8 +59,9 @@ Memory (issue 2: 100,000 contexts within an agent under 100 MB): a context is on
 is its class), its tags tuple, and an entry in each of two dicts; a histogram, distribution or set holds
 its first sample as a plain value and gets a buffer only with a second one (a high-cardinality context
 typically sees one sample per interval). ``flush`` only takes the ready aggregates (three entries each in
-one flat list: no object per context) and decides the counters' zeros; the series and sketches are built one at a time as the sink drains the
-``FlushResult``, so a flush never holds a list of every series, and the loop is free between slices.
+one flat list: no object per context) and decides the counters' zeros; the series and sketches are built
+one at a time as the sink drains the ``FlushResult``, so a flush never holds a list of every series, and
+the loop is free between slices.
 """
 
 from __future__ import annotations

@@ -21,6 +21,8 @@ from __future__ import annotations
 import errno
 import socket
 
+from aiohttp import web
+
 from llmship import unixsock
 from llmship.config import Config, parse_host_port
 
@@ -61,6 +63,18 @@ def bind_tcp(address: str, listen: bool = True) -> list[socket.socket]:
             sock.close()
         raise
     return sockets
+
+
+async def start_sites(runner: web.AppRunner, sockets: Sockets | None, keys: tuple[str, ...], address: str) -> None:
+    """Serve ``runner`` on the listening sockets the parent bound under ``keys`` (in a worker: ``sockets``
+    given), else on ``address`` (host:port; "" for none): the HTTP sources' one way to start listening."""
+    if sockets is not None:
+        for key in keys:
+            for sock in sockets.get(key, ()):
+                await web.SockSite(runner, sock).start()
+    elif address:
+        host, port = parse_host_port(address)
+        await web.TCPSite(runner, host, port).start()
 
 
 def check_free(address: str) -> None:

@@ -35,13 +35,13 @@ worker -> parent (one frame per event-loop turn that produced anything, so a bur
                                                                        histograms; the Sketch as plain data:
                                                                        Sketch.to_plain / from_plain)
     [12, [[name, value, tags, start_ns, time_ns], ...]]                Router.add_cumulative_sum, each
-    [14, kind, data]                                                   an item for `llmship tap` (plain data:
-                                                                       tap.RelayTap), only while a tap wants it
     [13, [[name, tags, start_ns, time_ns, [bucket_count, ...], [bound, ...], count, sum], ...]]
                                                                        Router.add_cumulative_histogram, each
                                                                        (cumulative OTLP points: the parent
                                                                        takes their differences, as a series'
                                                                        points may reach different workers)
+    [14, kind, data]                                                   an item for `llmship tap` (plain data:
+                                                                       tap.RelayTap), only while a tap wants it
 parent -> worker:
     [20, config_path, config_text]   the config to run (first message, and on each SIGHUP reload)
     [21, [lane, ...]]                the shipping plane's overloaded lanes ("*": the parent runs late)

@@ -297,12 +297,7 @@ class LogsSource:
                                auto_decompress=False, keepalive_timeout=self._idle_timeout)
         await runner.setup()
         self._runner = runner
-        if self._sockets is not None:
-            for sock in self._sockets.get("logs.http", ()):
-                await web.SockSite(runner, sock).start()
-        else:
-            host, port = parse_host_port(self._cfg.http)
-            await web.TCPSite(runner, host, port).start()
+        await listeners.start_sites(runner, self._sockets, ("logs.http",), self._cfg.http)
         for address in runner.addresses:
             log.info("listener_bound", protocol="http", address=str(address))
 

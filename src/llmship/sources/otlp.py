@@ -44,7 +44,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from llmship import listeners
 from llmship import protobuf as pb
-from llmship.config import Config, parse_host_port
+from llmship.config import Config
 from llmship.log import RateLimited, get_logger
 from llmship.sources import otlp_map
 from llmship.sources.traces import (DECODERS, READ_TIMEOUT_SECS, RETRY_AFTER_SECS,
@@ -116,12 +116,7 @@ class OTLPSource:
                                    auto_decompress=False)
             await runner.setup()
             try:
-                if self._sockets is not None:
-                    for sock in self._sockets.get("otlp.http", ()):
-                        await web.SockSite(runner, sock).start()
-                else:
-                    host, port = parse_host_port(self._cfg.http)
-                    await web.TCPSite(runner, host, port).start()
+                await listeners.start_sites(runner, self._sockets, ("otlp.http",), self._cfg.http)
             except BaseException:
                 await runner.cleanup()
                 raise

@@ -169,13 +169,7 @@ class TraceSource:
                                auto_decompress=False)
         await runner.setup()
         try:
-            if self._sockets is not None:
-                for key in ("traces.listen", "traces.socket"):
-                    for sock in self._sockets.get(key, ()):
-                        await web.SockSite(runner, sock).start()
-            elif self._cfg.listen:
-                host, port = parse_host_port(self._cfg.listen)
-                await web.TCPSite(runner, host, port).start()
+            await listeners.start_sites(runner, self._sockets, ("traces.listen", "traces.socket"), self._cfg.listen)
             if self._cfg.socket and self._sockets is None:
                 self._socket_file = _bind_unix_socket(self._cfg.socket)
                 await web.SockSite(runner, self._socket_file[0]).start()

@@ -806,17 +806,16 @@ class Scrubber:
                     hs, found = None, _twin(rules, text)
         return text
 
-    def scrub_many(self, strings: list[str], kind: str, skip: Callable[[int], bool] | None = None
-                   ) -> dict[int, str | None]:
-        """The strings that scrubbing changes, by index, scrubbed (None: drop the field); ``skip(i)`` says
-        which of the strings where a rule may match are left alone (structural values). With Hyperscan, one
-        scan of all of them finds the few where a rule may match; the twin tries each."""
+    def scrub_many(self, strings: list[str], kind: str) -> dict[int, str | None]:
+        """The strings that scrubbing changes, by index, scrubbed (None: drop the field). With Hyperscan, one
+        scan of all of them finds the few where a rule may match; the twin tries each (``candidates_many``;
+        ``privacy.scrub_chunks`` walks the candidates itself, to leave structural values alone)."""
         changed: dict[int, str | None] = {}
         scrub = self.scrub_cached
         tally: dict[tuple[str, str], int] = {}
         for i in self.candidates_many(strings):
             text = strings[i]
-            if not text or (skip is not None and skip(i)):
+            if not text:
                 continue
             out = scrub(text, kind, tally)
             if out is not text:
