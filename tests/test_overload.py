@@ -3,7 +3,7 @@ that never blocked for a whole bound."""
 
 import time
 
-from llmship.overload import BUSY_FRACTION, INTERVAL_SECS, SHED_MAX, LoopLag, _voluntary_switches
+from llmship.overload import BUSY_FRACTION, INTERVAL_SECS, SHED_DOWN, SHED_MAX, LoopLag, _voluntary_switches
 
 BOUND_MS = 100
 
@@ -48,7 +48,7 @@ def test_the_share_falls_back_once_the_loop_idles_again():
     assert lag.shed_share == SHED_MAX
     feed(lag, 0.2, cpu_share=0.5, blocks=True)
     assert 0 < lag.shed_share < SHED_MAX  # slowly: an idle moment now and then is the share doing its job
-    feed(lag, 1.0, cpu_share=0.5, blocks=True)
+    feed(lag, SHED_MAX / SHED_DOWN * INTERVAL_SECS, cpu_share=0.5, blocks=True)  # one step a check, the rest
     assert lag.shed_share == 0
 
 

@@ -55,12 +55,16 @@ BUSY_FRACTION = 0.95
 # poll and does not block either (seen under a load of 5 on two cores), but it runs a few percent of the time,
 # where a busy worker sharing two cores with another, the shipping plane and its clients gets 40-50%.
 NEVER_BLOCKED_MIN_BUSY = 0.25
-SHED_STEP, SHED_MAX = 0.05, 0.6  # a share of 0.6 at most: at twice the capacity, about 0.5 is refused
+# A share of 0.8 at most. At twice the capacity about 0.55 must be refused, more where the clients share the
+# agent's cores: 2 workers, the shipping plane and the load generator on two cores (bench/workers.py) settled
+# at 0.6 under a cap of 0.6 and queued 1.4-2.3 s of requests in the clients; under 0.8, refused 49-62% and p99
+# was 123-573 ms (measured). Above 0.8 a closed loop of resending clients would get little but refusals.
+SHED_STEP, SHED_MAX = 0.05, 0.8
 # The share shrinks by this each check whose last bound had an idle moment. Slowly: one idle moment marks
 # every check for a bound (7 of them at 150 ms), and at the share that matches the load the loop idles now
 # and then; shrinking fast let the share collapse from 0.6 to 0 at each such moment and a backlog build
 # while it climbed back (2 workers at twice their capacity: p99 1.6 s, 45% refused; measured). After the
-# overload ends, 0.6 falls to 0 in about a second.
+# overload ends, 0.8 falls to 0 in about 1.3 seconds.
 SHED_DOWN = SHED_STEP / 4
 
 

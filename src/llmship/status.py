@@ -220,6 +220,7 @@ _HELP = {
     "worker_restarts": "Times this worker was started again after it exited.",
     "worker_up": "1 while the worker process serves.",
     "worker_loop_lag_ms": "The worker's largest event-loop lateness in its last report, ms.",
+    "worker_shed_share": "The share of requests the worker refuses while its loop has no idle moment (0 to 0.8).",
 }
 _BAD_NAME_CHARS = re.compile(r"[^a-zA-Z0-9_]")
 
@@ -287,8 +288,9 @@ def render_openmetrics(status_json: dict[str, Any]) -> str:
             if isinstance(worker.get(name), (int, float)):
                 sample("counter", f"worker_{name}", "_total", labels, worker[name])
         sample("gauge", "worker_up", "", labels, 1 if worker.get("state") in ("ready", "draining") else 0)
-        if isinstance(worker.get("loop_lag_ms"), (int, float)):
-            sample("gauge", "worker_loop_lag_ms", "", labels, worker["loop_lag_ms"])
+        for name in ("loop_lag_ms", "shed_share"):
+            if isinstance(worker.get(name), (int, float)):
+                sample("gauge", f"worker_{name}", "", labels, worker[name])
 
     lines = []
     for family, (kind, help_text, samples) in families.items():

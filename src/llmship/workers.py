@@ -455,7 +455,8 @@ class Worker:
                 info[name] = comp.info
         self.router.state({"pid": os.getpid(), "ready": self.ready, "draining": self._draining,
                            "lag_ms": round(self.lag.take_peak() * 1000, 1),
-                           "overloaded": self.lag.overloaded(), "gauges": gauges, "info": info})
+                           "overloaded": self.lag.overloaded(), "shed_share": round(self.lag.shed_share, 2),
+                           "gauges": gauges, "info": info})
         self.router.flush()
 
     async def _heartbeat(self) -> None:
@@ -523,6 +524,7 @@ class WorkerSlot:
         self.restarts = 0
         self.lag_ms = 0.0
         self.overloaded = False
+        self.shed_share = 0.0  # the share of requests its listeners refuse (llmship.overload)
         self.last_exit: dict | None = None
         self._gauges: dict[tuple[str, str], float] = {}
 
@@ -638,6 +640,7 @@ class WorkerPool:
                 channel.close()
         slot.alive = slot.ready = False
         slot.overloaded = False
+        slot.shed_share = 0.0
         for comp in slot.telemetry.components.values():  # a dead worker holds nothing: its gauges read 0
             for name in comp.gauges:
                 comp.gauges[name] = _zero
@@ -690,6 +693,7 @@ class WorkerPool:
         slot.draining = bool(state.get("draining"))
         slot.lag_ms = state.get("lag_ms", 0.0)
         slot.overloaded = bool(state.get("overloaded"))
+        slot.shed_share = state.get("shed_share", 0.0)
         for comp_name, values in state.get("gauges", {}).items():
             comp = slot.telemetry.component(comp_name)
             for name, value in values.items():
@@ -800,6 +804,7 @@ class WorkerPool:
                 "last_exit": slot.last_exit,
                 "loop_lag_ms": slot.lag_ms,
                 "overloaded": slot.overloaded,
+                "shed_share": slot.shed_share,
             })
         return out
 

@@ -245,6 +245,9 @@ def test_status_sums_and_a_line_per_worker(intake, start_agent, tmp_path):
     assert f'llmship_spans_total{{component="traces"}} {spans}' in text
     for w in ws:
         assert f'llmship_worker_items_total{{worker="{w["index"]}",pid="{w["pid"]}"}} {int(w["items"])}' in text
+        # a quiet worker refuses nothing (its share of refusals, shown for sizing)
+        assert w["shed_share"] == 0.0
+        assert f'llmship_worker_shed_share{{worker="{w["index"]}",pid="{w["pid"]}"}} 0' in text
     # `llmship status`: the component table (sums), then one line per worker
     out = subprocess.run([sys.executable, "-m", "llmship", "status", "--url", agent.status_url],
                          capture_output=True, text=True, timeout=30).stdout
