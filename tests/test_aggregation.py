@@ -226,6 +226,29 @@ def test_bad_input_is_counted_not_raised() -> None:
     assert "g2" not in out and out["h.max"].points[0][1] == 2
 
 
+def test_samples_added_together_aggregate_as_one_by_one() -> None:
+    """``add_many`` (a DogStatsD datagram's lines, one clock read) and ``add`` of each sample: the same
+    series, sketches and drops, a bad sample in the middle costing only itself."""
+    samples = [("req", "c", 1.0, "a:1", 1.0, None), ("req", "c", 3.0, "a:1", 0.5, None),
+               ("depth", "g", 4.0, "", 1.0, "h2"), ("depth", "g", "nope", "", 1.0, "h2"),
+               ("depth", "g", 5.0, "", 1.0, "h2"), ("x", "zz", 1.0, "", 1.0, None), ("", "c", 1.0, "", 1.0, None),
+               ("users", "s", "u1", "", 1.0, None), ("users", "s", "u2", "", 1.0, None),
+               ("lat", "h", 2.0, "m:a", 1.0, None), ("lat", "h", 4.0, "m:a", 0.25, None),
+               ("lat", "h", math.nan, "m:a", 1.0, None), ("tok", "d", 10.0, "", 1.0, None), ("tok", "d", 12.0, "", 0.5, None)]
+    one_by_one, clock_a, tel_a = make()
+    together, clock_b, tel_b = make()
+    for sample in samples:
+        one_by_one.add(*sample)
+    together.add_many(samples)
+    clock_a.now = clock_b.now = T0 + 10
+    a, b = one_by_one.flush(clock_a.now), together.flush(clock_b.now)
+    assert sorted(map(repr, a.series)) == sorted(map(repr, b.series)) and len(a.series) == 8
+    assert [(s.metric, s.points[0][1].to_plain()) for s in a.sketches] == \
+        [(s.metric, s.points[0][1].to_plain()) for s in b.sketches]
+    assert tel_a.component("aggregator").counters == tel_b.component("aggregator").counters
+    assert by_name(b)["depth"].points == [(int(T0), 5.0)]
+
+
 def test_telemetry_gauges() -> None:
     agg, clock, telemetry = make()
     for i in range(5):

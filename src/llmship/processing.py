@@ -38,6 +38,7 @@ class Emitter:
                  logs_sink, otlp_sink=None, scrubber=None, shed: Callable[[], bool] | None = None) -> None:
         self.telemetry = telemetry
         self.add_metric = router.add_metric  # DogStatsD: straight into the aggregator, no object per line
+        self.add_metrics = router.add_metrics
         # OTLP metric points and histogram sketches, aggregated by their sender: shipped as they are; cumulative
         # points are the shipping plane's to difference (otlp_map.Cumulative)
         self.add_point = router.add_point

@@ -307,6 +307,10 @@ class RemoteRouter:
                    timestamp: float | None = None) -> None:
         self._put((METRIC, name, mtype, value, tags, rate, host, timestamp))
 
+    def add_metrics(self, samples) -> None:
+        for sample in samples:
+            self.add_metric(*sample)
+
     def add_point(self, name: str, series_type: int, value: float, tags: str, timestamp: float) -> None:
         self._append(POINTS, (name, series_type, value, tags, timestamp))
 

@@ -30,6 +30,10 @@ class Recorder:
     def add_metric(self, name, mtype, value, tags="", rate=1.0, host=None, timestamp=None) -> None:
         self.samples.append((name, mtype, value, tags))
 
+    def add_metrics(self, samples) -> None:  # the lines of one datagram, as the aggregator's add_many
+        for sample in samples:
+            self.add_metric(*sample)
+
     def submit_dsd_event(self, event: dict) -> None:
         self.events.append(event)
 

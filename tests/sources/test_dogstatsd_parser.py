@@ -34,6 +34,10 @@ class Recorder:
     def add_metric(self, name, mtype, value, tags="", rate=1.0, host=None, timestamp=None) -> None:
         self.samples.append((name, mtype, value, tags, rate, host, timestamp))
 
+    def add_metrics(self, samples) -> None:  # the lines of one datagram, as the aggregator's add_many
+        for sample in samples:
+            self.add_metric(*sample)
+
     def submit_dsd_event(self, event: dict) -> None:
         self.events.append(event)
 
@@ -161,6 +165,15 @@ def test_the_cached_fast_path_gives_the_same_result_as_the_first_parse(h):
     first, second, third = h.rec.samples
     assert first == second == sample("llm.tokens.output", "d", 12.0, "env:prod,model:gpt-4o", 0.5, "web-2")
     assert third[2] == 13.0 and third[:2] == first[:2] and third[3:] == first[3:]
+
+
+def test_a_datagram_mixing_fast_and_general_lines_keeps_line_order(h):
+    """The fast path adds a datagram's lines together, but never after a later line the general parser
+    took: a gauge's last value is its last line's."""
+    h.feed("q:1|g|#env:prod")  # the suffix is now known: the fast path takes "q:..|g|#env:prod"
+    h.rec.samples.clear()
+    h.feed("q:2|g|#env:prod\nq:3:4|g|#env:prod\nq:5|g|#env:prod\nq:6:7|g|#env:prod")  # packed: general
+    assert [s[2] for s in h.rec.samples] == [2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
 
 
 def test_fast_path_still_rejects_bad_values_for_a_known_suffix(h):

@@ -51,6 +51,9 @@ class RecordingRouter:
     def add_metric(self, *sample, **kwargs) -> None:
         self.metrics.append(sample)
 
+    def add_metrics(self, samples) -> None:
+        self.metrics += samples
+
     def add_point(self, name, series_type, value, tags, timestamp, host=None) -> None:
         self.points.append((name, series_type, value, tags, timestamp))
 

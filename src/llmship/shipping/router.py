@@ -47,6 +47,7 @@ class Router:
                  logs_sink, otlp_sink=None) -> None:
         self.telemetry = telemetry
         self.add_metric = aggregator.add
+        self.add_metrics = aggregator.add_many
         self.add_point = aggregator.add_point
         self.add_sketch = aggregator.add_sketch
         self._cumulative = None  # OTLP's cumulative series: made with the first (see _cumulative_series)
@@ -99,7 +100,7 @@ class Router:
     def calls(self, outputs) -> None:
         """Each call's encoded event once per span id, its metric samples and encoded sample log once per
         span id (``CallOutput``s whose event and log the processing plane encoded)."""
-        add_metric = self.add_metric
+        samples = []  # every call's, added together: one clock read
         otlp = self._otlp_sink
         for out in outputs:
             span_id = out.span_id
@@ -107,8 +108,7 @@ class Router:
                 if span_id is None or self._counted.add(span_id):
                     if out.samples:
                         self._tel.inc("llm_calls")
-                    for sample in out.samples:
-                        add_metric(*sample)
+                        samples += [(name, mtype, value, tags, 1.0, None) for name, mtype, value, tags in out.samples]
                     if out.log is not None:
                         self._logs_sink.add_item(out.log)
                     if otlp is not None:
@@ -125,6 +125,8 @@ class Router:
                     self._llmobs_sink.add_item(out.event)
                 else:
                     self._tel.discard("duplicate_event", intentional=True)
+        if samples:
+            self.add_metrics(samples)
 
     def log_item(self, data: bytes) -> None:
         self._logs_sink.add_item(data)

@@ -72,6 +72,7 @@ class DogStatsDParser:
 
     def __init__(self, pipeline, comp: Component, hostname: str) -> None:
         self._add = pipeline.add_metric
+        self._add_many = pipeline.add_metrics  # the fast path's lines of one datagram
         self._submit_event = pipeline.submit_dsd_event
         self._submit_service_check = pipeline.submit_service_check
         self._comp = comp
@@ -103,7 +104,8 @@ class DogStatsDParser:
         if text[:1] in ("_", ":") or _SLOW_LINE.search(text) is not None:
             return self._feed_general(lines, 0)
         suffixes = self._suffixes
-        add = self._add
+        samples = []  # the datagram's lines, added together (one clock read, one bucket check)
+        append = samples.append
         for line in lines:
             head, _, suffix = line.partition("|")
             name, _, value_text = head.partition(":")
@@ -116,10 +118,15 @@ class DogStatsDParser:
                 else:
                     if not value - value:  # nan and +-inf give nan here, which is truthy
                         mtype, tags, rate, host = meta
-                        add(name, mtype, value, tags, rate, host)
+                        append((name, mtype, value, tags, rate, host))
                         continue
             if line:
+                if samples:  # in line order: a gauge's last value is the last line's
+                    self._add_many(samples)
+                    samples.clear()
                 self._parse_line(line)
+        if samples:
+            self._add_many(samples)
         return len(lines) - lines.count("")  # blank lines (the usual trailing "\n") are not lines
 
     # ------------------------------------------------------------------------------------------ general path
