@@ -231,3 +231,32 @@ def test_with_workers_otlp_items_cross_to_the_shipping_plane(tmp_path, intake, s
     wait_for(lambda: sum(p["sum"] for p in points(intake, "gen_ai.client.token.usage",
                                                    **{"gen_ai.token.type": "input"})) == tokens_in, timeout=20)
     assert intake.records("llmobs") == []
+
+
+def test_a_call_seen_first_as_an_evp_event_reaches_v1_traces_once(intake, start_agent):
+    """The tracer's two copies of a call in the order the router cannot foresee: the EVP event first (it
+    gets an OTLP span of its own), then the v0.4 chunk that carries the same span. The chunk's other spans
+    arrive; the call's span id is at /v1/traces once (it used to arrive twice)."""
+    from harness import CAPTURES, http_post
+    from llmship.llm import extract
+    from llmship.sources.traces import decode_v04
+
+    agent = start_agent(BASE + OTLP_ONLY, intake=intake, env={"OTLP_TOKEN": TOKEN})
+    port = agent.ports["trace_port"]
+    body = (CAPTURES / "ddtrace-4.16" / "v04_traces_llmobs_default.msgpack").read_bytes()
+    spans = [s for chunk in decode_v04(body) for s in chunk]
+    carriers = [s for s in spans if "_llmobs" in s.meta_struct]
+    assert carriers
+    events = [extract.llmobs_event(extract._unpack_struct(s.meta_struct["_llmobs"]), s) for s in carriers]
+    envelope = [{"_dd.stage": "raw", "_dd.tracer_version": "4.16.0", "event_type": "span", "spans": events}]
+    evp_headers = {"Content-Type": "application/json", "X-Datadog-EVP-Subdomain": "llmobs-intake"}
+    assert http_post(port, "/evp_proxy/v2/api/v2/llmobs", orjson.dumps(envelope), evp_headers) == 202
+    call_ids = {f"{s.span_id:016x}" for s in carriers}
+    intake.wait_records("otlp_spans", len(call_ids), timeout=30, where=lambda d: d["span_id"] in call_ids)
+
+    assert http_post(port, "/v0.4/traces", body, {"Content-Type": "application/msgpack"}) == 200
+    every_id = [f"{s.span_id:016x}" for s in spans]
+    shipped = intake.wait_records("otlp_spans", len(every_id), timeout=30, where=lambda d: d["span_id"] in every_id)
+    assert sorted(r["data"]["span_id"] for r in shipped) == sorted(every_id)  # each span once
+    wait_for(lambda: agent.counter("llm", "discarded", reason="duplicate_otlp_span") == len(call_ids),
+             what="the chunk's copies of the calls counted as intentional duplicates")

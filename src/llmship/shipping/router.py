@@ -59,6 +59,7 @@ class Router:
         self._counted = RecentIds()  # calls whose metrics (and sample log) were produced
         self._shipped = RecentIds()  # events passed on to the LLM Observability sink
         self._otlp_spans = RecentIds()  # calls whose OTLP span was shipped (in its chunk, or on its own)
+        self._otlp_sent_before: set[int] = set()  # calls of this hand-over whose EVP copy's span went first
 
     def add_cumulative_sum(self, *args) -> None:
         self._cumulative_series().add_sum(*args)
@@ -88,7 +89,13 @@ class Router:
         if self._otlp_sink is None:
             return
         if kind == "spans":
-            self._otlp_sink.add_span_items(items)
+            # the chunks' items follow their calls (``calls`` first, in one hand-over): a call's own item,
+            # (item, 1, span id), is dropped when its EVP copy's span went before
+            sent_before, self._otlp_sent_before = self._otlp_sent_before, set()
+            kept = [item[:2] for item in items if len(item) == 2 or item[2] not in sent_before]
+            if len(kept) < len(items):
+                self._tel.discard("duplicate_otlp_span", len(items) - len(kept), intentional=True)
+            self._otlp_sink.add_span_items(kept)
         else:
             for item in items:
                 self._otlp_sink.add_log_item(item)
@@ -118,8 +125,11 @@ class Router:
                             otlp.add_log_item(out.otlp_log)
             if out.otlp_span is not None and otlp is not None:
                 # b"": the span goes with its chunk; remembered so the same call's EVP copy adds no second
-                if (span_id is None or self._otlp_spans.add(span_id)) and out.otlp_span:
-                    otlp.add_span_items([(out.otlp_span, 1)])
+                if span_id is None or self._otlp_spans.add(span_id):
+                    if out.otlp_span:
+                        otlp.add_span_items([(out.otlp_span, 1)])
+                elif not out.otlp_span:  # in its chunk, after its EVP copy's span: otlp_items drops it
+                    self._otlp_sent_before.add(span_id)
             if out.event is not None:
                 if span_id is None or self._shipped.add(span_id):
                     self._llmobs_sink.add_item(out.event)

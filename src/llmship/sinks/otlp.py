@@ -268,12 +268,11 @@ class OTLPSink:
     # ----------------------------------------------------------------------------- spans (processing)
 
     def encode_chunks(self, chunks: list[list[Span]], tracer: TracerInfo,
-                      calls: dict[int, list] | None = None) -> list[tuple[bytes, int]]:
-        """One ResourceSpans item per chunk and service, with its span count. ``calls``: span id ->
-        GenAI attributes of the call that span carries (``call_attributes``)."""
-        from opentelemetry.proto.trace.v1 import trace_pb2
-
-        items = []
+                      calls: dict[int, list] | None = None) -> list[tuple]:
+        """One ResourceSpans item per chunk and service, with its span count; a span that carries a call
+        gets an item of its own, (item, 1, span id), which the router drops when the call's EVP copy went
+        first. ``calls``: span id -> GenAI attributes of the call that span carries (``call_attributes``)."""
+        items: list[tuple] = []
         calls = calls or {}
         for spans in chunks:
             if not spans or dropped_by_tracer(spans):
@@ -283,24 +282,40 @@ class OTLPSink:
                 by_service.setdefault(s.service, []).append(s)
             for service, group in by_service.items():
                 # env and version as tracers set them: on some spans of the chunk (the root at least)
-                env = next((s.meta["env"] for s in group if s.meta.get("env")), "")
+                env = next((s.meta["env"] for s in group if s.meta.get("env")), "") or self._env
                 version = next((s.meta["version"] for s in group if s.meta.get("version")), "")
-                rs = trace_pb2.ResourceSpans()
-                self._resource(rs.resource.attributes, service, env or self._env, version, tracer)
-                ss = rs.scope_spans.add()
-                ss.scope.name = SCOPE_NAME
-                ss.scope.version = __version__
-                for s in group:
-                    try:
-                        _span(ss.spans.add(), s, calls.get(s.span_id))
-                    except (ValueError, TypeError, OverflowError) as e:
-                        del ss.spans[-1]
-                        self._tel.discard("unencodable_span")
-                        _log.warning("unencodable_span", "span_dropped", error=f"{type(e).__name__}: {e}")
-                if ss.spans:
-                    items.append((_item(rs), len(ss.spans)))
-        self._tel.inc("spans_encoded", sum(n for _, n in items))
+                resource = (service, env, version, tracer)
+                with_calls = [s for s in group if s.span_id in calls] if calls else []
+                if with_calls:
+                    group = [s for s in group if s.span_id not in calls]
+                    for s in with_calls:
+                        if (encoded := self._resource_spans(resource, [s], calls)) is not None:
+                            items.append((*encoded, s.span_id))
+                if (encoded := self._resource_spans(resource, group, calls)) is not None:
+                    items.append(encoded)
+        self._tel.inc("spans_encoded", sum(item[1] for item in items))
         return items
+
+    def _resource_spans(self, resource: tuple, spans: list[Span], calls: dict) -> tuple[bytes, int] | None:
+        """One ResourceSpans item of ``spans`` (a span that cannot be encoded is dropped and counted), with
+        its span count; None when none is left."""
+        from opentelemetry.proto.trace.v1 import trace_pb2
+
+        if not spans:
+            return None
+        rs = trace_pb2.ResourceSpans()
+        self._resource(rs.resource.attributes, *resource)
+        ss = rs.scope_spans.add()
+        ss.scope.name = SCOPE_NAME
+        ss.scope.version = __version__
+        for s in spans:
+            try:
+                _span(ss.spans.add(), s, calls.get(s.span_id))
+            except (ValueError, TypeError, OverflowError) as e:
+                del ss.spans[-1]
+                self._tel.discard("unencodable_span")
+                _log.warning("unencodable_span", "span_dropped", error=f"{type(e).__name__}: {e}")
+        return (_item(rs), len(ss.spans)) if ss.spans else None
 
     def encode_event_span(self, event: dict, attrs: list[tuple[str, object]]) -> bytes | None:
         """An LLM Observability event that came without its APM span (EVP) as one OTLP span."""
