@@ -361,14 +361,12 @@ class _Hyperscan:
             return []
         # The separator: a NUL (the heads need only a separator that is not a digit, "." or "-"), or a
         # newline when a user rule may be anchored ("^" and "$" hold there in multi-line mode)
-        bsep = b"\n" if self._many_anchored else b"\0"
+        sep = "\n" if self._many_anchored else "\0"
+        joined = sep.join(strings)
         try:
-            # each string encoded on its own: an ASCII one is a copy, where one non-ASCII string in a join
-            # made the whole text wide and its encoding about 1.7x slower (prompts with typographic quotes)
-            pieces = [s.encode() for s in strings]
+            data = joined.encode()
         except UnicodeEncodeError:
             return None
-        data = bsep.join(pieces)
         try:
             scratch = self._local.many_scratch
         except AttributeError:
@@ -379,9 +377,10 @@ class _Hyperscan:
             return []
         hits.sort()
         found: list[int] = []
-        if data.count(bsep) == len(strings) - 1:
+        if joined.count(sep) == len(strings) - 1:
             # A match whose last byte is a string's own separator (a trailing context) belongs to that
             # string: the string's index is the number of separators before the match's last byte.
+            bsep = sep.encode()
             index = pos = 0
             for end, _ in hits:
                 index += data.count(bsep, pos, end - 1)
@@ -389,8 +388,9 @@ class _Hyperscan:
                 if not found or found[-1] != index:
                     found.append(index)
             return found
-        # some strings hold the separator themselves: where each string's own separator is, in bytes
-        seps = list(itertools.accumulate(map(_PLUS_ONE, map(len, pieces)), initial=-1))[1:]
+        # some strings hold both separators: where each string's separator is, in bytes
+        lengths = map(len, strings) if len(data) == len(joined) else (len(x.encode()) for x in strings)
+        seps = list(itertools.accumulate(map(_PLUS_ONE, lengths), initial=-1))[1:]
         return sorted({bisect.bisect_left(seps, e - 1) for e, _ in hits})
 
     def candidates(self, text: str) -> dict[str, list[int] | None] | None:
