@@ -41,10 +41,20 @@ SECRETS = {
 NEEDLES = [needle for _, needle in SECRETS.values()]
 
 
+_handed_out: set[tuple[int, int]] = set()
+
+
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now and never handed out before in this process: a test that picks its intake's port
+    before the agent's listeners are picked (and bound) must not get the same one for both (seen: the
+    logs listener took the intake's port, and the restarted agent could not bind it)."""
+    while True:
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if (kind, port) not in _handed_out:
+            _handed_out.add((kind, port))
+            return port
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):
