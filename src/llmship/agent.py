@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import gc
 import os
 import signal
 import sys
@@ -24,7 +25,7 @@ from llmship.delivery.transport import make_transport, public_url
 from llmship.llm.stage import LLMStage
 from llmship.listeners import Listeners
 from llmship.log import get_logger
-from llmship.overload import LoopLag
+from llmship.overload import LoopLag, freeze_startup_objects
 from llmship.processing import Emitter
 from llmship.shipping.router import Router
 from llmship.sinks.intakes import ROUTES
@@ -204,6 +205,7 @@ class Agent:
         self._listeners: Listeners | None = None
         self.topology = build(cfg, readiness=self._ready, info_provider=self._info, shed=self.lag.overloaded)
         self.topology.telemetry.component("agent").gauge("loop_lag_ms", lambda: round(self.lag.lag * 1000, 1))
+        self.topology.telemetry.component("agent").gauge("gc_frozen_objects", gc.get_freeze_count)
         flush.add_routes(self.topology.status.app, self.flush, lambda: self.cfg.delivery.drain_timeout_secs)
         self._lambda = (LambdaExtension(lambda_runtime_api, cfg.aws_lambda, self.flush, self._stop_by)
                         if lambda_runtime_api else None)
@@ -268,6 +270,7 @@ class Agent:
             print(f"llmship: no API key or [sinks.datadog] url set: writing to {self.cfg.file_sink_dir}/"
                   "<kind>.ndjson", file=sys.stderr, flush=True)
         self._warn_about_exposed_listeners()
+        freeze_startup_objects()
         _return_freed_memory()  # compiling the scrub rules' Hyperscan database leaves ~7 MiB of free heap
         notify.ready()
         await self._stop.wait()

@@ -375,7 +375,7 @@ class Worker:
 
     async def run(self) -> int:
         from llmship.agent import build_processing
-        from llmship.overload import LoopLag
+        from llmship.overload import LoopLag, freeze_startup_objects
 
         loop = asyncio.get_running_loop()
         self.telemetry = RecordingTelemetry()
@@ -399,6 +399,7 @@ class Worker:
         for source in self.parts.sources:
             await source.start()
         self.ready = True
+        freeze_startup_objects()
         self._send_state()
         heartbeat = loop.create_task(self._heartbeat(), name="heartbeat")
         log.info("worker_started", pid=os.getpid())
