@@ -163,7 +163,7 @@ class LoopLag:
 
 
 def freeze_startup_objects() -> None:
-    """Move everything made while starting (modules, config, components, the scrub and price tables) out of
+    """Move everything made while starting (modules, config, components, the scrub rules) out of
     the cyclic garbage collector's way, once the process serves. Its full collections walked all of it: a
     26-48 ms pause of the event loop every two seconds under the LLM-heavy mix, 4-16 ms once frozen, and
     p99 at that load 47-50 ms before, 12-18 ms after (measured with an agent on the bench's open loop).
