@@ -59,7 +59,6 @@ class Router:
         self._counted = RecentIds()  # calls whose metrics (and sample log) were produced
         self._shipped = RecentIds()  # events passed on to the LLM Observability sink
         self._otlp_spans = RecentIds()  # calls whose OTLP span was shipped (in its chunk, or on its own)
-        self._otlp_sent_before: set[int] = set()  # calls of this hand-over whose EVP copy's span went first
 
     def add_cumulative_sum(self, *args) -> None:
         self._cumulative_series().add_sum(*args)
@@ -89,10 +88,8 @@ class Router:
         if self._otlp_sink is None:
             return
         if kind == "spans":
-            # the chunks' items follow their calls (``calls`` first, in one hand-over): a call's own item,
-            # (item, 1, span id), is dropped when its EVP copy's span went before
-            sent_before, self._otlp_sent_before = self._otlp_sent_before, set()
-            kept = [item[:2] for item in items if len(item) == 2 or item[2] not in sent_before]
+            # a call's span is an item of its own, (item, 1, span id): shipped unless its EVP copy's span went
+            kept = [item[:2] for item in items if len(item) == 2 or self._otlp_spans.add(item[2])]
             if len(kept) < len(items):
                 self._tel.discard("duplicate_otlp_span", len(items) - len(kept), intentional=True)
             self._otlp_sink.add_span_items(kept)
@@ -124,12 +121,9 @@ class Router:
                         if out.otlp_log:
                             otlp.add_log_item(out.otlp_log)
             if out.otlp_span is not None and otlp is not None:
-                # b"": the span goes with its chunk; remembered so the same call's EVP copy adds no second
-                if span_id is None or self._otlp_spans.add(span_id):
-                    if out.otlp_span:
-                        otlp.add_span_items([(out.otlp_span, 1)])
-                elif not out.otlp_span:  # in its chunk, after its EVP copy's span: otlp_items drops it
-                    self._otlp_sent_before.add(span_id)
+                # b"": the span goes with its chunk, whose item remembers its id (``otlp_items``)
+                if out.otlp_span and (span_id is None or self._otlp_spans.add(span_id)):
+                    otlp.add_span_items([(out.otlp_span, 1)])
             if out.event is not None:
                 if span_id is None or self._shipped.add(span_id):
                     self._llmobs_sink.add_item(out.event)

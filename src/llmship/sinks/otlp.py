@@ -285,13 +285,13 @@ class OTLPSink:
                 env = next((s.meta["env"] for s in group if s.meta.get("env")), "") or self._env
                 version = next((s.meta["version"] for s in group if s.meta.get("version")), "")
                 resource = (service, env, version, tracer)
-                with_calls = [s for s in group if s.span_id in calls] if calls else []
-                if with_calls:
-                    group = [s for s in group if s.span_id not in calls]
-                    for s in with_calls:
-                        if (encoded := self._resource_spans(resource, [s], calls)) is not None:
-                            items.append((*encoded, s.span_id))
-                if (encoded := self._resource_spans(resource, group, calls)) is not None:
+                rest = []
+                for s in group:
+                    if s.span_id not in calls:
+                        rest.append(s)
+                    elif (encoded := self._resource_spans(resource, [s], calls)) is not None:
+                        items.append((*encoded, s.span_id))
+                if (encoded := self._resource_spans(resource, rest, calls)) is not None:
                     items.append(encoded)
         self._tel.inc("spans_encoded", sum(item[1] for item in items))
         return items
