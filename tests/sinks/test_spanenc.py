@@ -149,6 +149,9 @@ def test_integers_in_the_64_bit_range_and_out_of_it(encode):
     top = 2**64 - 1
     got = decode_span(pb.decode(encode(Span(trace_id=top, span_id=-1, start=-(2**63), error=-1), "p", ())))
     assert (got["trace_id"], got["span_id"], got["start"], got["error"]) == (top, top, -(2**63), -1)
+    # either side of each 30-bit digit the compiled encoder reads an int by
+    for value in (1, 2**30 - 1, 2**30, 2**60 - 1, 2**60, 2**63, 2**64 - 2**60, top):
+        assert decode_span(pb.decode(encode(Span(trace_id=value, span_id=True), "p", ())))["trace_id"] == value
     for field, value in [("trace_id", 2**64), ("span_id", -(2**63) - 1), ("start", 10**30), ("error", 2**64)]:
         with pytest.raises(OverflowError):
             encode(Span(**{field: value}), "p", ())

@@ -273,13 +273,70 @@ def test_scrub_many_with_user_rules_anchored_or_not():
         assert changed == {0: "[REDACTED]", 2: "[REDACTED] and"}, engine
 
 
+_KEYS = ["http.url", "db.statement", "error.message", "custom", "env", "_dd.p.tid", "user.id", "http.useragent",
+         "llmobs_parent_id", "out.host", "a"]
+
+
+def _random_chunks(rng: random.Random, odd: bool) -> list[list[Span]]:
+    def text() -> str:
+        return "".join(rng.choice(_PIECES) for _ in range(rng.randrange(0, 4)))
+
+    chunks = []
+    for _ in range(rng.randrange(1, 4)):
+        chunk = []
+        for _ in range(rng.randrange(1, 5)):
+            meta = {rng.choice(_KEYS) + rng.choice(["", "2"]): text() for _ in range(rng.randrange(0, 6))}
+            if odd and meta and rng.random() < 0.2:
+                meta[rng.choice(list(meta))] = rng.choice(["\ud800", "a\udfff b", 5, None])
+            chunk.append(Span(resource=text(), meta=meta))
+        chunks.append(chunk)
+    return chunks
+
+
+@pytest.mark.parametrize("config", ["", "USER_RULES_CFG", "DROP_CFG", "HASH_CFG"])
+@pytest.mark.parametrize("engine", ENGINES)
+def test_span_candidates_compiled_and_python_scrub_spans_alike(engine, config, monkeypatch):
+    """scrub_chunks with the compiled gathering of span strings (sinks/_spanenc.pyx span_candidates) and with
+    its Python path: the same spans out, the same counters, the same error for what cannot be scrubbed."""
+    compiled = privacy._span_candidates
+    if compiled is None:
+        pytest.skip("the compiled span encoder is not built (or LLMSHIP_NO_EXTENSIONS is set)")
+    extra = globals()[config] if config else ""
+    rng = random.Random(10)
+    for round in range(150):
+        odd = round % 3 == 0  # lone surrogates, values that are not strings
+        chunks = _random_chunks(rng, odd)
+        outs = []
+        for native in (compiled, None):
+            monkeypatch.setattr(privacy, "_span_candidates", native)
+            s, _ = scrubber(engine, extra, env={"KEY": "k"})
+            spans = [[Span(resource=sp.resource, meta=dict(sp.meta)) for sp in c] for c in chunks]
+            try:
+                privacy.scrub_chunks(s, spans)
+                error = None
+            except Exception as e:
+                error = type(e)
+            outs.append((error, [[(sp.resource, sp.meta) for sp in c] for c in spans], s.telemetry.counters))
+        assert outs[0] == outs[1], chunks
+
+
+USER_RULES_CFG = """
+[[scrub.rules]]
+name = "ticket"
+regex = "^TICKET-[0-9]+$"
+[[scrub.rules]]
+name = "order"
+regex = "ORD[0-9]{4}"
+"""
+
+
 def test_spans_whose_scrubbing_fails_are_dropped_and_counted():
     from test_llm import Rig  # tests/transforms/test_llm.py
 
     rig = Rig()
     s = Scrubber()
     rig.emitter._scrubber = s
-    s.candidates_many = lambda *a, **k: 1 / 0
+    s.candidates_many = s.joined_scan = lambda *a, **k: 1 / 0
     spans, _, _ = rig.process_chunk(spans_with_secrets())
     assert spans == []
     assert rig.telemetry.component("processing").get("discarded", reason="scrub_failed", intentional="false") == 3

@@ -6,6 +6,9 @@ Same contract, same bytes and same exceptions as ``llmship.sinks.spanenc.encode_
 is the specification; tests/sinks/test_spanenc.py compares the two). Varints, tags and UTF-8 are written
 straight into one growing buffer (on the stack up to 4 KiB): no Python object per entry on the common path.
 Span links and span events, rare, go through Python objects as in the twin.
+
+Also ``span_candidates``: the strings transforms/privacy.py's ``scrub_chunks`` scans, gathered into one
+buffer, and where the scan's matches fall among them (its Python path is privacy's ``_candidates_py``).
 """
 
 from libc.stdint cimport uint64_t, int64_t
@@ -13,6 +16,9 @@ from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memcpy
 
 import orjson
+from msgspec.structs import astuple
+
+from llmship.model import Span
 
 cdef extern from "Python.h":
     # Declared here, not cimported, so that errors are checked by hand (no implicit propagation).
@@ -39,6 +45,11 @@ cdef extern from "Python.h":
     PyObject* PyErr_Occurred() noexcept
     void PyErr_Clear() noexcept
     ctypedef struct PyObject
+    Py_ssize_t Py_SIZE(object o) noexcept
+    ctypedef unsigned int digit
+    ctypedef struct PyLongObject:
+        digit* ob_digit
+    int PyLong_SHIFT
 
 cdef enum:
     STACK_BYTES = 4096  # the buffer on the C stack; larger spans move to the heap
@@ -65,6 +76,12 @@ cdef dict _EMPTY = {}
 cdef object _MIN_INT64 = -(1 << 63)
 cdef object _UINT64_END = 1 << 64
 cdef int _NON_STR_KEYS = orjson.OPT_NON_STR_KEYS
+cdef object _Span = Span
+cdef object _astuple = astuple
+_FIELDS = ("service", "name", "resource", "trace_id", "span_id", "parent_id", "start", "duration", "error", "meta",
+           "metrics", "type", "meta_struct", "span_links", "span_events")
+if Span.__struct_fields__ != _FIELDS:  # the order _encode_into unpacks them in: not this encoder's model
+    raise ImportError("llmship.model.Span's fields changed: rebuild the span encoder")
 
 
 cdef struct Buf:
@@ -156,10 +173,34 @@ cdef uint64_t _uint64_slow(object n, int field) except? 0:
     raise OverflowError(f"span field {field} out of the 64-bit range: {n}")
 
 
+cdef inline bint _small_uint64(object n, unsigned long long* x) noexcept:
+    """An exact int in [0, 2**64) of at most 3 digits (ids and nanosecond times are), read from its digits:
+    PyLong_AsUnsignedLongLong takes its generic byte-array path for every value of 2 digits or more."""
+    cdef Py_ssize_t size = Py_SIZE(n)
+    cdef const digit* d
+    if not PyLong_CheckExact(n) or size < 0 or size > 3:
+        return False
+    d = (<PyLongObject*>n).ob_digit
+    if size == 0:
+        x[0] = 0
+    elif size == 1:
+        x[0] = d[0]
+    elif size == 2:
+        x[0] = d[0] | (<unsigned long long>d[1] << PyLong_SHIFT)
+    elif d[2] >> (64 - 2 * PyLong_SHIFT):
+        return False  # 2**64 or more: the caller's path raises
+    else:
+        x[0] = d[0] | (<unsigned long long>d[1] << PyLong_SHIFT) | (<unsigned long long>d[2] << (2 * PyLong_SHIFT))
+    return True
+
+
 cdef int _put_varint_field(Buf* b, int field, object n) except -1:
     """An integer field of the span: uint64, negatives as 64-bit two's complement, omitted when zero/falsy."""
     cdef unsigned long long x
-    if not PyLong_Check(n):
+    if _small_uint64(n, &x):
+        if x == 0:
+            return 0
+    elif not PyLong_Check(n):
         if not n:
             return 0
         x = _uint64_slow(n, field)  # raises
@@ -323,11 +364,15 @@ cdef int _encode_into(Buf* b, object span, object fallback_service, object meta_
     cdef PyObject* k = NULL
     cdef PyObject* v = NULL
     cdef object key, value, events_json = None
-    service, name, resource = span.service, span.name, span.resource
-    trace_id, span_id, parent_id, start, duration, error = (
-        span.trace_id, span.span_id, span.parent_id, span.start, span.duration, span.error)
-    meta, metrics, type_, meta_struct = span.meta, span.metrics, span.type, span.meta_struct
-    links, events = span.span_links, span.span_events
+    if type(span) is _Span:  # its fields in one call: 15 attribute reads cost more than the rest of a small span
+        (service, name, resource, trace_id, span_id, parent_id, start, duration, error, meta, metrics, type_,
+         meta_struct, links, events) = _astuple(span)
+    else:
+        service, name, resource = span.service, span.name, span.resource
+        trace_id, span_id, parent_id, start, duration, error = (
+            span.trace_id, span.span_id, span.parent_id, span.start, span.duration, span.error)
+        meta, metrics, type_, meta_struct = span.meta, span.metrics, span.type, span.meta_struct
+        links, events = span.span_links, span.span_events
     meta = _dict(meta, "meta")
     metrics = _dict(metrics, "metrics")
     meta_struct = _dict(meta_struct, "meta_struct")
@@ -442,3 +487,97 @@ cdef object _plain_attribute(object value, int depth):
         return [_plain_attribute(v, depth + 1) for v in items] if isinstance(items, (list, tuple)) else []
     key = _ATTRIBUTE_VALUE_KEYS.get(kind)
     return value.get(key) if key else None
+
+
+# ------------------------------------------------------------------------------- the scrub's gathering
+
+
+def span_candidates(spans, sep, scan):
+    """Where ``transforms.privacy.scrub_chunks`` looks: (span index, entry index) of each meta value and
+    resource of ``spans`` (entry index ``len(meta)``: the resource) in which ``scan`` finds a match,
+    ascending. ``scan`` takes the UTF-8 of every span's meta values then its resource, all joined by the
+    one-character ``sep``, and gives the end offsets of its matches, ascending; a match belongs to the
+    string whose separator (or the end) is at or after its last byte (``Scrubber.joined_scan``). The
+    strings go straight into one buffer and the matches are placed along their ends: no list of strings,
+    join, encode and count of separators as on the Python path (privacy's ``_candidates_py``, which finds
+    the same). None when it cannot tell (a meta that is not a dict, a value that is not a str, a lone
+    surrogate): the caller then takes the Python path, which fails or judges as it always did."""
+    cdef Buf b
+    cdef Strings ends
+    cdef Py_ssize_t nspans = len(spans), j, i, last, target, pos
+    cdef Py_ssize_t* firsts = <Py_ssize_t*>malloc((nspans + 1) * sizeof(Py_ssize_t))  # each span's first string
+    cdef PyObject* k = NULL
+    cdef PyObject* v = NULL
+    cdef unsigned char c = (<str>sep).encode()[0]
+    b.data = <char*>malloc(STACK_BYTES)
+    b.len = 0
+    b.cap = STACK_BYTES
+    b.heap = True
+    ends.n = 0
+    ends.cap = 1024
+    ends.at = <Py_ssize_t*>malloc(ends.cap * sizeof(Py_ssize_t))
+    try:
+        if b.data == NULL or ends.at == NULL or firsts == NULL:
+            raise MemoryError()
+        for j in range(nspans):
+            span = spans[j]
+            meta, resource = span.meta, span.resource
+            if not PyDict_Check(meta):
+                return None
+            firsts[j] = ends.n
+            pos = 0
+            while PyDict_Next(meta, &pos, &k, &v):
+                if not _add_string(&b, &ends, <object>v, c):
+                    return None
+            if not _add_string(&b, &ends, resource, c):
+                return None
+        firsts[nspans] = ends.n
+        hits = scan(PyBytes_FromStringAndSize(b.data, b.len))
+        found = []
+        i = j = 0
+        last = -1
+        for end in hits:
+            target = <Py_ssize_t>end - 1
+            while ends.at[i] < target:  # the last string's end is the data's: never passed
+                i += 1
+            if i != last:
+                while firsts[j + 1] <= i:
+                    j += 1
+                found.append((j, i - firsts[j]))
+                last = i
+        return found
+    except UnicodeEncodeError:
+        return None
+    finally:
+        free(b.data)
+        free(ends.at)
+        free(firsts)
+
+
+cdef struct Strings:
+    Py_ssize_t* at  # where each string's separator is written (the last one's: the end of the data)
+    Py_ssize_t n
+    Py_ssize_t cap
+
+
+cdef int _add_string(Buf* b, Strings* ends, object value, unsigned char sep) except -1:
+    """Append ``value``'s UTF-8 (after a separator but for the first); 0 for a value that is not a str."""
+    cdef Py_ssize_t n = 0
+    cdef const char* p
+    cdef Py_ssize_t* grown
+    if not PyUnicode_Check(value):
+        return 0
+    p = _utf8(value, &n)  # UnicodeEncodeError for a lone surrogate
+    if ends.n == ends.cap:
+        grown = <Py_ssize_t*>realloc(ends.at, 2 * ends.cap * sizeof(Py_ssize_t))
+        if grown == NULL:
+            raise MemoryError()
+        ends.at = grown
+        ends.cap *= 2
+    _reserve(b, n + 1)
+    if ends.n:
+        _put_byte(b, sep)
+    _put_raw(b, p, n)
+    ends.at[ends.n] = b.len
+    ends.n += 1
+    return 1

@@ -294,3 +294,5 @@ encode_spans_native = _native.encode_spans if _native is not None else None
 NATIVE = _native is not None and not NO_EXTENSIONS
 encode_span = encode_span_native if NATIVE else encode_span_py
 encode_spans = encode_spans_native if NATIVE else encode_spans_py
+# The scrub's gathering of span strings (transforms.privacy.scrub_chunks); None: its Python path.
+span_candidates = getattr(_native, "span_candidates", None) if NATIVE else None

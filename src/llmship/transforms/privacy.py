@@ -41,6 +41,7 @@ import re
 import orjson
 
 from llmship.config import FIELD_ACTIONS, ScrubField
+from llmship.sinks.spanenc import span_candidates as _span_candidates
 
 KINDS = ("llmobs", "logs", "spans")  # what field policies apply to; matches are also counted for "metrics"
 # Values that label rather than say something, whatever the kind.
@@ -508,33 +509,30 @@ def scrub_chunks(scrubber, chunks: list) -> None:
         for j, span in enumerate(spans):
             if kept := _span_fields(scrubber, span, policies):
                 kept_keys[j] = kept
-    strings: list[str] = []
-    offsets: list[int] = []  # where each span's strings start: its meta values, then its resource
-    add_offset, add_string, extend = offsets.append, strings.append, strings.extend
-    for span in spans:
-        add_offset(len(strings))
-        extend(span.meta.values())
-        add_string(span.resource)
+    found = None
+    if _span_candidates is not None and (joined := scrubber.joined_scan()) is not None:
+        found = _span_candidates(spans, *joined)
+    if found is None:
+        found = _candidates_py(scrubber, spans)
     # The candidates ascend: walk the spans along with them, each span's keys listed once it has one.
     scrub, tally = scrubber.scrub_cached, {}
     changes: list[tuple[int, str | None, str | None]] = []  # (span, meta key or None: the resource, new)
-    j, last, keys, kept = -1, len(spans) - 1, [], ()
-    for i in scrubber.candidates_many(strings):
-        text = strings[i]
-        if not text:
-            continue
-        if j < last and offsets[j + 1] <= i:
-            j = bisect.bisect_right(offsets, i, j + 1) - 1
-            keys, kept = list(spans[j].meta), kept_keys.get(j, ())
-        k = i - offsets[j]
+    last, keys, values, kept = -1, [], [], ()
+    for j, k in found:
+        if j != last:
+            span = spans[j]
+            keys, values, kept, last = list(span.meta), list(span.meta.values()), kept_keys.get(j, ()), j
         if k < len(keys):
+            text = values[k]
+            if not text:
+                continue
             key = keys[k]
             skip = _span_key_skip(key)
             if skip or (skip is None and _is_id_value(text)) or key in kept:
                 continue
         else:
-            key = None
-            if "resource" in kept:
+            text, key = span.resource, None
+            if not text or "resource" in kept:
                 continue
         new = scrub(text, "spans", tally)
         if new is not text:
@@ -555,6 +553,25 @@ def scrub_chunks(scrubber, chunks: list) -> None:
             meta[key] = new
     for j, meta in metas.items():
         spans[j].meta = meta
+
+
+def _candidates_py(scrubber, spans: list) -> list[tuple[int, int]]:
+    """``sinks.spanenc.span_candidates`` in Python, on ``Scrubber.candidates_many`` (every string without
+    Hyperscan): (span index, entry index: a meta value, or ``len(meta)`` for the resource), ascending."""
+    strings: list[str] = []
+    offsets: list[int] = []  # where each span's strings start: its meta values, then its resource
+    add_offset, add_string, extend = offsets.append, strings.append, strings.extend
+    for span in spans:
+        add_offset(len(strings))
+        extend(span.meta.values())
+        add_string(span.resource)
+    found = []
+    j, last = -1, len(spans) - 1
+    for i in scrubber.candidates_many(strings):
+        if j < last and offsets[j + 1] <= i:
+            j = bisect.bisect_right(offsets, i, j + 1) - 1
+        found.append((j, i - offsets[j]))
+    return found
 
 
 def _span_fields(scrubber, span, policies: list) -> set | None:

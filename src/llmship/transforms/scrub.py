@@ -393,6 +393,29 @@ class _Hyperscan:
         seps = list(itertools.accumulate(map(_PLUS_ONE, lengths), initial=-1))[1:]
         return sorted({bisect.bisect_left(seps, e - 1) for e, _ in hits})
 
+    def joined_scan(self) -> tuple[str, Callable[[bytes], list[int]]] | None:
+        """``scan_many`` for a caller that joins the strings itself (the compiled span encoder's
+        ``span_candidates``): the separator, and a function from the UTF-8 of the strings joined by it to the
+        end offsets of the matches, ascending (a match belongs to the string whose own separator, or the end,
+        is at or after its last byte). None when the joined scan cannot judge: every string is a candidate."""
+        if self._many_db is None:
+            self._build_many()
+        if self._many_all:
+            return None
+        return ("\n" if self._many_anchored else "\0"), self._scan_joined
+
+    def _scan_joined(self, data: bytes) -> list[int]:
+        db = self._many_db
+        if db is False:
+            return []
+        try:
+            scratch = self._local.many_scratch
+        except AttributeError:
+            scratch = self._local.many_scratch = hyperscan.Scratch(db)
+        hits: list[tuple[int, int]] = []
+        db.scan(data, match_event_handler=_on_match, context=hits, scratch=scratch)
+        return sorted([end for end, _ in hits])
+
     def candidates(self, text: str) -> dict[str, list[int] | None] | None:
         """Like ``_candidates``, and the user rules that may match (value None); None for a text that is no
         valid UTF-8 (a lone surrogate): the twin takes it."""
@@ -829,6 +852,13 @@ class Scrubber:
         hs = self._state[1]
         candidates = hs.scan_many(strings) if hs is not None else None
         return range(len(strings)) if candidates is None else candidates
+
+    def joined_scan(self) -> tuple[str, Callable[[bytes], list[int]]] | None:
+        """What ``candidates_many`` scans with, for a caller that joins the strings itself
+        (``_Hyperscan.joined_scan``); None without Hyperscan or when the joined scan cannot judge (every string
+        is a candidate)."""
+        hs = self._state[1]
+        return None if hs is None else hs.joined_scan()
 
     def count(self, tally: dict[tuple[str, str], int], kind: str) -> None:
         """The matches ``scrub_cached`` tallied, counted as ``scrub_matches{rule, action, kind}``."""
