@@ -30,6 +30,9 @@ cdef extern from "Python.h":
     bint PyBytes_Check(object o) noexcept
     bint PyByteArray_Check(object o) noexcept
     const char* PyUnicode_AsUTF8AndSize(object o, Py_ssize_t* size) except NULL
+    bint PyUnicode_IS_COMPACT_ASCII(object o) noexcept
+    Py_ssize_t PyUnicode_GET_LENGTH(object o) noexcept
+    void* PyUnicode_DATA(object o) noexcept
     unsigned long long PyLong_AsUnsignedLongLong(object o) noexcept
     long long PyLong_AsLongLong(object o) noexcept
     double PyFloat_AS_DOUBLE(object o) noexcept
@@ -146,8 +149,12 @@ cdef inline void _put_raw(Buf* b, const char* p, Py_ssize_t n) noexcept:  # room
 cdef inline const char* _utf8(object s, Py_ssize_t* n) except NULL:
     if not PyUnicode_Check(s):
         raise ValueError(f"expected a str, not {type(s).__name__}")
-    # ASCII strings (nearly all keys and values) are their own UTF-8: a pointer, no copy. Others get their
-    # UTF-8 cached in the str object, freed with it. UnicodeEncodeError (a ValueError) for a lone surrogate.
+    # ASCII strings (nearly all keys and values) are their own UTF-8: a pointer, no copy, read here without
+    # a call. Others get their UTF-8 cached in the str object, freed with it. UnicodeEncodeError (a
+    # ValueError) for a lone surrogate.
+    if PyUnicode_IS_COMPACT_ASCII(s):
+        n[0] = PyUnicode_GET_LENGTH(s)
+        return <const char*>PyUnicode_DATA(s)
     return PyUnicode_AsUTF8AndSize(s, n)
 
 

@@ -121,13 +121,13 @@ class TraceSink(PackedSink):
         for header, chunk, spans in self._encoded_chunks(chunks, tracer):
             if open_header != header or open_bytes + len(chunk) > TRACER_PAYLOAD_MAX_BYTES:
                 if open_chunks:
-                    items.append((pb.f_msg(5, open_header + b"".join(open_chunks)), open_spans))
+                    items.append((_message(_TRACER_PAYLOADS, open_bytes, [open_header, *open_chunks]), open_spans))
                 open_header, open_chunks, open_bytes, open_spans = header, [], len(header), 0
             open_chunks.append(chunk)
             open_bytes += len(chunk)
             open_spans += spans
         if open_chunks:
-            items.append((pb.f_msg(5, open_header + b"".join(open_chunks)), open_spans))
+            items.append((_message(_TRACER_PAYLOADS, open_bytes, [open_header, *open_chunks]), open_spans))
         return items
 
     def _encoded_chunks(self, chunks: list[list[Span]], tracer: TracerInfo):
@@ -168,7 +168,7 @@ class TraceSink(PackedSink):
                     _log.warning("span_too_large", "span_too_large", limit_bytes=MAX_PAYLOAD_BYTES)
                     continue
                 if spans_in:
-                    yield header, pb.f_msg(6, chunk_fields + group), spans_in
+                    yield header, _message(_CHUNKS, len(chunk_fields) + len(group), [chunk_fields, group]), spans_in
         if received:
             self._tel.inc("received", received)
 
@@ -199,6 +199,15 @@ def _priority(spans: list[Span]) -> int | None:
     """The chunk's sampling priority, as the integer the TraceChunk carries."""
     value = sampling_priority(spans)
     return None if value is None else int(value)
+
+
+_TRACER_PAYLOADS, _CHUNKS = pb.tag(5, pb.LEN), pb.tag(6, pb.LEN)  # AgentPayload.tracerPayloads, TracerPayload.chunks
+
+
+def _message(field_tag: bytes, size: int, parts: list[bytes]) -> bytes:
+    """``pb.f_msg`` of the ``parts`` joined (``size`` bytes): the span bytes are copied once, not once for
+    the join and again for the tag and length in front."""
+    return b"".join([field_tag, pb.varint(size), *parts])
 
 
 def _tracer_payload_header(tracer: TracerInfo, *, env: str, hostname: str, app_version: str) -> bytes:
