@@ -349,6 +349,29 @@ class _Hyperscan:
             db.compile(expressions=patterns, ids=list(range(len(patterns))), flags=flags)
         self._many_db = db if patterns else False
 
+    def joined_scan(self) -> tuple[str, Callable[[bytes], list[int]]] | None:
+        """``scan_many`` for a caller that joins the strings itself (the compiled span encoder's
+        ``span_candidates``): the separator, and a function from the UTF-8 of the strings joined by it to the
+        end offsets of the matches, ascending (a match belongs to the string whose own separator, or the end,
+        is at or after its last byte). None when the joined scan cannot judge: every string is a candidate."""
+        if self._many_db is None:
+            self._build_many()
+        if self._many_all:
+            return None
+        return ("\n" if self._many_anchored else "\0"), self._scan_joined
+
+    def _scan_joined(self, data: bytes) -> list[int]:
+        db = self._many_db
+        if db is False:
+            return []
+        try:
+            scratch = self._local.many_scratch
+        except AttributeError:
+            scratch = self._local.many_scratch = hyperscan.Scratch(db)
+        hits: list[tuple[int, int]] = []
+        db.scan(data, match_event_handler=_on_match, context=hits, scratch=scratch)
+        return sorted([end for end, _ in hits])
+
     def scan_many(self, strings: list[str]) -> list[int] | None:
         """The indexes of ``strings`` where some rule may match, from one scan of their concatenation;
         None when it cannot tell (a lone surrogate): the caller scrubs each string."""
@@ -392,29 +415,6 @@ class _Hyperscan:
         lengths = map(len, strings) if len(data) == len(joined) else (len(x.encode()) for x in strings)
         seps = list(itertools.accumulate(map(_PLUS_ONE, lengths), initial=-1))[1:]
         return sorted({bisect.bisect_left(seps, e - 1) for e, _ in hits})
-
-    def joined_scan(self) -> tuple[str, Callable[[bytes], list[int]]] | None:
-        """``scan_many`` for a caller that joins the strings itself (the compiled span encoder's
-        ``span_candidates``): the separator, and a function from the UTF-8 of the strings joined by it to the
-        end offsets of the matches, ascending (a match belongs to the string whose own separator, or the end,
-        is at or after its last byte). None when the joined scan cannot judge: every string is a candidate."""
-        if self._many_db is None:
-            self._build_many()
-        if self._many_all:
-            return None
-        return ("\n" if self._many_anchored else "\0"), self._scan_joined
-
-    def _scan_joined(self, data: bytes) -> list[int]:
-        db = self._many_db
-        if db is False:
-            return []
-        try:
-            scratch = self._local.many_scratch
-        except AttributeError:
-            scratch = self._local.many_scratch = hyperscan.Scratch(db)
-        hits: list[tuple[int, int]] = []
-        db.scan(data, match_event_handler=_on_match, context=hits, scratch=scratch)
-        return sorted([end for end, _ in hits])
 
     def candidates(self, text: str) -> dict[str, list[int] | None] | None:
         """Like ``_candidates``, and the user rules that may match (value None); None for a text that is no
