@@ -27,7 +27,7 @@ from llmship.model import LLMCall, LLMObsEvent, LogRecord, MetricSample, Span, T
 from llmship.tags import add_missing, normalize_tag
 from llmship.transforms import privacy
 from llmship.transforms.pricing import Pricing
-from llmship.transforms.sampling import Sampler, sampled
+from llmship.transforms.sampling import Sampler
 from llmship.transforms.truncate import truncate_text
 
 # Endpoints whose streamed responses carry usage only when the request set stream_options.include_usage
@@ -38,6 +38,9 @@ _USAGE_OPT_IN_ENDPOINTS = frozenset(("/v1/chat/completions", "/v1/completions"))
 CHARS_PER_TOKEN = 4
 # Keys of input/output structures that label text rather than hold it: never scrubbed or truncated.
 _STRUCTURAL_KEYS = privacy.STRUCTURAL_KEYS
+# The structural keys and those whose values privacy.is_structural always spares (user agents); any other
+# key it may spare ends in "d" or "D" (an id key).
+_TEXT_SKIP_KEYS = _STRUCTURAL_KEYS | privacy._USER_AGENT_KEYS
 _TOKEN_METRICS = ("input_tokens", "output_tokens", "total_tokens")
 MAX_CACHED = 4096  # tag strings and proxy URL decisions: few distinct values; bound against junk input
 # Texts the scrub rules leave unchanged, remembered with their truncated form: system prompts, few-shot
@@ -164,19 +167,20 @@ class Tags:
         found = self._sets.get(key)
         return found if found is not None else bounded_put(self._sets, key, TagSet(call, self._agent_tags))
 
-    def tag_span(self, call: LLMCall) -> None:
-        """The APM span carrying a call says its model, provider and endpoint too, as normalized tags."""
+    def tag_span(self, call: LLMCall, tag_set: TagSet | None = None) -> None:
+        """The APM span carrying a call says its model, provider and endpoint too, as normalized tags.
+        ``tag_set``: ``of(call)``, when the caller has it."""
         meta = call.span.meta
-        values = self.of(call).values
+        values = (tag_set or self.of(call)).values
         for key in ("model", "provider", "endpoint"):
             if key in values and key not in meta:
                 meta[key] = values[key]
 
-    def tag_event(self, event: LLMObsEvent, call: LLMCall, markers: list[str]) -> None:
+    def tag_event(self, event: LLMObsEvent, call: LLMCall, markers: list[str], tag_set: TagSet | None = None) -> None:
         tags = event.get("tags")
         if not isinstance(tags, list):
             tags = event["tags"] = []
-        tag_set = self.of(call)
+        tag_set = tag_set or self.of(call)
         try:
             key = (tag_set, tuple(tags))
             additions = self._additions.get(key)
@@ -266,25 +270,38 @@ class _TextPass:
         return done[0]
 
     def walk(self, node) -> None:
+        # Exact type tests first: isinstance on a value of another type takes CPython's slow path, and the
+        # text policy runs for every string of every call; the isinstance after each keeps subclasses.
+        results = self.clean.results if self.rewrite else None
         if isinstance(node, dict):
             dropped = None
             for key, value in node.items():
-                if isinstance(value, str):
-                    if key not in _STRUCTURAL_KEYS and not privacy.is_structural(key, value):
+                cls = value.__class__
+                if cls is str or (cls is not dict and cls is not list and isinstance(value, str)):
+                    if key in _TEXT_SKIP_KEYS or (key.__class__ is str and key[-1:] in "dD"
+                                                  and privacy.is_structural(key, value)):
+                        continue
+                    done = results.get(value) if results is not None else None
+                    if done is None:
                         new = node[key] = self.text(value)
                         if new is None:
                             dropped = (dropped or []) + [key]
-                elif isinstance(value, (dict, list)):
+                    else:  # text(value), for a text found clean before, without the call
+                        self.chars += len(value)
+                        self.truncated |= done[1]
+                        node[key] = done[0]
+                elif cls is dict or cls is list or isinstance(value, (dict, list)):
                     self.walk(value)
             for key in dropped or ():
                 del node[key]
         elif isinstance(node, list):
             dropped = False
             for i, value in enumerate(node):
-                if isinstance(value, str):
+                cls = value.__class__
+                if cls is str or (cls is not dict and cls is not list and isinstance(value, str)):
                     new = node[i] = self.text(value)
                     dropped |= new is None
-                elif isinstance(value, (dict, list)):
+                elif cls is dict or cls is list or isinstance(value, (dict, list)):
                     self.walk(value)
             if dropped:
                 node[:] = [v for v in node if v is not None]
@@ -317,13 +334,8 @@ class TextPolicy:
     def apply(self, call: LLMCall) -> TextDecision:
         event = call.event
         ev_meta = event["meta"]
-        sampler = self._sampler
-        keep_text = sampler.keep_span_text(call.trace_id, call.service, call.model, call.endpoint, call.error)
-        keep_log = False
-        if call.is_call:
-            keep_log = sampler.keep_prompt_log(call.trace_id, call.service, call.model, call.endpoint, call.error)
-            if keep_log is None:
-                keep_log = sampled(call.trace_id, sampler.prompt_log_rate)
+        keep_text, keep_log = self._sampler.decide(call.trace_id, call.service, call.model, call.endpoint,
+                                                    call.error, call.is_call)
         decision = TextDecision(keep_text, keep_log)
         estimate = call.kind == "llm" and _usage_missing(call, ev_meta)
         rewrite = keep_text or keep_log
@@ -348,16 +360,16 @@ class TextPolicy:
             privacy.scrub_event_rest(scrubber, event)
         self._scrub_error(ev_meta.get("error"))  # shipped whether the text is sampled or not
         if rewrite or estimate:
-            text_in = _TextPass(self._scrub, self._max_chars, rewrite, self._clean_texts)
-            text_in.walk(ev_meta.get("input"))
-            text_out = _TextPass(self._scrub, self._max_chars, rewrite, self._clean_texts)
-            text_out.walk(ev_meta.get("output"))
-            if text_in.truncated or text_out.truncated:
+            text = _TextPass(self._scrub, self._max_chars, rewrite, self._clean_texts)
+            text.walk(ev_meta.get("input"))
+            input_chars, text.chars = text.chars, 0
+            text.walk(ev_meta.get("output"))
+            if text.truncated:
                 decision.truncated = True
                 decision.markers.append("llmship.truncated:true")
                 _note(ev_meta, truncated=True, max_text_chars=self._max_chars)
             if estimate:
-                _estimate_tokens(call, event, text_in.chars, text_out.chars)
+                _estimate_tokens(call, event, input_chars, text.chars)
                 decision.estimated = True
                 decision.markers.append("tokens_estimated:true")
         privacy.restore(kept)
