@@ -435,6 +435,11 @@ def _note(ev_meta: dict, **notes) -> None:
 # ------------------------------------------------------------------------------------------ 4. metrics
 
 
+# The rate-limit gauges' names, made once (extract.span_rate_limits' keys)
+_RATE_LIMIT_NAMES = {key: f"llm.ratelimit.{key}"
+                     for key in ("requests.limit", "requests.remaining", "tokens.limit", "tokens.remaining")}
+
+
 def call_metrics(call: LLMCall, tags: str, pricing: Pricing) -> tuple[list[MetricSample], bool]:
     """The ``llm.*`` samples of one call, and whether its cost was unknown (a model without a price)."""
     samples: list[MetricSample] = [("llm.requests", "c", 1, tags)]
@@ -442,7 +447,8 @@ def call_metrics(call: LLMCall, tags: str, pricing: Pricing) -> tuple[list[Metri
         samples.append(("llm.errors", "c", 1, tags))
     samples.append(("llm.request.duration", "d", call.duration_ns / 1e9, tags))
     if call.rate_limits:  # the headroom left before the provider answers 429, as of this answer
-        samples += [(f"llm.ratelimit.{key}", "g", value, tags) for key, value in call.rate_limits.items()]
+        for key, value in call.rate_limits.items():
+            samples.append((_RATE_LIMIT_NAMES.get(key) or f"llm.ratelimit.{key}", "g", value, tags))
     tokens = call.tokens
     if tokens.total is None:
         return samples, False
