@@ -60,9 +60,10 @@ class BadEvent(ValueError):
     """An LLM Observability event that cannot be read; its APM span, if any, is still good."""
 
 
-def carries_call(span: Span) -> bool:
-    """Does this span carry an LLM Observability span (an event, or an ``llm`` span without one)?"""
-    return span.type == "llm" or LLMOBS_STRUCT_KEY in span.meta_struct
+def carriers(spans: list[Span]) -> list[Span]:
+    """The spans that carry an LLM Observability span (an event, or an ``llm`` span without one): every span
+    of every chunk is looked at, so in one comprehension rather than a call each."""
+    return [s for s in spans if s.type == "llm" or LLMOBS_STRUCT_KEY in s.meta_struct]
 
 
 def from_span(span: Span, default_service: str, default_env: str, default_version: str) -> LLMCall:
@@ -230,8 +231,8 @@ def _event_tags(tags, error: str, error_type) -> list[str]:
     """ddtrace's ``_llmobs_tags``: the struct's tags, ``error`` and ``error_type`` (when the span has one),
     as sorted "key:value" strings."""
     tags = tags if isinstance(tags, dict) else {}
-    try:
-        key = (tuple(tags.items()), error, error_type or None)
+    try:  # keys and values apart: two tuples, not one a tag (the decoder reuses its key strings, hashed once)
+        key = (tuple(tags), tuple(tags.values()), error, error_type or None)
         found = _EVENT_TAGS.get(key)
     except TypeError:  # an unhashable value
         key = found = None
@@ -241,7 +242,7 @@ def _event_tags(tags, error: str, error_type) -> list[str]:
         if error_type:
             tags["error_type"] = error_type
         found = tuple(sorted(f"{k}:{v}" for k, v in tags.items()))
-        if key is not None and all(k.__class__ is str and v.__class__ is str for k, v in key[0]) \
+        if key is not None and all(x.__class__ is str for x in key[0] + key[1]) \
                 and error_type.__class__ in (str, type(None)):
             if len(_EVENT_TAGS) >= _MAX_EVENT_TAGS:
                 _EVENT_TAGS.clear()
@@ -251,11 +252,23 @@ def _event_tags(tags, error: str, error_type) -> list[str]:
 
 def format_trace_id(span: Span) -> str:
     """ddtrace format_trace_id: 32 hex digits for a 128-bit id (high half in meta _dd.p.tid), else decimal."""
-    try:
-        high = int(span.meta.get("_dd.p.tid", "0"), 16)
-    except ValueError:
-        high = 0
-    return f"{high:016x}{span.trace_id:016x}" if high else str(span.trace_id)
+    tid = span.meta.get("_dd.p.tid", "0")
+    high = _HIGH_HEX.get(tid)
+    if high is None:
+        try:
+            value = int(tid, 16)
+        except ValueError:
+            value = 0
+        high = f"{value:016x}" if value else ""
+        if len(_HIGH_HEX) >= _MAX_EVENT_TAGS:
+            _HIGH_HEX.clear()
+        _HIGH_HEX[tid] = high
+    return f"{high}{span.trace_id:016x}" if high else str(span.trace_id)
+
+
+# _dd.p.tid as sent -> the high half as format_trace_id writes it ("": none). The traces of one second
+# share it (ddtrace puts the start's unix seconds there), so it is parsed and formatted once.
+_HIGH_HEX: dict[str, str] = {}
 
 
 def event_trace_id(event: LLMObsEvent) -> int | None:

@@ -1,6 +1,6 @@
 """The LLM stage of the processing plane: carriers in, ``CallOutput``s out.
 
-For a trace chunk, it finds the spans that carry an LLM Observability span (``extract.carries_call``),
+For a trace chunk, it finds the spans that carry an LLM Observability span (``extract.carriers``),
 extracts each ``LLMCall`` and applies the policies (``llm/policies.py``); for EVP events, the same. It
 writes nowhere: each call's output (the event to ship, its metric samples, its sample log) goes to the
 router, which ships an event and counts a call once even when the tracer sent it on both paths.
@@ -68,7 +68,7 @@ class LLMStage:
 
     def process_chunk(self, spans: list[Span]) -> list[CallOutput]:
         """The calls one trace chunk carries (usually none: then this costs one scan of the span types)."""
-        carriers = [s for s in spans if extract.carries_call(s)]
+        carriers = extract.carriers(spans)
         if not carriers:
             return []
         proxied = self._proxies.proxied_parents(spans)
