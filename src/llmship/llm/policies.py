@@ -330,6 +330,7 @@ class TextPolicy:
         self._sampler = sampler
         self._clean_texts = CleanTexts()  # results depend on max_text_chars: a reload starts afresh
         self._clean_errors = CleanTexts()  # error messages and stacks (not truncated)
+        self._event_rest = privacy.EventRest(scrubber) if scrubber is not None else None
 
     def apply(self, call: LLMCall) -> TextDecision:
         event = call.event
@@ -357,8 +358,10 @@ class TextPolicy:
         if scrubber is not None:  # field policies first (a dropped system prompt is gone from the sample
             # log too), then every string but input, output and error
             kept = scrubber.fields.apply("llmobs", event, scrubber.telemetry)
-            privacy.scrub_event_rest(scrubber, event)
-        self._scrub_error(ev_meta.get("error"))  # shipped whether the text is sampled or not
+            self._event_rest(event)
+        error = ev_meta.get("error")
+        if error is not None:
+            self._scrub_error(error)  # shipped whether the text is sampled or not
         if rewrite or estimate:
             text = _TextPass(self._scrub, self._max_chars, rewrite, self._clean_texts)
             text.walk(ev_meta.get("input"))
@@ -372,7 +375,8 @@ class TextPolicy:
                 _estimate_tokens(call, event, input_chars, text.chars)
                 decision.estimated = True
                 decision.markers.append("tokens_estimated:true")
-        privacy.restore(kept)
+        if kept:
+            privacy.restore(kept)
 
     def drop_unsampled(self, call: LLMCall, decision: TextDecision) -> None:
         """After the sample log took what it needs: an unsampled trace's event loses its text."""
