@@ -288,8 +288,9 @@ class _TextPass:
                             dropped = (dropped or []) + [key]
                     else:  # text(value), for a text found clean before, without the call
                         self.chars += len(value)
-                        self.truncated |= done[1]
-                        node[key] = done[0]
+                        if done[1]:  # cut; else its text is this one
+                            self.truncated = True
+                            node[key] = done[0]
                 elif cls is dict or cls is list or isinstance(value, (dict, list)):
                     self.walk(value)
             for key in dropped or ():
