@@ -224,7 +224,7 @@ def llmobs_event(data: dict, span: Span) -> LLMObsEvent:
 # whose keys and values are all strings are remembered: a str is equal to nothing but a str, so a hit is
 # always the same strings (1, 1.0 and True are equal keys but different tags).
 _EVENT_TAGS: dict[tuple, tuple[str, ...]] = {}
-_MAX_EVENT_TAGS = 4096
+_MAX_REMEMBERED = 4096  # entries of each cache here: emptied when full, as junk input could fill it
 
 
 def _event_tags(tags, error: str, error_type) -> list[str]:
@@ -244,7 +244,7 @@ def _event_tags(tags, error: str, error_type) -> list[str]:
         found = tuple(sorted(f"{k}:{v}" for k, v in tags.items()))
         if key is not None and all(x.__class__ is str for x in key[0] + key[1]) \
                 and error_type.__class__ in (str, type(None)):
-            if len(_EVENT_TAGS) >= _MAX_EVENT_TAGS:
+            if len(_EVENT_TAGS) >= _MAX_REMEMBERED:
                 _EVENT_TAGS.clear()
             _EVENT_TAGS[key] = found
     return list(found)
@@ -260,7 +260,7 @@ def format_trace_id(span: Span) -> str:
         except ValueError:
             value = 0
         high = f"{value:016x}" if value else ""
-        if len(_HIGH_HEX) >= _MAX_EVENT_TAGS:
+        if len(_HIGH_HEX) >= _MAX_REMEMBERED:
             _HIGH_HEX.clear()
         _HIGH_HEX[tid] = high
     return f"{high}{span.trace_id:016x}" if high else str(span.trace_id)

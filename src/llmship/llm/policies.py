@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from urllib.parse import urlsplit
 
+from llmship.llm import extract
 from llmship.model import LLMCall, LLMObsEvent, LogRecord, MetricSample, Span, Tokens
 from llmship.tags import add_missing, normalize_tag
 from llmship.transforms import privacy
@@ -440,9 +441,8 @@ def _note(ev_meta: dict, **notes) -> None:
 # ------------------------------------------------------------------------------------------ 4. metrics
 
 
-# The rate-limit gauges' names, made once (extract.span_rate_limits' keys)
-_RATE_LIMIT_NAMES = {key: f"llm.ratelimit.{key}"
-                     for key in ("requests.limit", "requests.remaining", "tokens.limit", "tokens.remaining")}
+# The rate-limit gauges' names, made once (the keys extract.span_rate_limits gives)
+_RATE_LIMIT_NAMES = {key: f"llm.ratelimit.{key}" for key in extract._RATE_LIMIT_METRICS}
 
 
 def call_metrics(call: LLMCall, tags: str, pricing: Pricing) -> tuple[list[MetricSample], bool]:
