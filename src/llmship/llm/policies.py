@@ -333,7 +333,7 @@ class TextPolicy:
         self._clean_texts = CleanTexts()  # results depend on max_text_chars: a reload starts afresh
         self._clean_errors = CleanTexts()  # error messages and stacks (not truncated)
         self._event_rest = privacy.EventRest(scrubber) if scrubber is not None else None
-        self._text_pass = _TextPass(scrub, max_chars, True, self._clean_texts)  # reset for each call
+        self._text_pass = _TextPass(scrub, max_chars, True, self._clean_texts)  # reset for each call (_scrub_all)
 
     def apply(self, call: LLMCall) -> TextDecision:
         event = call.event
@@ -367,7 +367,7 @@ class TextPolicy:
             self._scrub_error(error)  # shipped whether the text is sampled or not
         if rewrite or estimate:
             text = self._text_pass
-            text.rewrite, text.chars, text.truncated = rewrite, 0, False
+            text.scrub, text.rewrite, text.chars, text.truncated = self._scrub, rewrite, 0, False
             text.walk(ev_meta.get("input"))
             input_chars, text.chars = text.chars, 0
             text.walk(ev_meta.get("output"))
