@@ -621,3 +621,19 @@ def test_a_metric_whose_tag_scrubbing_fails_is_dropped_and_counted():
     sink.privacy = privacy.MetricScrubber(s)
     sink.send_event({"title": "deploy", "text": "x", "tags": "who:someone"})
     assert telemetry.component("metrics_sink").get("discarded", reason="scrub_failed", intentional="false") == 1
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_an_events_rest_follows_the_scrubbers_reload(engine):
+    """``EventRest`` keeps its walker from call to call; a reload starts the scrubber's results afresh, and a
+    tag list found clean under the old rules must be looked at again under the new ones."""
+    s, _ = scrubber(engine)
+    rest = privacy.EventRest(s)
+    event = {"meta": {"metadata": {"user": "ticket-42"}}, "tags": ["ml_app:ticket-42"]}
+    rest(event)
+    rest(event)  # the second time from what the walker remembered
+    assert event == {"meta": {"metadata": {"user": "ticket-42"}}, "tags": ["ml_app:ticket-42"]}
+    cfg = load_config_text('[[scrub.rules]]\nname = "ticket"\nregex = "ticket-[0-9]+"\n', env={})
+    s.reload(cfg.scrub.rules)
+    rest(event)
+    assert event == {"meta": {"metadata": {"user": "[REDACTED]"}}, "tags": ["ml_app:[REDACTED]"]}

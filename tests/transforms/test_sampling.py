@@ -128,3 +128,28 @@ def test_prompt_log_rate_without_trace_id_is_a_coin_at_that_rate():
     half = Sampler(SamplingConfig(rules=(SamplingRule(prompt_log_rate=0.5),)))
     fraction = sum(bool(half.keep_prompt_log(None, "s", "m", "e", False)) for _ in range(N)) / N
     assert within_4_sigma(fraction, 0.5), fraction
+
+
+def test_decide_answers_as_keep_span_text_then_keep_prompt_log():
+    """``decide`` (what an LLM call asks, in one look) gives what the two questions give, the global
+    prompt_log_rate standing in where no rule sets one, for traces, errors, calls that log no prompt, and
+    events without a trace id (a coin each, thrown in the same order)."""
+    cfg = SamplingConfig(span_text_rate=0.6, prompt_log_rate=0.2, rules=(
+        SamplingRule(service="billing*", span_text_rate=0.1),
+        SamplingRule(model="gpt-4o*", prompt_log_rate=0.9),
+    ))
+    sampler = Sampler(cfg)
+    cases = [(svc, model, "/v1/chat/completions") for svc in ("Billing-API", "chatbot")
+             for model in ("GPT-4o-mini", "claude-3")]
+    for trace_id in random_trace_ids(500) + [None] * 50:
+        for service, model, endpoint in cases:
+            for error in (False, True):
+                for prompt_log in (False, True):
+                    seed = random.random()
+                    random.seed(seed)
+                    text = sampler.keep_span_text(trace_id, service, model, endpoint, error)
+                    log = sampler.keep_prompt_log(trace_id, service, model, endpoint, error) if prompt_log else False
+                    if log is None:
+                        log = sampled(trace_id, cfg.prompt_log_rate)
+                    random.seed(seed)
+                    assert sampler.decide(trace_id, service, model, endpoint, error, prompt_log) == (text, log)

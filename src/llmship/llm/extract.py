@@ -15,7 +15,7 @@ import msgpack
 import msgspec
 
 from llmship import NO_EXTENSIONS
-from llmship.model import LLMOBS_STRUCT_KEY, LLMCall, LLMObsEvent, Span, Tokens
+from llmship.model import LLM_CALL_KINDS, LLMOBS_STRUCT_KEY, LLMCall, LLMObsEvent, Span, Tokens
 
 # ddtrace ROOT_PARENT_ID: the parent_id of a root LLM Observability span
 ROOT_PARENT_ID = "undefined"
@@ -50,6 +50,7 @@ _RATE_LIMIT_METRICS = {
     "tokens.limit": "openai.organization.ratelimit.tokens.limit",
     "tokens.remaining": "openai.organization.ratelimit.tokens.remaining",
 }
+_RATE_LIMIT_ITEMS = tuple(_RATE_LIMIT_METRICS.items())
 # What a malformed event raises while it is read (RecursionError: absurdly nested input/output).
 BAD_EVENT = (AttributeError, KeyError, TypeError, ValueError, RecursionError, OverflowError,
              msgpack.UnpackException, msgspec.DecodeError)
@@ -59,9 +60,10 @@ class BadEvent(ValueError):
     """An LLM Observability event that cannot be read; its APM span, if any, is still good."""
 
 
-def carries_call(span: Span) -> bool:
-    """Does this span carry an LLM Observability span (an event, or an ``llm`` span without one)?"""
-    return span.type == "llm" or LLMOBS_STRUCT_KEY in span.meta_struct
+def carriers(spans: list[Span]) -> list[Span]:
+    """The spans that carry an LLM Observability span (an event, or an ``llm`` span without one): every span
+    of every chunk is looked at, so in one comprehension rather than a call each."""
+    return [s for s in spans if s.type == "llm" or LLMOBS_STRUCT_KEY in s.meta_struct]
 
 
 def from_span(span: Span, default_service: str, default_env: str, default_version: str) -> LLMCall:
@@ -82,18 +84,21 @@ def from_span(span: Span, default_service: str, default_env: str, default_versio
         else:
             ev_meta = {}
             kind = meta.get("_dd.llmobs.span_kind") or "llm"
+        is_call = kind in LLM_CALL_KINDS
+        if not is_call:
+            tokens = Tokens()
+        elif event is not None:
+            tokens = event_tokens(event)
+        else:
+            metrics = span.metrics
+            tokens = Tokens(*(_number(metrics.get(ours, metrics.get(semconv)))
+                              for ours, semconv in _APM_TOKEN_METRICS))
         call = LLMCall("span", kind, span.trace_id & _MASK64, span.span_id, bool(span.error), span.start,
                        span.duration, span.service or default_service, meta.get("env") or default_env,
-                       meta.get("version") or default_version, event=event, span=span)
-        if call.is_call:
+                       meta.get("version") or default_version, tokens=tokens, event=event, span=span)
+        if is_call:
             identify(call, ev_meta, _str(event.get("name")) if event else "", meta, span.resource)
             call.rate_limits = span_rate_limits(span)
-            if event is not None:
-                call.tokens = event_tokens(event)
-            else:
-                metrics = span.metrics
-                call.tokens = Tokens(*(_number(metrics.get(ours, metrics.get(semconv)))
-                                       for ours, semconv in _APM_TOKEN_METRICS))
     except BAD_EVENT as e:
         raise BadEvent(f"{type(e).__name__}: {e}") from None
     return call
@@ -147,16 +152,21 @@ def identify(call: LLMCall, ev_meta: dict, name: str, apm_meta: dict, resource: 
                      or _known(apm_meta.get("gen_ai.provider.name")) or "")
     call.endpoint = (apm_meta.get("openai.request.endpoint") or OPENAI_ENDPOINTS.get(operation)
                      or OPENAI_ENDPOINTS.get(resource) or "")
-    call.org = next((org for key in _ORG_META if (org := apm_meta.get(key))), "")
+    call.org = apm_meta.get(_ORG_META[0]) or apm_meta.get(_ORG_META[1]) or ""
 
 
 def span_rate_limits(span: Span) -> dict[str, float] | None:
     """The rate-limit headers the client recorded on the span (only on answers it read: a 429 raises
     before ddtrace sees the headers), or None."""
-    metrics = span.metrics
-    found = {key: value for key, name in _RATE_LIMIT_METRICS.items()
-             if (value := _number(metrics.get(name))) is not None}
-    return found or None
+    get = span.metrics.get
+    found = None
+    for key, name in _RATE_LIMIT_ITEMS:
+        value = get(name)
+        if value is not None and ((cls := value.__class__) is float or cls is int or _number(value) is not None):
+            if found is None:
+                found = {}
+            found[key] = value
+    return found
 
 
 def event_tokens(event: LLMObsEvent) -> Tokens:
@@ -164,55 +174,101 @@ def event_tokens(event: LLMObsEvent) -> Tokens:
     if not isinstance(metrics, dict):
         return Tokens()
     get = metrics.get
-    return Tokens(_number(get("input_tokens")), _number(get("output_tokens")), _number(get("total_tokens")),
-                  _number(get("cache_read_input_tokens")), _number(get("cache_write_input_tokens")),
-                  _number(get("reasoning_output_tokens")))
+    values = (get("input_tokens"), get("output_tokens"), get("total_tokens"), get("cache_read_input_tokens"),
+              get("cache_write_input_tokens"), get("reasoning_output_tokens"))
+    if not _PLAIN_NUMBERS.issuperset(map(type, values)):  # one look for the common case: numbers or none
+        values = map(_number, values)
+    return Tokens(*values)
 
 
 def llmobs_event(data: dict, span: Span) -> LLMObsEvent:
     """A ``meta_struct["_llmobs"]`` struct joined with its APM span, in the shape ddtrace posts on the EVP
-    path: ddtrace/llmobs/_llmobs.py ``_llmobs_span_event`` and ``_llmobs_tags``, reading the same keys."""
+    path: ddtrace/llmobs/_llmobs.py ``_llmobs_span_event`` and ``_llmobs_tags``, reading the same keys.
+    ``data`` is the freshly decoded struct: the event takes its containers over rather than copying them."""
     apm_trace_id = format_trace_id(span)
-    meta = data.get("meta")
-    meta = dict(meta) if isinstance(meta, dict) else {}
-    if data.get("pagent_name") is not None or data.get("pagent_span_id") is not None:
-        meta["agent_attribution"] = {"pagent_name": data.get("pagent_name"),
-                                     "pagent_span_id": data.get("pagent_span_id")}
-    tags = data.get("tags")
-    tags = dict(tags) if isinstance(tags, dict) else {}
-    tags["error"] = str(span.error)
-    if span.meta.get("error.type"):
-        tags["error_type"] = span.meta["error.type"]
-    dd = data.get("_dd")
+    get = data.get
+    meta = get("meta")
+    if not isinstance(meta, dict):
+        meta = {}
+    if get("pagent_name") is not None or get("pagent_span_id") is not None:
+        meta["agent_attribution"] = {"pagent_name": get("pagent_name"), "pagent_span_id": get("pagent_span_id")}
+    dd = get("_dd")
+    if not isinstance(dd, dict):
+        dd = {}
+    span_id = str(span.span_id)
+    dd["span_id"] = span_id
+    dd["trace_id"] = dd["apm_trace_id"] = apm_trace_id
+    metrics = get("metrics")
     event: LLMObsEvent = {
         # ddtrace refuses to build an event without its LLM Observability trace id; the APM one is the
         # closest stand-in rather than losing the event.
-        "trace_id": data.get("trace_id") or apm_trace_id,
-        "span_id": str(span.span_id),
-        "parent_id": data.get("parent_id") or ROOT_PARENT_ID,
-        "name": data.get("name") or span.name,
+        "trace_id": get("trace_id") or apm_trace_id,
+        "span_id": span_id,
+        "parent_id": get("parent_id") or ROOT_PARENT_ID,
+        "name": get("name") or span.name,
         "start_ns": span.start,
         "duration": span.duration,
         "status": "error" if span.error else "ok",
         "meta": meta,
-        "metrics": data.get("metrics") if isinstance(data.get("metrics"), dict) else {},
-        "tags": sorted(f"{k}:{v}" for k, v in tags.items()),
-        "_dd": {**(dd if isinstance(dd, dict) else {}), "span_id": str(span.span_id),
-                "trace_id": apm_trace_id, "apm_trace_id": apm_trace_id},
+        "metrics": metrics if isinstance(metrics, dict) else {},
+        "tags": _event_tags(get("tags"), str(span.error), span.meta.get("error.type")),
+        "_dd": dd,
     }
     for key in ("config", "session_id", "span_links"):
-        if data.get(key):
+        if get(key):
             event[key] = data[key]
     return event
 
 
+# The struct's tags (the same few sets again and again) -> the event's sorted "key:value" list. Only sets
+# whose keys and values are all strings are remembered: a str is equal to nothing but a str, so a hit is
+# always the same strings (1, 1.0 and True are equal keys but different tags).
+_EVENT_TAGS: dict[tuple, tuple[str, ...]] = {}
+_MAX_REMEMBERED = 4096  # entries of each cache here: emptied when full, as junk input could fill it
+
+
+def _event_tags(tags, error: str, error_type) -> list[str]:
+    """ddtrace's ``_llmobs_tags``: the struct's tags, ``error`` and ``error_type`` (when the span has one),
+    as sorted "key:value" strings."""
+    tags = tags if isinstance(tags, dict) else {}
+    try:  # keys and values apart: two tuples, not one a tag (the decoder reuses its key strings, hashed once)
+        key = (tuple(tags), tuple(tags.values()), error, error_type or None)
+        found = _EVENT_TAGS.get(key)
+    except TypeError:  # an unhashable value
+        key = found = None
+    if found is None:
+        tags = dict(tags)
+        tags["error"] = error
+        if error_type:
+            tags["error_type"] = error_type
+        found = tuple(sorted(f"{k}:{v}" for k, v in tags.items()))
+        if key is not None and all(x.__class__ is str for x in key[0] + key[1]) \
+                and error_type.__class__ in (str, type(None)):
+            if len(_EVENT_TAGS) >= _MAX_REMEMBERED:
+                _EVENT_TAGS.clear()
+            _EVENT_TAGS[key] = found
+    return list(found)
+
+
 def format_trace_id(span: Span) -> str:
     """ddtrace format_trace_id: 32 hex digits for a 128-bit id (high half in meta _dd.p.tid), else decimal."""
-    try:
-        high = int(span.meta.get("_dd.p.tid", "0"), 16)
-    except ValueError:
-        high = 0
-    return f"{high:016x}{span.trace_id:016x}" if high else str(span.trace_id)
+    tid = span.meta.get("_dd.p.tid", "0")
+    high = _HIGH_HEX.get(tid)
+    if high is None:
+        try:
+            value = int(tid, 16)
+        except ValueError:
+            value = 0
+        high = f"{value:016x}" if value else ""
+        if len(_HIGH_HEX) >= _MAX_REMEMBERED:
+            _HIGH_HEX.clear()
+        _HIGH_HEX[tid] = high
+    return f"{high}{span.trace_id:016x}" if high else str(span.trace_id)
+
+
+# _dd.p.tid as sent -> the high half as format_trace_id writes it ("": none). The traces of one second
+# share it (ddtrace puts the start's unix seconds there), so it is parsed and formatted once.
+_HIGH_HEX: dict[str, str] = {}
 
 
 def event_trace_id(event: LLMObsEvent) -> int | None:
@@ -252,5 +308,11 @@ def _known(value) -> str:
     return value if isinstance(value, str) and value.lower() != "unknown" else ""
 
 
+_PLAIN_NUMBERS = frozenset((int, float, type(None)))  # values _number returns as they are
+
+
 def _number(value) -> float | None:
+    cls = value.__class__
+    if cls is float or cls is int:  # the common case, without isinstance's slower path for a type that differs
+        return value
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None

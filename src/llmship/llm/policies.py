@@ -23,11 +23,12 @@ from __future__ import annotations
 import math
 from urllib.parse import urlsplit
 
+from llmship.llm import extract
 from llmship.model import LLMCall, LLMObsEvent, LogRecord, MetricSample, Span, Tokens
 from llmship.tags import add_missing, normalize_tag
 from llmship.transforms import privacy
 from llmship.transforms.pricing import Pricing
-from llmship.transforms.sampling import Sampler, sampled
+from llmship.transforms.sampling import Sampler
 from llmship.transforms.truncate import truncate_text
 
 # Endpoints whose streamed responses carry usage only when the request set stream_options.include_usage
@@ -38,6 +39,9 @@ _USAGE_OPT_IN_ENDPOINTS = frozenset(("/v1/chat/completions", "/v1/completions"))
 CHARS_PER_TOKEN = 4
 # Keys of input/output structures that label text rather than hold it: never scrubbed or truncated.
 _STRUCTURAL_KEYS = privacy.STRUCTURAL_KEYS
+# The structural keys and those whose values privacy.is_structural always spares (user agents); any other
+# key it may spare ends in "d" or "D" (an id key).
+_TEXT_SKIP_KEYS = _STRUCTURAL_KEYS | privacy._USER_AGENT_KEYS
 _TOKEN_METRICS = ("input_tokens", "output_tokens", "total_tokens")
 MAX_CACHED = 4096  # tag strings and proxy URL decisions: few distinct values; bound against junk input
 # Texts the scrub rules leave unchanged, remembered with their truncated form: system prompts, few-shot
@@ -164,19 +168,20 @@ class Tags:
         found = self._sets.get(key)
         return found if found is not None else bounded_put(self._sets, key, TagSet(call, self._agent_tags))
 
-    def tag_span(self, call: LLMCall) -> None:
-        """The APM span carrying a call says its model, provider and endpoint too, as normalized tags."""
+    def tag_span(self, call: LLMCall, tag_set: TagSet | None = None) -> None:
+        """The APM span carrying a call says its model, provider and endpoint too, as normalized tags.
+        ``tag_set``: ``of(call)``, when the caller has it."""
         meta = call.span.meta
-        values = self.of(call).values
+        values = (tag_set or self.of(call)).values
         for key in ("model", "provider", "endpoint"):
             if key in values and key not in meta:
                 meta[key] = values[key]
 
-    def tag_event(self, event: LLMObsEvent, call: LLMCall, markers: list[str]) -> None:
+    def tag_event(self, event: LLMObsEvent, call: LLMCall, markers: list[str], tag_set: TagSet | None = None) -> None:
         tags = event.get("tags")
         if not isinstance(tags, list):
             tags = event["tags"] = []
-        tag_set = self.of(call)
+        tag_set = tag_set or self.of(call)
         try:
             key = (tag_set, tuple(tags))
             additions = self._additions.get(key)
@@ -266,25 +271,39 @@ class _TextPass:
         return done[0]
 
     def walk(self, node) -> None:
+        # Exact type tests first: isinstance on a value of another type takes CPython's slow path, and the
+        # text policy runs for every string of every call; the isinstance after each keeps subclasses.
+        results = self.clean.results if self.rewrite else None
         if isinstance(node, dict):
             dropped = None
             for key, value in node.items():
-                if isinstance(value, str):
-                    if key not in _STRUCTURAL_KEYS and not privacy.is_structural(key, value):
+                cls = value.__class__
+                if cls is str or (cls is not dict and cls is not list and isinstance(value, str)):
+                    if key in _TEXT_SKIP_KEYS or (key.__class__ is str and key[-1:] in "dD"
+                                                  and privacy.is_structural(key, value)):
+                        continue
+                    done = results.get(value) if results is not None else None
+                    if done is None:
                         new = node[key] = self.text(value)
                         if new is None:
                             dropped = (dropped or []) + [key]
-                elif isinstance(value, (dict, list)):
+                    else:  # text(value), for a text found clean before, without the call
+                        self.chars += len(value)
+                        if done[1]:  # cut; else its text is this one
+                            self.truncated = True
+                            node[key] = done[0]
+                elif cls is dict or cls is list or isinstance(value, (dict, list)):
                     self.walk(value)
             for key in dropped or ():
                 del node[key]
         elif isinstance(node, list):
             dropped = False
             for i, value in enumerate(node):
-                if isinstance(value, str):
+                cls = value.__class__
+                if cls is str or (cls is not dict and cls is not list and isinstance(value, str)):
                     new = node[i] = self.text(value)
                     dropped |= new is None
-                elif isinstance(value, (dict, list)):
+                elif cls is dict or cls is list or isinstance(value, (dict, list)):
                     self.walk(value)
             if dropped:
                 node[:] = [v for v in node if v is not None]
@@ -313,17 +332,14 @@ class TextPolicy:
         self._sampler = sampler
         self._clean_texts = CleanTexts()  # results depend on max_text_chars: a reload starts afresh
         self._clean_errors = CleanTexts()  # error messages and stacks (not truncated)
+        self._event_rest = privacy.EventRest(scrubber) if scrubber is not None else None
+        self._text_pass = _TextPass(scrub, max_chars, True, self._clean_texts)  # reset for each call (_scrub_all)
 
     def apply(self, call: LLMCall) -> TextDecision:
         event = call.event
         ev_meta = event["meta"]
-        sampler = self._sampler
-        keep_text = sampler.keep_span_text(call.trace_id, call.service, call.model, call.endpoint, call.error)
-        keep_log = False
-        if call.is_call:
-            keep_log = sampler.keep_prompt_log(call.trace_id, call.service, call.model, call.endpoint, call.error)
-            if keep_log is None:
-                keep_log = sampled(call.trace_id, sampler.prompt_log_rate)
+        keep_text, keep_log = self._sampler.decide(call.trace_id, call.service, call.model, call.endpoint,
+                                                    call.error, call.is_call)
         decision = TextDecision(keep_text, keep_log)
         estimate = call.kind == "llm" and _usage_missing(call, ev_meta)
         rewrite = keep_text or keep_log
@@ -345,22 +361,26 @@ class TextPolicy:
         if scrubber is not None:  # field policies first (a dropped system prompt is gone from the sample
             # log too), then every string but input, output and error
             kept = scrubber.fields.apply("llmobs", event, scrubber.telemetry)
-            privacy.scrub_event_rest(scrubber, event)
-        self._scrub_error(ev_meta.get("error"))  # shipped whether the text is sampled or not
+            self._event_rest(event)
+        error = ev_meta.get("error")
+        if error is not None:
+            self._scrub_error(error)  # shipped whether the text is sampled or not
         if rewrite or estimate:
-            text_in = _TextPass(self._scrub, self._max_chars, rewrite, self._clean_texts)
-            text_in.walk(ev_meta.get("input"))
-            text_out = _TextPass(self._scrub, self._max_chars, rewrite, self._clean_texts)
-            text_out.walk(ev_meta.get("output"))
-            if text_in.truncated or text_out.truncated:
+            text = self._text_pass
+            text.scrub, text.rewrite, text.chars, text.truncated = self._scrub, rewrite, 0, False
+            text.walk(ev_meta.get("input"))
+            input_chars, text.chars = text.chars, 0
+            text.walk(ev_meta.get("output"))
+            if text.truncated:
                 decision.truncated = True
                 decision.markers.append("llmship.truncated:true")
                 _note(ev_meta, truncated=True, max_text_chars=self._max_chars)
             if estimate:
-                _estimate_tokens(call, event, text_in.chars, text_out.chars)
+                _estimate_tokens(call, event, input_chars, text.chars)
                 decision.estimated = True
                 decision.markers.append("tokens_estimated:true")
-        privacy.restore(kept)
+        if kept:
+            privacy.restore(kept)
 
     def drop_unsampled(self, call: LLMCall, decision: TextDecision) -> None:
         """After the sample log took what it needs: an unsampled trace's event loses its text."""
@@ -423,6 +443,10 @@ def _note(ev_meta: dict, **notes) -> None:
 # ------------------------------------------------------------------------------------------ 4. metrics
 
 
+# The rate-limit gauges' names, made once (the keys extract.span_rate_limits gives)
+_RATE_LIMIT_NAMES = {key: f"llm.ratelimit.{key}" for key in extract._RATE_LIMIT_METRICS}
+
+
 def call_metrics(call: LLMCall, tags: str, pricing: Pricing) -> tuple[list[MetricSample], bool]:
     """The ``llm.*`` samples of one call, and whether its cost was unknown (a model without a price)."""
     samples: list[MetricSample] = [("llm.requests", "c", 1, tags)]
@@ -430,7 +454,8 @@ def call_metrics(call: LLMCall, tags: str, pricing: Pricing) -> tuple[list[Metri
         samples.append(("llm.errors", "c", 1, tags))
     samples.append(("llm.request.duration", "d", call.duration_ns / 1e9, tags))
     if call.rate_limits:  # the headroom left before the provider answers 429, as of this answer
-        samples += [(f"llm.ratelimit.{key}", "g", value, tags) for key, value in call.rate_limits.items()]
+        for key, value in call.rate_limits.items():
+            samples.append((_RATE_LIMIT_NAMES.get(key) or f"llm.ratelimit.{key}", "g", value, tags))
     tokens = call.tokens
     if tokens.total is None:
         return samples, False

@@ -1,6 +1,6 @@
 """The LLM stage of the processing plane: carriers in, ``CallOutput``s out.
 
-For a trace chunk, it finds the spans that carry an LLM Observability span (``extract.carries_call``),
+For a trace chunk, it finds the spans that carry an LLM Observability span (``extract.carriers``),
 extracts each ``LLMCall`` and applies the policies (``llm/policies.py``); for EVP events, the same. It
 writes nowhere: each call's output (the event to ship, its metric samples, its sample log) goes to the
 router, which ships an event and counts a call once even when the tracer sent it on both paths.
@@ -62,12 +62,13 @@ class LLMStage:
         self._tags = Tags(agent_default_tags(agent))
         self._text = TextPolicy(self._scrub, llm.max_text_chars, Sampler(llm.sampling), self._scrubber)
         self._openai_compat = compat.OpenAICompat() if "openai" in llm.compat_metrics else None
+        self._genai = cfg.ships_to_otlp  # only the OTLP sink reads a call's GenAI tuple (CallOutput.genai)
 
     # ------------------------------------------------------------------------------------------ carriers
 
     def process_chunk(self, spans: list[Span]) -> list[CallOutput]:
         """The calls one trace chunk carries (usually none: then this costs one scan of the span types)."""
-        carriers = [s for s in spans if extract.carries_call(s)]
+        carriers = extract.carriers(spans)
         if not carriers:
             return []
         proxied = self._proxies.proxied_parents(spans)
@@ -122,23 +123,28 @@ class LLMStage:
 
     def _process(self, call: LLMCall) -> CallOutput:
         out = CallOutput(call.span_id)
+        tag_set = None  # the call's tags, once the text policy has run (it may mark tokens as estimated)
         if call.event is not None:
             try:
                 decision = self._text.apply(call)
+                tag_set = self._tags.of(call)
                 if decision.keep_log:
-                    out.log = policies.sample_log(call, self._tags.of(call), self._hostname)
+                    out.log = policies.sample_log(call, tag_set, self._hostname)
                 self._text.drop_unsampled(call, decision)
-                self._tags.tag_event(call.event, call, decision.markers)
+                self._tags.tag_event(call.event, call, decision.markers, tag_set)
                 self._count_text(decision)
                 out.event = call.event
             except extract.BAD_EVENT as e:  # an event shape we did not foresee: ship the call's metrics anyway
                 self._bad_event(e)
                 out.log = None
+        if tag_set is None:
+            tag_set = self._tags.of(call)
         if call.span is not None:
-            self._tags.tag_span(call)
+            self._tags.tag_span(call, tag_set)
         if call.is_call:
-            out.genai = genai_call(call)
-            out.samples, unknown_cost = policies.call_metrics(call, self._tags.of(call).metric_tags, self._pricing)
+            if self._genai:
+                out.genai = genai_call(call)
+            out.samples, unknown_cost = policies.call_metrics(call, tag_set.metric_tags, self._pricing)
             if unknown_cost:
                 self._tel.inc("unknown_model_cost")
             if self._openai_compat is not None and compat.from_openai_client(call):

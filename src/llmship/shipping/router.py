@@ -105,13 +105,14 @@ class Router:
         """Each call's encoded event once per span id, its metric samples and encoded sample log once per
         span id (``CallOutput``s whose event and log the processing plane encoded)."""
         samples = []  # every call's, added together: one clock read
+        counted = 0  # calls whose samples are added: counted together too
         otlp = self._otlp_sink
         for out in outputs:
             span_id = out.span_id
             if out.samples or out.log is not None or out.genai or out.otlp_log:
                 if span_id is None or self._counted.add(span_id):
                     if out.samples:
-                        self._tel.inc("llm_calls")
+                        counted += 1
                         samples += [(name, mtype, value, tags, 1.0, None) for name, mtype, value, tags in out.samples]
                     if out.log is not None:
                         self._logs_sink.add_item(out.log)
@@ -130,6 +131,7 @@ class Router:
                 else:
                     self._tel.discard("duplicate_event", intentional=True)
         if samples:
+            self._tel.inc("llm_calls", counted)
             self.add_metrics(samples)
 
     def log_item(self, data: bytes) -> None:

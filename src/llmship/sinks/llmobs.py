@@ -12,6 +12,7 @@ Each envelope is one item of the packer (llmship.shipping.packer): framed ``[`` 
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -127,10 +128,16 @@ def drop_io(event: LLMObsEvent) -> LLMObsEvent:
 def _tracer_version(event: LLMObsEvent) -> str:
     """ddtrace tags every event with its version; the envelope's ``_dd.tracer_version`` repeats it."""
     tags = event.get("tags")
-    for tag in tags if isinstance(tags, list) else ():
-        if isinstance(tag, str) and tag.startswith(_TRACER_VERSION_TAG):
-            return tag[len(_TRACER_VERSION_TAG):]
-    return ""
+    if not isinstance(tags, list):
+        return ""
+    try:  # the tags looked at in C, not a Python step each; a tag that is no string takes the loop below
+        tag = next(filter(_is_version_tag, tags), "")
+    except (AttributeError, TypeError):
+        tag = next((t for t in tags if isinstance(t, str) and t.startswith(_TRACER_VERSION_TAG)), "")
+    return tag[len(_TRACER_VERSION_TAG):]
+
+
+_is_version_tag = operator.methodcaller("startswith", _TRACER_VERSION_TAG)
 
 
 def _json_default(value: Any) -> Any:
