@@ -351,3 +351,12 @@ def test_no_extensions_forces_the_twin():
 def test_the_compiled_encoder_is_used_when_built():
     assert spanenc.NATIVE is (os.environ.get("LLMSHIP_NO_EXTENSIONS", "") in ("", "0"))
     assert _selection({"LLMSHIP_NO_EXTENSIONS": ""}) == "True False"
+
+
+@needs_native
+def test_native_and_twin_raise_alike_on_a_bad_key_with_an_unhashable_value():
+    # found by Hypothesis: the twin's entry cache looked the pair up first and raised on the list
+    span = Span(meta={"\ud800": []})
+    native = spanenc.encode_spans_native([span], "python", ())[2]
+    twin = spanenc.encode_spans_py([span], "python", ())[2]
+    assert [e.split(":")[0] for e in native] == [e.split(":")[0] for e in twin] == ["UnicodeEncodeError"]

@@ -175,11 +175,13 @@ def _uint64_checked(n: Any, field: int) -> int:
 
 
 def _meta_entry(item: tuple[str, str]) -> bytes:
-    entry = _entries.get(item)
+    key, value = item
+    try:
+        entry = _entries.get(item)
+    except TypeError:  # an unhashable value: the key is encoded first, for the error the native encoder raises
+        return _entry(_META, _encode(key), _encode(value))
     if entry is None:
-        key, value = item
-        k = _encode(key)
-        entry = _entry(_META, k, _encode(value))
+        entry = _entry(_META, _encode(key), _encode(value))
         if len(_entries) >= _MAX_CACHED_ENTRIES:
             _entries.clear()
         _entries[item] = entry
