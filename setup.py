@@ -62,6 +62,7 @@ class OptionalBuildExt(build_ext):
 
 extensions = [] if NO_EXTENSIONS else [
     Extension("llmship.sinks._spanenc", ["src/llmship/sinks/_spanenc.pyx"], optional=True),
+    Extension("llmship.transforms._logpath", ["src/llmship/transforms/_logpath.pyx"], optional=True),
 ]
 if NO_EXTENSIONS:
     print("LLMSHIP_NO_EXTENSIONS is set: not building the compiled span encoder", file=sys.stderr)

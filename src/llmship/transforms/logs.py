@@ -27,7 +27,7 @@ from llmship.model import LogRecord
 from llmship.tags import agent_default_tags, normalize_tag, tag_key
 from llmship.telemetry import Telemetry
 from llmship.log import RateLimited, get_logger
-from llmship.transforms import privacy
+from llmship.transforms import logpath, privacy
 from llmship.transforms.sampling import Sampler
 from llmship.transforms.scrub import Scrubber
 
@@ -75,6 +75,31 @@ def _status(record: LogRecord) -> str:
     return ""
 
 
+class _Hooks:
+    """What ``logpath.scrub_batch`` leaves to Python (see its docstring)."""
+
+    __slots__ = ("_processor", "_scrubber", "_max_chars", "_skip", "rest", "failed")
+
+    def __init__(self, processor: LogProcessor) -> None:
+        self._processor = processor
+        self._scrubber = processor._scrubber
+        self._max_chars = processor._max_chars
+        self._skip = processor._skip
+        self.rest = processor._rest
+        self.failed = processor._scrub_failed
+
+    def scrub_truncate(self, text: str) -> tuple[str | None, bool]:
+        return self._scrubber.scrub_truncate(text, self._max_chars, "logs")
+
+    def walk(self, record: LogRecord) -> None:
+        privacy.scrub_record_rest(self._scrubber, record, self._skip)
+
+    def tags(self, record: LogRecord) -> None:
+        privacy.scrub_record_tags(self._scrubber, record)
+
+    restore = staticmethod(privacy.restore)
+
+
 class LogProcessor:
     def __init__(self, cfg: Config, sampler: Sampler, scrubber: Scrubber, telemetry: Telemetry) -> None:
         self._tel = telemetry.component("logs_processor")
@@ -93,6 +118,8 @@ class LogProcessor:
         self._max_chars = cfg.llm.max_text_chars
         self._text_fields = tuple(dict.fromkeys((*TEXT_FIELDS, *cfg.llm.text_fields)))
         self._skip = privacy.log_skip(self._text_fields)  # not scanned beyond the text fields
+        self._plain_fields = not any("." in f for f in self._text_fields)  # logpath takes top-level ones only
+        self._hooks = _Hooks(self)
         # Without a rule that sets prompt_log_rate every received log is kept: skip the sampler entirely.
         self._sampling = any(rule.prompt_log_rate is not None for rule in cfg.llm.sampling.rules)
         self._hostname = agent.hostname
@@ -134,6 +161,38 @@ class LogProcessor:
         return out
 
     def _scrub_batch(self, records: list[LogRecord]) -> list[bool | None]:
+        """``_scrub_many``: through ``logpath`` (one Hyperscan scan of every string of the records) when the
+        scrubber can give it a scan (the Hyperscan engine, no user rule) and the records are plain dicts
+        without dotted text fields, else ``_scrub_batch_general``. The same records come out either way."""
+        scanner = self._scrubber.mapped_scanner() if self._plain_fields else None
+        if scanner is None or not all(r.__class__ is dict for r in records):
+            return self._scrub_batch_general(records)
+        scan, cuttable = scanner
+        scrubber = self._scrubber
+        live, kept = records, [None] * len(records)
+        failed = None
+        if scrubber.fields.by_kind["logs"]:  # field policies first, as in the general path
+            live, kept, failed = [], [], []
+            for i, record in enumerate(records):
+                try:
+                    kept.append(scrubber.fields.apply("logs", record, scrubber.telemetry))
+                    live.append(record)
+                except Exception as e:
+                    self._scrub_failed(e)
+                    failed.append(i)
+        spec = (self._text_fields, self._skip, self._max_chars, cuttable, scrubber.results)
+        try:
+            done = logpath.scrub_batch(live, kept, spec, scan, self._hooks)
+        except Exception as e:  # the scan, or scrubbing a text field: none of the records is shipped
+            for _ in live:
+                self._scrub_failed(e)
+            return [None] * len(records)
+        if failed:
+            for i in failed:
+                done.insert(i, None)
+        return done
+
+    def _scrub_batch_general(self, records: list[LogRecord]) -> list[bool | None]:
         """``_scrub_many``; the text fields that are strings, of all the records, are scrubbed and cut in one
         call (one Hyperscan scan); when that call raises, none of the records is shipped."""
         scrubber = self._scrubber
@@ -184,12 +243,18 @@ class LogProcessor:
             else:
                 record[field] = new
             truncated |= cut
+        truncated |= self._rest(record)
+        privacy.restore(kept)
+        return truncated
+
+    def _rest(self, record: LogRecord) -> bool:
+        """The text fields that are no strings, then every other string; True when text was cut."""
+        truncated = False
         for field in self._text_fields:  # a list or object, or a dotted path into nested objects
             value = record.get(field)
             if value.__class__ is not str and (value is not None or (field not in record and "." in field)):
                 truncated |= self._process_field(record, field)
         privacy.scrub_record_rest(self._scrubber, record, self._skip)
-        privacy.restore(kept)
         return truncated
 
     def _scrub_failed(self, e: Exception) -> None:

@@ -411,6 +411,16 @@ def scrub_record_rest(scrubber, record: dict, skip: frozenset) -> None:
     fields, already scrubbed and cut, and the reserved ones); each ``ddtags`` value."""
     walker = _Walker(scrubber, "logs")
     walker.walk(record, skip)
+    _record_tags(walker, record)
+
+
+def scrub_record_tags(scrubber, record: dict) -> None:
+    """``scrub_record_rest``'s last step alone: each ``ddtags`` value (for a record whose other strings
+    scrubbing leaves as they are: ``transforms/logpath.py``)."""
+    _record_tags(_Walker(scrubber, "logs"), record)
+
+
+def _record_tags(walker: _Walker, record: dict) -> None:
     ddtags = record.get("ddtags")
     if isinstance(ddtags, str) and ddtags:
         record["ddtags"] = walker.tag_string(ddtags)

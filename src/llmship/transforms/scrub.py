@@ -289,6 +289,14 @@ def _on_match(rule_id: int, start: int, end: int, flags: int, hits: list) -> Non
     hits.append((end, rule_id))
 
 
+def _on_match_end(rule_id: int, start: int, end: int, flags: int, ends: list) -> None:
+    ends.append(end)
+
+
+def _no_matches(data: bytes) -> list[int]:
+    return []
+
+
 class _Hyperscan:
     """One block-mode database: every default rule's head (exact) and every user rule in prefilter mode
     (a superset of its matches; only whether it may match is used; UTF-8 mode, where Hyperscan's classes
@@ -415,6 +423,32 @@ class _Hyperscan:
         lengths = map(len, strings) if len(data) == len(joined) else (len(x.encode()) for x in strings)
         seps = list(itertools.accumulate(map(_PLUS_ONE, lengths), initial=-1))[1:]
         return sorted({bisect.bisect_left(seps, e - 1) for e, _ in hits})
+
+    def mapped_scan(self) -> Callable[[bytes], list[int]] | None:
+        """``scan_many``'s database for strings the caller wrote one byte per code point (ASCII as is, any
+        other code point one byte >= 0x80, each string followed by a NUL): a function from such a buffer to
+        the end of every match in it. Every pattern there is then a default head or shape, an ASCII byte
+        pattern whose classes hold no byte >= 0x80 or are negated, so it finds in each string what a scan
+        of its UTF-8 finds. None when a user rule is scanned too (it needs the real UTF-8)."""
+        if self._many_spec[1]:
+            return None
+        if self._many_db is None:
+            self._build_many()
+        db = self._many_db
+        if db is False:
+            return _no_matches
+        local = self._local
+
+        def scan(data: bytes) -> list[int]:
+            try:
+                scratch = local.many_scratch
+            except AttributeError:
+                scratch = local.many_scratch = hyperscan.Scratch(db)
+            ends: list[int] = []
+            db.scan(data, match_event_handler=_on_match_end, context=ends, scratch=scratch)
+            return ends
+
+        return scan
 
     def candidates(self, text: str) -> dict[str, list[int] | None] | None:
         """Like ``_candidates``, and the user rules that may match (value None); None for a text that is no
@@ -895,6 +929,13 @@ class Scrubber:
         may = range(len(texts)) if may is None else set(may)  # None: the twin, or a text Hyperscan cannot take
         return [self.scrub_truncate(t, max_chars, kind) if i in may else truncate_text(t, max_chars)
                 for i, t in enumerate(texts)]
+
+    def mapped_scanner(self) -> tuple[Callable[[bytes], list[int]], bool] | None:
+        """For the log path (``transforms/logpath.py``): ``_Hyperscan.mapped_scan`` and whether the rules allow
+        a cut point (``_scrubbed_first``); None with the twin engine or a user rule."""
+        _, hs, _, cuttable = self._state
+        scan = hs.mapped_scan() if hs is not None else None
+        return None if scan is None else (scan, cuttable)
 
     def _scrubbed_first(self, text: str, max_chars: int) -> int:
         """How much of ``text`` ``scrub_truncate`` scrubs first: up to a cut past ``max_chars`` when the rules

@@ -1,0 +1,223 @@
+"""The log processor's scrub-and-cut step for a batch of records, compiled (``_logpath.pyx``) or pure Python.
+
+``scrub_batch(records, kept, spec, scan, hooks)`` does what ``LogProcessor._scrub_batch`` does (the text
+fields scrubbed and cut, every other string attribute scrubbed, each ``ddtags`` value scrubbed; see
+``transforms/logs.py``) with one Hyperscan scan of every string of every record, text fields and others
+alike, and without a Python call per string where nothing can match:
+
+1. ``gather`` walks each record once, collecting its text fields that are strings (each up to where
+   ``Scrubber.scrub_truncate`` scrubs first: ``scrubbed_first``) and every other string the privacy walker
+   would scrub (``privacy._Walker.walk`` with the record's ``skip``: not empty, not a reserved attribute,
+   not an identifier under an id key), and writes them all into one buffer, one byte per code point: ASCII
+   as is, any other code point ``NON_ASCII``, each string followed by a NUL. Only the default rules' heads
+   are scanned for (``Scrubber.mapped_scanner``: no user rule), and they are ASCII byte patterns whose
+   classes either hold no byte >= 0x80 or are negated; so a scan of this buffer finds in each string what a
+   scan of its UTF-8 finds, and never fails (a lone surrogate is a code point like any other).
+2. One scan; each match belongs to the string whose NUL or text holds its last byte (``candidates``).
+3. A text field no match touches is only cut (``truncate_text``); the others go to
+   ``hooks.scrub_truncate`` (``Scrubber.scrub_truncate``), as ``scrub_truncate_many`` does. An error there
+   is raised to the caller, which drops the whole batch, as before.
+4. Per record: the text fields' new values (None: the field is removed); then, for a record whose other
+   strings no match touches, only its ``ddtags`` (``hooks.tags``: ``privacy.scrub_record_tags``); for one
+   with a match, the privacy walker over the whole record (``hooks.walk``: ``privacy.scrub_record_rest``),
+   which finds what scrubbing finds, the untouched strings unchanged; then ``hooks.restore(kept[i])`` for
+   the values a keep policy hid. A record ``gather`` does not walk (a text field that is neither a string
+   nor None, a key that is not a str, a dict or list subclass, nesting deeper than ``MAX_DEPTH``) goes to
+   ``hooks.rest`` (what ``LogProcessor._scrub_rest`` does after the text fields), which also says whether
+   text was cut. An error in step 4 drops that record only (``hooks.failed(e)``, answer None).
+
+Answers, per record: True when text was cut, False when not, None when dropped. ``spec`` is
+``(text_fields, skip, max_chars, cuttable, results)``: ``cuttable``, the scrubber's rules allow a cut point;
+``results``, the scrubber's memo, where a ``ddtags`` string found clean is remembered (such a record's tags
+need no call; no ``ddtags``, or an empty string, none either, as in ``scrub_record_rest``).
+
+The pure-Python twin below and the compiled module give the same answers, the same buffer and the same
+calls of the hooks (tests/transforms/test_logpath.py compares them, and both with the general path).
+``NATIVE`` says which one ``scrub_batch`` is; ``LLMSHIP_NO_EXTENSIONS=1`` (read at import) picks the twin.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from llmship import NO_EXTENSIONS
+from llmship.transforms.privacy import _USER_AGENT_KEYS, is_structural
+from llmship.transforms.scrub import _CUT_MIN_SAVING, _CUT_SEARCH_CHARS, _cut_point
+from llmship.transforms.truncate import truncate_text
+
+NON_ASCII = 0x80  # the byte every code point above ASCII becomes in the scanned buffer
+MAX_DEPTH = 64  # deeper nesting: the Python walker takes the record
+_NON_ASCII_RE = re.compile("[^\x00-\x7f]")
+_NESTED_SKIP = _USER_AGENT_KEYS  # the keys skipped below the top level (privacy._Walker.walk)
+
+
+class _Complex(Exception):
+    """The record holds something the walk leaves to the Python walker."""
+
+
+def scrubbed_first(text: str, max_chars: int, cuttable: bool) -> int:
+    """``Scrubber._scrubbed_first``: how much of ``text`` ``scrub_truncate`` scrubs first."""
+    if cuttable and len(text) > max_chars + _CUT_MIN_SAVING:
+        cut = _cut_point(text, max_chars + 1)
+        if cut > 0:
+            return cut
+    return len(text)
+
+
+def mapped(text: str) -> bytes:
+    """``text`` one byte per code point: ASCII as is, any other code point ``NON_ASCII``."""
+    if text.isascii():
+        return text.encode("ascii")
+    return _NON_ASCII_RE.sub("\x80", text).encode("latin-1")
+
+
+def _walk(node, skip, depth: int, out: list) -> None:
+    """The strings ``privacy._Walker.walk`` scrubs under ``node`` (a dict or a list), in its order."""
+    if depth > MAX_DEPTH:
+        raise _Complex
+    if node.__class__ is dict:
+        for key, value in node.items():
+            if key.__class__ is not str:
+                raise _Complex
+            cls = value.__class__
+            if cls is str:
+                if not value or key in skip or (key[-1:] in "dD" and is_structural(key, value)):
+                    continue
+                out.append(value)
+            elif cls is dict or cls is list:
+                _walk(value, _NESTED_SKIP, depth + 1, out)
+            elif isinstance(value, (dict, list)):
+                raise _Complex
+    elif node.__class__ is not list:  # a record that is a dict subclass
+        raise _Complex
+    else:
+        for value in node:
+            cls = value.__class__
+            if cls is str:
+                if value:
+                    out.append(value)
+            elif cls is dict or cls is list:
+                _walk(value, _NESTED_SKIP, depth + 1, out)
+            elif isinstance(value, (dict, list)):
+                raise _Complex
+
+
+def gather(records: list, spec: tuple) -> tuple[bytes, list[int], list[int], list[tuple], list[bool]]:
+    """(buffer, the NUL after each string in it, each string's owner, the text fields that are strings as
+    (record index, field, value), for each record whether its other strings are in the buffer). An owner is
+    the index of a text field in that list, or ``~i`` for record i's other strings."""
+    text_fields, skip, max_chars, cuttable = spec[:4]
+    pieces: list[bytes] = []
+    seps: list[int] = []
+    owners: list[int] = []
+    texts: list[tuple] = []
+    walked: list[bool] = []
+    pos = 0
+    for i, record in enumerate(records):
+        simple = True
+        for field in text_fields:
+            value = record.get(field)
+            if value.__class__ is str:
+                piece = mapped(value[:scrubbed_first(value, max_chars, cuttable)])
+                owners.append(len(texts))
+                texts.append((i, field, value))
+                pieces.append(piece)
+                pos += len(piece)
+                seps.append(pos)
+                pos += 1
+            elif value is not None:
+                simple = False
+        strings: list[str] = []
+        if simple:
+            try:
+                _walk(record, skip, 0, strings)
+            except _Complex:
+                simple = False
+        walked.append(simple)
+        if simple:
+            for value in strings:
+                piece = mapped(value)
+                owners.append(~i)
+                pieces.append(piece)
+                pos += len(piece)
+                seps.append(pos)
+                pos += 1
+    return b"".join(p + b"\0" for p in pieces), seps, owners, texts, walked
+
+
+def candidates(ends: list[int], seps: list[int]) -> list[int]:
+    """The indexes of the strings holding the last byte of a match ending at each of ``ends``, ascending."""
+    import bisect
+
+    return sorted({bisect.bisect_left(seps, end - 1) for end in ends})
+
+
+def scrub_batch_py(records: list, kept: list, spec: tuple, scan, hooks) -> list[bool | None]:
+    """See the module docstring. ``scan(buffer) -> match ends``; ``hooks``: ``scrub_truncate(text)``,
+    ``rest(record)``, ``walk(record)``, ``tags(record)``, ``restore(kept)``, ``failed(error)``."""
+    max_chars, results = spec[2], spec[4]
+    data, seps, owners, texts, walked = gather(records, spec)
+    found = set()
+    touched = set()  # records whose other strings hold a match
+    for index in candidates(scan(data), seps):
+        owner = owners[index]
+        if owner >= 0:
+            found.add(owner)
+        else:
+            touched.add(~owner)
+    scrub_truncate = hooks.scrub_truncate
+    results = [scrub_truncate(value) if j in found else truncate_text(value, max_chars)
+               for j, (_, _, value) in enumerate(texts)]
+    out: list[bool | None] = []
+    j = 0
+    for i, record in enumerate(records):
+        start = j
+        while j < len(texts) and texts[j][0] == i:
+            j += 1
+        try:
+            truncated = False
+            for (_, field, _), (new, cut) in zip(texts[start:j], results[start:j]):
+                if new is None:
+                    del record[field]
+                else:
+                    record[field] = new
+                if cut:
+                    truncated = True
+            if not walked[i]:
+                if hooks.rest(record):
+                    truncated = True
+            elif i in touched:
+                hooks.walk(record)
+            else:
+                ddtags = record.get("ddtags")
+                if ddtags is not None and not (ddtags.__class__ is str and (not ddtags or ("ddtags", ddtags) in results)):
+                    hooks.tags(record)
+            if kept[i]:
+                hooks.restore(kept[i])
+            out.append(truncated)
+        except Exception as e:
+            hooks.failed(e)
+            out.append(None)
+    return out
+
+
+# ------------------------------------------------------------------------------------- the choice
+
+
+def _load_native() -> Any:
+    """The compiled module, or None when it was not built (no compiler at install), cannot load, or was built
+    from an older source (an in-place build not redone: its constants differ)."""
+    try:
+        from llmship.transforms import _logpath
+    except ImportError:
+        return None
+    constants = (MAX_DEPTH, NON_ASCII, _CUT_MIN_SAVING, _CUT_SEARCH_CHARS)
+    return _logpath if getattr(_logpath, "CONSTANTS", None) == constants else None
+
+
+_native = _load_native()
+scrub_batch_native = _native.scrub_batch if _native is not None else None
+gather_native = _native.gather if _native is not None else None
+NATIVE = _native is not None and not NO_EXTENSIONS
+scrub_batch = scrub_batch_native if NATIVE else scrub_batch_py
