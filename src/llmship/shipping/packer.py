@@ -37,6 +37,7 @@ from llmship.delivery.payload import Framing, Payload, Route
 # Uncompressed bytes that may wait before they are fed to the compressor: each feed is one small call
 # (gzip level 6 compresses 64 KiB of JSON in about 2 ms, zstd or gzip level 1 in well under 1 ms).
 FEED_BYTES = 64 * 1024
+_varint = pb.varint
 # The Agent's stream compressor stops flushing a payload for an exact size after this many times and
 # calls it full: each flush costs a little compression (datadog-agent pkg/serializer/internal/stream).
 MAX_REPACKS = 40
@@ -114,26 +115,27 @@ class Packer:
             self._close()
         if self._compressor is None:  # the payload's first item
             self._compressor, self._flush_mode = stream_compressor(self._enc.compression, self._enc.level)
+        pending = self._pending
         if self._items:
-            self._pending += self._enc.framing.separator
-            self._raw += len(self._enc.framing.separator)
-            self._segment += len(self._enc.framing.separator)
+            pending.append(self._separator)
+            n += self._separator_len
         if self._oldest is None:  # the max-age clock starts with the first item waiting
             self._oldest = time.monotonic()
-        self._pending += item
+        pending.append(item)
+        self._pending_bytes += n
         self._raw += n
         self._segment += n
-        self._lengths += pb.varint(n)
+        self._lengths += _varint(len(item))
         if events != 1 and not self._counted:
             self._counts = bytearray(b"\x01" * self._items)  # every item so far carried one event
             self._counted = True
         if self._counted:
-            self._counts += pb.varint(events)
+            self._counts += _varint(events)
         self._items += 1
         self._events += events
-        if len(self._pending) >= FEED_BYTES:
+        if self._pending_bytes >= FEED_BYTES:
             self._feed()
-        if self._enc.max_items is not None and self._items >= self._enc.max_items:
+        if self._items >= self._max_items:
             self._close()  # full: no reason to wait for the next item
 
     def flush(self) -> None:
@@ -159,6 +161,8 @@ class Packer:
         self._enc = encoding
         f = encoding.framing
         self._framing_cost = len(f.separator) + len(f.tail)  # what an item adds besides itself, at most
+        self._separator, self._separator_len = f.separator, len(f.separator)
+        self._max_items = encoding.max_items if encoding.max_items is not None else float("inf")
         # The largest item that fits alone, below both limits.
         alone = min(encoding.max_uncompressed, _max_fitting(encoding.compression, encoding.max_bytes))
         self._max_item = alone - len(f.head) - len(f.tail)
@@ -171,7 +175,10 @@ class Packer:
         self._chunks: list[bytes] = []  # compressed so far
         self._out = 0  # their length
         self._flushed = 0  # compressed length as of the last flush of the compressor (exact then)
-        self._pending = bytearray(enc.framing.head)  # not fed to the compressor yet
+        # Not fed to the compressor yet: the pieces, joined once when fed (a bytearray grown item by item
+        # copies itself again and again as it grows).
+        self._pending: list[bytes] = [enc.framing.head] if enc.framing.head else []
+        self._pending_bytes = len(enc.framing.head)
         self._raw = len(enc.framing.head)  # uncompressed bytes so far
         self._segment = self._raw  # uncompressed bytes since the last flush of the compressor
         self._lengths = bytearray()
@@ -206,8 +213,9 @@ class Packer:
     def _feed(self) -> None:
         if not self._pending:
             return
-        out = self._compressor.compress(self._pending)
-        self._pending = bytearray()
+        out = self._compressor.compress(b"".join(self._pending))
+        self._pending = []
+        self._pending_bytes = 0
         if out:
             self._chunks.append(out)
             self._out += len(out)
@@ -217,7 +225,8 @@ class Packer:
         if not self._items:
             return
         enc = self._enc
-        self._pending += enc.framing.tail
+        if enc.framing.tail:
+            self._pending.append(enc.framing.tail)
         self._feed()
         self._chunks.append(self._compressor.flush())
         payload = Payload(
