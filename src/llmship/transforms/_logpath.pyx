@@ -160,8 +160,36 @@ cdef extern from *:
         return 0;
     #endif
     }
+
+    /* text[:keep] + marker in one new str (one allocation, one copy of the head), for a marker of kind 2
+       (TRUNCATION_MARKER's "…"): the result is then of kind 2, or 4 when the head holds a code point past
+       the BMP, as the concatenation would be. NULL with an exception set on failure. */
+    static PyObject *llmship_head_and_marker(PyObject *text, Py_ssize_t keep, PyObject *marker) {
+        Py_UCS4 maxchar = 0xFFFF;
+        Py_ssize_t m = PyUnicode_GET_LENGTH(marker), i;
+        PyObject *out;
+        if (PyUnicode_KIND(text) == PyUnicode_4BYTE_KIND) {
+            const Py_UCS4 *p = PyUnicode_4BYTE_DATA(text);
+            for (i = 0; i < keep; i++) {
+                if (p[i] > 0xFFFF) {
+                    maxchar = 0x10FFFF;
+                    break;
+                }
+            }
+        }
+        out = PyUnicode_New(keep + m, maxchar);
+        if (out == NULL)
+            return NULL;
+        if (PyUnicode_CopyCharacters(out, 0, text, 0, keep) < 0
+                || PyUnicode_CopyCharacters(out, keep, marker, 0, m) < 0) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        return out;
+    }
     """
     int llmship_fill_utf8(object s) noexcept
+    object llmship_head_and_marker(object text, Py_ssize_t keep, object marker)
     int LLMSHIP_FILL_UTF8
 
 
@@ -181,6 +209,7 @@ CONSTANTS = (MAX_DEPTH, NON_ASCII, CUT_MIN_SAVING, CUT_SEARCH_CHARS)
 cdef object _safe_cut_py = _truncate_mod._safe_cut
 cdef str _MARKER = TRUNCATION_MARKER
 cdef Py_ssize_t _MARKER_LEN = len(TRUNCATION_MARKER)
+cdef bint _MARKER_KIND2 = PyUnicode_KIND(TRUNCATION_MARKER) == 2  # llmship_head_and_marker can build the cut text
 cdef object _NESTED = _UA_KEYS  # the keys skipped below the top level (privacy._Walker.walk)
 cdef object _USER_AGENT_KEYS = _UA_KEYS
 
@@ -466,6 +495,8 @@ cdef object _truncate(object text, Py_ssize_t max_chars, bint* cut):
     cut[0] = True
     if max_chars <= _MARKER_LEN:
         return PyUnicode_Substring(text, 0, _safe_cut(text, max_chars if max_chars > 0 else 0))
+    if _MARKER_KIND2:
+        return llmship_head_and_marker(text, _safe_cut(text, max_chars - _MARKER_LEN), _MARKER)
     return PyUnicode_Concat(PyUnicode_Substring(text, 0, _safe_cut(text, max_chars - _MARKER_LEN)), _MARKER)
 
 

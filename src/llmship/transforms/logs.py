@@ -143,13 +143,19 @@ class LogProcessor:
                 tel.discard("sampled_out", len(records) - len(sampled), intentional=True)
             records = sampled
         out = []
-        for record, truncated in zip(records, self._scrub_many(records)):
-            if truncated is None:
-                continue
-            if truncated:
-                tel.inc("text_truncated")
-            self._tag(record, truncated)
-            out.append(record)
+        cut = 0  # counted once a call
+        tag, keep = self._tag, out.append
+        try:
+            for record, truncated in zip(records, self._scrub_many(records)):
+                if truncated is None:
+                    continue
+                if truncated:
+                    cut += 1
+                tag(record, truncated)
+                keep(record)
+        finally:
+            if cut:
+                tel.inc("text_truncated", cut)
         return out
 
     def _scrub_many(self, records: list[LogRecord]) -> list[bool | None]:
