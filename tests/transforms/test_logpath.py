@@ -239,3 +239,63 @@ def test_the_bench_records_come_out_as_from_the_general_path():
     answers, out, _ = run("", 512, batch, logpath.scrub_batch)
     assert answers == [True] * len(batch)
     assert "jane.doe" not in str(out) and "4111 1111" not in str(out) and "10.20.30.40" not in str(out)
+
+
+TAG_VALUES = st.one_of(st.none(), st.just(""), st.just("svc"), st.just("other svc!"), st.integers(0, 2),
+                       st.just("env:prod,team:ml"), st.just("service:x,a:b"), st.just("llmship.truncated:true"),
+                       st.lists(st.sampled_from(["env:prod", "service:y", 7, "k:v"]), max_size=3))
+
+
+@st.composite
+def tag_records(draw) -> dict:
+    record = DictSub() if draw(st.integers(0, 9)) == 0 else {}
+    for key in ("hostname", "service", "ddtags"):
+        if draw(st.booleans()):
+            record[key] = draw(TAG_VALUES)
+    return record
+
+
+@needs_native
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(tag_records(), st.sampled_from([None, True, False])), max_size=12),
+       st.sampled_from(["", '[agent]\nservice = "agent-svc"\ntags = ["team:ml", "region:eu"]\nenv = "prod"\n']))
+def test_tagging_compiled_and_twin_agree(pairs, config):
+    outcomes = []
+    for tag_many in (logpath.tag_many_py, logpath.tag_many_native):
+        proc, telemetry = processor(config, 64)
+        records = copy.deepcopy([r for r, _ in pairs])
+        answers = [a for _, a in pairs]
+        out = tag_many(records, answers, (proc._hostname, proc._service, proc._merged_tags, proc._merge_tags,
+                                          proc._tag, 4096, telemetry.component("logs_processor")))
+        outcomes.append(([records.index(r) if r in records else None for r in out], plain(records),
+                         dict(proc._merged_tags), counters(telemetry)))
+    assert outcomes[0] == outcomes[1]
+
+
+@needs_native
+@settings(max_examples=500, deadline=None)
+@given(texts(60))
+def test_the_cached_utf8_is_the_utf8(text):
+    """The compiled path caches a cut text's UTF-8 in it for orjson: the same bytes as encoding it."""
+    import sys
+
+    import orjson
+
+    from llmship.transforms import _logpath
+
+    text += "z"
+    fresh = "".join([text[:1], text[1:]])  # a new object (not a one-character singleton), nothing cached yet
+    before = sys.getsizeof(fresh)
+    try:
+        expected = text.encode()
+    except UnicodeEncodeError:  # a lone surrogate: nothing cached, and orjson refuses it as before
+        assert not _logpath.fill_utf8(fresh)
+        with pytest.raises(TypeError):
+            orjson.dumps(fresh)
+        return
+    filled = _logpath.fill_utf8(fresh)
+    assert filled == (_logpath.FILLS_UTF8 and not text.isascii())
+    if filled:
+        assert sys.getsizeof(fresh) == before + len(expected) + 1
+        assert not _logpath.fill_utf8(fresh)  # once
+    assert fresh == text and fresh.encode() == expected and orjson.dumps(fresh) == orjson.dumps(text)

@@ -619,3 +619,53 @@ def scrub_batch(list records, list kept, tuple spec, scan, hooks):
         free(found)
         free(touched)
         free(cuts)
+
+
+def tag_many(list records, list answers, tuple spec):
+    """``logpath.tag_many_py``, with ``LogProcessor._tag`` done here for a record that is a dict."""
+    hostname, default_service, cache, merge, tag, max_cached, telemetry = spec
+    cdef list out = []
+    cdef Py_ssize_t i, n = min(len(records), len(answers)), cut = 0
+    cdef PyObject* found
+    cdef object record, truncated, service, ddtags, key, merged
+    try:
+        for i in range(n):
+            truncated = answers[i]
+            if truncated is None:
+                continue
+            record = records[i]
+            if truncated:
+                cut += 1
+            if not PyDict_CheckExact(record):
+                tag(record, truncated)
+                out.append(record)
+                continue
+            found = PyDict_GetItemWithError(record, "hostname")
+            if found is NULL or not <object> found:
+                record["hostname"] = hostname
+            found = PyDict_GetItemWithError(record, "service")
+            service = <object> found if found is not NULL else None
+            if not service and default_service:
+                record["service"] = service = default_service
+            found = PyDict_GetItemWithError(record, "ddtags")
+            ddtags = <object> found if found is not NULL else None
+            if isinstance(ddtags, list):  # some clients send a list; the intake wants "k:v,k2:v2"
+                ddtags = ",".join([str(t) for t in ddtags])
+            if not isinstance(ddtags, str):
+                ddtags = ""
+            key = (ddtags, service if isinstance(service, str) else "", truncated)
+            found = PyDict_GetItemWithError(cache, key)
+            if found is NULL:
+                merged = merge(ddtags, service, truncated)
+                if len(cache) >= max_cached:  # bounded: junk input must not grow it
+                    cache.clear()
+                cache[key] = merged
+            else:
+                merged = <object> found
+            if merged:
+                record["ddtags"] = merged
+            out.append(record)
+    finally:
+        if cut:
+            telemetry.inc("text_truncated", cut)
+    return out

@@ -202,6 +202,28 @@ def scrub_batch_py(records: list, kept: list, spec: tuple, scan, hooks) -> list[
     return out
 
 
+def tag_many_py(records: list, answers: list, spec: tuple) -> list:
+    """The records to ship (an answer not None), each tagged (``LogProcessor._tag``), and the cut ones counted
+    (``text_truncated``, once). ``spec``: ``(hostname, service, cache, merge, tag, max_cached, telemetry)``,
+    the processor's; the compiled ``tag_many`` does ``tag``'s work itself for a record that is a dict, with
+    ``cache`` (``_merged_tags``) and ``merge`` (``_merge_tags``) as ``tag`` does."""
+    tag, telemetry = spec[4], spec[6]
+    out = []
+    cut = 0
+    try:
+        for record, truncated in zip(records, answers):
+            if truncated is None:
+                continue
+            if truncated:
+                cut += 1
+            tag(record, truncated)
+            out.append(record)
+    finally:
+        if cut:
+            telemetry.inc("text_truncated", cut)
+    return out
+
+
 # ------------------------------------------------------------------------------------- the choice
 
 
@@ -219,5 +241,7 @@ def _load_native() -> Any:
 _native = _load_native()
 scrub_batch_native = _native.scrub_batch if _native is not None else None
 gather_native = _native.gather if _native is not None else None
+tag_many_native = _native.tag_many if _native is not None else None
 NATIVE = _native is not None and not NO_EXTENSIONS
 scrub_batch = scrub_batch_native if NATIVE else scrub_batch_py
+tag_many = tag_many_native if NATIVE else tag_many_py

@@ -142,21 +142,9 @@ class LogProcessor:
             if len(sampled) < len(records):
                 tel.discard("sampled_out", len(records) - len(sampled), intentional=True)
             records = sampled
-        out = []
-        cut = 0  # counted once a call
-        tag, keep = self._tag, out.append
-        try:
-            for record, truncated in zip(records, self._scrub_many(records)):
-                if truncated is None:
-                    continue
-                if truncated:
-                    cut += 1
-                tag(record, truncated)
-                keep(record)
-        finally:
-            if cut:
-                tel.inc("text_truncated", cut)
-        return out
+        answers = self._scrub_many(records)
+        return logpath.tag_many(records, answers, (self._hostname, self._service, self._merged_tags,
+                                                   self._merge_tags, self._tag, _MAX_CACHED_TAGS, tel))
 
     def _scrub_many(self, records: list[LogRecord]) -> list[bool | None]:
         """Each record's field policies, text fields (scrubbed and cut) and every other string, in place: True
