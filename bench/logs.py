@@ -43,6 +43,7 @@ from llmship.compression import compress_fast  # noqa: E402
 from llmship.config import load_config_text  # noqa: E402
 from llmship.sinks.logs import LogsSink  # noqa: E402
 from llmship.telemetry import Telemetry  # noqa: E402
+from llmship.transforms import logpath  # noqa: E402
 from llmship.transforms.logs import LogProcessor  # noqa: E402
 from llmship.transforms.sampling import Sampler  # noqa: E402
 from llmship.transforms.scrub import Scrubber  # noqa: E402
@@ -190,7 +191,8 @@ def main() -> None:
     lines = build_lines(DISTINCT_LINES)
     line_bytes = sum(map(len, lines)) / len(lines)
     print(f"sample logs: {DISTINCT_LINES} distinct lines, {line_bytes:.0f} bytes each on average "
-          f"(2 kB prompt, 600-character completion); compression {args.compression}")
+          f"(2 kB prompt, 600-character completion); compression {args.compression}; log path "
+          f"{'compiled' if logpath.NATIVE else 'pure Python (the compiled one is not built or is off)'}")
 
     base = cpu_per_line(baseline, lines)
     print(f"\nbaseline, orjson decode + encode alone: {base * 1e6:6.2f} us CPU/log = {1 / base:9,.0f} logs/s "

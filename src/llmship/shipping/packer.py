@@ -111,8 +111,12 @@ class Packer:
         if n > self._max_item:
             self._on_too_large(events)
             return
-        if self._items and not self._fits(n):
-            self._close()
+        if self._items:  # can it join the open payload? (flushing the compressor, for the exact size, when
+            # that is what it takes to know)
+            need = n + self._framing_cost
+            if self._raw + need > self._max_uncompressed or (
+                    self._segment + need > self._max_segment and not self._repack_for(need)):
+                self._close()
         if self._compressor is None:  # the payload's first item
             self._compressor, self._flush_mode = stream_compressor(self._enc.compression, self._enc.level)
         pending = self._pending
@@ -162,6 +166,7 @@ class Packer:
         f = encoding.framing
         self._framing_cost = len(f.separator) + len(f.tail)  # what an item adds besides itself, at most
         self._separator, self._separator_len = f.separator, len(f.separator)
+        self._max_uncompressed = encoding.max_uncompressed
         self._max_items = encoding.max_items if encoding.max_items is not None else float("inf")
         # The largest item that fits alone, below both limits.
         alone = min(encoding.max_uncompressed, _max_fitting(encoding.compression, encoding.max_bytes))
@@ -188,14 +193,6 @@ class Packer:
         self._events = 0
         self._repacks = 0
         self._max_segment = _max_fitting(enc.compression, enc.max_bytes)
-
-    def _fits(self, n: int) -> bool:
-        """Can an item of ``n`` bytes join the open payload? Flushes the compressor, to learn the exact size,
-        when that is what it takes to know."""
-        need = n + self._framing_cost
-        if self._raw + need > self._enc.max_uncompressed:
-            return False
-        return self._segment + need <= self._max_segment or self._repack_for(need)
 
     def _repack_for(self, need: int) -> bool:
         if self._flush_mode is None or self._repacks >= MAX_REPACKS:

@@ -31,9 +31,17 @@ Answers, per record: True when text was cut, False when not, None when dropped. 
 ``results``, the scrubber's memo, where a ``ddtags`` string found clean is remembered (such a record's tags
 need no call; no ``ddtags``, or an empty string, none either, as in ``scrub_record_rest``).
 
+``tag_many(records, answers, spec)`` is the rest of ``LogProcessor.process_many``: the records kept, each
+tagged (``LogProcessor._tag``), the cut ones counted.
+
 The pure-Python twin below and the compiled module give the same answers, the same buffer and the same
-calls of the hooks (tests/transforms/test_logpath.py compares them, and both with the general path).
-``NATIVE`` says which one ``scrub_batch`` is; ``LLMSHIP_NO_EXTENSIONS=1`` (read at import) picks the twin.
+calls of the hooks (tests/transforms/test_logpath.py compares them, and both with the general path). One
+thing only the compiled one does, which changes no value: a text field it cut (or left whole) that is not
+ASCII gets its UTF-8 form cached in the str, as ``PyUnicode_AsUTF8AndSize`` would cache it, but computed
+several times faster; orjson, which encodes the record next, reads that cache instead of encoding the text
+again with CPython's slower encoder (``_logpath.pyx``, ``llmship_fill_utf8``).
+``NATIVE`` says which one ``scrub_batch`` and ``tag_many`` are; ``LLMSHIP_NO_EXTENSIONS=1`` (read at
+import) picks the twin.
 """
 
 from __future__ import annotations

@@ -12,7 +12,10 @@ Per record, in this order:
    way. A cut adds the tag ``llmship.truncated:true`` (as the LLM processor does for span text). Every
    other string attribute, at any depth, and each ``ddtags`` value are scrubbed, not cut
    (``transforms/privacy.py``). The text fields that are strings, of up to ``SCANNED_TOGETHER`` records a
-   source handed over at once, are scrubbed and cut in one call (one Hyperscan scan of them all). A field
+   source handed over at once, are scrubbed and cut in one call (one Hyperscan scan of them all); with the
+   Hyperscan engine and no user rule, every other string of those records joins the same scan, and only a
+   record where it finds something goes through the privacy walker (``transforms/logpath.py``, compiled
+   when built: the walk, the cut and the tagging without a Python call per string). A field
    a drop_field rule matched is removed; a record whose scrubbing raised is dropped and counted
    (``dropped{reason=scrub_failed}``), never shipped raw, and so are all the records of a call that raised;
 3. tags: the agent's env, service, version and tags are added to ``ddtags`` for keys it lacks (the
