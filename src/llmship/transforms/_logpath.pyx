@@ -1,12 +1,14 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, infer_types=False
-"""The compiled log scrub-and-cut step: ``scrub_batch(records, kept, spec, scan, hooks)``, and ``gather``.
+"""The compiled log scrub-and-cut step: ``scrub_batch(records, kept, spec, scan, hooks)``, ``gather`` and
+``tag_many``.
 
 Same contract, same answers, same buffer and same hook calls as the pure-Python twin in
 ``llmship.transforms.logpath`` (its docstring is the specification; tests/transforms/test_logpath.py
 compares the two). The walk reads dicts and lists in place (``PyDict_Next``), the scanned buffer is written
 once from the strings' own code points (no UTF-8 encoding, no joined copy), the cut points, the matches'
-owners and the cuts of text no match touched are found without a Python call; the hooks (the rare paths)
-are the twin's.
+owners and the cuts of text no match touched are found without a Python call, and a cut text is built in
+one str; the hooks (the rare paths) are the twin's. Beyond the twin, a text field's UTF-8 is cached in the
+str for the encoder that comes next (``llmship_fill_utf8``).
 """
 
 from libc.stdlib cimport malloc, realloc, free
@@ -257,6 +259,15 @@ cdef class _Strings:
         self.total += length + 1
         return 0
 
+    cdef int drop_from(self, Py_ssize_t mark) except -1:
+        """Forget the strings from index ``mark`` on."""
+        cdef Py_ssize_t i
+        for i in range(mark, self.count):
+            self.total -= self.lengths[i] + 1
+        del self.objects[mark:]
+        self.count = mark
+        return 0
+
     cdef bytes buffer(self):
         """Every string mapped one byte per code point, each followed by a NUL."""
         cdef bytes out = PyBytes_FromStringAndSize(NULL, self.total)
@@ -450,9 +461,7 @@ cdef _Gathered _gather(list records, tuple spec):
             if _walk(record, skip, 0, strings, ~i):
                 g.walked[i] = 1
             else:  # what was collected of it goes: the Python walker takes the record
-                strings.total -= sum([PyUnicode_GET_LENGTH(s) + 1 for s in strings.objects[mark:]])
-                del strings.objects[mark:]
-                strings.count = mark
+                strings.drop_from(mark)
     return g
 
 
