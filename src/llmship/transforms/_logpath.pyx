@@ -47,8 +47,10 @@ cdef extern from *:
        str), but several times faster on text that is mostly ASCII (four code units at a time). orjson reads
        that cache when it serializes the str, instead of encoding it again, slowly. Nothing is cached for a
        str that holds a surrogate (no UTF-8: orjson then refuses it, as before), nor where the layout may differ
-       (a free-threaded build, a Python this was not checked against): 0 then, and nothing changes. */
-    #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030F0000 && !defined(Py_GIL_DISABLED) && !defined(PYPY_VERSION)
+       (a free-threaded build, a Python this was not checked against): 0 then, and nothing changes. Checked
+       against CPython 3.11 and 3.12, whose unicode_fill_utf8 and unicode_dealloc use PyObject_Malloc and
+       PyObject_Free for it; later versions moved to PyMem_Malloc, which a debug build tells apart. */
+    #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030D0000 && !defined(Py_GIL_DISABLED) && !defined(PYPY_VERSION)
     #define LLMSHIP_FILL_UTF8 1
     #else
     #define LLMSHIP_FILL_UTF8 0
