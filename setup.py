@@ -1,10 +1,12 @@
-"""Builds the optional compiled span encoder (src/llmship/sinks/_spanenc.pyx); everything else is in
+"""Builds the optional compiled extensions, each with a pure-Python twin that gives the same results:
+the span encoder (src/llmship/sinks/_spanenc.pyx; twin llmship.sinks.spanenc) and the log path's scrub-and-cut
+step (src/llmship/transforms/_logpath.pyx; twin llmship.transforms.logpath). Everything else is in
 pyproject.toml.
 
-Like aiohttp's setup.py: the extension is built when a compiler works, and when it does not (no compiler,
-a failing one, an unsupported platform) the install goes on without it and llmship runs the pure-Python
-twin (llmship.sinks.spanenc.encode_span_py), with a warning. ``LLMSHIP_NO_EXTENSIONS=1`` at build time skips
-the build; at run time it makes an installed extension unused.
+Like aiohttp's setup.py: an extension is built when a compiler works, and when it does not (no compiler,
+a failing one, an unsupported platform) the install goes on without it and llmship runs its twin, with a
+warning. ``LLMSHIP_NO_EXTENSIONS=1`` at build time skips the build; at run time it makes installed
+extensions unused.
 """
 
 import os
@@ -24,7 +26,7 @@ BUILD_ERRORS = (CCompilerError, CompileError, ExecError, PlatformError, ValueErr
 
 
 def _warn(message: str) -> None:
-    print(f"WARNING: {message}; llmship will use the pure-Python span encoder", file=sys.stderr)
+    print(f"WARNING: {message}; llmship will use its pure-Python twin", file=sys.stderr)
 
 
 class OptionalBuildExt(build_ext):
@@ -32,26 +34,30 @@ class OptionalBuildExt(build_ext):
 
     def finalize_options(self):
         # Cythonize here, not at import: Cython is a build requirement, and a failure is one more
-        # reason to go without the extension.
+        # reason to go without the extension. Each on its own: one that fails leaves the others built.
+        built = []
         try:
             from Cython.Build import cythonize
-
-            self.distribution.ext_modules[:] = cythonize(
-                self.distribution.ext_modules, language_level=3, quiet=True)
-            for ext in self.distribution.ext_modules:
-                # not copied into the source tree (editable installs) when it failed to build; set
-                # here because cythonize makes new Extension objects without it
-                ext.optional = True
-        except Exception as e:  # Cython missing or the .pyx not compiling to C
-            _warn(f"cythonizing the span encoder failed ({e})")
-            self.distribution.ext_modules[:] = []
+        except Exception as e:
+            _warn(f"Cython is missing ({e})")
+            cythonize = None
+        for ext in self.distribution.ext_modules if cythonize else ():
+            try:
+                built += cythonize([ext], language_level=3, quiet=True)
+            except Exception as e:  # the .pyx not compiling to C
+                _warn(f"cythonizing {ext.name} failed ({e})")
+        for ext in built:
+            # not copied into the source tree (editable installs) when it failed to build; set here
+            # because cythonize makes new Extension objects without it
+            ext.optional = True
+        self.distribution.ext_modules[:] = built
         super().finalize_options()
 
     def run(self):
         try:
             super().run()
         except BUILD_ERRORS as e:
-            _warn(f"building the compiled span encoder failed ({e})")
+            _warn(f"building the compiled extensions failed ({e})")
 
     def build_extension(self, ext):
         try:
@@ -65,6 +71,6 @@ extensions = [] if NO_EXTENSIONS else [
     Extension("llmship.transforms._logpath", ["src/llmship/transforms/_logpath.pyx"], optional=True),
 ]
 if NO_EXTENSIONS:
-    print("LLMSHIP_NO_EXTENSIONS is set: not building the compiled span encoder", file=sys.stderr)
+    print("LLMSHIP_NO_EXTENSIONS is set: not building the compiled extensions", file=sys.stderr)
 
 setup(ext_modules=extensions, cmdclass={"build_ext": OptionalBuildExt})

@@ -74,6 +74,7 @@ class _Pipeline:
 
     def __init__(self, aggregator: Aggregator) -> None:
         self.add_metric = aggregator.add
+        self.add_metrics = aggregator.add_many  # a datagram's fast-path lines at once
 
     def submit_dsd_event(self, event: dict) -> None:
         pass
