@@ -369,16 +369,20 @@ class _Hyperscan:
         return ("\n" if self._many_anchored else "\0"), self._scan_joined
 
     def _scan_joined(self, data: bytes) -> list[int]:
-        db = self._many_db
-        if db is False:
+        if self._many_db is False:
             return []
+        hits: list[tuple[int, int]] = []
+        self._scan_many_db(data, _on_match, hits)
+        return sorted([end for end, _ in hits])
+
+    def _scan_many_db(self, data: bytes, on_match: Callable, context: list) -> None:
+        """One scan of ``data`` with the many-strings database (built), with this thread's scratch."""
+        db = self._many_db
         try:
             scratch = self._local.many_scratch
         except AttributeError:
             scratch = self._local.many_scratch = hyperscan.Scratch(db)
-        hits: list[tuple[int, int]] = []
-        db.scan(data, match_event_handler=_on_match, context=hits, scratch=scratch)
-        return sorted([end for end, _ in hits])
+        db.scan(data, match_event_handler=on_match, context=context, scratch=scratch)
 
     def scan_many(self, strings: list[str]) -> list[int] | None:
         """The indexes of ``strings`` where some rule may match, from one scan of their concatenation;
@@ -398,12 +402,8 @@ class _Hyperscan:
             data = joined.encode()
         except UnicodeEncodeError:
             return None
-        try:
-            scratch = self._local.many_scratch
-        except AttributeError:
-            scratch = self._local.many_scratch = hyperscan.Scratch(db)
         hits: list[tuple[int, int]] = []
-        db.scan(data, match_event_handler=_on_match, context=hits, scratch=scratch)
+        self._scan_many_db(data, _on_match, hits)
         if not hits:
             return []
         hits.sort()
@@ -434,21 +434,12 @@ class _Hyperscan:
             return None
         if self._many_db is None:
             self._build_many()
-        db = self._many_db
-        if db is False:
-            return _no_matches
-        local = self._local
+        return _no_matches if self._many_db is False else self._scan_mapped
 
-        def scan(data: bytes) -> list[int]:
-            try:
-                scratch = local.many_scratch
-            except AttributeError:
-                scratch = local.many_scratch = hyperscan.Scratch(db)
-            ends: list[int] = []
-            db.scan(data, match_event_handler=_on_match_end, context=ends, scratch=scratch)
-            return ends
-
-        return scan
+    def _scan_mapped(self, data: bytes) -> list[int]:
+        ends: list[int] = []
+        self._scan_many_db(data, _on_match_end, ends)
+        return ends
 
     def candidates(self, text: str) -> dict[str, list[int] | None] | None:
         """Like ``_candidates``, and the user rules that may match (value None); None for a text that is no
