@@ -56,7 +56,8 @@ class LogsSink(PackedSink):
         self._packer = Packer(LOGS, submit, on_too_large=self._too_large)
         self.tap = IDLE  # the agent's Tap, given by agent.build
         self._tel.gauge("batch_items", lambda: len(self._packer))
-        self.add_item = self._packer.add  # add_item's body, one call less per record
+        # Pack one encoded record (shipping plane): the packer's own add, one call less per record
+        self.add_item = self._packer.add
         self.reload(cfg)
 
     def reload(self, cfg: Config) -> None:
@@ -73,10 +74,6 @@ class LogsSink(PackedSink):
         data = self.encode(record)
         if data is not None:
             self.add_item(data)
-
-    def add_item(self, data: bytes) -> None:
-        """Pack one encoded record (shipping plane)."""
-        self._packer.add(data)
 
     def encode(self, record: LogRecord) -> bytes | None:
         """One record as the intake's JSON, within the per-entry limit (processing plane); None: dropped."""

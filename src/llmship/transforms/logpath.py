@@ -51,7 +51,7 @@ from typing import Any
 
 from llmship import NO_EXTENSIONS
 from llmship.transforms.privacy import _USER_AGENT_KEYS, is_structural
-from llmship.transforms.scrub import _CUT_MIN_SAVING, _CUT_SEARCH_CHARS, _cut_point
+from llmship.transforms.scrub import _CUT_MIN_SAVING, _CUT_SEARCH_CHARS, scrubbed_first
 from llmship.transforms.truncate import truncate_text
 
 NON_ASCII = 0x80  # the byte every code point above ASCII becomes in the scanned buffer
@@ -62,15 +62,6 @@ _NESTED_SKIP = _USER_AGENT_KEYS  # the keys skipped below the top level (privacy
 
 class _Complex(Exception):
     """The record holds something the walk leaves to the Python walker."""
-
-
-def scrubbed_first(text: str, max_chars: int, cuttable: bool) -> int:
-    """``Scrubber._scrubbed_first``: how much of ``text`` ``scrub_truncate`` scrubs first."""
-    if cuttable and len(text) > max_chars + _CUT_MIN_SAVING:
-        cut = _cut_point(text, max_chars + 1)
-        if cut > 0:
-            return cut
-    return len(text)
 
 
 def mapped(text: str) -> bytes:

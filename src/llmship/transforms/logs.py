@@ -81,10 +81,9 @@ def _status(record: LogRecord) -> str:
 class _Hooks:
     """What ``logpath.scrub_batch`` leaves to Python (see its docstring)."""
 
-    __slots__ = ("_processor", "_scrubber", "_max_chars", "_skip", "rest", "failed")
+    __slots__ = ("_scrubber", "_max_chars", "_skip", "rest", "failed")
 
     def __init__(self, processor: LogProcessor) -> None:
-        self._processor = processor
         self._scrubber = processor._scrubber
         self._max_chars = processor._max_chars
         self._skip = processor._skip

@@ -65,16 +65,16 @@ class Sampler:
         self.span_text_rate = sampling_cfg.span_text_rate
         self.prompt_log_rate = sampling_cfg.prompt_log_rate
         self._rules = [_CompiledRule(rule) for rule in sampling_cfg.rules]
-        # (service, model, endpoint) -> (first matching rule, span text rate, prompt log rate or None)
+        # (service, model, endpoint) as sent -> (first matching rule, span text rate, prompt log rate or None)
         self._decisions: dict[tuple[str, str, str], tuple[SamplingRule | None, float, float | None]] = {}
-        self._as_sent: dict[tuple[str, str, str], tuple[SamplingRule | None, float, float | None]] = {}  # decide's
 
     def _rates(self, service: str, model: str, endpoint: str
                ) -> tuple[SamplingRule | None, float, float | None]:
-        key = (service.lower(), model.lower(), endpoint.lower())
-        found = self._decisions.get(key)
+        sent = (service, model, endpoint)
+        found = self._decisions.get(sent)  # remembered as sent: a hit needs no lowering
         if found is not None:
             return found
+        key = (service.lower(), model.lower(), endpoint.lower())
         first: SamplingRule | None = None
         span_text_rate: float | None = None
         prompt_log_rate: float | None = None
@@ -92,29 +92,22 @@ class Sampler:
         found = (first, self.span_text_rate if span_text_rate is None else span_text_rate, prompt_log_rate)
         if len(self._decisions) >= _MAX_CACHED_MATCHES:
             self._decisions.clear()
-        self._decisions[key] = found
+        self._decisions[sent] = found
         return found
 
     def decide(self, trace_id: int | None, service: str, model: str, endpoint: str, error: bool,
                prompt_log: bool) -> tuple[bool, bool]:
         """``keep_span_text`` and, when ``prompt_log``, ``keep_prompt_log`` with ``prompt_log_rate`` where no
-        rule decides (else False), from one look at the rules and one hash: what an LLM call needs. The
-        rules' answer is remembered for the values as sent too (one lookup, no lowering)."""
+        rule decides (else False), from one look at the rules and one hash: what an LLM call needs."""
         if error:
             return True, prompt_log
-        key = (service, model, endpoint)
-        rates = self._as_sent.get(key)
-        if rates is None:
-            if len(self._as_sent) >= _MAX_CACHED_MATCHES:
-                self._as_sent.clear()
-            rates = self._as_sent[key] = self._rates(service, model, endpoint)
-        text_rate, log_rate = rates[1], rates[2]
+        _, text_rate, log_rate = self._rates(service, model, endpoint)
         if log_rate is None:
             log_rate = self.prompt_log_rate
         if trace_id is None:  # a coin for each, as keep_span_text then keep_prompt_log would throw them
             return random.random() < text_rate, prompt_log and random.random() < log_rate
-        hashed = ((trace_id & _MASK64) * KNUTH_FACTOR) & _MASK64  # trace_hash and threshold, inline
-        return hashed < int(text_rate * _UINT64), prompt_log and hashed < int(log_rate * _UINT64)
+        hashed = trace_hash(trace_id)
+        return hashed < threshold(text_rate), prompt_log and hashed < threshold(log_rate)
 
     def rule_for(self, service: str, model: str, endpoint: str) -> SamplingRule | None:
         """The first rule whose globs all match, or None."""

@@ -366,11 +366,10 @@ class _Hyperscan:
             self._build_many()
         if self._many_all:
             return None
-        return ("\n" if self._many_anchored else "\0"), self._scan_joined
+        scan = _no_matches if self._many_db is False else self._scan_joined
+        return ("\n" if self._many_anchored else "\0"), scan
 
     def _scan_joined(self, data: bytes) -> list[int]:
-        if self._many_db is False:
-            return []
         hits: list[tuple[int, int]] = []
         self._scan_many_db(data, _on_match, hits)
         return sorted([end for end, _ in hits])
@@ -929,13 +928,17 @@ class Scrubber:
         return None if scan is None else (scan, cuttable)
 
     def _scrubbed_first(self, text: str, max_chars: int) -> int:
-        """How much of ``text`` ``scrub_truncate`` scrubs first: up to a cut past ``max_chars`` when the rules
-        allow a safe one (see above) and it saves enough, else all of it."""
-        if self._state[3] and len(text) > max_chars + _CUT_MIN_SAVING:
-            cut = _cut_point(text, max_chars + 1)
-            if cut > 0:
-                return cut
-        return len(text)
+        return scrubbed_first(text, max_chars, self._state[3])
+
+
+def scrubbed_first(text: str, max_chars: int, cuttable: bool) -> int:
+    """How much of ``text`` ``Scrubber.scrub_truncate`` scrubs first: up to a cut past ``max_chars`` when the
+    rules allow a safe one (``cuttable``, see above) and it saves enough, else all of it."""
+    if cuttable and len(text) > max_chars + _CUT_MIN_SAVING:
+        cut = _cut_point(text, max_chars + 1)
+        if cut > 0:
+            return cut
+    return len(text)
 
 
 # What the scrub cache stores for a text no rule changed: a hit then returns the caller's own object.
