@@ -48,11 +48,6 @@ cdef extern from "Python.h":
     PyObject* PyErr_Occurred() noexcept
     void PyErr_Clear() noexcept
     ctypedef struct PyObject
-    Py_ssize_t Py_SIZE(object o) noexcept
-    ctypedef unsigned int digit
-    ctypedef struct PyLongObject:
-        digit* ob_digit
-    int PyLong_SHIFT
 
 cdef enum:
     STACK_BYTES = 4096  # the buffer on the C stack; larger spans move to the heap
@@ -180,25 +175,41 @@ cdef uint64_t _uint64_slow(object n, int field) except? 0:
     raise OverflowError(f"span field {field} out of the 64-bit range: {n}")
 
 
-cdef inline bint _small_uint64(object n, unsigned long long* x) noexcept:
-    """An exact int in [0, 2**64) of at most 3 digits (ids and nanosecond times are), read from its digits:
-    PyLong_AsUnsignedLongLong takes its generic byte-array path for every value of 2 digits or more."""
-    cdef Py_ssize_t size = Py_SIZE(n)
-    cdef const digit* d
-    if not PyLong_CheckExact(n) or size < 0 or size > 3:
-        return False
-    d = (<PyLongObject*>n).ob_digit
-    if size == 0:
-        x[0] = 0
-    elif size == 1:
-        x[0] = d[0]
-    elif size == 2:
-        x[0] = d[0] | (<unsigned long long>d[1] << PyLong_SHIFT)
-    elif d[2] >> (64 - 2 * PyLong_SHIFT):
-        return False  # 2**64 or more: the caller's path raises
-    else:
-        x[0] = d[0] | (<unsigned long long>d[1] << PyLong_SHIFT) | (<unsigned long long>d[2] << (2 * PyLong_SHIFT))
-    return True
+cdef extern from *:
+    """
+    /* An exact int in [0, 2**64) of at most 3 digits (ids and nanosecond times are), read from its digits:
+       PyLong_AsUnsignedLongLong takes its generic byte-array path for every value of 2 digits or more.
+       The digits are read where CPython 3.11 keeps them (ob_size: the signed digit count, then ob_digit);
+       3.12 changed that layout, so there and elsewhere it answers 0 and the caller takes the general path. */
+    static int llmship_small_uint64(PyObject *n, unsigned long long *x) {
+    #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000 && !defined(PYPY_VERSION)
+        Py_ssize_t size;
+        const digit *d;
+        if (!PyLong_CheckExact(n))
+            return 0;
+        size = Py_SIZE(n);
+        if (size < 0 || size > 3)
+            return 0;
+        d = ((PyLongObject *) n)->ob_digit;
+        if (size == 0)
+            *x = 0;
+        else if (size == 1)
+            *x = d[0];
+        else if (size == 2)
+            *x = d[0] | ((unsigned long long) d[1] << PyLong_SHIFT);
+        else if (d[2] >> (64 - 2 * PyLong_SHIFT))
+            return 0;  /* 2**64 or more: the caller's path raises */
+        else
+            *x = d[0] | ((unsigned long long) d[1] << PyLong_SHIFT) | ((unsigned long long) d[2] << (2 * PyLong_SHIFT));
+        return 1;
+    #else
+        (void) n;
+        (void) x;
+        return 0;
+    #endif
+    }
+    """
+    bint _small_uint64 "llmship_small_uint64"(object n, unsigned long long* x) noexcept
 
 
 cdef int _put_varint_field(Buf* b, int field, object n) except -1:
