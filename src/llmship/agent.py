@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import gc
 import os
 import signal
 import sys
@@ -201,11 +200,12 @@ class Agent:
         self._config_text = config_text
         self.ready = False
         self.lag = LoopLag(cfg.agent.overload_lag_ms)
+        self._frozen_objects = 0  # set once startup objects are frozen (freeze_startup_objects)
         self.pool = None  # workers.WorkerPool with [agent] workers > 1
         self._listeners: Listeners | None = None
         self.topology = build(cfg, readiness=self._ready, info_provider=self._info, shed=self.lag.overloaded)
         self.topology.telemetry.component("agent").gauge("loop_lag_ms", lambda: round(self.lag.lag * 1000, 1))
-        self.topology.telemetry.component("agent").gauge("gc_frozen_objects", gc.get_freeze_count)
+        self.topology.telemetry.component("agent").gauge("gc_frozen_objects", lambda: self._frozen_objects)
         flush.add_routes(self.topology.status.app, self.flush, lambda: self.cfg.delivery.drain_timeout_secs)
         self._lambda = (LambdaExtension(lambda_runtime_api, cfg.aws_lambda, self.flush, self._stop_by)
                         if lambda_runtime_api else None)
@@ -270,7 +270,7 @@ class Agent:
             print(f"llmship: no API key or [sinks.datadog] url set: writing to {self.cfg.file_sink_dir}/"
                   "<kind>.ndjson", file=sys.stderr, flush=True)
         self._warn_about_exposed_listeners()
-        freeze_startup_objects()
+        self._frozen_objects = freeze_startup_objects()
         _return_freed_memory()  # compiling the scrub rules' Hyperscan database leaves ~7 MiB of free heap
         notify.ready()
         await self._stop.wait()
