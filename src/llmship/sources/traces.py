@@ -647,18 +647,29 @@ async def read_body(request: web.Request, limit: int, read_timeout: float, tel,
     encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
     if encoding not in _CONTENT_ENCODINGS:
         raise RequestError(415, "unsupported_encoding", f"unsupported Content-Encoding: {encoding!r}")
-    body = bytearray()
     try:
         async with asyncio.timeout(read_timeout):
-            async for piece in request.content.iter_chunked(64 * 1024):
-                body += piece
-                if len(body) > limit:
-                    raise RequestError(413, "payload_too_large", f"{too_large}: over {limit} bytes")
+            if request.content_length is not None:
+                # The declared length in one read: aiohttp then joins its chunks once. Appending 64 KiB pieces
+                # to a bytearray and copying it out cost 676,000 instructions a request for an 83 KiB body,
+                # this 393,000 (callgrind, aiohttp alone).
+                try:
+                    body = await request.content.readexactly(request.content_length)
+                except asyncio.IncompleteReadError as e:
+                    body = e.partial  # the client stopped short: decoding says what is wrong, as with chunks
+            else:  # chunked transfer encoding: no length to trust, so the limit is checked as pieces come
+                pieces, size = [], 0
+                async for piece in request.content.iter_chunked(64 * 1024):
+                    pieces.append(piece)
+                    size += len(piece)
+                    if size > limit:
+                        raise RequestError(413, "payload_too_large", f"{too_large}: over {limit} bytes")
+                body = b"".join(pieces)
     except TimeoutError:
         raise RequestError(408, "timeout", "timeout reading the body") from None
     tel.inc("received_bytes", len(body))
     try:
-        return decompress(bytes(body), encoding, limit)
+        return decompress(body, encoding, limit)
     except DecompressionLimit:
         raise RequestError(413, "payload_too_large", f"{too_large}: inflates past {limit} bytes") from None
     except Exception as e:  # zlib.error, zstd.ZstdError: a corrupt stream
