@@ -43,31 +43,36 @@ DEADLINE_SECS = 600  # each wait stops by itself after this
 
 
 def callgrind(command: list[str], out: str, env: dict, stdout=subprocess.DEVNULL, stdin=None) -> subprocess.Popen:
-    return subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--instr-atstart=no",
-                             *command], env=env, stdout=stdout, stdin=stdin, stderr=subprocess.DEVNULL)
+    """``command`` under callgrind, instrumentation off; its children too (workers), each in its own file."""
+    return subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p", "--instr-atstart=no",
+                             "--trace-children=yes", *command], env=env, stdout=stdout, stdin=stdin,
+                            stderr=subprocess.DEVNULL)
 
 
-def counted(proc: subprocess.Popen, out: str, work) -> int:
-    """Instructions ``proc`` executes while ``work()`` runs."""
-    subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], check=True, capture_output=True)
+def counted(pids: list[int], out: str, work) -> dict[int, int]:
+    """Instructions each of ``pids`` executes while ``work()`` runs."""
+    for pid in pids:
+        subprocess.run(["callgrind_control", "-i", "on", str(pid)], check=True, capture_output=True)
     work()
-    subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
-    dumps = sorted(glob.glob(out + ".*"))
-    for line in open(dumps[-1]):
-        if line.startswith(("summary:", "totals:")):
-            return int(line.split()[1])
-    raise RuntimeError(f"no totals in {dumps[-1]}")
+    totals = {}
+    for pid in pids:
+        subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True)
+        dump = sorted(glob.glob(f"{out}.{pid}.*"))[-1]
+        totals[pid] = next(int(line.split()[1]) for line in open(dump) if line.startswith(("summary:", "totals:")))
+    return totals
 
 
 # ------------------------------------------------------------------------------------------- the agent
 
-def agent_instructions(load: str, args, work_dir: Path) -> tuple[int, int]:
-    """(instructions, spans or records) of a live agent taking ``load``: web, llm or logs."""
+def agent_instructions(load: str, args, work_dir: Path) -> tuple[dict[str, int], int]:
+    """({process: instructions}, spans or records) of a live agent taking ``load``: web, llm or logs; the
+    process is "agent", or with ``args.workers`` > 1 "shipping plane" and "worker N"."""
     port, status_port = free_port(), free_port()
     listener = {"logs": {"tcp": f"127.0.0.1:{port}"}} if load == "logs" else {"traces": {"listen": f"127.0.0.1:{port}"}}
     intake = NullIntake()
     sections = {"agent": {"hostname": "bench-host", "env": "bench", "data_dir": str(work_dir / "data"),
-                          "log_level": "warning", "log_format": "json", "overload_lag_ms": 0}}
+                          "log_level": "warning", "log_format": "json", "overload_lag_ms": 0,
+                          "workers": args.workers}}
     for name, off in SOURCES_OFF.items():
         sections[f"sources.{name}"] = off | listener.get(name, {})
     sections |= datadog_sink(intake.url, "zstd")
@@ -92,22 +97,34 @@ def agent_instructions(load: str, args, work_dir: Path) -> tuple[int, int]:
                    "the agent to be ready", 0.5)
         if agent.poll() is not None:
             raise RuntimeError("llmship run exited")
+        workers = json.loads(http_get(status + "/status", 60)[1]).get("workers") or []
+        names = {agent.pid: "shipping plane" if workers else "agent"}
+        names |= {w["pid"]: f"worker {w['index']}" for w in workers}
+
+        def measure(work) -> dict[str, int]:
+            return {names[pid]: total for pid, total in counted(list(names), out, work).items()}
         if load == "logs":
             from logs import build_lines  # bench/logs.py
             lines = build_lines(args.logs)
             with socket.create_connection(("127.0.0.1", port)) as sock:
                 sock.sendall(b"".join(lines[:200]))
                 delivered(200)
-                total = counted(agent, out, lambda: (sock.sendall(b"".join(lines)), delivered(200 + len(lines))))
-            return total, len(lines)
+                totals = measure(lambda: (sock.sendall(b"".join(lines)), delivered(200 + len(lines))))
+            return totals, len(lines)
         workload = Workload(load, max(1, SPANS_PER_PAYLOAD // len(mixes.traces(load, 1)[0])), 20, 0.0, port)
-        with socket.create_connection(("127.0.0.1", port)) as sock:
-            send_payloads(sock, workload, 10)
+        # one connection per worker, each warmed up (the kernel hands a connection to whichever accepts first)
+        socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(max(1, len(workers)))]
+        try:
+            for sock in socks:
+                send_payloads(sock, workload, 10)
             delivered()
             spans = []
-            total = counted(agent, out,
-                            lambda: (spans.append(send_payloads(sock, workload, args.requests)), delivered()))
-        return total, spans[0]
+            totals = measure(lambda: (spans.extend(send_payloads(sock, workload, args.requests // len(socks))
+                                                   for sock in socks), delivered()))
+        finally:
+            for sock in socks:
+                sock.close()
+        return totals, sum(spans)
     finally:
         agent.terminate()
         agent.wait(120)
@@ -177,7 +194,7 @@ def baseline_instructions(load: str, count: int, work_dir: Path) -> int:
             child.stdin.write(b"go\n")
             child.stdin.flush()
             assert child.stdout.readline() == b"done\n"
-        return counted(child, out, work)
+        return counted([child.pid], out, work)[child.pid]
     finally:
         child.stdin.close()
         child.wait(60)
@@ -188,6 +205,8 @@ def main() -> int:
     parser.add_argument("--only", choices=("web", "llm", "logs"), action="append", help="one load (repeatable)")
     parser.add_argument("--requests", type=int, default=40, help="v0.4 payloads of 100 spans a mix (default 40)")
     parser.add_argument("--logs", type=int, default=4000, help="log lines (default 4,000)")
+    parser.add_argument("--workers", type=int, default=1, help="[agent] workers (default 1): with more, the "
+                        "shipping plane's and each worker's instructions are shown apart")
     parser.add_argument("--keep", action="store_true", help="keep the callgrind files and say where")
     parser.add_argument("--baseline-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -202,11 +221,14 @@ def main() -> int:
           f"{args.logs:,} log lines")
     for load in args.only or ("web", "llm", "logs"):
         (work_dir / load).mkdir()
-        total, items = agent_instructions(load, args, work_dir / load)
+        totals, items = agent_instructions(load, args, work_dir / load)
+        total = sum(totals.values())
         base = baseline_instructions(load, args.logs if load == "logs" else args.requests, work_dir)
         what, base_name = ("record", "orjson loads + dumps") if load == "logs" else ("span", "msgpack.unpackb")
         print(f"  {load:5} {total / items:>9,.0f} instructions a {what} end to end;   {base_name} "
               f"{base / items:>7,.0f};   ratio {total / base:.2f}x")
+        if len(totals) > 1:
+            print("        of which " + ", ".join(f"{name} {n / items:,.0f}" for name, n in sorted(totals.items())))
     if args.keep:
         print(f"  callgrind files in {work_dir}")
     else:

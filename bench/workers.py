@@ -7,8 +7,8 @@ share of 429 answers at half and at twice the saturation rate.
     .venv/bin/python bench/workers.py --workers 1,2,4 --seconds 5
 
 For each worker count, a fresh `llmship run` (default config but only the trace and status listeners,
-shipping gzip to a null intake that answers 202) and, unpinned, the load generator (this process) and the
-null intake beside it:
+shipping to a null intake that answers 202, compressed as by default: zstd for spans, gzip for LLM
+Observability events) and, unpinned, the load generator (this process) and the null intake beside it:
   1. Closed loop, load shedding off (``overload_lag_ms = 0``; a closed loop is endless demand, which
      shedding answers with 429s): 16 keep-alive connections send v0.4 payloads of the web mix
      (bench/mixes.py: 10 web requests of 10 spans, one LLM call each, fresh ids per request) as fast as the
@@ -60,7 +60,7 @@ def share_429(m: Measured) -> float:
 
 def start(workdir: Path, destination, workers: int, shed: bool) -> tuple[Agent, Workload, int]:
     port = free_port()
-    agent = Agent(workdir, {"traces": {"listen": f"127.0.0.1:{port}"}}, datadog_sink(destination.url, "gzip"),
+    agent = Agent(workdir, {"traces": {"listen": f"127.0.0.1:{port}"}}, datadog_sink(destination.url),
                   cpu=None, agent={"workers": workers} | ({} if shed else {"overload_lag_ms": 0}))
     workload = Workload("web", TRACES_PER_PAYLOAD, 20, 0.0, port)
     asyncio.run(closed_loop(workload, port, CONNECTIONS, 1.0))  # warm-up: contexts, caches, connections
