@@ -14,7 +14,9 @@ Needs valgrind. For each load:
      sends the load (``--requests`` v0.4 payloads of 100 spans of the mix with fresh ids, one keep-alive
      connection; or ``--logs`` 3.1 kB log lines over TCP, bench/logs.py's); waits until delivery caught up and
      dumps the counts. So the figure is the whole agent: HTTP or TCP, decode, processing, encoding,
-     compression, delivery, and the /status polls that wait for it.
+     compression, delivery. Less what the agent spends idle over as long (measured just before, polled for
+     /status as while waiting): its timers run by the wall clock, which callgrind slows about 50-fold, and
+     would otherwise weigh 50 times what they do (5% of the web mix's figure).
   3. Counts the baseline the same way, in a child process: msgpack.unpackb of the same bodies and their
      _llmobs blobs (bench/traces.py's baseline), or orjson loads + dumps of the same lines (bench/logs.py's).
 
@@ -32,6 +34,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import mixes  # bench/mixes.py
@@ -40,6 +43,8 @@ from common import (SOURCES_OFF, NullIntake, Workload, _toml, caught_up, clean_e
 
 SPANS_PER_PAYLOAD = 100
 DEADLINE_SECS = 600  # each wait stops by itself after this
+POLL_SECS = 0.5  # /status, while waiting for delivery
+IDLE_SECS = 10  # the idle window measured before the load
 
 
 def callgrind(command: list[str], out: str, env: dict, stdout=subprocess.DEVNULL, stdin=None) -> subprocess.Popen:
@@ -90,7 +95,14 @@ def agent_instructions(load: str, args, work_dir: Path) -> tuple[dict[str, int],
         def done() -> bool:
             counters = flatten(json.loads(http_get(status + "/status", 60)[1]))
             return counters.get(("logs_tcp", "received"), 0) >= lines_sent and caught_up(counters, kinds)
-        wait_until(done, DEADLINE_SECS, "delivery", 0.5)
+        wait_until(done, DEADLINE_SECS, "delivery", POLL_SECS)
+
+    def idle() -> None:
+        """As the agent is while the bench waits for delivery with nothing left to do: polled for /status."""
+        deadline = time.monotonic() + IDLE_SECS
+        while time.monotonic() < deadline:
+            http_get(status + "/status", 60)
+            time.sleep(POLL_SECS)
 
     try:
         wait_until(lambda: agent.poll() is not None or http_get(status + "/ready", 5)[0] == 200, DEADLINE_SECS,
@@ -101,14 +113,28 @@ def agent_instructions(load: str, args, work_dir: Path) -> tuple[dict[str, int],
         names = {agent.pid: "shipping plane" if workers else "agent"}
         names |= {w["pid"]: f"worker {w['index']}" for w in workers}
 
+        idle_rate: dict[int, float] = {}
+
         def measure(work) -> dict[str, int]:
-            return {names[pid]: total for pid, total in counted(list(names), out, work).items()}
+            """Instructions each process spent on ``work``, less what it spends idle in as long: its timers and
+            the /status polls run by the wall clock, which callgrind slows about 50-fold, so they weigh 50
+            times what they do at full speed (uncorrected, ~10% of the web mix's figure)."""
+            start = time.monotonic()
+            busy = counted(list(names), out, work)
+            elapsed = time.monotonic() - start
+            return {names[pid]: round(total - idle_rate[pid] * elapsed) for pid, total in busy.items()}
+
+        def measure_idle() -> None:
+            start = time.monotonic()
+            spent = counted(list(names), out, idle)
+            idle_rate.update((pid, n / (time.monotonic() - start)) for pid, n in spent.items())
         if load == "logs":
             from logs import build_lines  # bench/logs.py
             lines = build_lines(args.logs)
             with socket.create_connection(("127.0.0.1", port)) as sock:
                 sock.sendall(b"".join(lines[:200]))
                 delivered(200)
+                measure_idle()
                 totals = measure(lambda: (sock.sendall(b"".join(lines)), delivered(200 + len(lines))))
             return totals, len(lines)
         workload = Workload(load, max(1, SPANS_PER_PAYLOAD // len(mixes.traces(load, 1)[0])), 20, 0.0, port)
@@ -118,6 +144,7 @@ def agent_instructions(load: str, args, work_dir: Path) -> tuple[dict[str, int],
             for sock in socks:
                 send_payloads(sock, workload, 10)
             delivered()
+            measure_idle()
             spans = []
             totals = measure(lambda: (spans.extend(send_payloads(sock, workload, args.requests // len(socks))
                                                    for sock in socks), delivered()))
