@@ -215,6 +215,8 @@ def test_the_splitter_gives_the_same_records_however_the_stream_is_cut():
     assert whole[0] == {"message": "one"} and whole[1] == {"a": [1, 2]} and whole[2] == {"message": "plain text"}
     assert whole[3]["llmship"] == {"line_bytes": 315} and whole[-1] == {"unterminated": "end"}
     assert len(whole) == 11
+    for cut in range(1, len(stream)):  # every line completed by the next read, at every point of it
+        assert records([stream[:cut], stream[cut:]]) == whole, cut
     rng = random.Random(5)
     for _ in range(300):
         cuts = sorted(rng.sample(range(1, len(stream)), rng.randrange(1, 12)))

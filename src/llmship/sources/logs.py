@@ -125,15 +125,21 @@ class LineSplitter:
             self._buf += data
             self._check_partial()
             return
-        if self._buf:  # the line an earlier read began: one copy, then every line is read where it lies
-            last_nl += len(self._buf)
-            data = b"".join((self._buf, data))
-            self._buf.clear()
         view = memoryview(data)  # orjson parses a slice of it: no line is copied out of the read
+        pos = 0
+        if self._buf:  # the line an earlier read began: completed alone (one line copied, not the whole read)
+            pos = data.find(b"\n") + 1
+            line = b"".join((self._buf, view[:pos]))
+            self._buf.clear()
+            self._lines(line, 0, len(line) - 1, into)
         self._buf += view[last_nl + 1:]
         self._check_partial()
+        self._lines(data, pos, last_nl, into)
+
+    def _lines(self, data: bytes, pos: int, last_nl: int, into: list[LogRecord]) -> None:
+        """The lines of ``data`` from ``pos`` to the newline at ``last_nl``, each read where it lies."""
+        view = memoryview(data)
         max_line, loads, append, tel, find = self.max_line, orjson.loads, into.append, self._tel, data.find
-        pos = 0
         while pos <= last_nl:
             end = find(b"\n", pos)
             if end - pos > max_line:
