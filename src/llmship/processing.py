@@ -55,6 +55,7 @@ class Emitter:
         self._encode_chunks = trace_sink.encode_chunks
         self._encode_event = llmobs_sink.encode
         self._encode_log = logs_sink.encode
+        self._encode_logs = logs_sink.encode_many
         # [sinks.otlp]: each item is encoded once more, for it (sinks/otlp.py); ``otlp.enabled`` and
         # ``otlp.datadog`` (the Datadog sinks run) are read per call, so a reload reaches them.
         self._otlp = otlp_sink
@@ -132,12 +133,16 @@ class Emitter:
             self._router.calls(self._encode_calls(outputs))
 
     def submit_logs(self, records: list[LogRecord]) -> None:
+        processed = self._guard("logs", self._log_processor.process_many, records)
+        if not processed:
+            return
         otlp = self._otlp
-        for processed in self._guard("logs", self._log_processor.process_many, records) or ():
-            if otlp is not None and otlp.enabled and (data := otlp.encode_log(processed)) is not None:
-                self._router.otlp_items("logs", [data])
-            if (otlp is None or otlp.datadog) and (data := self._encode_log(processed)) is not None:
-                self._router.log_item(data)
+        if otlp is not None and otlp.enabled:
+            items = [data for record in processed if (data := otlp.encode_log(record)) is not None]
+            if items:
+                self._router.otlp_items("logs", items)
+        if otlp is None or otlp.datadog:
+            self._router.log_items(self._encode_logs(processed))
 
     def _scrub_spans(self, chunks: list[list[Span]]) -> list[list[Span]]:
         """Every meta value and resource scrubbed (transforms/privacy.py); a request whose scrubbing raised

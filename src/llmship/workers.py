@@ -21,7 +21,7 @@ worker -> parent (one frame per event-loop turn that produced anything, so a bur
     [2, [[span_id: int|nil, event: bin|nil, [[name, type, value, tags], ...], log: bin|nil,
           genai: [...]|nil, otlp_span: bin|nil, otlp_log: bin|nil], ...]]
                                                                        Router.calls (CallOutput fields)
-    [3, [log_item: bin, ...]]                                          Router.log_item, each
+    [3, [log_item: bin, ...]]                                          Router.log_items
     [4, name, type, value, tags, rate, host|nil, timestamp|nil]        Router.add_metric
     [5, {event}] / [6, {check}]                                        Router.dsd_event / service_check
     [7, [[component, name, [[label, value], ...], delta], ...]]        telemetry counter increments
@@ -300,8 +300,12 @@ class RemoteRouter:
         else:
             self._put((code, [item]))
 
-    def log_item(self, data: bytes) -> None:
-        self._append(LOGS, data)
+    def log_items(self, items: list[bytes]) -> None:
+        pending = self._pending
+        if pending and pending[-1][0] == LOGS:
+            pending[-1][1].extend(items)
+        elif items:
+            self._put((LOGS, items))
 
     def add_metric(self, name: str, mtype: str, value, tags: str = "", rate: float = 1.0, host: str | None = None,
                    timestamp: float | None = None) -> None:
@@ -662,8 +666,7 @@ class WorkerPool:
                 elif code == OTLP:
                     router.otlp_items(message[1], message[2])
                 elif code == LOGS:
-                    for item in message[1]:
-                        router.log_item(item)
+                    router.log_items(message[1])
                 elif code == COUNTERS:
                     slot.telemetry.add_deltas(message[1])
                 elif code == METRIC:

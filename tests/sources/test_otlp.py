@@ -70,8 +70,8 @@ class RecordingRouter:
     def calls(self, outputs) -> None:
         self.outputs.extend(outputs)
 
-    def log_item(self, record) -> None:
-        self.logs.append(record)
+    def log_items(self, records) -> None:
+        self.logs.extend(records)
 
     async def handed_over(self) -> None:
         """In one process everything is handed over when submitted."""
@@ -83,6 +83,10 @@ class RecordingRouter:
     @staticmethod
     def encode(item):
         return item
+
+    @staticmethod
+    def encode_many(items):
+        return list(items)
 
     def emitter(self, cfg, scrubber=None) -> Emitter:
         telemetry = self.telemetry

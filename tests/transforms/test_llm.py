@@ -105,6 +105,10 @@ class _Add:
     def encode(item):
         return item
 
+    @staticmethod
+    def encode_many(items):
+        return list(items)
+
 
 class Rig:
     """The LLM stage, the emitter and the router wired to a real Aggregator (fixed clock), the real Scrubber

@@ -134,8 +134,11 @@ class Router:
             self._tel.inc("llm_calls", counted)
             self.add_metrics(samples)
 
-    def log_item(self, data: bytes) -> None:
-        self._logs_sink.add_item(data)
+    def log_items(self, items: list[bytes]) -> None:
+        """Encoded log records, in order."""
+        add = self._logs_sink.add_item
+        for data in items:
+            add(data)
 
     def dsd_event(self, event: dict) -> None:
         if self._otlp_sink is None or self._otlp_sink.datadog:  # no OTLP form: Datadog (or files) only

@@ -71,29 +71,37 @@ class LogsSink(PackedSink):
 
     def add(self, record: LogRecord) -> None:
         """``add_item(encode(record))``, for callers in one process."""
-        data = self.encode(record)
-        if data is not None:
+        for data in self.encode_many([record]):
             self.add_item(data)
 
     def encode(self, record: LogRecord) -> bytes | None:
         """One record as the intake's JSON, within the per-entry limit (processing plane); None: dropped."""
-        self._tel.inc("received")
-        if not record.get("hostname"):
-            record["hostname"] = self._hostname
-        ddtags = record.get("ddtags")
-        if isinstance(ddtags, list):  # the intake wants one "k:v,k2:v2" string
-            record["ddtags"] = ",".join(str(t) for t in ddtags)
-        try:
-            data = orjson.dumps(record)
-        except TypeError as e:  # a value JSON cannot hold (a record built by code, not decoded from JSON)
-            self._tel.discard("not_serializable")
-            _log.error("not_serializable", "log_record_not_serializable", error=str(e))
-            return None
-        if len(data) > MAX_ENTRY_BYTES:
-            data = self._reduce(record, data)
-        if self.tap.active:
-            self.tap.offer("logs", record)
-        return data
+        items = self.encode_many([record])
+        return items[0] if items else None
+
+    def encode_many(self, records: list[LogRecord]) -> list[bytes]:
+        """Each record as the intake's JSON, within the per-entry limit (processing plane), in order; a record
+        JSON cannot hold is dropped (counted)."""
+        self._tel.inc("received", len(records))
+        hostname, dumps, tap, out = self._hostname, orjson.dumps, self.tap, []
+        for record in records:
+            if not record.get("hostname"):
+                record["hostname"] = hostname
+            ddtags = record.get("ddtags")
+            if isinstance(ddtags, list):  # the intake wants one "k:v,k2:v2" string
+                record["ddtags"] = ",".join(str(t) for t in ddtags)
+            try:
+                data = dumps(record)
+            except TypeError as e:  # a value JSON cannot hold (a record built by code, not decoded from JSON)
+                self._tel.discard("not_serializable")
+                _log.error("not_serializable", "log_record_not_serializable", error=str(e))
+                continue
+            if len(data) > MAX_ENTRY_BYTES:
+                data = self._reduce(record, data)
+            if tap.active:
+                tap.offer("logs", record)
+            out.append(data)
+        return out
 
     def _reduce(self, record: LogRecord, data: bytes) -> bytes:
         size = len(data)
