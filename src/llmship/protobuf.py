@@ -34,6 +34,13 @@ def varint(n: int) -> bytes:
     return bytes(groups)
 
 
+def varints(values: list[int]) -> bytes:
+    """The varints of ``values``, one after the other (a packed field's body)."""
+    if values and min(values) >= 0 and max(values) < len(_SMALL):
+        return b"".join(map(_SMALL.__getitem__, values))  # no Python call a value
+    return b"".join(map(varint, values))
+
+
 def zigzag(n: int) -> int:
     return (n << 1) ^ (n >> 63)
 
@@ -74,8 +81,7 @@ def f_msg(field: int, b: bytes) -> bytes:
 def packed_varints(field: int, values, signed: bool = False) -> bytes:
     if not values:
         return b""
-    body = b"".join(varint(zigzag(v) if signed else v) for v in values)
-    return f_bytes(field, body)
+    return f_bytes(field, varints([zigzag(v) for v in values] if signed else list(values)))
 
 
 def read_varint(buf: bytes, pos: int) -> tuple[int, int]:

@@ -37,7 +37,6 @@ from llmship.delivery.payload import Framing, Payload, Route
 # Uncompressed bytes that may wait before they are fed to the compressor: each feed is one small call
 # (gzip level 6 compresses 64 KiB of JSON in about 2 ms, zstd or gzip level 1 in well under 1 ms).
 FEED_BYTES = 64 * 1024
-_varint = pb.varint
 # The Agent's stream compressor stops flushing a payload for an exact size after this many times and
 # calls it full: each flush costs a little compression (datadog-agent pkg/serializer/internal/stream).
 MAX_REPACKS = 40
@@ -91,7 +90,7 @@ class Packer:
 
     def __len__(self) -> int:
         """Items in the open payload."""
-        return self._items
+        return len(self._lengths)
 
     @property
     def max_item(self) -> int:
@@ -111,35 +110,25 @@ class Packer:
         if n > self._max_item:
             self._on_too_large(events)
             return
-        if self._items:  # can it join the open payload? (flushing the compressor, for the exact size, when
-            # that is what it takes to know)
-            need = n + self._framing_cost
-            if self._raw + need > self._max_uncompressed or (
-                    self._segment + need > self._max_segment and not self._repack_for(need)):
-                self._close()
-        if self._compressor is None:  # the payload's first item
+        lengths = self._lengths
+        if lengths and (raw := self._raw + self._separator_len + n) + self._tail_len > self._room and (
+                not self._room_for(raw + self._tail_len)):
+            self._close()  # it cannot join the open payload
+            lengths = self._lengths
+        if lengths:
+            self._pending += (self._separator, item)
+            self._raw = raw
+        else:  # the payload's first item: its codec is made, and the max-age clock starts
             self._compressor, self._flush_mode = stream_compressor(self._enc.compression, self._enc.level)
-        pending = self._pending
-        if self._items:
-            pending.append(self._separator)
-            n += self._separator_len
-        if self._oldest is None:  # the max-age clock starts with the first item waiting
             self._oldest = time.monotonic()
-        pending.append(item)
-        self._pending_bytes += n
-        self._raw += n
-        self._segment += n
-        self._lengths += _varint(len(item))
-        if events != 1 and not self._counted:
-            self._counts = bytearray(b"\x01" * self._items)  # every item so far carried one event
-            self._counted = True
-        if self._counted:
-            self._counts += _varint(events)
-        self._items += 1
-        self._events += events
-        if self._pending_bytes >= FEED_BYTES:
+            self._pending.append(item)
+            self._raw += n
+        lengths.append(n)
+        if events != 1 or self._counts is not None:
+            self._count(events)
+        if self._raw >= self._feed_at:
             self._feed()
-        if self._items >= self._max_items:
+        if len(lengths) >= self._max_items:
             self._close()  # full: no reason to wait for the next item
 
     def flush(self) -> None:
@@ -164,8 +153,7 @@ class Packer:
     def _configure(self, encoding: Encoding) -> None:
         self._enc = encoding
         f = encoding.framing
-        self._framing_cost = len(f.separator) + len(f.tail)  # what an item adds besides itself, at most
-        self._separator, self._separator_len = f.separator, len(f.separator)
+        self._separator, self._separator_len, self._tail_len = f.separator, len(f.separator), len(f.tail)
         self._max_uncompressed = encoding.max_uncompressed
         self._max_items = encoding.max_items if encoding.max_items is not None else float("inf")
         # The largest item that fits alone, below both limits.
@@ -183,18 +171,26 @@ class Packer:
         # Not fed to the compressor yet: the pieces, joined once when fed (a bytearray grown item by item
         # copies itself again and again as it grows).
         self._pending: list[bytes] = [enc.framing.head] if enc.framing.head else []
-        self._pending_bytes = len(enc.framing.head)
         self._raw = len(enc.framing.head)  # uncompressed bytes so far
-        self._segment = self._raw  # uncompressed bytes since the last flush of the compressor
-        self._lengths = bytearray()
-        self._counts = bytearray()
-        self._counted = False
-        self._items = 0
-        self._events = 0
+        self._feed_at = FEED_BYTES  # what is pending is fed to the compressor once _raw reaches this
+        self._lengths: list[int] = []  # each item's
+        self._counts: list[int] | None = None  # each item's events, once an item carried other than one
         self._repacks = 0
-        self._max_segment = _max_fitting(enc.compression, enc.max_bytes)
+        self._set_segment(0, _max_fitting(enc.compression, enc.max_bytes))
 
-    def _repack_for(self, need: int) -> bool:
+    def _set_segment(self, start: int, max_segment: int) -> None:
+        """From ``start`` (uncompressed bytes: the last flush of the compressor, or 0), at most ``max_segment``
+        uncompressed bytes are sure to compress within the limit: up to ``_segment_end`` in all."""
+        self._segment_end = start + max_segment
+        self._room = min(self._max_uncompressed, self._segment_end)  # an item that ends within it fits, surely
+
+    def _room_for(self, end: int) -> bool:
+        """Whether the open payload may grow to ``end`` uncompressed bytes (its tail included): below the
+        uncompressed limit, and surely below the compressed one (flushing the compressor, for the exact size,
+        when that is what it takes to know)."""
+        return end <= self._max_uncompressed and (end <= self._segment_end or self._repack_for(end))
+
+    def _repack_for(self, end: int) -> bool:
         if self._flush_mode is None or self._repacks >= MAX_REPACKS:
             return False
         self._feed()
@@ -202,34 +198,41 @@ class Packer:
         self._chunks.append(flushed)
         self._out += len(flushed)
         self._flushed = self._out
-        self._segment = 0
         self._repacks += 1
-        self._max_segment = _max_fitting(self._enc.compression, self._enc.max_bytes - self._flushed)
-        return need <= self._max_segment
+        self._set_segment(self._raw, _max_fitting(self._enc.compression, self._enc.max_bytes - self._flushed))
+        return end <= self._segment_end
+
+    def _count(self, events: int) -> None:
+        """The last item added carried ``events`` events (counts are kept once one is not 1)."""
+        if self._counts is None:
+            self._counts = [1] * (len(self._lengths) - 1)  # every item before it carried one event
+        self._counts.append(events)
 
     def _feed(self) -> None:
+        self._feed_at = self._raw + FEED_BYTES
         if not self._pending:
             return
         out = self._compressor.compress(b"".join(self._pending))
         self._pending = []
-        self._pending_bytes = 0
         if out:
             self._chunks.append(out)
             self._out += len(out)
 
     def _close(self) -> None:
         """Submit the open payload, if it holds anything, and open a new one."""
-        if not self._items:
+        if not self._lengths:
             return
         enc = self._enc
         if enc.framing.tail:
             self._pending.append(enc.framing.tail)
         self._feed()
         self._chunks.append(self._compressor.flush())
+        counts = self._counts
         payload = Payload(
             kind=enc.kind, route=enc.route, body=b"".join(self._chunks), content_type=enc.content_type,
-            content_encoding=enc.compression, items=self._events, extra_headers=dict(enc.extra_headers),
-            framing=enc.framing, lengths=bytes(self._lengths), counts=bytes(self._counts), level=enc.level)
+            content_encoding=enc.compression, items=len(self._lengths) if counts is None else sum(counts),
+            extra_headers=dict(enc.extra_headers), framing=enc.framing, lengths=pb.varints(self._lengths),
+            counts=b"" if counts is None else pb.varints(counts), level=enc.level)
         self._open()
         self._oldest = None
         self._submit(payload)

@@ -39,6 +39,7 @@ cdef extern from "Python.h":
     char* PyBytes_AS_STRING(object o) noexcept
     object PyUnicode_Substring(object s, Py_ssize_t start, Py_ssize_t end)
     object PyUnicode_Concat(object a, object b)
+    int PyUnicode_Compare(object a, object b) except? -1
 
 cdef extern from *:
     """
@@ -633,12 +634,15 @@ def scrub_batch(list records, list kept, tuple spec, scan, hooks):
 
 
 def tag_many(list records, list answers, tuple spec):
-    """``logpath.tag_many_py``, with ``LogProcessor._tag`` done here for a record that is a dict."""
+    """``logpath.tag_many_py``, with ``LogProcessor._tag`` done here for a record that is a dict. Logs of one app
+    repeat their tags: a record whose (ddtags, service, cut) are the previous one's takes its merged tags
+    without the cache's key tuple and lookup."""
     hostname, default_service, cache, merge, tag, max_cached, telemetry = spec
     cdef list out = []
     cdef Py_ssize_t i, n = min(len(records), len(answers)), cut = 0
     cdef PyObject* found
-    cdef object record, truncated, service, ddtags, key, merged
+    cdef object record, truncated, service, ddtags, key, merged, service_key
+    cdef object last_tags = None, last_service = None, last_truncated = None, last_merged = None
     try:
         for i in range(n):
             truncated = answers[i]
@@ -664,15 +668,24 @@ def tag_many(list records, list answers, tuple spec):
                 ddtags = ",".join([str(t) for t in ddtags])
             if not isinstance(ddtags, str):
                 ddtags = ""
-            key = (ddtags, service if isinstance(service, str) else "", truncated)
-            found = PyDict_GetItemWithError(cache, key)
-            if found is NULL:
-                merged = merge(ddtags, service, truncated)
-                if len(cache) >= max_cached:  # bounded: junk input must not grow it
-                    cache.clear()
-                cache[key] = merged
+            service_key = service if isinstance(service, str) else ""
+            if (truncated is last_truncated and PyUnicode_CheckExact(ddtags) and PyUnicode_CheckExact(service_key)
+                    and _same_str(ddtags, last_tags) and _same_str(service_key, last_service)):
+                merged = last_merged
             else:
-                merged = <object> found
+                key = (ddtags, service_key, truncated)
+                found = PyDict_GetItemWithError(cache, key)
+                if found is NULL:
+                    merged = merge(ddtags, service, truncated)
+                    if len(cache) >= max_cached:  # bounded: junk input must not grow it
+                        cache.clear()
+                    cache[key] = merged
+                else:
+                    merged = <object> found
+                if PyUnicode_CheckExact(ddtags) and PyUnicode_CheckExact(service_key):
+                    last_tags, last_service, last_truncated, last_merged = ddtags, service_key, truncated, merged
+                else:
+                    last_tags = None
             if merged:
                 record["ddtags"] = merged
             out.append(record)
@@ -680,3 +693,12 @@ def tag_many(list records, list answers, tuple spec):
         if cut:
             telemetry.inc("text_truncated", cut)
     return out
+
+
+cdef inline bint _same_str(object text, object last) noexcept:
+    """``text`` (an exact str) equals ``last`` (an exact str, or None)."""
+    if text is last:
+        return True
+    if last is None:
+        return False
+    return PyUnicode_Compare(text, last) == 0
