@@ -298,3 +298,5 @@ encode_span = encode_span_native if NATIVE else encode_span_py
 encode_spans = encode_spans_native if NATIVE else encode_spans_py
 # The scrub's gathering of span strings (transforms.privacy.scrub_chunks); None: its Python path.
 span_candidates = getattr(_native, "span_candidates", None) if NATIVE else None
+# The v0.4 decoder (sources.traces.decode_v04); None: msgspec's typed decode.
+decode_v04_spans = getattr(_native, "decode_v04_spans", None) if NATIVE else None
