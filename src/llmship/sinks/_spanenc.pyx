@@ -68,6 +68,9 @@ cdef enum:
     TAG_DOUBLE_VALUE = 0x11
     TAG_CHUNK_SPAN = 0x1A    # TraceChunk.spans = 3
 
+# Raised with every change of what this module offers or takes (spanenc.NATIVE_API_VERSION): a build from an
+# older source is then left unused rather than called wrongly.
+API_VERSION = 2
 DEFAULT_SERVICE_NAME = "service"
 DEFAULT_SPAN_NAME = "service.trace"
 LLMOBS_STRUCT_KEY = "_llmobs"
@@ -512,23 +515,26 @@ cdef object _plain_attribute(object value, int depth):
 # ------------------------------------------------------------------------------- the scrub's gathering
 
 
-def span_candidates(spans, sep, scan):
+def span_candidates(spans, sep, scan, skip_prefix, skip_keys):
     """Where ``transforms.privacy.scrub_chunks`` looks: (span index, entry index) of each meta value and
     resource of ``spans`` (entry index ``len(meta)``: the resource) in which ``scan`` finds a match,
-    ascending. ``scan`` takes the UTF-8 of every span's meta values then its resource, all joined by the
-    one-character ``sep``, and gives the end offsets of its matches, ascending; a match belongs to the
-    string whose separator (or the end) is at or after its last byte (``Scrubber.joined_scan``). The
-    strings go straight into one buffer and the matches are placed along their ends: no list of strings,
-    join, encode and count of separators as on the Python path (privacy's ``_candidates_py``, which finds
-    the same). None when it cannot tell (a meta that is not a dict, a value that is not a str, a lone
-    surrogate): the caller then takes the Python path, which fails or judges as it always did."""
+    ascending. Left out, unscanned: the values of keys that start with ``skip_prefix`` (ASCII) or are in
+    the frozenset ``skip_keys``, which the scrub never changes. ``scan`` takes the UTF-8 of every span's
+    other meta values then its resource, all joined by the one-character ``sep``, and gives the end offsets
+    of its matches, ascending; a match belongs to the string whose separator (or the end) is at or after its
+    last byte (``Scrubber.joined_scan``). The strings go straight into one buffer and the matches are placed
+    along their ends: no list of strings, join, encode and count of separators as on the Python path
+    (privacy's ``_candidates_py``, which finds the same). None when it cannot tell (a meta that is not a
+    dict, a value that is not a str, a lone surrogate): the caller then takes the Python path, which fails
+    or judges as it always did."""
     cdef Buf b
     cdef Strings ends
-    cdef Py_ssize_t nspans = len(spans), j, i, last, target, pos
+    cdef Py_ssize_t nspans = len(spans), j, i, last, target, pos, entry
     cdef Py_ssize_t* firsts = <Py_ssize_t*>malloc((nspans + 1) * sizeof(Py_ssize_t))  # each span's first string
     cdef PyObject* k = NULL
     cdef PyObject* v = NULL
     cdef unsigned char c = (<str>sep).encode()[0]
+    cdef bytes prefix = (<str>skip_prefix).encode("ascii")
     b.data = <char*>malloc(STACK_BYTES)
     b.len = 0
     b.cap = STACK_BYTES
@@ -536,8 +542,9 @@ def span_candidates(spans, sep, scan):
     ends.n = 0
     ends.cap = 1024
     ends.at = <Py_ssize_t*>malloc(ends.cap * sizeof(Py_ssize_t))
+    ends.entry = <Py_ssize_t*>malloc(ends.cap * sizeof(Py_ssize_t))
     try:
-        if b.data == NULL or ends.at == NULL or firsts == NULL:
+        if b.data == NULL or ends.at == NULL or ends.entry == NULL or firsts == NULL:
             raise MemoryError()
         for j in range(nspans):
             span = spans[j]
@@ -546,10 +553,14 @@ def span_candidates(spans, sep, scan):
                 return None
             firsts[j] = ends.n
             pos = 0
+            entry = 0
             while PyDict_Next(meta, &pos, &k, &v):
-                if not _add_string(&b, &ends, <object>v, c):
+                if not PyUnicode_Check(<object>v):
                     return None
-            if not _add_string(&b, &ends, resource, c):
+                if not _skipped_key(<object>k, prefix, skip_keys) and not _add_string(&b, &ends, <object>v, c, entry):
+                    return None
+                entry += 1
+            if not _add_string(&b, &ends, resource, c, entry):
                 return None
         firsts[nspans] = ends.n
         hits = scan(PyBytes_FromStringAndSize(b.data, b.len))
@@ -563,7 +574,7 @@ def span_candidates(spans, sep, scan):
             if i != last:
                 while firsts[j + 1] <= i:
                     j += 1
-                found.append((j, i - firsts[j]))
+                found.append((j, ends.entry[i]))
                 last = i
         return found
     except UnicodeEncodeError:
@@ -571,16 +582,30 @@ def span_candidates(spans, sep, scan):
     finally:
         free(b.data)
         free(ends.at)
+        free(ends.entry)
         free(firsts)
 
 
 cdef struct Strings:
     Py_ssize_t* at  # where each string's separator is written (the last one's: the end of the data)
+    Py_ssize_t* entry  # each string's entry index in its span
     Py_ssize_t n
     Py_ssize_t cap
 
 
-cdef int _add_string(Buf* b, Strings* ends, object value, unsigned char sep) except -1:
+cdef bint _skipped_key(object key, bytes prefix, object skip_keys) except -1:
+    cdef Py_ssize_t n = len(prefix)
+    if not PyUnicode_Check(key):
+        return False
+    if PyUnicode_IS_COMPACT_ASCII(key):
+        if PyUnicode_GET_LENGTH(key) >= n and memcmp(PyUnicode_DATA(key), <const char*>prefix, n) == 0:
+            return True
+    elif (<str>key).startswith(prefix.decode("ascii")):
+        return True
+    return key in skip_keys
+
+
+cdef int _add_string(Buf* b, Strings* ends, object value, unsigned char sep, Py_ssize_t entry) except -1:
     """Append ``value``'s UTF-8 (after a separator but for the first); 0 for a value that is not a str."""
     cdef Py_ssize_t n = 0
     cdef const char* p
@@ -593,12 +618,17 @@ cdef int _add_string(Buf* b, Strings* ends, object value, unsigned char sep) exc
         if grown == NULL:
             raise MemoryError()
         ends.at = grown
+        grown = <Py_ssize_t*>realloc(ends.entry, 2 * ends.cap * sizeof(Py_ssize_t))
+        if grown == NULL:
+            raise MemoryError()
+        ends.entry = grown
         ends.cap *= 2
     _reserve(b, n + 1)
     if ends.n:
         _put_byte(b, sep)
     _put_raw(b, p, n)
     ends.at[ends.n] = b.len
+    ends.entry[ends.n] = entry
     ends.n += 1
     return 1
 

@@ -279,14 +279,18 @@ def _plain_attribute(value: Any, depth: int) -> Any:
 # ------------------------------------------------------------------------------------- the choice
 
 
+NATIVE_API_VERSION = 2  # _spanenc.pyx's API_VERSION this module calls
+
+
 def _load_native() -> Any:
     """The compiled encoder module, or None when it was not built (no compiler at install) or cannot load."""
     try:
         from llmship.sinks import _spanenc
     except ImportError:
         return None
-    # a module built from an older source (an in-place build not redone) lacks what this one calls
-    return _spanenc if hasattr(_spanenc, "encode_spans") else None
+    # a module built from an older source (an in-place build not redone) lacks what this one calls, or
+    # takes other arguments: API_VERSION is raised with every such change
+    return _spanenc if getattr(_spanenc, "API_VERSION", None) == NATIVE_API_VERSION else None
 
 
 _native = _load_native()
