@@ -320,6 +320,46 @@ def test_span_candidates_compiled_and_python_scrub_spans_alike(engine, config, m
         assert outs[0] == outs[1], chunks
 
 
+def _scan_everything(scrubber, spans):
+    """The gathering before ``_dd.*`` and structural values were left out: every meta value, then the resource."""
+    strings, entries = [], []
+    for j, span in enumerate(spans):
+        for k, value in enumerate(span.meta.values()):
+            strings.append(value)
+            entries.append((j, k))
+        strings.append(span.resource)
+        entries.append((j, len(span.meta)))
+    return [entries[i] for i in scrubber.candidates_many(strings)]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_values_the_scrub_leaves_alone_are_left_out_of_the_scan_and_nothing_else_changes(engine, monkeypatch):
+    """``_dd.*`` and structural values are not gathered for the scan (compiled and Python paths alike), and
+    the spans and counters come out as when every value was scanned and those skipped afterwards."""
+    rng = random.Random(12)
+    compiled = privacy._span_candidates
+    left_out = ("_dd.p.tid", "_dd.p.tid2", "env", "http.useragent", "out.host")
+    for _ in range(100):
+        chunks = _random_chunks(rng, odd=False)
+        spans = [sp for c in chunks for sp in c]
+        s, _ = scrubber(engine, USER_RULES_CFG)
+        found = privacy._candidates_py(s, spans)
+        assert not any(k < len(spans[j].meta) and list(spans[j].meta)[k] in left_out for j, k in found)
+        if compiled is not None and (joined := s.joined_scan()) is not None:
+            assert compiled(spans, *joined, privacy._SPAN_SKIP_PREFIX, privacy._SPAN_STRUCTURAL) == found
+        outs = []
+        for before in (False, True):
+            if before:
+                monkeypatch.setattr(privacy, "_span_candidates", None)
+                monkeypatch.setattr(privacy, "_candidates_py", _scan_everything)
+            s, _ = scrubber(engine, USER_RULES_CFG)
+            copies = [[Span(resource=sp.resource, meta=dict(sp.meta)) for sp in c] for c in chunks]
+            privacy.scrub_chunks(s, copies)
+            outs.append(([[(sp.resource, sp.meta) for sp in c] for c in copies], s.telemetry.counters))
+        monkeypatch.undo()
+        assert outs[0] == outs[1]
+
+
 USER_RULES_CFG = """
 [[scrub.rules]]
 name = "ticket"

@@ -279,14 +279,18 @@ def _plain_attribute(value: Any, depth: int) -> Any:
 # ------------------------------------------------------------------------------------- the choice
 
 
+NATIVE_API_VERSION = 2  # _spanenc.pyx's API_VERSION this module calls
+
+
 def _load_native() -> Any:
     """The compiled encoder module, or None when it was not built (no compiler at install) or cannot load."""
     try:
         from llmship.sinks import _spanenc
     except ImportError:
         return None
-    # a module built from an older source (an in-place build not redone) lacks what this one calls
-    return _spanenc if hasattr(_spanenc, "encode_spans") else None
+    # a module built from an older source (an in-place build not redone) lacks what this one calls, or
+    # takes other arguments: API_VERSION is raised with every such change
+    return _spanenc if getattr(_spanenc, "API_VERSION", None) == NATIVE_API_VERSION else None
 
 
 _native = _load_native()
@@ -298,3 +302,5 @@ encode_span = encode_span_native if NATIVE else encode_span_py
 encode_spans = encode_spans_native if NATIVE else encode_spans_py
 # The scrub's gathering of span strings (transforms.privacy.scrub_chunks); None: its Python path.
 span_candidates = getattr(_native, "span_candidates", None) if NATIVE else None
+# The v0.4 decoder (sources.traces.decode_v04); None: msgspec's typed decode.
+decode_v04_spans = getattr(_native, "decode_v04_spans", None) if NATIVE else None

@@ -13,7 +13,8 @@ label or identify rather than say something (``is_structural``):
   every other string attribute at any depth, and the value part of each ``ddtags`` tag — ``scrub_record``.
   Not scanned: ``ddsource``, ``hostname``, ``service``, ``status`` and the other reserved attributes below.
 - APM spans: every ``meta`` value and the resource, in one Hyperscan scan per request (``scrub_chunks``).
-  Not scanned: ``_dd.*`` keys and the few below (the encoder and the intake read them).
+  Not scanned (left out of that scan): ``_dd.*`` keys and the few below (the encoder and the intake read
+  them).
 - Metrics: the value part of each tag of a DogStatsD or OTLP metric (once, when its context is made, in
   one scan of all of them), a DogStatsD event's title and text, a service check's message, and their tags'
   values (``MetricScrubber``). Not scanned: metric names, the agent's own default tags, hosts.
@@ -33,7 +34,6 @@ elements (objects) whose key has that value, and, on a list of ``key:value`` tag
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import hmac
 import re
@@ -511,7 +511,7 @@ def _span_key_skip(key: str) -> bool | None:
     when the value is an identifier (an id key); False: never. Remembered per key (apps use a few hundred)."""
     skip = _SPAN_KEY_SKIP.get(key)
     if skip is None and key not in _SPAN_KEY_SKIP:
-        skip = (True if key.startswith("_dd.") or key in _SPAN_STRUCTURAL
+        skip = (True if key.startswith(_SPAN_SKIP_PREFIX) or key in _SPAN_STRUCTURAL
                 else None if key.__class__ is str and is_id_key(key) else False)
         if len(_SPAN_KEY_SKIP) >= _MAX_REMEMBERED_KEYS:
             _SPAN_KEY_SKIP.clear()  # keys made of ids (unbounded): start again rather than grow
@@ -521,6 +521,7 @@ def _span_key_skip(key: str) -> bool | None:
 
 _SPAN_KEY_SKIP: dict[str, bool | None] = {}
 _MAX_REMEMBERED_KEYS = 4096
+_SPAN_SKIP_PREFIX = "_dd."  # the tracer's and the Agent's own tags
 
 
 def scrub_chunks(scrubber, chunks: list) -> None:
@@ -537,7 +538,7 @@ def scrub_chunks(scrubber, chunks: list) -> None:
                 kept_keys[j] = kept
     found = None
     if _span_candidates is not None and (joined := scrubber.joined_scan()) is not None:
-        found = _span_candidates(spans, *joined)
+        found = _span_candidates(spans, *joined, _SPAN_SKIP_PREFIX, _SPAN_STRUCTURAL)
     if found is None:
         found = _candidates_py(scrubber, spans)
     # The candidates ascend: walk the spans along with them, each span's keys listed once it has one.
@@ -583,21 +584,20 @@ def scrub_chunks(scrubber, chunks: list) -> None:
 
 def _candidates_py(scrubber, spans: list) -> list[tuple[int, int]]:
     """``sinks.spanenc.span_candidates`` in Python, on ``Scrubber.candidates_many`` (every string without
-    Hyperscan): (span index, entry index: a meta value, or ``len(meta)`` for the resource), ascending."""
+    Hyperscan): (span index, entry index: a meta value, or ``len(meta)`` for the resource), ascending. The
+    str values of the keys the scrub always leaves alone (``_span_key_skip``) are not scanned."""
     strings: list[str] = []
-    offsets: list[int] = []  # where each span's strings start: its meta values, then its resource
-    add_offset, add_string, extend = offsets.append, strings.append, strings.extend
-    for span in spans:
-        add_offset(len(strings))
-        extend(span.meta.values())
+    entries: list[tuple[int, int]] = []  # (span index, entry index) of each string
+    add_string, add_entry = strings.append, entries.append
+    for j, span in enumerate(spans):
+        k = -1
+        for k, (key, value) in enumerate(span.meta.items()):
+            if value.__class__ is not str or key.__class__ is not str or _span_key_skip(key) is not True:
+                add_string(value)  # anything but a str: candidates_many fails on it, as it always did
+                add_entry((j, k))
         add_string(span.resource)
-    found = []
-    j, last = -1, len(spans) - 1
-    for i in scrubber.candidates_many(strings):
-        if j < last and offsets[j + 1] <= i:
-            j = bisect.bisect_right(offsets, i, j + 1) - 1
-        found.append((j, i - offsets[j]))
-    return found
+        add_entry((j, k + 1))
+    return [entries[i] for i in scrubber.candidates_many(strings)]
 
 
 def _span_fields(scrubber, span, policies: list) -> set | None:
