@@ -3,6 +3,7 @@ from __future__ import annotations
 import math
 import tracemalloc
 
+import msgspec
 import pytest
 
 from llmship.aggregation import COUNT, GAUGE, RATE, Aggregator, FlushResult
@@ -247,6 +248,37 @@ def test_samples_added_together_aggregate_as_one_by_one() -> None:
         [(s.metric, s.points[0][1].to_plain()) for s in b.sketches]
     assert tel_a.component("aggregator").counters == tel_b.component("aggregator").counters
     assert by_name(b)["depth"].points == [(int(T0), 5.0)]
+
+
+def test_call_samples_aggregate_as_add_many() -> None:
+    """``add_calls`` (the LLM stage's (name, mtype, value, tags) samples, as tuples or as the lists a worker's
+    msgpack frame makes of them) and ``add_many`` of the same at rate 1 from the agent's host: the same
+    series, sketches and drops."""
+    tags = "service:chat,model:gpt-4o,env:prod"
+    calls = [("llm.requests", "c", 1, tags), ("llm.errors", "c", 1, tags), ("llm.request.duration", "d", 0.25, tags),
+             ("llm.ratelimit.requests.remaining", "g", 499.0, tags), ("llm.tokens.input", "c", 18, tags),
+             ("llm.tokens.total", "c", "25", tags), ("llm.request.duration", "d", math.nan, tags),
+             ("llm.requests", "c", 1, "service:chat"), ("llm.request.duration", "d", 1.5, tags),
+             ("llm.cost.usd", "c", 0.00012, tags), ("llm.ratelimit.requests.remaining", "g", 498.0, tags),
+             ("", "c", 1, tags), ("llm.x", "zz", 1, tags)]
+    as_lists = msgspec.msgpack.decode(msgspec.msgpack.encode(calls))
+    assert isinstance(as_lists[0], list)
+    results = []
+    for added in (lambda agg: agg.add_many([(*sample, 1.0, None) for sample in calls]),
+                  lambda agg: agg.add_calls(calls), lambda agg: agg.add_calls(as_lists)):
+        agg, clock, telemetry = make()
+        added(agg)
+        clock.now = T0 + 10
+        out = agg.flush(clock.now)
+        results.append((sorted(map(repr, out.series)),
+                        [(s.metric, s.tags, s.points[0][1].to_plain()) for s in out.sketches],
+                        telemetry.component("aggregator").counters))
+    assert results[0] == results[1] == results[2]
+    series, sketches, counters = results[0]
+    # 7: the bad "25" still made its counter context, which ships a zero as an idle counter does
+    assert len(series) == 7 and len(sketches) == 1 and sketches[0][2][0] == 2  # two finite durations
+    discarded = {dict(labels)["reason"]: n for (name, labels), n in counters.items() if name == "discarded"}
+    assert discarded == {"bad_value": 1, "no_name": 1, "bad_type": 1, "non_finite": 1}
 
 
 def test_telemetry_gauges() -> None:

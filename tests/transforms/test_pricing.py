@@ -115,3 +115,23 @@ def test_snapshot_says_where_it_comes_from_and_covers_each_provider():
     assert {"openai", "anthropic", "google", "mistral"} <= ids
     prices = default_prices()
     assert all(isinstance(p.input, (float, tuple)) for p in prices.values())
+
+
+def test_names_as_sent_price_as_their_normal_form_first_time_and_remembered():
+    """The cache is keyed by the names as sent: a hit, a first lookup and the normalised names agree, for
+    table prices, tiers, overrides (exact, glob, catch-all) and unknown models."""
+    overrides = {"my-model": Price(3, 4), "acme-*": Price(1, 2), "*": Price(5, 6)}
+    names = [("gpt-4o-mini-2024-07-18", "openai"), (" GPT-4o-Mini-2024-07-18 ", "OpenAI "), ("My-Model", ""),
+             ("ACME-large", "x"), ("openai/GPT-4o", ""), ("my-finetune", ""), ("models/gemini-1.5-pro-002", "")]
+    tiered = next((m["id"], p["id"]) for p in orjson.loads(
+        resources.files("llmship").joinpath("data/genai_prices.json").read_bytes())["providers"]
+        for m in p["models"] if isinstance(m["prices"].get("input"), dict))
+    names += [tiered, (tiered[0].upper(), tiered[1].title())]
+    remembered = Pricing(overrides)
+    for model, provider in names:
+        normal = Pricing(overrides).price_for(model.strip().lower(), provider.strip().lower(), 10**7)
+        assert normal is not None
+        for _ in range(2):  # a first lookup, then a hit
+            assert remembered.price_for(model, provider, 10**7) == normal
+            assert remembered.cost_usd(model, 10**7, 5) == Pricing(overrides).cost_usd(model.strip().lower(), 10**7, 5)
+    assert Pricing().price_for(" Unknown-Thing ") is None and Pricing().price_for("unknown-thing") is None

@@ -48,6 +48,7 @@ class Router:
         self.telemetry = telemetry
         self.add_metric = aggregator.add
         self.add_metrics = aggregator.add_many
+        self._add_calls = aggregator.add_calls
         self.add_point = aggregator.add_point
         self.add_sketch = aggregator.add_sketch
         self._cumulative = None  # OTLP's cumulative series: made with the first (see _cumulative_series)
@@ -113,7 +114,7 @@ class Router:
                 if span_id is None or self._counted.add(span_id):
                     if out.samples:
                         counted += 1
-                        samples += [(name, mtype, value, tags, 1.0, None) for name, mtype, value, tags in out.samples]
+                        samples += out.samples
                     if out.log is not None:
                         self._logs_sink.add_item(out.log)
                     if otlp is not None:
@@ -132,7 +133,7 @@ class Router:
                     self._tel.discard("duplicate_event", intentional=True)
         if samples:
             self._tel.inc("llm_calls", counted)
-            self.add_metrics(samples)
+            self._add_calls(samples)
 
     def log_items(self, items: list[bytes]) -> None:
         """Encoded log records, in order."""

@@ -159,19 +159,26 @@ class Pricing:
         return found
 
     def _find(self, model: str, provider: str) -> Price | TablePrice | None:
-        key = (model.strip().lower(), provider.strip().lower())
+        """Remembered by the names as sent: a tracer sends the same few again and again, so a hit costs one
+        lookup, without normalising them first."""
+        key = (model, provider)
         try:
             return self._cache[key]
         except KeyError:
             pass
-        price = self._lookup(*key)
-        if (price is None or price in self._fallback_prices) and "/" in key[0]:
-            price = self._lookup(key[0].rsplit("/", 1)[1], key[1]) or price
-        if isinstance(price, TablePrice) and not price.tiered:
-            price = price.at(0)  # the same flat prices whatever the call: made once, not per call
+        price = self._price_of(model.strip().lower(), provider.strip().lower())
         if len(self._cache) >= _MAX_CACHED_MODELS:
             self._cache.clear()
         self._cache[key] = price
+        return price
+
+    def _price_of(self, model: str, provider: str) -> Price | TablePrice | None:
+        """The price of a normalised (stripped, lower-case) model and provider name."""
+        price = self._lookup(model, provider)
+        if (price is None or price in self._fallback_prices) and "/" in model:
+            price = self._lookup(model.rsplit("/", 1)[1], provider) or price
+        if isinstance(price, TablePrice) and not price.tiered:
+            price = price.at(0)  # the same flat prices whatever the call: made once, not per call
         return price
 
     def _lookup(self, model: str, provider: str) -> Price | TablePrice | None:
