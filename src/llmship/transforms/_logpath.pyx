@@ -636,7 +636,7 @@ def scrub_batch(list records, list kept, tuple spec, scan, hooks):
                     new = news[index]
                     if new is None:
                         del record[g.text_fields[index]]
-                    else:
+                    elif new is not g.text_values[index]:  # an unchanged text stays where it is
                         record[g.text_fields[index]] = new
                     if cuts[index]:
                         truncated = True

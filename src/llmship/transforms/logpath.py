@@ -185,10 +185,10 @@ def scrub_batch_py(records: list, kept: list, spec: tuple, scan, hooks) -> list[
             j += 1
         try:
             truncated = False
-            for (_, field, _), (new, cut) in zip(texts[start:j], news[start:j]):
+            for (_, field, value), (new, cut) in zip(texts[start:j], news[start:j]):
                 if new is None:
                     del record[field]
-                else:
+                elif new is not value:  # an unchanged text stays where it is
                     record[field] = new
                 if cut:
                     truncated = True
