@@ -100,6 +100,7 @@ class _Add:
 
     def __init__(self, into: list) -> None:
         self.add_item = into.append
+        self.add_items = into.extend
 
     @staticmethod
     def encode(item):

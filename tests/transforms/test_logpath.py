@@ -299,3 +299,62 @@ def test_the_cached_utf8_is_the_utf8(text):
         assert sys.getsizeof(fresh) == before + len(expected) + 1
         assert not _logpath.fill_utf8(fresh)  # once
     assert fresh == text and fresh.encode() == expected and orjson.dumps(fresh) == orjson.dumps(text)
+
+
+class RecordingHooks:
+    """The processor's hooks, each call recorded by name."""
+
+    def __init__(self, hooks) -> None:
+        self.calls: list[str] = []
+        for name in ("scrub_truncate", "rest", "walk", "tags", "restore", "failed"):
+            setattr(self, name, self._recorded(name, getattr(hooks, name)))
+
+    def _recorded(self, name: str, fn):
+        def call(*args):
+            self.calls.append(name)
+            return fn(*args)
+        return call
+
+
+@pytest.mark.parametrize("scrub_batch", SCRUB_BATCHES)
+def test_tags_the_memo_found_clean_are_not_scrubbed_again(scrub_batch):
+    """A record whose other strings hold no match gets its ``ddtags`` scrubbed only when the scrubber's memo
+    does not already hold them as clean (the twin once looked them up in its own list of text results)."""
+    proc, _ = processor("", 512)
+    scan, cuttable = proc._scrubber.mapped_scanner()
+    spec = (proc._text_fields, proc._skip, 512, cuttable, proc._scrubber.results)
+    hooks = RecordingHooks(proc._hooks)
+
+    def calls(ddtags: str) -> list[str]:
+        hooks.calls.clear()
+        record = {"message": "hello", "prompt": "a question", "ddtags": ddtags}
+        assert scrub_batch([record], [None], spec, scan, hooks) == [False]
+        assert record["ddtags"] == ddtags
+        return hooks.calls
+
+    assert calls("version:1.2.3") == ["tags"]  # not known yet: scrubbed, and remembered as clean
+    assert ("ddtags", "version:1.2.3") in proc._scrubber.results
+    assert calls("version:1.2.3") == []
+    assert calls("version:1.2.4") == ["tags"]
+    assert calls("team:assistants,env:prod") == []  # no value a rule can match: not even looked up
+    assert ("ddtags", "team:assistants,env:prod") not in proc._scrubber.results
+
+
+TAG_STRINGS = st.lists(st.tuples(texts(4), st.sampled_from(["", ":", "::"]), texts(6)), max_size=5).map(
+    lambda tags: ",".join(f"{k}{sep}{v}" for k, sep, v in tags))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(TAG_STRINGS, st.sampled_from(["team:assistants", "env:prod,team:ml", "a:b" * 50, "k:v-1",
+                                               "team:x,ip:10.1.2.3", "user:jane@example.com", "k:" + "x" * 130])))
+def test_tags_found_unchanged_are_what_scrubbing_leaves_unchanged(ddtags):
+    """``tags_unchanged`` (compiled and twin agree) is only ever True of tags scrubbing leaves as they are."""
+    unchanged = logpath.tags_unchanged(ddtags)
+    if logpath.scrub_batch_native is not None:
+        from llmship.transforms import _logpath
+
+        assert _logpath.tags_unchanged(ddtags) == unchanged
+    if unchanged:
+        record = {"ddtags": ddtags}
+        privacy.scrub_record_tags(Scrubber(engine="hyperscan"), record)
+        assert record == {"ddtags": ddtags}

@@ -106,30 +106,39 @@ class Packer:
 
     def add(self, item: bytes, events: int = 1) -> None:
         """Pack one encoded item carrying ``events`` events."""
-        n = len(item)
-        if n > self._max_item:
-            self._on_too_large(events)
-            return
-        lengths = self._lengths
-        if lengths and (raw := self._raw + self._separator_len + n) + self._tail_len > self._room and (
-                not self._room_for(raw + self._tail_len)):
-            self._close()  # it cannot join the open payload
+        self.add_many((item,), events)
+
+    def add_many(self, items: Iterable[bytes], events: int = 1) -> None:
+        """Pack encoded items, in order, each carrying ``events`` events."""
+        max_item, separator = self._max_item, self._separator
+        separator_len, tail_len = self._separator_len, self._tail_len
+        for item in items:
+            n = len(item)
+            if n > max_item:
+                self._on_too_large(events)
+                continue
             lengths = self._lengths
-        if lengths:
-            self._pending += (self._separator, item)
-            self._raw = raw
-        else:  # the payload's first item: its codec is made, and the max-age clock starts
-            self._compressor, self._flush_mode = stream_compressor(self._enc.compression, self._enc.level)
-            self._oldest = time.monotonic()
-            self._pending.append(item)
-            self._raw += n
-        lengths.append(n)
-        if events != 1 or self._counts is not None:
-            self._count(events)
-        if self._raw >= self._feed_at:
-            self._feed()
-        if len(lengths) >= self._max_items:
-            self._close()  # full: no reason to wait for the next item
+            if lengths and (raw := self._raw + separator_len + n) + tail_len > self._room and (
+                    not self._room_for(raw + tail_len)):
+                self._close()  # it cannot join the open payload
+                lengths = self._lengths
+            if lengths:
+                pending = self._pending
+                pending.append(separator)
+                pending.append(item)
+                self._raw = raw
+            else:  # the payload's first item: its codec is made, and the max-age clock starts
+                self._compressor, self._flush_mode = stream_compressor(self._enc.compression, self._enc.level)
+                self._oldest = time.monotonic()
+                self._pending.append(item)
+                self._raw += n
+            lengths.append(n)
+            if events != 1 or self._counts is not None:
+                self._count(events)
+            if self._raw >= self._feed_at:
+                self._feed()
+            if len(lengths) >= self._max_items:
+                self._close()  # full: no reason to wait for the next item
 
     def flush(self) -> None:
         """Submit what is waiting, if anything."""

@@ -137,9 +137,7 @@ class Router:
 
     def log_items(self, items: list[bytes]) -> None:
         """Encoded log records, in order."""
-        add = self._logs_sink.add_item
-        for data in items:
-            add(data)
+        self._logs_sink.add_items(items)
 
     def dsd_event(self, event: dict) -> None:
         if self._otlp_sink is None or self._otlp_sink.datadog:  # no OTLP form: Datadog (or files) only

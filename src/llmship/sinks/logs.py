@@ -56,8 +56,9 @@ class LogsSink(PackedSink):
         self._packer = Packer(LOGS, submit, on_too_large=self._too_large)
         self.tap = IDLE  # the agent's Tap, given by agent.build
         self._tel.gauge("batch_items", lambda: len(self._packer))
-        # Pack one encoded record (shipping plane): the packer's own add, one call less per record
+        # Pack encoded records (shipping plane): the packer's own add and add_many, one call less
         self.add_item = self._packer.add
+        self.add_items = self._packer.add_many
         self.reload(cfg)
 
     def reload(self, cfg: Config) -> None:
@@ -71,8 +72,7 @@ class LogsSink(PackedSink):
 
     def add(self, record: LogRecord) -> None:
         """``add_item(encode(record))``, for callers in one process."""
-        for data in self.encode_many([record]):
-            self.add_item(data)
+        self.add_items(self.encode_many([record]))
 
     def encode(self, record: LogRecord) -> bytes | None:
         """One record as the intake's JSON, within the per-entry limit (processing plane); None: dropped."""

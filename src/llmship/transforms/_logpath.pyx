@@ -205,7 +205,7 @@ cdef enum:
     CUT_SEARCH_CHARS = 64  # scrub._CUT_SEARCH_CHARS
 
 from llmship.transforms.privacy import _USER_AGENT_KEYS as _UA_KEYS
-from llmship.transforms.scrub import _CUT_MIN_SAVING, _CUT_SEARCH_CHARS
+from llmship.transforms.scrub import _CUT_MIN_SAVING, _CUT_SEARCH_CHARS, _SHORT_TEXT, HINT_CHARS
 from llmship.transforms.truncate import TRUNCATION_MARKER
 
 # Compiled-in constants, which logpath checks against its own (a stale build is not used).
@@ -217,6 +217,13 @@ cdef Py_ssize_t _MARKER_LEN = len(TRUNCATION_MARKER)
 cdef bint _MARKER_KIND2 = PyUnicode_KIND(TRUNCATION_MARKER) == 2  # llmship_head_and_marker can build the cut text
 cdef object _NESTED = _UA_KEYS  # the keys skipped below the top level (privacy._Walker.walk)
 cdef object _USER_AGENT_KEYS = _UA_KEYS
+
+# logpath.tags_unchanged: a bit per ASCII character of scrub.HINT_CHARS, and the scrubber's short text
+cdef unsigned long long _HINTS[2]
+_HINTS[0] = _HINTS[1] = 0
+for _c in HINT_CHARS:
+    _HINTS[ord(_c) >> 6] |= 1ull << (ord(_c) & 63)
+cdef Py_ssize_t _SHORT = _SHORT_TEXT
 
 # "[abcdefghjklmoqstuvwxz] " (scrub._CUT): a bit per lower-case letter that may stand before a cut
 cdef unsigned int _CUT_LETTERS = 0
@@ -531,6 +538,32 @@ def scrubbed_first(str text, Py_ssize_t max_chars, bint cuttable):
     return _scrubbed_first(text, max_chars, cuttable)
 
 
+def tags_unchanged(str ddtags):
+    """``logpath.tags_unchanged``, compiled (for the tests)."""
+    return _tags_unchanged(ddtags)
+
+
+cdef bint _tags_unchanged(object ddtags) noexcept:
+    """``logpath.tags_unchanged`` of an exact str."""
+    cdef Py_ssize_t n = PyUnicode_GET_LENGTH(ddtags), i
+    cdef int kind = PyUnicode_KIND(ddtags)
+    cdef void* data = PyUnicode_DATA(ddtags)
+    cdef uint32_t c
+    cdef bint in_value = False
+    if n > _SHORT:
+        return False
+    for i in range(n):
+        c = PyUnicode_READ(kind, data, i)
+        if c == 44:  # ",": the next tag
+            in_value = False
+        elif in_value:
+            if c < 128 and (_HINTS[c >> 6] >> (c & 63)) & 1:
+                return False
+        elif c == 58:  # the tag's first ":": its value follows
+            in_value = True
+    return True
+
+
 cdef Py_ssize_t _owner_of(Py_ssize_t last, Py_ssize_t* ends, Py_ssize_t count) noexcept:
     """The string whose text or NUL holds byte ``last``: the first whose NUL is at or after it."""
     cdef Py_ssize_t lo = 0, hi = count, mid
@@ -603,7 +636,7 @@ def scrub_batch(list records, list kept, tuple spec, scan, hooks):
                     new = news[index]
                     if new is None:
                         del record[g.text_fields[index]]
-                    else:
+                    elif new is not g.text_values[index]:  # an unchanged text stays where it is
                         record[g.text_fields[index]] = new
                     if cuts[index]:
                         truncated = True
@@ -617,7 +650,8 @@ def scrub_batch(list records, list kept, tuple spec, scan, hooks):
                     if found_tags is not NULL:
                         ddtags = <object> found_tags
                         if ddtags is not None and not (PyUnicode_CheckExact(ddtags) and (
-                                PyUnicode_GET_LENGTH(ddtags) == 0 or PyDict_Contains(results, ("ddtags", ddtags)))):
+                                PyUnicode_GET_LENGTH(ddtags) == 0 or _tags_unchanged(ddtags)
+                                or PyDict_Contains(results, ("ddtags", ddtags)))):
                             hooks.tags(record)
                 if kept[i]:
                     hooks.restore(kept[i])

@@ -29,7 +29,8 @@ alike, and without a Python call per string where nothing can match:
 Answers, per record: True when text was cut, False when not, None when dropped. ``spec`` is
 ``(text_fields, skip, max_chars, cuttable, results)``: ``cuttable``, the scrubber's rules allow a cut point;
 ``results``, the scrubber's memo, where a ``ddtags`` string found clean is remembered (such a record's tags
-need no call; no ``ddtags``, or an empty string, none either, as in ``scrub_record_rest``).
+need no call; no ``ddtags``, or an empty string, none either, as in ``scrub_record_rest``; nor short tags
+whose values hold no character a default rule's match needs: ``tags_unchanged``).
 
 ``tag_many(records, answers, spec)`` is the rest of ``LogProcessor.process_many``: the records kept, each
 tagged (``LogProcessor._tag``), the cut ones counted.
@@ -51,13 +52,14 @@ from typing import Any
 
 from llmship import NO_EXTENSIONS
 from llmship.transforms.privacy import _USER_AGENT_KEYS, is_structural
-from llmship.transforms.scrub import _CUT_MIN_SAVING, _CUT_SEARCH_CHARS, scrubbed_first
+from llmship.transforms.scrub import _CUT_MIN_SAVING, _CUT_SEARCH_CHARS, _SHORT_TEXT, HINT_CHARS, scrubbed_first
 from llmship.transforms.truncate import truncate_text
 
 NON_ASCII = 0x80  # the byte every code point above ASCII becomes in the scanned buffer
 MAX_DEPTH = 64  # deeper nesting: the Python walker takes the record
 _NON_ASCII_RE = re.compile("[^\x00-\x7f]")
 _NESTED_SKIP = _USER_AGENT_KEYS  # the keys skipped below the top level (privacy._Walker.walk)
+_TAG_VALUE_HINT = re.compile(f"(?:^|,)[^,:]*:[^,]*[{re.escape(HINT_CHARS)}]")  # a tag value a rule may match
 
 
 class _Complex(Exception):
@@ -145,6 +147,13 @@ def gather(records: list, spec: tuple) -> tuple[bytes, list[int], list[int], lis
     return b"".join(p + b"\0" for p in pieces), seps, owners, texts, walked
 
 
+def tags_unchanged(ddtags: str) -> bool:
+    """Whether scrubbing ``ddtags`` ("k:v,k2:v2", each value scrubbed) surely leaves it as it is: short enough
+    that each value takes the scrubber's short-text way (``Scrubber._scrub``), and no value holds a character
+    that way needs to look further (``HINT_CHARS``)."""
+    return len(ddtags) <= _SHORT_TEXT and _TAG_VALUE_HINT.search(ddtags) is None
+
+
 def candidates(ends: list[int], seps: list[int]) -> list[int]:
     """The indexes of the strings holding the last byte of a match ending at each of ``ends``, ascending."""
     import bisect
@@ -155,7 +164,7 @@ def candidates(ends: list[int], seps: list[int]) -> list[int]:
 def scrub_batch_py(records: list, kept: list, spec: tuple, scan, hooks) -> list[bool | None]:
     """See the module docstring. ``scan(buffer) -> match ends``; ``hooks``: ``scrub_truncate(text)``,
     ``rest(record)``, ``walk(record)``, ``tags(record)``, ``restore(kept)``, ``failed(error)``."""
-    max_chars, results = spec[2], spec[4]
+    max_chars, memo = spec[2], spec[4]
     data, seps, owners, texts, walked = gather(records, spec)
     found = set()
     touched = set()  # records whose other strings hold a match
@@ -166,8 +175,8 @@ def scrub_batch_py(records: list, kept: list, spec: tuple, scan, hooks) -> list[
         else:
             touched.add(~owner)
     scrub_truncate = hooks.scrub_truncate
-    results = [scrub_truncate(value) if j in found else truncate_text(value, max_chars)
-               for j, (_, _, value) in enumerate(texts)]
+    news = [scrub_truncate(value) if j in found else truncate_text(value, max_chars)
+            for j, (_, _, value) in enumerate(texts)]
     out: list[bool | None] = []
     j = 0
     for i, record in enumerate(records):
@@ -176,10 +185,10 @@ def scrub_batch_py(records: list, kept: list, spec: tuple, scan, hooks) -> list[
             j += 1
         try:
             truncated = False
-            for (_, field, _), (new, cut) in zip(texts[start:j], results[start:j]):
+            for (_, field, value), (new, cut) in zip(texts[start:j], news[start:j]):
                 if new is None:
                     del record[field]
-                else:
+                elif new is not value:  # an unchanged text stays where it is
                     record[field] = new
                 if cut:
                     truncated = True
@@ -190,7 +199,8 @@ def scrub_batch_py(records: list, kept: list, spec: tuple, scan, hooks) -> list[
                 hooks.walk(record)
             else:
                 ddtags = record.get("ddtags")
-                if ddtags is not None and not (ddtags.__class__ is str and (not ddtags or ("ddtags", ddtags) in results)):
+                if ddtags is not None and not (ddtags.__class__ is str and (
+                        not ddtags or tags_unchanged(ddtags) or ("ddtags", ddtags) in memo)):
                     hooks.tags(record)
             if kept[i]:
                 hooks.restore(kept[i])

@@ -220,7 +220,9 @@ _DIGITS_TO_ZERO = bytes(0x30 if 0x30 <= b <= 0x39 else b for b in range(256))
 # after a dot, four digits. Written as one character class then assertions, so the engine only stops at
 # those few characters; still a scan at every position, so it only pays on short texts, where it replaces
 # the triggers' dozen calls with one search.
-_ANY_HINT = re.compile(r"[-AyYBb@:.0-9](?:(?<=sk-)|(?<=A)(?=[KS]IA)|(?<=[Kk]ey)|(?<=KEY)|(?<=[Bb])(?=earer)"
+HINT_CHARS = "-AyYBb@:.0123456789"  # the class _ANY_HINT starts with: a text holding none of them cannot match
+_ANY_HINT = re.compile(f"[{re.escape(HINT_CHARS)}]"
+                       r"(?:(?<=sk-)|(?<=A)(?=[KS]IA)|(?<=[Kk]ey)|(?<=KEY)|(?<=[Bb])(?=earer)"
                        r"|(?<=[@:])|(?<=\.)(?=[0-9])|(?<=[0-9])(?=[0-9][0-9][0-9]))")
 _SHORT_TEXT = 128
 _EVERYWHERE = None  # a rule whose regex must run over the whole text (no start positions known)
