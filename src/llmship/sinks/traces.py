@@ -154,21 +154,25 @@ class TraceSink(PackedSink):
             # A chunk without a tracer decision is one we keep: AUTO_KEEP, never 0 (AUTO_REJECT).
             chunk_fields = (pb.f_varint(1, AUTO_KEEP if priority is None else priority)
                             + pb.f_str(2, root_meta.get("_dd.origin", "")))
-            fields, sizes, errors = encode_spans(spans, fallback_service, meta_defaults)
+            # the TraceChunk message (TracerPayload.chunks) at once: the spans are not copied again
+            message, sizes, errors = encode_spans(spans, fallback_service, meta_defaults, (_CHUNKS, chunk_fields))
             for error in errors:  # spans built by code with what the wire cannot carry
                 self._tel.discard("unencodable_span")
                 _log.warning("unencodable_span", "span_dropped", error=error)
             # A chunk too large for one payload is cut into several (tracers flush partial chunks too);
             # 32 bytes for the TracerPayload's and the chunk's own tags and lengths.
             room = self._packer.max_item - len(header) - len(chunk_fields) - 32
-            for group, spans_in in ((fields, len(sizes)),) if len(fields) <= room else _groups_within(
-                    fields, sizes, room):
+            size = sum(sizes)
+            if size <= room:
+                if sizes:
+                    yield header, message, len(sizes)
+                continue
+            for group, spans_in in _groups_within(message[len(message) - size:], sizes, room):
                 if group is None:
                     self._tel.discard("span_too_large")
                     _log.warning("span_too_large", "span_too_large", limit_bytes=MAX_PAYLOAD_BYTES)
                     continue
-                if spans_in:
-                    yield header, _message(_CHUNKS, len(chunk_fields) + len(group), [chunk_fields, group]), spans_in
+                yield header, _message(_CHUNKS, len(chunk_fields) + len(group), [chunk_fields, group]), spans_in
         if received:
             self._tel.inc("received", received)
 
