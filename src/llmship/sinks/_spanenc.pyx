@@ -71,7 +71,7 @@ cdef enum:
 
 # Raised with every change of what this module offers or takes (spanenc.NATIVE_API_VERSION): a build from an
 # older source is then left unused rather than called wrongly.
-API_VERSION = 3
+API_VERSION = 4
 DEFAULT_SERVICE_NAME = "service"
 DEFAULT_SPAN_NAME = "service.trace"
 LLMOBS_STRUCT_KEY = "_llmobs"
@@ -571,6 +571,23 @@ cdef object _plain_attribute(object value, int depth):
         return [_plain_attribute(v, depth + 1) for v in items] if isinstance(items, (list, tuple)) else []
     key = _ATTRIBUTE_VALUE_KEYS.get(kind)
     return value.get(key) if key else None
+
+
+# ------------------------------------------------------------------------------- the LLM stage's carriers
+
+
+def llm_carriers(spans):
+    """The spans that carry an LLM Observability span: ``llm.extract.carriers_py`` compiled (every span of
+    every chunk goes through it), with a Span's type and meta_struct read from their slots."""
+    out = []
+    for span in spans:
+        if type(span) is _Span and _all_set(span):
+            type_, meta_struct = _slot(span, 11), _slot(span, 12)
+        else:
+            type_, meta_struct = span.type, span.meta_struct
+        if type_ == "llm" or LLMOBS_STRUCT_KEY in meta_struct:
+            out.append(span)
+    return out
 
 
 # ------------------------------------------------------------------------------- the scrub's gathering

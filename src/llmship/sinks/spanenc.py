@@ -284,7 +284,7 @@ def _plain_attribute(value: Any, depth: int) -> Any:
 # ------------------------------------------------------------------------------------- the choice
 
 
-NATIVE_API_VERSION = 3  # _spanenc.pyx's API_VERSION this module calls
+NATIVE_API_VERSION = 4  # _spanenc.pyx's API_VERSION this module calls
 
 
 def _load_native() -> Any:
@@ -309,3 +309,5 @@ encode_spans = encode_spans_native if NATIVE else encode_spans_py
 span_candidates = getattr(_native, "span_candidates", None) if NATIVE else None
 # The v0.4 decoder (sources.traces.decode_v04); None: msgspec's typed decode.
 decode_v04_spans = getattr(_native, "decode_v04_spans", None) if NATIVE else None
+# The LLM stage's scan for spans that carry a call (llm.extract.carriers); None: its Python twin.
+llm_carriers = getattr(_native, "llm_carriers", None) if NATIVE else None
