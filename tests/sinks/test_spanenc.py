@@ -306,6 +306,34 @@ def test_a_chunk_at_once_is_each_span_in_turn_with_the_bad_ones_left_out(encode_
     assert [e.split(":")[0] for e in errors] == ["OverflowError", "ValueError"]
 
 
+@pytest.mark.parametrize("encode_spans", [
+    pytest.param(spanenc.encode_spans_py, id="twin"),
+    pytest.param(spanenc.encode_spans_native, id="native", marks=needs_native)])
+def test_a_wrapped_chunk_is_the_field_of_its_head_and_span_fields(encode_spans):
+    """wrap=(tag, head): tag, length, head, then the span fields, as the trace sink's TraceChunk message;
+    spans whose length takes 1, 2 and 3 bytes (the compiled encoder writes 2, and moves the others)."""
+    tiny, big = Span(name="a"), Span(name="op", meta={"k": "v" * 20_000})
+    spans = [tiny, CAPTURE_SPANS[0], Span(trace_id=1 << 64), big, tiny, CAPTURE_SPANS[1]]
+    for chunk in (spans, [], [Span(meta={"k": 1})], [big] * 3):
+        for head in (b"", b"\x08\x01\x12\x03abc", b"h" * 200):
+            fields, sizes, errors = encode_spans(chunk, "python", DEFAULTS)
+            wrapped, wsizes, werrors = encode_spans(chunk, "python", DEFAULTS, (b"\x32", head))
+            assert wrapped == b"\x32" + pb.varint(len(head) + len(fields)) + head + fields
+            assert (wsizes, werrors) == (sizes, errors) and sum(sizes) == len(fields)
+    sizes = encode_spans([tiny, CAPTURE_SPANS[0], big], "python")[1]
+    assert [size - len(spanenc.encode_span_py(s, "python")) for s, size in zip([tiny, CAPTURE_SPANS[0], big],
+                                                                                sizes)] == [2, 3, 4]
+
+
+@needs_native
+def test_a_span_with_a_field_unset_is_an_encoding_error():
+    span = Span(name="op")
+    del span.service
+    with pytest.raises(ValueError):
+        spanenc.encode_span_native(span, "python")
+    assert spanenc.encode_spans_native([span, Span(name="ok")], "python")[2][0].startswith("ValueError")
+
+
 @needs_native
 @pytest.mark.parametrize("kind", list(ODD_SPANS))
 def test_native_and_twin_agree_on_chunks_of_odd_spans(kind):
@@ -315,6 +343,9 @@ def test_native_and_twin_agree_on_chunks_of_odd_spans(kind):
         native = spanenc.encode_spans_native(chunk, "python", defaults)
         twin = spanenc.encode_spans_py(chunk, "python", defaults)
         assert native[:2] == twin[:2]
+        wrap = (b"\x32", b"\x08\x01")
+        assert spanenc.encode_spans_native(chunk, "python", defaults, wrap)[:2] == \
+            spanenc.encode_spans_py(chunk, "python", defaults, wrap)[:2]
         assert [e.split(":")[0] for e in native[2]] == [e.split(":")[0] for e in twin[2]]
 
     check()

@@ -16,6 +16,7 @@ import msgspec
 
 from llmship import NO_EXTENSIONS
 from llmship.model import LLM_CALL_KINDS, LLMOBS_STRUCT_KEY, LLMCall, LLMObsEvent, Span, Tokens
+from llmship.sinks.spanenc import llm_carriers as _compiled_carriers
 
 # ddtrace ROOT_PARENT_ID: the parent_id of a root LLM Observability span
 ROOT_PARENT_ID = "undefined"
@@ -60,10 +61,14 @@ class BadEvent(ValueError):
     """An LLM Observability event that cannot be read; its APM span, if any, is still good."""
 
 
-def carriers(spans: list[Span]) -> list[Span]:
+def carriers_py(spans: list[Span]) -> list[Span]:
     """The spans that carry an LLM Observability span (an event, or an ``llm`` span without one): every span
-    of every chunk is looked at, so in one comprehension rather than a call each."""
+    of every chunk is looked at, so in one comprehension rather than a call each (compiled:
+    ``sinks/_spanenc.pyx llm_carriers``, the same spans)."""
     return [s for s in spans if s.type == "llm" or LLMOBS_STRUCT_KEY in s.meta_struct]
+
+
+carriers = _compiled_carriers or carriers_py
 
 
 def from_span(span: Span, default_service: str, default_env: str, default_version: str) -> LLMCall:

@@ -15,10 +15,11 @@ typed decode in sources/traces.py, which it hands every body it does not take ex
 
 from libc.stdint cimport uint64_t, int64_t
 from libc.stdlib cimport malloc, realloc, free
-from libc.string cimport memcmp, memcpy
+from libc.string cimport memcmp, memcpy, memmove
+
+from types import MemberDescriptorType
 
 import orjson
-from msgspec.structs import astuple
 
 from llmship.model import Span
 
@@ -70,7 +71,7 @@ cdef enum:
 
 # Raised with every change of what this module offers or takes (spanenc.NATIVE_API_VERSION): a build from an
 # older source is then left unused rather than called wrongly.
-API_VERSION = 2
+API_VERSION = 4
 DEFAULT_SERVICE_NAME = "service"
 DEFAULT_SPAN_NAME = "service.trace"
 LLMOBS_STRUCT_KEY = "_llmobs"
@@ -80,11 +81,30 @@ cdef object _MIN_INT64 = -(1 << 63)
 cdef object _UINT64_END = 1 << 64
 cdef int _NON_STR_KEYS = orjson.OPT_NON_STR_KEYS
 cdef object _Span = Span
-cdef object _astuple = astuple
 _FIELDS = ("service", "name", "resource", "trace_id", "span_id", "parent_id", "start", "duration", "error", "meta",
            "metrics", "type", "meta_struct", "span_links", "span_events")
-if Span.__struct_fields__ != _FIELDS:  # the order _encode_into unpacks them in: not this encoder's model
+if Span.__struct_fields__ != _FIELDS:  # the order _encode_into reads them in: not this encoder's model
     raise ImportError("llmship.model.Span's fields changed: rebuild the span encoder")
+
+cdef extern from "Python.h":
+    ctypedef struct PyMemberDef:
+        int type
+        Py_ssize_t offset
+    ctypedef struct PyMemberDescrObject:
+        PyMemberDef* d_member
+    enum:
+        T_OBJECT
+        T_OBJECT_EX
+
+# Where a Span keeps each field: msgspec stores them as object slots, read here by offset (15 attribute
+# reads, or a tuple from astuple, cost more than the rest of a small span).
+cdef Py_ssize_t _slots[15]
+for _i, _name in enumerate(_FIELDS):
+    _descr = Span.__dict__.get(_name)
+    if type(_descr) is not MemberDescriptorType or \
+            (<PyMemberDescrObject*>_descr).d_member.type not in (T_OBJECT, T_OBJECT_EX):
+        raise ImportError(f"llmship.model.Span.{_name} is not an object slot: rebuild the span encoder")
+    _slots[_i] = (<PyMemberDescrObject*>_descr).d_member.offset
 
 
 cdef struct Buf:
@@ -330,39 +350,65 @@ def encode_span(span, fallback_service, meta_defaults=()):
             free(b.data)
 
 
-def encode_spans(spans, fallback_service, meta_defaults=()):
-    """``TraceChunk.spans`` fields (tag, length, Span body) of the spans that encode, concatenated, the size
-    of each field, and the errors of those that do not; see llmship.sinks.spanenc.encode_spans_py."""
-    cdef char stack[STACK_BYTES]
-    cdef Buf one, out
-    cdef Py_ssize_t before
+def encode_spans(spans, fallback_service, meta_defaults=(), wrap=None):
+    """``TraceChunk.spans`` fields (tag, length, Span body) of the spans that encode, concatenated (with
+    ``wrap``, a (field tag, head) pair: inside that length-delimited field, after ``head``), the size of
+    each span's field, and the errors of those that do not; see llmship.sinks.spanenc.encode_spans_py.
+
+    One buffer, one copy out: each span is written in place, after its tag and a 2-byte length (what
+    spans of 128 bytes to 16 KiB take; the body moves when its length takes another size), and the wrap's
+    tag, length and head go in the room left before the first."""
+    cdef Buf out
+    cdef Py_ssize_t before, body, k, room = 0, start = 0, nspans = len(spans)
+    cdef bytes tag = b"", head = b""
     sizes = []
     errors = []
-    out.data = <char*>malloc(STACK_BYTES)
+    if wrap is not None:
+        tag, head = wrap
+        room = len(tag) + 10 + len(head)
+    out.cap = room + 512 * nspans + 256  # most spans fit: rarely a copy to grow
+    out.data = <char*>malloc(out.cap)
     if out.data == NULL:
         raise MemoryError()
-    out.len = 0
-    out.cap = STACK_BYTES
+    out.len = room
     out.heap = True
     try:
         for span in spans:
-            _on_stack(&one, stack)
+            before = out.len
             try:
-                _encode_checked(&one, span, fallback_service, meta_defaults)
-                before = out.len
-                _reserve(&out, 11 + one.len)
-                _put_byte(&out, TAG_CHUNK_SPAN)
-                _put_varint(&out, <uint64_t>one.len)
-                _put_raw(&out, one.data, one.len)
+                _reserve(&out, 3)
+                out.len += 3
+                _encode_checked(&out, span, fallback_service, meta_defaults)
+                body = out.len - before - 3
+                k = _varint_size(<uint64_t>body)
+                if k != 2:
+                    _reserve(&out, k)
+                    memmove(out.data + before + 1 + k, out.data + before + 3, body)
+                    out.len = before + 1 + k + body
+                out.data[before] = <char>TAG_CHUNK_SPAN
+                _varint_at(out.data + before + 1, <uint64_t>body)
                 sizes.append(out.len - before)
             except (ValueError, OverflowError) as e:  # what encode_span raises for such a span
+                out.len = before  # what it wrote is dropped
                 errors.append(f"{type(e).__name__}: {e}")
-            finally:
-                if one.heap:
-                    free(one.data)
-        return PyBytes_FromStringAndSize(out.data, out.len), sizes, errors
+        if wrap is not None:
+            body = out.len - room + len(head)
+            start = room - len(head) - _varint_size(<uint64_t>body) - len(tag)
+            memcpy(out.data + start, <const char*>tag, len(tag))
+            _varint_at(out.data + start + len(tag), <uint64_t>body)
+            memcpy(out.data + room - len(head), <const char*>head, len(head))
+        return PyBytes_FromStringAndSize(out.data + start, out.len - start), sizes, errors
     finally:
         free(out.data)
+
+
+cdef inline void _varint_at(char* p, uint64_t v) noexcept:
+    """``v`` as a varint at ``p`` (room there checked by the caller)."""
+    while v >= 0x80:
+        p[0] = <char>((v & 0x7F) | 0x80)
+        p += 1
+        v >>= 7
+    p[0] = <char>v
 
 
 cdef inline void _on_stack(Buf* b, char* stack) noexcept:
@@ -382,15 +428,30 @@ cdef int _encode_checked(Buf* b, object span, object fallback_service, object me
         raise ValueError(f"span cannot be encoded: {e}") from e
 
 
+cdef inline object _slot(object span, int i):
+    return <object>(<PyObject**>(<char*><PyObject*>span + _slots[i]))[0]
+
+
+cdef inline bint _all_set(object span) noexcept:
+    cdef int i
+    for i in range(15):
+        if (<PyObject**>(<char*><PyObject*>span + _slots[i]))[0] == NULL:
+            return False
+    return True
+
+
 cdef int _encode_into(Buf* b, object span, object fallback_service, object meta_defaults) except -1:
     cdef Py_ssize_t pos = 0
     cdef PyObject* k = NULL
     cdef PyObject* v = NULL
     cdef object key, value, events_json = None
-    if type(span) is _Span:  # its fields in one call: 15 attribute reads cost more than the rest of a small span
-        (service, name, resource, trace_id, span_id, parent_id, start, duration, error, meta, metrics, type_,
-         meta_struct, links, events) = _astuple(span)
-    else:
+    if type(span) is _Span and _all_set(span):  # its fields read from their slots
+        service, name, resource = _slot(span, 0), _slot(span, 1), _slot(span, 2)
+        trace_id, span_id, parent_id = _slot(span, 3), _slot(span, 4), _slot(span, 5)
+        start, duration, error = _slot(span, 6), _slot(span, 7), _slot(span, 8)
+        meta, metrics, type_ = _slot(span, 9), _slot(span, 10), _slot(span, 11)
+        meta_struct, links, events = _slot(span, 12), _slot(span, 13), _slot(span, 14)
+    else:  # another class, or a field unset (AttributeError below)
         service, name, resource = span.service, span.name, span.resource
         trace_id, span_id, parent_id, start, duration, error = (
             span.trace_id, span.span_id, span.parent_id, span.start, span.duration, span.error)
@@ -510,6 +571,23 @@ cdef object _plain_attribute(object value, int depth):
         return [_plain_attribute(v, depth + 1) for v in items] if isinstance(items, (list, tuple)) else []
     key = _ATTRIBUTE_VALUE_KEYS.get(kind)
     return value.get(key) if key else None
+
+
+# ------------------------------------------------------------------------------- the LLM stage's carriers
+
+
+def llm_carriers(spans):
+    """The spans that carry an LLM Observability span: ``llm.extract.carriers_py`` compiled (every span of
+    every chunk goes through it), with a Span's type and meta_struct read from their slots."""
+    out = []
+    for span in spans:
+        if type(span) is _Span and _all_set(span):
+            type_, meta_struct = _slot(span, 11), _slot(span, 12)
+        else:
+            type_, meta_struct = span.type, span.meta_struct
+        if type_ == "llm" or LLMOBS_STRUCT_KEY in meta_struct:
+            out.append(span)
+    return out
 
 
 # ------------------------------------------------------------------------------- the scrub's gathering

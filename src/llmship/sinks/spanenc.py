@@ -121,11 +121,13 @@ def encode_span_py(span: Any, fallback_service: str, meta_defaults: MetaDefaults
 _CHUNK_SPAN = pb.tag(3, _LEN)  # TraceChunk.spans
 
 
-def encode_spans_py(spans: Any, fallback_service: str, meta_defaults: MetaDefaults = ()
-                    ) -> tuple[bytes, list[int], list[str]]:
+def encode_spans_py(spans: Any, fallback_service: str, meta_defaults: MetaDefaults = (),
+                    wrap: tuple[bytes, bytes] | None = None) -> tuple[bytes, list[int], list[str]]:
     """A chunk's spans at once: the ``TraceChunk.spans`` fields (tag, length, Span body) of those that encode,
-    concatenated in order; the size of each field (to cut a chunk too large for one payload without
-    encoding again); and, for each span that cannot be encoded, ``"<error type>: <message>"``."""
+    concatenated in order (with ``wrap``, a (field tag, head) pair: inside that length-delimited field, after
+    ``head``: the TraceChunk message the trace sink sends, built without copying the spans again); the size
+    of each span's field (to cut a chunk too large for one payload without encoding again); and, for each
+    span that cannot be encoded, ``"<error type>: <message>"``."""
     fields: list[bytes] = []
     sizes: list[int] = []
     errors: list[str] = []
@@ -138,6 +140,9 @@ def encode_spans_py(spans: Any, fallback_service: str, meta_defaults: MetaDefaul
         field = _CHUNK_SPAN + pb.varint(len(body)) + body
         fields.append(field)
         sizes.append(len(field))
+    if wrap is not None:
+        tag, head = wrap
+        fields[:0] = (tag, pb.varint(len(head) + sum(sizes)), head)
     return b"".join(fields), sizes, errors
 
 
@@ -279,7 +284,7 @@ def _plain_attribute(value: Any, depth: int) -> Any:
 # ------------------------------------------------------------------------------------- the choice
 
 
-NATIVE_API_VERSION = 2  # _spanenc.pyx's API_VERSION this module calls
+NATIVE_API_VERSION = 4  # _spanenc.pyx's API_VERSION this module calls
 
 
 def _load_native() -> Any:
@@ -304,3 +309,5 @@ encode_spans = encode_spans_native if NATIVE else encode_spans_py
 span_candidates = getattr(_native, "span_candidates", None) if NATIVE else None
 # The v0.4 decoder (sources.traces.decode_v04); None: msgspec's typed decode.
 decode_v04_spans = getattr(_native, "decode_v04_spans", None) if NATIVE else None
+# The LLM stage's scan for spans that carry a call (llm.extract.carriers); None: its Python twin.
+llm_carriers = getattr(_native, "llm_carriers", None) if NATIVE else None

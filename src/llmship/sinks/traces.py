@@ -100,6 +100,7 @@ class TraceSink(PackedSink):
         else:
             self._packer.reconfigure(encoding)
         self._headers: dict[tuple, bytes] = {}
+        self._chunk_heads: dict[tuple[int, str], bytes] = {}  # TraceChunk priority and origin by their values
 
     def add_chunk(self, spans: list[Span], tracer: TracerInfo) -> None:
         """``add_items(encode_chunks([spans], tracer), tracer.language)``, for callers in one process."""
@@ -136,6 +137,7 @@ class TraceSink(PackedSink):
         fallback_service = self._service or tracer.language or DEFAULT_SERVICE_NAME
         meta_defaults = self._meta_defaults
         tap = self.tap
+        chunk_heads = self._chunk_heads
         received = 0
         for spans in chunks:
             if not spans:
@@ -152,23 +154,31 @@ class TraceSink(PackedSink):
             header = self._header(tracer, root_meta.get("env") or self._env, root_meta.get("_dd.hostname", ""),
                                   root_meta.get("version", ""))
             # A chunk without a tracer decision is one we keep: AUTO_KEEP, never 0 (AUTO_REJECT).
-            chunk_fields = (pb.f_varint(1, AUTO_KEEP if priority is None else priority)
-                            + pb.f_str(2, root_meta.get("_dd.origin", "")))
-            fields, sizes, errors = encode_spans(spans, fallback_service, meta_defaults)
+            head_key = (AUTO_KEEP if priority is None else priority, root_meta.get("_dd.origin", ""))
+            chunk_fields = chunk_heads.get(head_key)
+            if chunk_fields is None:
+                if len(chunk_heads) >= _MAX_CACHED_HEADERS:
+                    chunk_heads.clear()
+                chunk_fields = chunk_heads[head_key] = pb.f_varint(1, head_key[0]) + pb.f_str(2, head_key[1])
+            # the TraceChunk message (TracerPayload.chunks) at once: the spans are not copied again
+            message, sizes, errors = encode_spans(spans, fallback_service, meta_defaults, (_CHUNKS, chunk_fields))
             for error in errors:  # spans built by code with what the wire cannot carry
                 self._tel.discard("unencodable_span")
                 _log.warning("unencodable_span", "span_dropped", error=error)
             # A chunk too large for one payload is cut into several (tracers flush partial chunks too);
             # 32 bytes for the TracerPayload's and the chunk's own tags and lengths.
             room = self._packer.max_item - len(header) - len(chunk_fields) - 32
-            for group, spans_in in ((fields, len(sizes)),) if len(fields) <= room else _groups_within(
-                    fields, sizes, room):
+            size = sum(sizes)
+            if size <= room:
+                if sizes:
+                    yield header, message, len(sizes)
+                continue
+            for group, spans_in in _groups_within(message[len(message) - size:], sizes, room):
                 if group is None:
                     self._tel.discard("span_too_large")
                     _log.warning("span_too_large", "span_too_large", limit_bytes=MAX_PAYLOAD_BYTES)
                     continue
-                if spans_in:
-                    yield header, _message(_CHUNKS, len(chunk_fields) + len(group), [chunk_fields, group]), spans_in
+                yield header, _message(_CHUNKS, len(chunk_fields) + len(group), [chunk_fields, group]), spans_in
         if received:
             self._tel.inc("received", received)
 
