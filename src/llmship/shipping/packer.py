@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from llmship import protobuf as pb
-from llmship.compression import compress_bound, stream_compressor
+from llmship.compression import compress_bound, isal_fits, stream_compressor
 from llmship.delivery.payload import Framing, Payload, Route
 
 # Uncompressed bytes that may wait before they are fed to the compressor: each feed is one small call
@@ -65,11 +65,12 @@ def accepted(configured: str, accepts: Iterable[str], fallback: str = "gzip") ->
     return configured if configured in accepts else fallback
 
 
-def _max_fitting(encoding: str, space: int) -> int:
-    """The most uncompressed bytes whose worst-case compressed size fits in ``space``."""
+def _max_fitting(encoding: str, space: int, isal: bool = False) -> int:
+    """The most uncompressed bytes whose worst-case compressed size (by ISA-L's codec when ``isal``) fits in
+    ``space``."""
     n = space
-    while n > 0 and (excess := compress_bound(encoding, n) - space) > 0:
-        n -= excess  # the bound shrinks about as fast as n: this ends in a step or two
+    while n > 0 and (excess := compress_bound(encoding, n, isal) - space) > 0:
+        n -= excess  # the bound shrinks about as fast as n: this ends in a few steps
     return max(0, n)
 
 
@@ -117,8 +118,11 @@ class Packer:
             if self._raw + need > self._max_uncompressed or (
                     self._segment + need > self._max_segment and not self._repack_for(need)):
                 self._close()
-        if self._compressor is None:  # the payload's first item
-            self._compressor, self._flush_mode = stream_compressor(self._enc.compression, self._enc.level)
+        if self._compressor is None:  # the payload's first item: ISA-L unless the item is too large for its bound
+            self._isal = n <= self._max_isal_item
+            self._compressor, self._flush_mode = stream_compressor(self._enc.compression, self._enc.level,
+                                                                   self._isal)
+            self._max_segment = _max_fitting(self._enc.compression, self._enc.max_bytes, self._isal)
         pending = self._pending
         if self._items:
             pending.append(self._separator)
@@ -168,15 +172,22 @@ class Packer:
         self._separator, self._separator_len = f.separator, len(f.separator)
         self._max_uncompressed = encoding.max_uncompressed
         self._max_items = encoding.max_items if encoding.max_items is not None else float("inf")
-        # The largest item that fits alone, below both limits.
-        alone = min(encoding.max_uncompressed, _max_fitting(encoding.compression, encoding.max_bytes))
-        self._max_item = alone - len(f.head) - len(f.tail)
+        # The largest item that fits alone, below both limits (zlib's bound: the codec of a payload whose first
+        # item is too large for ISA-L's looser one, _max_isal_item).
+        framed = len(f.head) + len(f.tail)
+        self._max_item = min(encoding.max_uncompressed,
+                             _max_fitting(encoding.compression, encoding.max_bytes)) - framed
+        self._max_isal_item = -1
+        if isal_fits(encoding.compression, encoding.level):
+            self._max_isal_item = min(encoding.max_uncompressed,
+                                      _max_fitting(encoding.compression, encoding.max_bytes, True)) - framed
 
     def _open(self) -> None:
         enc = self._enc
         # Made for the first item: an idle destination holds no codec state (gzip's is ~256 KiB).
         self._compressor: object | None = None
         self._flush_mode: int | None = None
+        self._isal = False  # the payload's codec is ISA-L's (decided with its first item)
         self._chunks: list[bytes] = []  # compressed so far
         self._out = 0  # their length
         self._flushed = 0  # compressed length as of the last flush of the compressor (exact then)
@@ -204,7 +215,7 @@ class Packer:
         self._flushed = self._out
         self._segment = 0
         self._repacks += 1
-        self._max_segment = _max_fitting(self._enc.compression, self._enc.max_bytes - self._flushed)
+        self._max_segment = _max_fitting(self._enc.compression, self._enc.max_bytes - self._flushed, self._isal)
         return need <= self._max_segment
 
     def _feed(self) -> None:
