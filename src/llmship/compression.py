@@ -8,6 +8,15 @@ import zlib
 
 import zstandard
 
+from llmship import NO_EXTENSIONS
+
+try:  # ISA-L's deflate (python-isal): the same gzip and deflate formats, for far fewer instructions at level 1
+    from isal import isal_zlib as _isal_zlib
+except ImportError:  # no wheel for this platform: zlib, its twin
+    _isal_zlib = None
+if NO_EXTENSIONS:
+    _isal_zlib = None
+
 ENCODINGS = ("gzip", "deflate", "zstd", "identity")
 # Levels when none is given: gzip/deflate at zlib's usual 6 (the Agent's metrics serializer with zlib); zstd
 # at 1, the Agent's serializer_zstd_compressor_level default (comp/serializer/metricscompression).
@@ -57,13 +66,22 @@ class _Identity:
         return b""
 
 
-def stream_compressor(encoding: str, level: int | None = None) -> tuple[object, int | None]:
+def isal_fits(encoding: str, level: int | None) -> bool:
+    """May ``stream_compressor`` use ISA-L for ``encoding`` at ``level``? gzip and deflate at level 1
+    (FAST_LEVELS: the high-volume sinks), where python-isal is installed. On the LLM-heavy bench's events
+    ISA-L's level 1 takes a sixth of zlib's instructions for a body a quarter smaller (bench/llm_calls.py)."""
+    return level == 1 and _isal_zlib is not None and encoding in ("gzip", "deflate")
+
+
+def stream_compressor(encoding: str, level: int | None = None, isal: bool = False) -> tuple[object, int | None]:
     """A streaming compressor for ``encoding`` and the flush mode that empties it without ending the stream
-    (None: nothing to flush). Same formats and default levels as ``compress``."""
+    (None: nothing to flush). Same formats and default levels as ``compress``. ``isal``: ISA-L's codec
+    rather than zlib's (only where ``isal_fits``); any inflater reads either."""
     level = DEFAULT_LEVELS.get(encoding) if level is None else level
     if encoding in ("gzip", "deflate"):
-        wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
-        return zlib.compressobj(level, zlib.DEFLATED, wbits), zlib.Z_SYNC_FLUSH
+        codec = _isal_zlib if isal and isal_fits(encoding, level) else zlib
+        wbits = 16 + codec.MAX_WBITS if encoding == "gzip" else codec.MAX_WBITS
+        return codec.compressobj(level, codec.DEFLATED, wbits), codec.Z_SYNC_FLUSH
     if encoding == "zstd":
         return zstandard.ZstdCompressor(level=level).compressobj(), zstandard.COMPRESSOBJ_FLUSH_BLOCK
     if encoding in ("identity", ""):
@@ -71,12 +89,21 @@ def stream_compressor(encoding: str, level: int | None = None) -> tuple[object, 
     raise ValueError(f"unknown content encoding {encoding!r}")
 
 
-def compress_bound(encoding: str, n: int) -> int:
-    """The most ``n`` bytes can take once compressed with ``encoding`` (worst case, incompressible input)."""
+def compress_bound(encoding: str, n: int, isal: bool = False) -> int:
+    """The most ``n`` bytes can take once compressed with ``encoding`` (worst case, incompressible input) by
+    ``stream_compressor``'s codec (``isal``: ISA-L's)."""
     if encoding in ("identity", ""):
         return n
     if encoding == "zstd":  # ZSTD_COMPRESSBOUND (zstd.h)
         return n + (n >> 8) + ((128 * 1024 - n) >> 11 if n < 128 * 1024 else 0) + _BOUND_SLACK
+    if isal:
+        # ISA-L states no bound, and writes a block stored only while the block's input is still at hand
+        # (igzip.c create_icf_block_hdr), so streamed input may come out Huffman-coded and larger (measured
+        # on random bytes: up to 0.12%, where zlib's compressBound allows 0.03%). Allowed here: 9 bits a
+        # literal (an optimal code for 257 symbols needs fewer), and a block header (at most 328 bytes,
+        # ISAL_DEF_MAX_HDR_SIZE) for every 10 KiB (level 1 blocks hold up to 64 Ki tokens) and for the block
+        # a flush ends.
+        return n + (n >> 3) + (n >> 5) + 1024 + _BOUND_SLACK
     return n + (n >> 12) + (n >> 14) + (n >> 25) + 13 + _BOUND_SLACK  # zlib's compressBound (zlib.h)
 
 

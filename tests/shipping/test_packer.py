@@ -47,10 +47,12 @@ def mixed_items(n: int, seed: int = 1) -> list[tuple[bytes, int]]:
     return items
 
 
-@pytest.mark.parametrize("codec", ["gzip", "deflate", "zstd", "identity"])
-def test_no_payload_over_a_limit_items_whole_and_in_order_counts_exact(codec):
+@pytest.mark.parametrize("codec, level", [("gzip", None), ("gzip", 1), ("deflate", None), ("deflate", 1),
+                                          ("zstd", None), ("identity", None)])
+def test_no_payload_over_a_limit_items_whole_and_in_order_counts_exact(codec, level):
+    """Level 1 gzip and deflate: ISA-L's codec where installed (compression.isal_fits)."""
     items = mixed_items(600)
-    enc = encoding(codec)
+    enc = encoding(codec, level=level)
     payloads, too_large = pack(enc, items)
     assert too_large == [] and len(payloads) >= 3
     got = []
@@ -68,13 +70,50 @@ def test_no_payload_over_a_limit_items_whole_and_in_order_counts_exact(codec):
     assert sum(p.items for p in payloads) == sum(events for _, events in items)
 
 
-def test_the_compressed_limit_binds_for_incompressible_items():
+# Level 1 where ISA-L is installed: its worst case allows a constant KiB more (compression.compress_bound)
+@pytest.mark.parametrize("level, packed_over", [(None, 9_000), (1, 9_000 if not compression.isal_fits("gzip", 1)
+                                                                  else 8_000)])
+def test_the_compressed_limit_binds_for_incompressible_items(level, packed_over):
     items = [(os.urandom(500), 1) for _ in range(200)]  # 100 kB that does not compress
-    enc = encoding("gzip", framing=Framing(), max_bytes=10_000, max_uncompressed=1 << 20)
+    enc = encoding("gzip", framing=Framing(), max_bytes=10_000, max_uncompressed=1 << 20, level=level)
     payloads, _ = pack(enc, items)
     assert all(len(p.body) <= 10_000 for p in payloads)
-    assert max(len(p.body) for p in payloads) > 9_000  # packed close to the limit, not far below it
+    assert max(len(p.body) for p in payloads) > packed_over  # packed close to the limit, not far below it
     assert sum(p.items for p in payloads) == 200
+
+
+needs_isal = pytest.mark.skipif(not compression.isal_fits("gzip", 1),
+                                reason="python-isal is not installed (or LLMSHIP_NO_EXTENSIONS is set)")
+
+
+@needs_isal
+@pytest.mark.parametrize("codec", ["gzip", "deflate"])
+def test_isa_l_and_its_zlib_twin_pack_the_same_items_into_the_same_payloads(codec, monkeypatch):
+    """Level 1 is ISA-L's codec where installed, zlib's (the twin) where not: other bytes on the wire, the
+    same payloads once inflated, item boundaries and counts."""
+    items = mixed_items(300, seed=5)
+    enc = encoding(codec, level=1, max_bytes=1 << 20, max_uncompressed=1 << 20)
+    fast, _ = pack(enc, items)
+    monkeypatch.setattr(compression, "_isal_zlib", None)
+    twin, _ = pack(enc, items)
+    assert len(fast) == len(twin) == 1
+    assert fast[0].body != twin[0].body  # ISA-L's own deflate stream: it was used
+    assert decompress(fast[0].body, codec, BIG) == decompress(twin[0].body, codec, BIG)
+    assert (fast[0].lengths, fast[0].counts, fast[0].items) == (twin[0].lengths, twin[0].counts, twin[0].items)
+
+
+@needs_isal
+def test_an_item_too_large_for_isa_ls_bound_goes_in_a_zlib_payload_within_the_limit():
+    """ISA-L's worst case is looser than zlib's: an incompressible item that fits alone only by zlib's bound
+    makes its payload zlib's, still shipped and within the limit; a smaller one after it starts an ISA-L one."""
+    enc = encoding("gzip", level=1, framing=Framing(), max_bytes=10_000, max_uncompressed=1 << 20)
+    probe = Packer(enc, lambda payload: None)
+    assert probe._max_isal_item < probe.max_item  # the bounds differ
+    big, small = os.urandom(probe.max_item), os.urandom(100)
+    payloads, too_large = pack(enc, [(big, 1), (small, 1)])
+    assert too_large == [] and [p.items for p in payloads] == [1, 1]
+    assert all(len(p.body) <= 10_000 for p in payloads)
+    assert [decompress(p.body, "gzip", BIG) for p in payloads] == [big, small]
 
 
 def test_max_items_cuts_and_a_full_payload_goes_at_once():
@@ -103,8 +142,8 @@ def test_compression_is_fed_in_small_steps(monkeypatch):
     sizes: list[int] = []
     real = compression.stream_compressor
 
-    def recording(encoding_name, level=None):
-        compressor, mode = real(encoding_name, level)
+    def recording(encoding_name, level=None, isal=False):
+        compressor, mode = real(encoding_name, level, isal)
 
         class Recording:
             def compress(self, data):

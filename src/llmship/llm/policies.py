@@ -134,7 +134,7 @@ def make_workflow(call: LLMCall) -> None:
 class TagSet:
     """A call's tags in every form they are used, computed once per distinct identity."""
 
-    __slots__ = ("values", "metric_tags", "with_agent_tags", "log_tags")
+    __slots__ = ("values", "span_tags", "metric_tags", "with_agent_tags", "log_tags")
 
     def __init__(self, call: LLMCall, agent_tags: dict[str, str]) -> None:
         identity: dict[str, str] = {}  # key -> normalized "key:value"
@@ -148,6 +148,9 @@ class TagSet:
             identity["tokens_estimated"] = "tokens_estimated:true"
         # the values as they read in the normalized tags (span meta and sample log fields)
         self.values = {key: tag[len(key) + 1:] for key, tag in identity.items()}
+        # what tag_span adds to the APM span that carries the call: (key, value) for each it has
+        self.span_tags = tuple((key, self.values[key]) for key in ("model", "provider", "endpoint")
+                               if key in self.values)
         # the aggregator completes metric tags with the agent's tags for keys they lack
         self.metric_tags = ",".join(identity.values())
         # key -> tag: the call's own, then the agent's for the keys it lacks
@@ -172,10 +175,9 @@ class Tags:
         """The APM span carrying a call says its model, provider and endpoint too, as normalized tags.
         ``tag_set``: ``of(call)``, when the caller has it."""
         meta = call.span.meta
-        values = (tag_set or self.of(call)).values
-        for key in ("model", "provider", "endpoint"):
-            if key in values and key not in meta:
-                meta[key] = values[key]
+        for key, value in (tag_set or self.of(call)).span_tags:
+            if key not in meta:
+                meta[key] = value
 
     def tag_event(self, event: LLMObsEvent, call: LLMCall, markers: list[str], tag_set: TagSet | None = None) -> None:
         tags = event.get("tags")

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from llmship import protobuf as pb
-from llmship.compression import compress_bound, stream_compressor
+from llmship.compression import compress_bound, isal_fits, stream_compressor
 from llmship.delivery.payload import Framing, Payload, Route
 
 # Uncompressed bytes that may wait before they are fed to the compressor: each feed is one small call
@@ -64,11 +64,12 @@ def accepted(configured: str, accepts: Iterable[str], fallback: str = "gzip") ->
     return configured if configured in accepts else fallback
 
 
-def _max_fitting(encoding: str, space: int) -> int:
-    """The most uncompressed bytes whose worst-case compressed size fits in ``space``."""
+def _max_fitting(encoding: str, space: int, isal: bool = False) -> int:
+    """The most uncompressed bytes whose worst-case compressed size (by ISA-L's codec when ``isal``) fits in
+    ``space``."""
     n = space
-    while n > 0 and (excess := compress_bound(encoding, n) - space) > 0:
-        n -= excess  # the bound shrinks about as fast as n: this ends in a step or two
+    while n > 0 and (excess := compress_bound(encoding, n, isal) - space) > 0:
+        n -= excess  # the bound shrinks about as fast as n: this ends in a few steps
     return max(0, n)
 
 
@@ -127,8 +128,13 @@ class Packer:
                 pending.append(separator)
                 pending.append(item)
                 self._raw = raw
-            else:  # the payload's first item: its codec is made, and the max-age clock starts
-                self._compressor, self._flush_mode = stream_compressor(self._enc.compression, self._enc.level)
+            else:  # the payload's first item: its codec is made (ISA-L's unless the item is too large for its
+                # looser bound), and the max-age clock starts
+                self._isal = n <= self._max_isal_item
+                self._compressor, self._flush_mode = stream_compressor(self._enc.compression, self._enc.level,
+                                                                       self._isal)
+                if self._isal:
+                    self._set_segment(0, _max_fitting(self._enc.compression, self._enc.max_bytes, True))
                 self._oldest = time.monotonic()
                 self._pending.append(item)
                 self._raw += n
@@ -165,15 +171,22 @@ class Packer:
         self._separator, self._separator_len, self._tail_len = f.separator, len(f.separator), len(f.tail)
         self._max_uncompressed = encoding.max_uncompressed
         self._max_items = encoding.max_items if encoding.max_items is not None else float("inf")
-        # The largest item that fits alone, below both limits.
-        alone = min(encoding.max_uncompressed, _max_fitting(encoding.compression, encoding.max_bytes))
-        self._max_item = alone - len(f.head) - len(f.tail)
+        # The largest item that fits alone, below both limits (zlib's bound: the codec of a payload whose first
+        # item is too large for ISA-L's looser one, _max_isal_item).
+        framed = len(f.head) + len(f.tail)
+        self._max_item = min(encoding.max_uncompressed,
+                             _max_fitting(encoding.compression, encoding.max_bytes)) - framed
+        self._max_isal_item = -1
+        if isal_fits(encoding.compression, encoding.level):
+            self._max_isal_item = min(encoding.max_uncompressed,
+                                      _max_fitting(encoding.compression, encoding.max_bytes, True)) - framed
 
     def _open(self) -> None:
         enc = self._enc
         # Made for the first item: an idle destination holds no codec state (gzip's is ~256 KiB).
         self._compressor: object | None = None
         self._flush_mode: int | None = None
+        self._isal = False  # the payload's codec is ISA-L's (decided with its first item)
         self._chunks: list[bytes] = []  # compressed so far
         self._out = 0  # their length
         self._flushed = 0  # compressed length as of the last flush of the compressor (exact then)
@@ -208,7 +221,8 @@ class Packer:
         self._out += len(flushed)
         self._flushed = self._out
         self._repacks += 1
-        self._set_segment(self._raw, _max_fitting(self._enc.compression, self._enc.max_bytes - self._flushed))
+        self._set_segment(self._raw, _max_fitting(self._enc.compression, self._enc.max_bytes - self._flushed,
+                                                  self._isal))
         return end <= self._segment_end
 
     def _count(self, events: int) -> None:

@@ -65,11 +65,13 @@ class Sampler:
         self.span_text_rate = sampling_cfg.span_text_rate
         self.prompt_log_rate = sampling_cfg.prompt_log_rate
         self._rules = [_CompiledRule(rule) for rule in sampling_cfg.rules]
-        # (service, model, endpoint) as sent -> (first matching rule, span text rate, prompt log rate or None)
-        self._decisions: dict[tuple[str, str, str], tuple[SamplingRule | None, float, float | None]] = {}
+        # (service, model, endpoint) as sent -> what _rates returns
+        self._decisions: dict[tuple[str, str, str], tuple[SamplingRule | None, float, float | None, int, int]] = {}
 
     def _rates(self, service: str, model: str, endpoint: str
-               ) -> tuple[SamplingRule | None, float, float | None]:
+               ) -> tuple[SamplingRule | None, float, float | None, int, int]:
+        """(first matching rule, span text rate, prompt log rate or None, and for ``decide`` the thresholds of
+        the span text rate and of the prompt log rate that applies: made once per combination)."""
         sent = (service, model, endpoint)
         found = self._decisions.get(sent)  # remembered as sent: a hit needs no lowering
         if found is not None:
@@ -89,7 +91,10 @@ class Sampler:
                 prompt_log_rate = rule.prompt_log_rate
             if span_text_rate is not None and prompt_log_rate is not None:
                 break
-        found = (first, self.span_text_rate if span_text_rate is None else span_text_rate, prompt_log_rate)
+        if span_text_rate is None:
+            span_text_rate = self.span_text_rate
+        found = (first, span_text_rate, prompt_log_rate, threshold(span_text_rate),
+                 threshold(self.prompt_log_rate if prompt_log_rate is None else prompt_log_rate))
         if len(self._decisions) >= _MAX_CACHED_MATCHES:
             self._decisions.clear()
         self._decisions[sent] = found
@@ -101,13 +106,12 @@ class Sampler:
         rule decides (else False), from one look at the rules and one hash: what an LLM call needs."""
         if error:
             return True, prompt_log
-        _, text_rate, log_rate = self._rates(service, model, endpoint)
-        if log_rate is None:
-            log_rate = self.prompt_log_rate
+        _, text_rate, log_rate, text_bound, log_bound = self._rates(service, model, endpoint)
         if trace_id is None:  # a coin for each, as keep_span_text then keep_prompt_log would throw them
-            return random.random() < text_rate, prompt_log and random.random() < log_rate
+            return random.random() < text_rate, prompt_log and random.random() < (
+                self.prompt_log_rate if log_rate is None else log_rate)
         hashed = trace_hash(trace_id)
-        return hashed < threshold(text_rate), prompt_log and hashed < threshold(log_rate)
+        return hashed < text_bound, prompt_log and hashed < log_bound
 
     def rule_for(self, service: str, model: str, endpoint: str) -> SamplingRule | None:
         """The first rule whose globs all match, or None."""
