@@ -277,6 +277,19 @@ def test_tagging_compiled_and_twin_agree(pairs, config):
 @given(texts(60))
 def test_the_cached_utf8_is_the_utf8(text):
     """The compiled path caches a cut text's UTF-8 in it for orjson: the same bytes as encoding it."""
+    check_cached_utf8(text)
+
+
+@needs_native
+@pytest.mark.parametrize("text", ["日" * 21845, "日" * 21846, "👍" * 16383, "👍" * 16384, "a" * 70000 + "é",
+                                  "é" * 40000 + "\ud800"])
+def test_the_cached_utf8_of_long_texts_is_the_utf8(text):
+    """Texts whose UTF-8 may take up to 64 KiB are written in a scratch buffer, longer ones in their own block
+    (these are either side of that bound): the same bytes either way."""
+    check_cached_utf8(text)
+
+
+def check_cached_utf8(text: str) -> None:
     import sys
 
     import orjson

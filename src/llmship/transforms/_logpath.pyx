@@ -61,10 +61,19 @@ cdef extern from *:
     #include <emmintrin.h>
     #endif
 
+    #if LLMSHIP_FILL_UTF8
+    /* Where the UTF-8 is written first (static: used under the GIL, and only the pages written are ever
+       resident), then copied into a block of its exact size: cheaper than allocating the most it can take
+       and shrinking it (a realloc). A text that could take more than LLMSHIP_SCRATCH_MAX bytes is written in
+       a block of its own, shrunk after, as before. */
+    #define LLMSHIP_SCRATCH_MAX (64 * 1024)
+    static unsigned char llmship_scratch[LLMSHIP_SCRATCH_MAX];
+    #endif
+
     static int llmship_fill_utf8(PyObject *s) {
     #if LLMSHIP_FILL_UTF8
         PyCompactUnicodeObject *c;
-        Py_ssize_t n, i = 0, len;
+        Py_ssize_t n, i = 0, len, most;
         int kind;
         const void *data;
         unsigned char *buf, *o, *shrunk;
@@ -78,8 +87,9 @@ cdef extern from *:
         data = PyUnicode_DATA(s);
         if (n > (PY_SSIZE_T_MAX - 1) / 4)
             return 0;
-        /* the most it can take (a code point of kind k takes at most k + 1 bytes, and 4), shrunk after */
-        buf = (unsigned char *) PyObject_Malloc(n * (kind == PyUnicode_4BYTE_KIND ? 4 : kind + 1) + 1);
+        /* the most it can take (a code point of kind k takes at most k + 1 bytes, and 4), NUL included */
+        most = n * (kind == PyUnicode_4BYTE_KIND ? 4 : kind + 1) + 1;
+        buf = most <= LLMSHIP_SCRATCH_MAX ? llmship_scratch : (unsigned char *) PyObject_Malloc(most);
         if (buf == NULL)
             return 0;  /* orjson will encode it itself */
         o = buf;
@@ -121,7 +131,8 @@ cdef extern from *:
                     *o++ = 0xC0 | (ch >> 6);
                     *o++ = 0x80 | (ch & 0x3F);
                 } else if ((ch & 0xF800) == 0xD800) {  /* a surrogate: no UTF-8 */
-                    PyObject_Free(buf);
+                    if (buf != llmship_scratch)
+                        PyObject_Free(buf);
                     return 0;
                 } else {
                     *o++ = 0xE0 | (ch >> 12);
@@ -140,7 +151,8 @@ cdef extern from *:
                     *o++ = 0x80 | (ch & 0x3F);
                 } else if (ch < 0x10000) {
                     if ((ch & 0xFFFFF800) == 0xD800) {
-                        PyObject_Free(buf);
+                        if (buf != llmship_scratch)
+                            PyObject_Free(buf);
                         return 0;
                     }
                     *o++ = 0xE0 | (ch >> 12);
@@ -156,8 +168,17 @@ cdef extern from *:
         }
         len = o - buf;
         *o = 0;
-        shrunk = (unsigned char *) PyObject_Realloc(buf, len + 1);
-        c->utf8 = (char *) (shrunk != NULL ? shrunk : buf);
+        if (buf == llmship_scratch) {
+            shrunk = (unsigned char *) PyObject_Malloc(len + 1);
+            if (shrunk == NULL)
+                return 0;
+            memcpy(shrunk, buf, len + 1);
+        } else {
+            shrunk = (unsigned char *) PyObject_Realloc(buf, len + 1);
+            if (shrunk == NULL)
+                shrunk = buf;
+        }
+        c->utf8 = (char *) shrunk;
         c->utf8_length = len;
         return 1;
     #else
