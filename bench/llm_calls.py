@@ -14,7 +14,12 @@ to run; two runs then agree within about 0.1%). ``--config``: ``default`` (the b
 config: zstd, gzip for LLM Observability) or ``scrub`` (user scrub rules, a field policy, text and log
 sampling rules, a short max_text_chars). ``--evp``: the share of EVP proxy events among the calls.
 ``--dump``: the decompressed payload bodies by kind, the flushed series and sketches, and the telemetry
-counters, as JSON.
+counters, as JSON: deterministic for a given version, so a change that must not change outputs is checked by
+dumping before and after it and comparing the files (``cmp``), for each config, with and without ``--evp``:
+
+    for c in default scrub; do for e in 0 0.3; do
+      .venv/bin/python bench/llm_calls.py --config $c --evp $e --requests 12 --dump /tmp/before-$c-$e.json
+    done; done        # then the same after the change, to /tmp/after-*, and cmp each pair
 """
 
 from __future__ import annotations
