@@ -26,23 +26,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from llmship.config import load_config_text  # noqa: E402
-from llmship.llm.stage import LLMStage  # noqa: E402
+from llmship.agent import build_processing  # noqa: E402
 from llmship.aggregation import Aggregator  # noqa: E402
+from llmship.config import load_config_text  # noqa: E402
 from llmship.model import TracerInfo  # noqa: E402
 from llmship.processing import Emitter  # noqa: E402
 from llmship.shipping.router import Router  # noqa: E402
-from llmship.sinks.llmobs import LLMObsSink  # noqa: E402
-from llmship.sinks.logs import LogsSink  # noqa: E402
 from llmship.sinks.metrics import MetricsSink  # noqa: E402
-from llmship.sinks.traces import TraceSink  # noqa: E402
 from llmship.sources import otlp_map  # noqa: E402
 from llmship.sources.otlp import TRACES, decode_request  # noqa: E402
 from llmship.sources.traces import decode_v04  # noqa: E402
 from llmship.telemetry import Telemetry  # noqa: E402
-from llmship.transforms.logs import LogProcessor  # noqa: E402
-from llmship.transforms.sampling import Sampler  # noqa: E402
-from llmship.transforms.scrub import Scrubber  # noqa: E402
 
 CAPTURES = ROOT / "tests" / "fixtures" / "captures"
 CALLS = 6
@@ -54,16 +48,17 @@ class NullDelivery:
 
 
 def emitter() -> Emitter:
+    """The processing plane as `llmship run` builds it (agent.build_processing), around a real router whose
+    payloads are dropped."""
     cfg = load_config_text('[agent]\nhostname = "bench"\n')
     tel = Telemetry()
     drop = lambda payload: True  # noqa: E731
-    scrubber = Scrubber(cfg.scrub.rules, tel.component("scrub"))
     router = Router(telemetry=tel, aggregator=Aggregator(cfg, tel), delivery=NullDelivery(),
-                    metrics_sink=MetricsSink(cfg, drop, tel), trace_sink=TraceSink(cfg, drop, tel),
-                    llmobs_sink=LLMObsSink(cfg, drop, tel), logs_sink=LogsSink(cfg, drop, tel))
+                    metrics_sink=MetricsSink(cfg, drop, tel), trace_sink=None, llmobs_sink=None, logs_sink=None)
+    processing = build_processing(cfg, tel, router, submit=drop)
+    router.attach_sinks(*processing.sinks)
     router._counted.add = router._shipped.add = lambda span_id: True  # the same ids on every request
-    return Emitter(telemetry=tel, router=router, llm=LLMStage(cfg, scrubber, tel),
-                   log_processor=LogProcessor(cfg, Sampler(cfg.llm.sampling), scrubber, tel))
+    return processing.emitter
 
 
 def v04(em: Emitter, body: bytes) -> None:
