@@ -4,13 +4,11 @@ delivery (payloads are collected). For callgrind instruction counts a call, and 
 produce for the same input.
 
     .venv/bin/python bench/llm_calls.py --requests 20                       # µs a call (timings drift)
-    PYTHONHASHSEED=0 valgrind --tool=callgrind --instr-atstart=no .venv/bin/python bench/llm_calls.py \
-        --callgrind                                                         # instructions a call
+    .venv/bin/python bench/llm_calls.py --callgrind                        # instructions a call
     .venv/bin/python bench/llm_calls.py --config scrub --dump out.json      # every output, decoded
 
-``--callgrind`` switches instrumentation on (callgrind_control) around the measured requests only, after
-``--warmup`` requests, and prints the instructions a call (PYTHONHASHSEED=0: the same dict layouts from run
-to run; two runs then agree within about 0.1%). ``--config``: ``default`` (the bench agent's
+``--callgrind`` runs it again under callgrind (bench/callgrind.py), counting the measured requests only, after
+``--warmup`` requests, and prints the instructions a call (two runs agree within about 0.1%). ``--config``: ``default`` (the bench agent's
 config: zstd, gzip for LLM Observability) or ``scrub`` (user scrub rules, a field policy, text and log
 sampling rules, a short max_text_chars). ``--evp``: the share of EVP proxy events among the calls.
 ``--dump``: the decompressed payload bodies by kind, the flushed series and sketches, and the telemetry
@@ -25,13 +23,11 @@ dumping before and after it and comparing the files (``cmp``), for each config, 
 from __future__ import annotations
 
 import argparse
-import glob
 import json
-import os
-import subprocess
 import sys
 import time
 
+import callgrind  # bench/callgrind.py
 import mixes  # bench/mixes.py
 from common import Workload  # bench/common.py
 
@@ -148,22 +144,6 @@ def _counters(telemetry: Telemetry):
             yield name, key, value
 
 
-def _callgrind(switch: str) -> None:
-    subprocess.run(["callgrind_control", "-i", switch, str(os.getpid())], check=True, capture_output=True)
-
-
-def _callgrind_zero() -> None:
-    """Counts from here: not the switching on, which callgrind counts to the first block it runs."""
-    subprocess.run(["callgrind_control", "-z", str(os.getpid())], check=True, capture_output=True)
-
-
-def _callgrind_total() -> int:
-    subprocess.run(["callgrind_control", "-d", str(os.getpid())], check=True, capture_output=True)
-    dump = max(glob.glob(f"callgrind.out.{os.getpid()}.*"), key=lambda name: int(name.rsplit(".", 1)[1]))
-    total = next(int(line.split()[1]) for line in open(dump) if line.startswith(("summary:", "totals:")))
-    return total
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", choices=sorted(CONFIGS), default="default")
@@ -173,6 +153,12 @@ def main() -> int:
     parser.add_argument("--callgrind", action="store_true", help="count instructions (run under callgrind)")
     parser.add_argument("--dump", help="write every output, decoded, to this JSON file")
     args = parser.parse_args()
+    if args.callgrind and not callgrind.in_child():
+        counted = callgrind.run(sys.argv[1:])
+        calls = int(counted.stdout.split()[0])
+        print(f"{counted.instructions / calls:,.0f} instructions a call ({counted.stdout.strip()})")
+        counted.cleanup()
+        return 0
     pipeline = Pipeline(args.config)
     workload = Workload("llm", 100 // len(mixes.traces("llm", 1)[0]), 20, args.evp, 0)
     warmup = [workload.next() for _ in range(args.warmup)]
@@ -180,17 +166,13 @@ def main() -> int:
     calls = sum(r.llmobs if r.kind == "traces" else r.spans for r in measured)
     for request in warmup:
         pipeline.take(request)
-    if args.callgrind:
-        _callgrind("on")
-        _callgrind_zero()
     start = time.perf_counter()
-    for request in measured:
-        pipeline.take(request)
+    with callgrind.measured():
+        for request in measured:
+            pipeline.take(request)
     elapsed = time.perf_counter() - start
-    if args.callgrind:
-        total = _callgrind_total()
-        _callgrind("off")
-        print(f"{total / calls:,.0f} instructions a call ({calls} calls, config {args.config})")
+    if args.callgrind:  # the parent divides what callgrind counted by this
+        print(f"{calls} calls, config {args.config}")
     else:
         print(f"{elapsed / calls * 1e6:.1f} µs a call ({calls} calls, config {args.config})")
     if args.dump:
