@@ -71,7 +71,7 @@ cdef enum:
 
 # Raised with every change of what this module offers or takes (spanenc.NATIVE_API_VERSION): a build from an
 # older source is then left unused rather than called wrongly.
-API_VERSION = 4
+API_VERSION = 5
 DEFAULT_SERVICE_NAME = "service"
 DEFAULT_SPAN_NAME = "service.trace"
 LLMOBS_STRUCT_KEY = "_llmobs"
@@ -588,6 +588,48 @@ def llm_carriers(spans):
         if type_ == "llm" or LLMOBS_STRUCT_KEY in meta_struct:
             out.append(span)
     return out
+
+
+# ------------------------------------------------------------------------------- the source's poison check
+
+cdef extern from "Python.h":
+    PyObject* PyDict_GetItemWithError(object d, object key) except? NULL
+    long long PyLong_AsLongLongAndOverflow(object o, int* overflow) except? -1
+    bint PyDict_CheckExact(object o) noexcept
+
+cdef extern from "math.h":
+    bint isfinite(double x) noexcept
+
+SAMPLING_PRIORITY_KEY = "_sampling_priority_v1"
+
+
+def poison_free(chunks):
+    """True when ``sources.traces.drop_poison`` would find nothing to remove in ``chunks``: every span a
+    Span whose sampling priority, if any, is a finite float and whose start, duration and error are ints
+    within int64 (what the typed decoders give). False means only "not sure": drop_poison then looks."""
+    cdef int overflow
+    cdef int i
+    cdef PyObject* priority
+    for chunk in chunks:
+        for span in chunk:
+            if type(span) is not _Span or not _all_set(span):
+                return False
+            metrics = _slot(span, 10)
+            if not PyDict_CheckExact(metrics):
+                return False
+            priority = PyDict_GetItemWithError(metrics, SAMPLING_PRIORITY_KEY)
+            if priority != NULL and not (PyFloat_CheckExact(<object>priority)
+                                         and isfinite(PyFloat_AS_DOUBLE(<object>priority))):
+                return False
+            for i in range(6, 9):  # start, duration, error
+                value = _slot(span, i)
+                if not PyLong_CheckExact(value):
+                    return False
+                overflow = 0
+                PyLong_AsLongLongAndOverflow(value, &overflow)
+                if overflow:
+                    return False
+    return True
 
 
 # ------------------------------------------------------------------------------- the scrub's gathering

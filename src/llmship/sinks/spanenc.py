@@ -284,7 +284,7 @@ def _plain_attribute(value: Any, depth: int) -> Any:
 # ------------------------------------------------------------------------------------- the choice
 
 
-NATIVE_API_VERSION = 4  # _spanenc.pyx's API_VERSION this module calls
+NATIVE_API_VERSION = 5  # _spanenc.pyx's API_VERSION this module calls
 
 
 def _load_native() -> Any:
@@ -311,3 +311,5 @@ span_candidates = getattr(_native, "span_candidates", None) if NATIVE else None
 decode_v04_spans = getattr(_native, "decode_v04_spans", None) if NATIVE else None
 # The LLM stage's scan for spans that carry a call (llm.extract.carriers); None: its Python twin.
 llm_carriers = getattr(_native, "llm_carriers", None) if NATIVE else None
+# The trace source's check that drop_poison has nothing to do (sources.traces); None: drop_poison looks.
+poison_free = getattr(_native, "poison_free", None) if NATIVE else None

@@ -66,6 +66,7 @@ from llmship.config import Config, parse_host_port
 from llmship.model import LLMOBS_STRUCT_KEY, SAMPLING_PRIORITY_KEY, LLMObsEvent, Span, TracerInfo, root_span
 from llmship.log import RateLimited, get_logger
 from llmship.sinks.spanenc import decode_v04_spans as _compiled_v04
+from llmship.sinks.spanenc import poison_free as _poison_free
 from llmship.sinks.traces import AGENT_VERSION
 
 # 5 s: the Agent's receiver ReadTimeout when apm_config.receiver_timeout is 0 (pkg/trace/api/api.go)
@@ -538,7 +539,11 @@ def drop_poison(chunks: Chunks) -> int:
     """Remove, in place, the values the span encoder and the sampler cannot carry, so they cost only
     themselves, never the payload around them: a non-finite sampling priority (the trace writer reads it
     as an integer), and a start, duration or error outside int64 (only the tolerant decoder lets one
-    through: the typed decode refuses it). Returns how many values were removed."""
+    through: the typed decode refuses it). Returns how many values were removed. The compiled
+    ``poison_free`` (sinks/_spanenc.pyx) first tells in one pass over the spans' slots when none is there,
+    as for nearly every payload."""
+    if _poison_free is not None and _poison_free(chunks):
+        return 0
     removed = 0
     for chunk in chunks:
         for span in chunk:
