@@ -5,21 +5,17 @@ and steadier figure than bench/instructions.py's live agent for work on the deco
     .venv/bin/python bench/spans_instructions.py                 # web mix: about a minute
     .venv/bin/python bench/spans_instructions.py --mix llm --stage decode
 
-Runs itself under callgrind with instrumentation off, warms up on a few bodies, switches instrumentation on
-(`callgrind_control -i on`), processes ``--bodies`` bodies of 100 spans with fresh ids each (bench/common.py
-TracePayloads), and divides. The mix repeats its tag values from span to span (and its service names, meta
+Runs itself under callgrind (bench/callgrind.py), warms up on a few bodies, counts while it processes
+``--bodies`` bodies of 100 spans with fresh ids each (bench/common.py TracePayloads), and divides. The mix repeats its tag values from span to span (and its service names, meta
 keys and most meta values are the same in every body): caches keyed by value are flattered by it.
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
-import os
-import subprocess
-import sys
-import tempfile
+import shutil
 
+import callgrind  # bench/callgrind.py
 import mixes  # bench/mixes.py
 from common import TracePayloads, in_process_topology  # bench/common.py
 
@@ -40,12 +36,10 @@ def child(args) -> None:
     run = stages[args.stage]
     for body in bodies[:WARMUP_BODIES]:
         run(body)
-    print(f"ready {payloads.spans}", flush=True)
-    sys.stdin.readline()  # the parent switches instrumentation on meanwhile
-    for body in bodies[WARMUP_BODIES:]:
-        run(body)
-    print("done", flush=True)
-    sys.stdin.readline()
+    with callgrind.measured():
+        for body in bodies[WARMUP_BODIES:]:
+            run(body)
+    print(payloads.spans)
 
 
 def main() -> None:
@@ -54,32 +48,15 @@ def main() -> None:
     parser.add_argument("--stage", choices=("all", "decode"), default="all")
     parser.add_argument("--bodies", type=int, default=20)
     parser.add_argument("--keep", metavar="FILE", help="copy the callgrind dump there (for callgrind_annotate)")
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
+    if callgrind.in_child():
         return child(args)
-    with tempfile.TemporaryDirectory(prefix="llmship-spans-cg-") as tmp:
-        out = os.path.join(tmp, "cg.out")
-        proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p",
-                                 "--instr-atstart=no", sys.executable, __file__, "--child", "--mix", args.mix,
-                                 "--stage", args.stage, "--bodies", str(args.bodies)],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        try:
-            spans = int(proc.stdout.readline().split()[1])
-            subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], check=True, capture_output=True)
-            proc.stdin.write("go\n")
-            proc.stdin.flush()
-            assert proc.stdout.readline().strip() == "done"
-            subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
-            dump = sorted(glob.glob(f"{out}.{proc.pid}.*"))[-1]
-            total = next(int(line.split()[1]) for line in open(dump) if line.startswith(("summary:", "totals:")))
-            if args.keep:
-                subprocess.run(["cp", dump, args.keep], check=True)
-        finally:
-            proc.stdin.close()
-            proc.wait(60)
-    per_span = total / (spans * args.bodies)
-    print(f"{args.mix} mix, {args.stage}: {per_span:,.0f} instructions a span "
+    counted = callgrind.run(["--mix", args.mix, "--stage", args.stage, "--bodies", str(args.bodies)])
+    if args.keep:
+        shutil.copy(counted.out, args.keep)
+    counted.cleanup()
+    spans = int(counted.stdout.split()[0])
+    print(f"{args.mix} mix, {args.stage}: {counted.instructions / (spans * args.bodies):,.0f} instructions a span "
           f"({args.bodies} bodies of {spans} spans)")
 
 
