@@ -86,7 +86,8 @@ def synthetic() -> list[bytes]:
     return [
         request({"service.name": "web", "deployment.environment.name": "Prod", "service.version": "1.0",
                  "telemetry.sdk.language": "python", "telemetry.sdk.version": "1.45", "container.id": "abc",
-                 "http.request.method": "PUT", "url.full": "http://r", "host.name": "h", "res.int": 4}, [
+                 "http.request.method": "PUT", "url.full": "http://r", "host.name": "h", "res.int": 4,
+                 "http.method": "PATCH", "http.url": "http://u", "res.bytes": b"\x01"}, [
             span(1, {"http.request.method": "GET", "http.route": "/users/{id}", "http.response.status_code": 200,
                      "url.full": "http://x/users/1", "user_agent.original": "curl", "client.address": "1.2.3.4",
                      "http.request.header.x-forwarded-for": ["5.6.7.8"], "sampling.priority": 1}, kind=2),

@@ -178,7 +178,10 @@ def convert_traces(request) -> TracesResult:
         tracer = TracerInfo(language=as_string(res.get("telemetry.sdk.language", "")),
                             tracer_version=f"otlp-{as_string(res.get('telemetry.sdk.version', ''))}",
                             container_id=as_string(res.get("container.id", "")))
-        res_meta = {k: as_string(v) for k, v in res.items() if k not in _APM_KEYS}
+        res_meta: dict[str, str] = {}  # with the HTTP names mapped; the first of two that map to one name
+        for key, value in res.items():
+            if key not in _APM_KEYS:
+                res_meta.setdefault(HTTP_MAPPINGS.get(key, key), as_string(value))
         res_found = _lookups({}, res)
         by_trace: dict[int, list[Span]] = {}
         genai_spans: dict[int, tuple] = {}  # span id -> what from_otlp needs, once the chunk is known
@@ -212,7 +215,8 @@ def convert_traces(request) -> TracesResult:
 
 def _convert_span(otel, attrs: dict, res: dict, res_meta: dict, res_found: dict[str, str], scope,
                   scope_attrs: dict, is_genai: bool) -> tuple[Span, list]:
-    """``res_found``: the resource's answers to the _LOOKUPS."""
+    """``res_meta``: the resource's attributes as meta (HTTP names mapped); ``res_found``: the resource's
+    answers to the _LOOKUPS."""
     trace_id = otel.trace_id
     found = res_found if _LOOKUP_KEYS.isdisjoint(attrs) else _lookups(attrs, res)
     kind = otel.kind if 0 <= otel.kind < len(_KIND_NAMES) else 0
@@ -224,10 +228,11 @@ def _convert_span(otel, attrs: dict, res: dict, res_meta: dict, res_found: dict[
         key = HTTP_MAPPINGS.get(key, key)
         if key.startswith("http.request.header."):
             key = "http.request.headers." + key[len("http.request.header."):]
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        cls = value.__class__  # attr_value's classes exactly: a bool is no int here
+        if cls is int or cls is float:
             metrics.setdefault("_sampling_priority_v1" if key == "sampling.priority" else key, float(value))
         elif key not in meta:
-            meta[key] = as_string(value)
+            meta[key] = value if cls is str else as_string(value)
     status = otel.status
     high = int.from_bytes(trace_id[:8], "big")
     if high:
@@ -241,11 +246,14 @@ def _convert_span(otel, attrs: dict, res: dict, res_meta: dict, res_found: dict[
     if env and "env" not in meta:
         meta["env"] = env.lower()
     events = [(e.name, e.time_unix_nano, attributes(e.attributes)) for e in otel.events]
-    shown = [e for e in events if not (is_genai and e[0].startswith(genai.CONTENT_EVENT_PREFIX))]
-    if shown:
-        meta["events"] = orjson.dumps([_event_json(e) for e in shown], default=_json_default).decode()
-    if any(e[0] == "exception" for e in events):
-        meta["_dd.span_events.has_exception"] = "true"
+    exception = None  # the first exception event's attributes
+    if events:
+        shown = [e for e in events if not (is_genai and e[0].startswith(genai.CONTENT_EVENT_PREFIX))]
+        if shown:
+            meta["events"] = orjson.dumps([_event_json(e) for e in shown], default=_json_default).decode()
+        exception = next((e[2] for e in events if e[0] == "exception"), None)
+        if exception is not None:
+            meta["_dd.span_events.has_exception"] = "true"
     if otel.links:
         meta["_dd.span_links"] = orjson.dumps([_link_json(link) for link in otel.links]).decode()
     if scope.name:
@@ -260,14 +268,12 @@ def _convert_span(otel, attrs: dict, res: dict, res_meta: dict, res_found: dict[
     if status_code == _STATUS_ERROR:
         error = 1
         if "error.msg" not in meta:
-            exception = next((e[2] for e in events if e[0] == "exception"), None)
             message = status.message or (as_string(exception.get("exception.message", "")) if exception else "")
             if message:
                 meta["error.msg"] = message
     for key, value in res_meta.items():
-        mapped = HTTP_MAPPINGS.get(key, key)
-        if mapped not in meta:
-            meta[mapped] = value
+        if key not in meta:
+            meta[key] = value
     meta.update(scope_attrs)
     code = metrics.get("http.status_code")
     if code is not None and code < 0:
