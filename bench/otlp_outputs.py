@@ -132,7 +132,20 @@ def synthetic() -> list[bytes]:
                  events=[trace_pb2.Span.Event(name="gen_ai.user.message", attributes=kvs({"content": "q"})),
                          exception]),
         ]),
-        request({}, [span(1, {}, kind=3), span(2, dict(chat), kind=3, parent=1)]),
+        request({}, [span(1, {}, kind=3), span(2, dict(chat), kind=3, parent=1),
+                     span(3, {"llm.request.type": "chat", "gen_ai.system": "openai", "gen_ai.prompt.1.role": "user",
+                              "gen_ai.prompt.0.role": "system", "gen_ai.prompt.0.content": "be brief",
+                              "gen_ai.prompt.1.content": "hi", "gen_ai.completion.0.role": "assistant",
+                              "gen_ai.completion.0.tool_calls.0.name": "f",
+                              "gen_ai.completion.0.tool_calls.0.arguments": '{"a": 1}',
+                              "gen_ai.usage.prompt_tokens": 5, "llm.usage.total_tokens": 9.0}, parent=1),
+                     span(4, {"openinference.span.kind": "LLM", "llm.model_name": "m", "llm.provider": "x",
+                              "llm.input_messages.0.message.role": "user",
+                              "llm.input_messages.0.message.contents.1.message_content.text": "b",
+                              "llm.input_messages.0.message.contents.0.message_content.text": "a",
+                              "llm.input_messages.1.other": "skipped", "llm.output_messages.0.message.role": "a",
+                              "llm.output_messages.0.message.tool_calls.0.tool_call.function.name": "g",
+                              "llm.token_count.prompt": 3}, parent=1)]),
     ]
 
 
