@@ -43,6 +43,7 @@ attributes), severity -> ``status``, attributes and resource attributes as attri
 from __future__ import annotations
 
 import base64
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -223,11 +224,9 @@ def _convert_span(otel, attrs: dict, res: dict, res_meta: dict, res_found: dict[
     meta: dict[str, str] = {}
     metrics: dict[str, float] = {}
     for key, value in attrs.items():
-        if key in _APM_KEYS or (is_genai and genai.is_content_key(key)):
+        key = _meta_key_cached(key, is_genai) if len(key) <= _MAX_CACHED_KEY_CHARS else _meta_key(key, is_genai)
+        if key is None:
             continue
-        key = HTTP_MAPPINGS.get(key, key)
-        if key.startswith("http.request.header."):
-            key = "http.request.headers." + key[len("http.request.header."):]
         cls = value.__class__  # attr_value's classes exactly: a bool is no int here
         if cls is int or cls is float:
             metrics.setdefault("_sampling_priority_v1" if key == "sampling.priority" else key, float(value))
@@ -293,6 +292,23 @@ def _convert_span(otel, attrs: dict, res: dict, res_meta: dict, res_found: dict[
         type=found["type"] or _span_type(found, kind),
     )
     return span, events
+
+
+def _meta_key(key: str, is_genai: bool) -> str | None:
+    """The meta or metrics key a span attribute goes to (the HTTP names mapped, request headers renamed), or
+    None for one that stays off the span: the APM convention keys, and on GenAI spans the content."""
+    if key in _APM_KEYS or (is_genai and genai.is_content_key(key)):
+        return None
+    key = HTTP_MAPPINGS.get(key, key)
+    if key.startswith("http.request.header."):
+        return "http.request.headers." + key[len("http.request.header."):]
+    return key
+
+
+# An instrumentation sends the same keys on every span: their mapping is remembered, for keys short enough
+# that what is remembered stays small (4096 keys of at most 128 characters) whatever clients send.
+_MAX_CACHED_KEY_CHARS = 128
+_meta_key_cached = functools.lru_cache(maxsize=4096)(_meta_key)
 
 
 def _first(attrs: dict, res: dict, keys) -> str:
