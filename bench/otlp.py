@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/otlp.py            # about 20 s
     .venv/bin/python bench/otlp.py --quick    # about 4 s
+    PYTHONHASHSEED=0 valgrind --tool=callgrind --instr-atstart=no .venv/bin/python bench/otlp.py \
+        --callgrind                               # instructions a call (bench/llm_calls.py's way)
 
 Both workloads are what real clients sent for six OpenAI chat calls (one with a 600-word prompt, one with an
 e-mail address, one streamed, one failing): ddtrace 4.16's v0.4 payload (captures/ddtrace-4.16: 12 spans,
@@ -25,6 +27,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from llm_calls import _callgrind, _callgrind_total, _callgrind_zero  # noqa: E402
 
 from llmship.agent import build_processing  # noqa: E402
 from llmship.aggregation import Aggregator  # noqa: E402
@@ -83,11 +88,30 @@ def measure(fn, body: bytes, seconds: float) -> float:
     return (time.process_time() - start) / n * 1e6
 
 
+def instructions(fn, body: bytes, requests: int) -> float:
+    """Instructions per request (under callgrind), after a warm-up."""
+    em = emitter()
+    for _ in range(50):
+        fn(em, body)
+    _callgrind("on")
+    _callgrind_zero()
+    for _ in range(requests):
+        fn(em, body)
+    total = _callgrind_total()
+    _callgrind("off")
+    return total / requests
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 s per measurement")
+    parser.add_argument("--callgrind", action="store_true", help="count instructions (run under callgrind)")
     args = parser.parse_args()
     seconds = 1.0 if args.quick else 5.0
+    if args.callgrind:
+        for name, fn, body in workloads():
+            print(f"{name:<12} {instructions(fn, body, 40) / CALLS:10,.0f} instructions per LLM call")
+        return 0
     v04_body = (CAPTURES / "ddtrace-4.16" / "v04_traces_llmobs_default.msgpack").read_bytes()
     baseline = measure(v04, v04_body, seconds) / CALLS
     print(f"v0.4 (ddtrace 4.16, 12 spans)           {baseline:7.1f} µs of CPU per LLM call")
@@ -99,6 +123,12 @@ def main() -> int:
         print(f"OTLP ({app + ', 7 spans)':<26}   {us:7.1f} µs of CPU per LLM call = {us / baseline:.2f}x v0.4")
     print(f"goal: within 1.5x of v0.4: {'met' if worst <= 1.5 else 'missed'} ({worst:.2f}x)")
     return 0
+
+
+def workloads():
+    yield "v0.4", v04, (CAPTURES / "ddtrace-4.16" / "v04_traces_llmobs_default.msgpack").read_bytes()
+    for app in ("openai-v2", "openinference"):
+        yield app, otlp, (CAPTURES / "otel-1.45" / f"{app}_traces_1.pb").read_bytes()
 
 
 if __name__ == "__main__":

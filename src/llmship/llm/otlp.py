@@ -93,6 +93,8 @@ _OPERATION_DETAILS_EVENT = "gen_ai.client.inference.operation.details"
 _MAX_TAG_VALUE_CHARS = 256  # Datadog: unmapped gen_ai.* attributes become tags of at most 256 characters
 _READ_PREFIXES = ("gen_ai.usage.", "gen_ai.request.", "gen_ai.prompt.", "gen_ai.completion.")
 _INDEXED = re.compile(r"(\d+)\.(.+)")
+# The indexed message attributes: OpenLLMetry's and OpenInference's, input and output.
+_MESSAGE_PREFIXES = ("gen_ai.prompt.", "gen_ai.completion.", "llm.input_messages.", "llm.output_messages.")
 
 
 def genai_kind(attrs: Attrs) -> str | None:
@@ -221,12 +223,14 @@ def _messages(attrs: Attrs, events) -> tuple[list[dict], list[dict]]:
                 system = system or _parts_messages(event_attrs.get("gen_ai.system_instructions"), "system")
                 messages_in = _parts_messages(event_attrs.get("gen_ai.input.messages"))
                 messages_out = _parts_messages(event_attrs.get("gen_ai.output.messages"))
-    if not (messages_in or messages_out):  # OpenLLMetry's indexed attributes
-        messages_in = _indexed_messages(attrs, "gen_ai.prompt.")
-        messages_out = _indexed_messages(attrs, "gen_ai.completion.")
-    if not (messages_in or messages_out):  # OpenInference
-        messages_in = _indexed_messages(attrs, "llm.input_messages.", "message.")
-        messages_out = _indexed_messages(attrs, "llm.output_messages.", "message.")
+    if not (messages_in or messages_out):
+        indexed = _by_message_prefix(attrs)
+        # OpenLLMetry's indexed attributes
+        messages_in = _indexed_messages(indexed, "gen_ai.prompt.")
+        messages_out = _indexed_messages(indexed, "gen_ai.completion.")
+        if not (messages_in or messages_out):  # OpenInference
+            messages_in = _indexed_messages(indexed, "llm.input_messages.", "message.")
+            messages_out = _indexed_messages(indexed, "llm.output_messages.", "message.")
     if not (messages_in or messages_out):  # older semconv: one span event per message
         messages_in, messages_out = _event_messages(events)
     return system + messages_in, messages_out
@@ -283,20 +287,33 @@ def _from_parts(parts: list) -> dict:
     return message
 
 
-def _indexed_messages(attrs: Attrs, prefix: str, inner: str = "") -> list[dict]:
-    """``<prefix><i>.<inner>role|content|tool_calls...`` attributes as messages in index order."""
+def _by_message_prefix(attrs: Attrs) -> dict[str, Attrs]:
+    """The attributes under each of the _MESSAGE_PREFIXES, by prefix, in their order: one pass over all of
+    them for the four prefixes."""
+    found: dict[str, Attrs] = {}
+    for key, value in attrs.items():
+        if key.startswith(_MESSAGE_PREFIXES):
+            for prefix in _MESSAGE_PREFIXES:
+                if key.startswith(prefix):
+                    found.setdefault(prefix, {})[key] = value
+                    break
+    return found
+
+
+def _indexed_messages(indexed: dict[str, Attrs], prefix: str, inner: str = "") -> list[dict]:
+    """``<prefix><i>.<inner>role|content|tool_calls...`` attributes (``indexed``: _by_message_prefix's) as
+    messages in index order."""
     fields: dict[int, dict[str, Any]] = {}
     cut = len(prefix)
-    for key, value in attrs.items():
-        if key.startswith(prefix):
-            m = _INDEXED.match(key, cut)
-            if m is not None:
-                field = m.group(2)
-                if inner:
-                    if not field.startswith(inner):
-                        continue
-                    field = field[len(inner):]
-                fields.setdefault(int(m.group(1)), {})[field] = value
+    for key, value in indexed.get(prefix, {}).items():
+        m = _INDEXED.match(key, cut)
+        if m is not None:
+            field = m.group(2)
+            if inner:
+                if not field.startswith(inner):
+                    continue
+                field = field[len(inner):]
+            fields.setdefault(int(m.group(1)), {})[field] = value
     out = []
     for _, f in sorted(fields.items()):
         content = f.get("content")
@@ -440,7 +457,7 @@ def _first_str(attrs: Attrs, keys) -> str:
 def _first_number(attrs: Attrs, keys) -> float | None:
     for key in keys:
         value = attrs.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
             return value
     return None
 

@@ -43,6 +43,7 @@ attributes), severity -> ``status``, attributes and resource attributes as attri
 from __future__ import annotations
 
 import base64
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,6 +83,24 @@ HTTP_MAPPINGS = {
 _APM_KEYS = frozenset(("service.name", "operation.name", "resource.name", "span.type"))
 _ENV_KEYS = ("deployment.environment.name", "deployment.environment")
 _HTTP_METHOD_KEYS = ("http.request.method", "http.method")
+# What the name, resource and type mappings look up (OTelSpanAccessor: the first key found in the span's
+# attributes, else the first found in the resource's), by lookup. The answers are the resource's alone for every
+# span with none of these keys, so they are found once a ResourceSpans (_lookups) and again only for such spans.
+_LOOKUPS = {
+    "service": ("service.name",), "version": ("service.version",), "env": _ENV_KEYS,
+    "operation": ("operation.name",), "resource": ("resource.name",), "type": ("span.type",),
+    "http_method": _HTTP_METHOD_KEYS, "http_route": ("http.route",),
+    "db_system": ("db.system.name", "db.system"), "db_statement": ("db.query.text", "db.statement"),
+    "messaging_system": ("messaging.system",),
+    "messaging_operation": ("messaging.operation.type", "messaging.operation"),
+    "messaging_destination": ("messaging.destination.name", "messaging.destination"),
+    "rpc_system": ("rpc.system",), "rpc_service": ("rpc.service",), "rpc_method": ("rpc.method",),
+    "faas_provider": ("faas.invoked_provider",), "faas_invoked": ("faas.invoked_name",),
+    "faas_trigger": ("faas.trigger",),
+    "graphql_operation": ("graphql.operation.type",), "graphql_name": ("graphql.operation.name",),
+    "protocol": ("network.protocol.name",),
+}
+_LOOKUP_KEYS = frozenset(key for keys in _LOOKUPS.values() for key in keys)
 _DB_TYPES = {"redis": "redis", "memcached": "memcached", "mongodb": "mongodb", "elasticsearch": "elasticsearch",
              "opensearch": "opensearch", "cassandra": "cassandra"}  # attributes.DBTypes; others: "db"
 
@@ -160,7 +179,11 @@ def convert_traces(request) -> TracesResult:
         tracer = TracerInfo(language=as_string(res.get("telemetry.sdk.language", "")),
                             tracer_version=f"otlp-{as_string(res.get('telemetry.sdk.version', ''))}",
                             container_id=as_string(res.get("container.id", "")))
-        res_meta = {k: as_string(v) for k, v in res.items() if k not in _APM_KEYS}
+        res_meta: dict[str, str] = {}  # with the HTTP names mapped; the first of two that map to one name
+        for key, value in res.items():
+            if key not in _APM_KEYS:
+                res_meta.setdefault(HTTP_MAPPINGS.get(key, key), as_string(value))
+        res_found = _lookups({}, res)
         by_trace: dict[int, list[Span]] = {}
         genai_spans: dict[int, tuple] = {}  # span id -> what from_otlp needs, once the chunk is known
         for scope_spans in resource_spans.scope_spans:
@@ -175,7 +198,8 @@ def convert_traces(request) -> TracesResult:
                     continue
                 attrs = attributes(otel.attributes)
                 kind = genai.genai_kind(attrs)
-                span, events = _convert_span(otel, attrs, res, res_meta, scope, scope_attrs, kind is not None)
+                span, events = _convert_span(otel, attrs, res, res_meta, res_found, scope, scope_attrs,
+                                             kind is not None)
                 by_trace.setdefault(span.trace_id, []).append(span)
                 if kind is not None:
                     genai_spans[span.span_id] = (otel, attrs, events, kind)
@@ -190,40 +214,45 @@ def convert_traces(request) -> TracesResult:
     return result
 
 
-def _convert_span(otel, attrs: dict, res: dict, res_meta: dict, scope, scope_attrs: dict,
-                  is_genai: bool) -> tuple[Span, list]:
+def _convert_span(otel, attrs: dict, res: dict, res_meta: dict, res_found: dict[str, str], scope,
+                  scope_attrs: dict, is_genai: bool) -> tuple[Span, list]:
+    """``res_meta``: the resource's attributes as meta (HTTP names mapped); ``res_found``: the resource's
+    answers to the _LOOKUPS."""
     trace_id = otel.trace_id
+    found = res_found if _LOOKUP_KEYS.isdisjoint(attrs) else _lookups(attrs, res)
     kind = otel.kind if 0 <= otel.kind < len(_KIND_NAMES) else 0
     meta: dict[str, str] = {}
     metrics: dict[str, float] = {}
     for key, value in attrs.items():
-        if key in _APM_KEYS or (is_genai and genai.is_content_key(key)):
+        key = _meta_key_cached(key, is_genai) if len(key) <= _MAX_CACHED_KEY_CHARS else _meta_key(key, is_genai)
+        if key is None:
             continue
-        key = HTTP_MAPPINGS.get(key, key)
-        if key.startswith("http.request.header."):
-            key = "http.request.headers." + key[len("http.request.header."):]
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        cls = value.__class__  # attr_value's classes exactly: a bool is no int here
+        if cls is int or cls is float:
             metrics.setdefault("_sampling_priority_v1" if key == "sampling.priority" else key, float(value))
         elif key not in meta:
-            meta[key] = as_string(value)
+            meta[key] = value if cls is str else as_string(value)
     status = otel.status
     high = int.from_bytes(trace_id[:8], "big")
     if high:
         meta["_dd.p.tid"] = trace_id[:8].hex()
     meta["otel.trace_id"] = trace_id.hex()
     meta["span.kind"] = _KIND_NAMES[kind]
-    version = _first(attrs, res, ("service.version",))
+    version = found["version"]
     if version and "version" not in meta:
         meta["version"] = version
-    env = _first(attrs, res, _ENV_KEYS)
+    env = found["env"]
     if env and "env" not in meta:
         meta["env"] = env.lower()
     events = [(e.name, e.time_unix_nano, attributes(e.attributes)) for e in otel.events]
-    shown = [e for e in events if not (is_genai and e[0].startswith(genai.CONTENT_EVENT_PREFIX))]
-    if shown:
-        meta["events"] = orjson.dumps([_event_json(e) for e in shown], default=_json_default).decode()
-    if any(e[0] == "exception" for e in events):
-        meta["_dd.span_events.has_exception"] = "true"
+    exception = None  # the first exception event's attributes
+    if events:
+        shown = [e for e in events if not (is_genai and e[0].startswith(genai.CONTENT_EVENT_PREFIX))]
+        if shown:
+            meta["events"] = orjson.dumps([_event_json(e) for e in shown], default=_json_default).decode()
+        exception = next((e[2] for e in events if e[0] == "exception"), None)
+        if exception is not None:
+            meta["_dd.span_events.has_exception"] = "true"
     if otel.links:
         meta["_dd.span_links"] = orjson.dumps([_link_json(link) for link in otel.links]).decode()
     if scope.name:
@@ -238,22 +267,20 @@ def _convert_span(otel, attrs: dict, res: dict, res_meta: dict, scope, scope_att
     if status_code == _STATUS_ERROR:
         error = 1
         if "error.msg" not in meta:
-            exception = next((e[2] for e in events if e[0] == "exception"), None)
             message = status.message or (as_string(exception.get("exception.message", "")) if exception else "")
             if message:
                 meta["error.msg"] = message
     for key, value in res_meta.items():
-        mapped = HTTP_MAPPINGS.get(key, key)
-        if mapped not in meta:
-            meta[mapped] = value
+        if key not in meta:
+            meta[key] = value
     meta.update(scope_attrs)
     code = metrics.get("http.status_code")
     if code is not None and code < 0:
         del metrics["http.status_code"]
     span = Span(
-        service=_first(attrs, res, ("service.name",)) or DEFAULT_SERVICE,
-        name=_operation_name(attrs, res, kind),
-        resource=_resource_name(otel.name, attrs, res, kind)[:_MAX_RESOURCE_CHARS],
+        service=found["service"] or DEFAULT_SERVICE,
+        name=_operation_name(found, kind),
+        resource=_resource_name(otel.name, found, kind)[:_MAX_RESOURCE_CHARS],
         trace_id=int.from_bytes(trace_id[8:], "big"),
         span_id=int.from_bytes(otel.span_id, "big"),
         parent_id=int.from_bytes(otel.parent_span_id, "big") if len(otel.parent_span_id) == 8 else 0,
@@ -262,9 +289,26 @@ def _convert_span(otel, attrs: dict, res: dict, res_meta: dict, scope, scope_att
         error=error,
         meta=meta,
         metrics=metrics,
-        type=_first(attrs, res, ("span.type",)) or _span_type(attrs, res, kind),
+        type=found["type"] or _span_type(found, kind),
     )
     return span, events
+
+
+def _meta_key(key: str, is_genai: bool) -> str | None:
+    """The meta or metrics key a span attribute goes to (the HTTP names mapped, request headers renamed), or
+    None for one that stays off the span: the APM convention keys, and on GenAI spans the content."""
+    if key in _APM_KEYS or (is_genai and genai.is_content_key(key)):
+        return None
+    key = HTTP_MAPPINGS.get(key, key)
+    if key.startswith("http.request.header."):
+        return "http.request.headers." + key[len("http.request.header."):]
+    return key
+
+
+# An instrumentation sends the same keys on every span: their mapping is remembered, for keys short enough
+# that what is remembered stays small (4096 keys of at most 128 characters) whatever clients send.
+_MAX_CACHED_KEY_CHARS = 128
+_meta_key_cached = functools.lru_cache(maxsize=4096)(_meta_key)
 
 
 def _first(attrs: dict, res: dict, keys) -> str:
@@ -277,41 +321,46 @@ def _first(attrs: dict, res: dict, keys) -> str:
     return ""
 
 
-def _operation_name(attrs: dict, res: dict, kind: int) -> str:
+def _lookups(attrs: dict, res: dict) -> dict[str, str]:
+    """The answer to each of the _LOOKUPS."""
+    return {lookup: _first(attrs, res, keys) for lookup, keys in _LOOKUPS.items()}
+
+
+def _operation_name(found: dict[str, str], kind: int) -> str:
     """getOTelOperationNameV2 (pkg/trace/traceutil/otel_util.go)."""
-    name = _first(attrs, res, ("operation.name",))
+    name = found["operation"]
     if name:
         return name.lower()
     client, server = kind == _KIND_CLIENT, kind == _KIND_SERVER
-    if _first(attrs, res, _HTTP_METHOD_KEYS):
+    if found["http_method"]:
         if server:
             return "http.server.request"
         if client:
             return "http.client.request"
-    db = _first(attrs, res, ("db.system.name", "db.system"))
+    db = found["db_system"]
     if db and client:
         return f"{db.lower()}.query"
-    system = _first(attrs, res, ("messaging.system",))
-    operation = _first(attrs, res, ("messaging.operation.type", "messaging.operation"))
+    system = found["messaging_system"]
+    operation = found["messaging_operation"]
     if system and operation and kind >= _KIND_SERVER:
         return f"{system.lower()}.{operation.lower()}"
-    rpc = _first(attrs, res, ("rpc.system",)).lower()
+    rpc = found["rpc_system"].lower()
     if rpc == "aws-api" and client:
-        service = _first(attrs, res, ("rpc.service",)).lower()
+        service = found["rpc_service"].lower()
         return f"aws.{service}.request" if service else "aws.client.request"
     if rpc and client:
         return f"{rpc}.client.request"
     if rpc and server:
         return f"{rpc}.server.request"
-    provider, invoked = _first(attrs, res, ("faas.invoked_provider",)), _first(attrs, res, ("faas.invoked_name",))
+    provider, invoked = found["faas_provider"], found["faas_invoked"]
     if provider and invoked and client:
         return f"{provider.lower()}.{invoked.lower()}.invoke"
-    trigger = _first(attrs, res, ("faas.trigger",))
+    trigger = found["faas_trigger"]
     if trigger and server:
         return f"{trigger.lower()}.invoke"
-    if _first(attrs, res, ("graphql.operation.type",)):
+    if found["graphql_operation"]:
         return "graphql.server.request"
-    protocol = _first(attrs, res, ("network.protocol.name",)).lower()
+    protocol = found["protocol"].lower()
     if server:
         return f"{protocol}.server.request" if protocol else "server.request"
     if client:
@@ -319,41 +368,41 @@ def _operation_name(attrs: dict, res: dict, kind: int) -> str:
     return _KIND_STRINGS[kind] if kind else "Internal"
 
 
-def _resource_name(name: str, attrs: dict, res: dict, kind: int) -> str:
+def _resource_name(name: str, found: dict[str, str], kind: int) -> str:
     """getOTelResourceV2 (pkg/trace/traceutil/otel_util.go)."""
-    resource = _first(attrs, res, ("resource.name",))
+    resource = found["resource"]
     if resource:
         return resource
-    method = _first(attrs, res, _HTTP_METHOD_KEYS)
+    method = found["http_method"]
     if method:
         method = "HTTP" if method == "_OTHER" else method
-        route = _first(attrs, res, ("http.route",)) if kind == _KIND_SERVER else ""
+        route = found["http_route"] if kind == _KIND_SERVER else ""
         return f"{method} {route}" if route else method
-    operation = _first(attrs, res, ("messaging.operation.type", "messaging.operation"))
+    operation = found["messaging_operation"]
     if operation:
-        dest = _first(attrs, res, ("messaging.destination.name", "messaging.destination"))
+        dest = found["messaging_destination"]
         return f"{operation} {dest}" if dest else operation
-    method = _first(attrs, res, ("rpc.method",))
+    method = found["rpc_method"]
     if method:
-        service = _first(attrs, res, ("rpc.service",))
+        service = found["rpc_service"]
         return f"{method} {service}" if service else method
-    operation = _first(attrs, res, ("graphql.operation.type",))
+    operation = found["graphql_operation"]
     if operation:
-        op_name = _first(attrs, res, ("graphql.operation.name",))
+        op_name = found["graphql_name"]
         return f"{operation} {op_name}" if op_name else operation
-    if _first(attrs, res, ("db.system.name", "db.system")):
-        statement = _first(attrs, res, ("db.query.text", "db.statement"))
+    if found["db_system"]:
+        statement = found["db_statement"]
         if statement:
             return statement
     return name
 
 
-def _span_type(attrs: dict, res: dict, kind: int) -> str:
+def _span_type(found: dict[str, str], kind: int) -> str:
     """GetOTelSpanTypeWithAccessor: web for servers, db types or http for clients, custom otherwise."""
     if kind == _KIND_SERVER:
         return "web"
     if kind == _KIND_CLIENT:
-        db = _first(attrs, res, ("db.system.name", "db.system")).lower()
+        db = found["db_system"].lower()
         return (_DB_TYPES.get(db, "db")) if db else "http"
     return "custom"
 
