@@ -2,8 +2,7 @@
 
     .venv/bin/python bench/otlp.py            # about 20 s
     .venv/bin/python bench/otlp.py --quick    # about 4 s
-    PYTHONHASHSEED=0 valgrind --tool=callgrind --instr-atstart=no .venv/bin/python bench/otlp.py \
-        --callgrind                               # instructions a call (bench/llm_calls.py's way)
+    .venv/bin/python bench/otlp.py --callgrind   # instructions a call (bench/callgrind.py), about 30 s
 
 Both workloads are what real clients sent for six OpenAI chat calls (one with a 600-word prompt, one with an
 e-mail address, one streamed, one failing): ddtrace 4.16's v0.4 payload (captures/ddtrace-4.16: 12 spans,
@@ -29,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from llm_calls import _callgrind, _callgrind_total, _callgrind_zero  # noqa: E402
+import callgrind  # noqa: E402  bench/callgrind.py
 
 from llmship.agent import build_processing  # noqa: E402
 from llmship.aggregation import Aggregator  # noqa: E402
@@ -88,29 +87,38 @@ def measure(fn, body: bytes, seconds: float) -> float:
     return (time.process_time() - start) / n * 1e6
 
 
-def instructions(fn, body: bytes, requests: int) -> float:
-    """Instructions per request (under callgrind), after a warm-up."""
+CALLGRIND_REQUESTS = 40
+
+
+def count_one(workload: str) -> None:
+    """In callgrind's child: ``CALLGRIND_REQUESTS`` requests of one workload counted, after a warm-up."""
+    fn, body = next((fn, body) for name, fn, body in workloads() if name == workload)
     em = emitter()
     for _ in range(50):
         fn(em, body)
-    _callgrind("on")
-    _callgrind_zero()
-    for _ in range(requests):
-        fn(em, body)
-    total = _callgrind_total()
-    _callgrind("off")
-    return total / requests
+    with callgrind.measured():
+        for _ in range(CALLGRIND_REQUESTS):
+            fn(em, body)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 s per measurement")
-    parser.add_argument("--callgrind", action="store_true", help="count instructions (run under callgrind)")
+    parser.add_argument("--callgrind", action="store_true", help="count instructions (callgrind) instead")
+    parser.add_argument("--workload", help=argparse.SUPPRESS)  # callgrind's child: the one it counts
     args = parser.parse_args()
     seconds = 1.0 if args.quick else 5.0
     if args.callgrind:
-        for name, fn, body in workloads():
-            print(f"{name:<12} {instructions(fn, body, 40) / CALLS:10,.0f} instructions per LLM call")
+        if callgrind.in_child():
+            count_one(args.workload)
+            return 0
+        per_call = {}
+        for name, _, _ in workloads():
+            counted = callgrind.run(["--callgrind", "--workload", name])
+            counted.cleanup()
+            per_call[name] = counted.instructions / CALLGRIND_REQUESTS / CALLS
+            ratio = f" = {per_call[name] / per_call['v0.4']:.2f}x v0.4" if name != "v0.4" else ""
+            print(f"{name:<14} {per_call[name]:10,.0f} instructions per LLM call{ratio}")
         return 0
     v04_body = (CAPTURES / "ddtrace-4.16" / "v04_traces_llmobs_default.msgpack").read_bytes()
     baseline = measure(v04, v04_body, seconds) / CALLS
