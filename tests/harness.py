@@ -25,6 +25,12 @@ PYTHON = sys.executable
 # What real clients sent (ddtrace 4.16, datadog 0.56): copied from ../shared/captures, see its README.md
 CAPTURES = Path(__file__).resolve().parent / "fixtures" / "captures"
 TEST_API_KEY = "0123456789abcdef0123456789abcdef"  # a fake Datadog-shaped key, used to check it never leaks
+# A metric bucket that no test outlives: buckets are aligned on the clock (start = t - t % interval), so with
+# 2**33 s the open bucket ends in the year 2242 and only a flush on demand (or the drain) ships it. With an
+# hour, a test running across the hour saw a bucket end: datagrams read either side of it made two series
+# payloads, or the bucket flushed early shipped again, whole (one more payload than the test counts). A
+# power of two keeps a counter's rate x interval an exact count.
+UNENDING_BUCKET_SECS = 2**33
 
 # One of each default rule's secrets, and the part of it that must never reach the intake.
 SECRETS = {

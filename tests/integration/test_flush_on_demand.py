@@ -12,14 +12,13 @@ import time
 import urllib.error
 import urllib.request
 
-from harness import PYTHON, counted, http_get
+from harness import PYTHON, UNENDING_BUCKET_SECS, counted, http_get
 
-# A bucket far longer than any test: only a flush on demand can ship these counts in time. Buckets are
-# aligned on the clock and one that closes ships again, whole: an hour makes a test crossing a bucket's end
-# (one more payload than the counts below) a 1-in-1000 event instead of the 1 in 20 a minute made it.
-LONG_BUCKET = """
+# A bucket that does not end while a test runs (see UNENDING_BUCKET_SECS): only a flush on demand ships these
+# counts, so each test knows how many payloads there are.
+LONG_BUCKET = f"""
 [agent]
-flush_interval_secs = 3600
+flush_interval_secs = {UNENDING_BUCKET_SECS}
 """
 COUNTS = 3
 

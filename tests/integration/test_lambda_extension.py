@@ -16,13 +16,13 @@ import pytest
 
 from fake_lambda import FakeLambda
 from fake_openai import FakeOpenAI
-from harness import Agent, counted, _subprocess_env, wait_for
+from harness import UNENDING_BUCKET_SECS, Agent, counted, _subprocess_env, wait_for
 
-# Buckets far longer than the test (an hour: a bucket closing mid-test would ship again, whole): only the
-# flush after each invocation can ship these counts in time.
-CONFIG = """
+# A bucket that does not end while the test runs (see UNENDING_BUCKET_SECS): only the flush after each
+# invocation ships these counts.
+CONFIG = f"""
 [agent]
-flush_interval_secs = 3600
+flush_interval_secs = {UNENDING_BUCKET_SECS}
 [aws_lambda]
 telemetry_listen = "127.0.0.1:0"
 flush_timeout_secs = 10
