@@ -49,7 +49,7 @@ class Emitter:
         self.submit_service_check = router.service_check
         self._router = router
         self._shed = shed  # True while this process runs too late to take more (overload.LoopLag)
-        self.handed_over = router.handed_over
+        self.handed_over = router.handed_over  # None: nothing to await (one process; Router.handed_over)
         self._llm = llm
         self._log_processor = log_processor
         self._encode_chunks = trace_sink.encode_chunks
@@ -189,7 +189,11 @@ class Emitter:
         """True while this process runs too late, or any lane ``kind`` fans into is full."""
         if self._shed is not None and self._shed():
             return True
-        return any(self._router.overloaded(lane) for lane in LANES.get(kind, (kind,)))
+        lane_full = self._router.overloaded
+        for lane in LANES.get(kind, (kind,)):
+            if lane_full(lane):
+                return True
+        return False
 
     def _guard(self, what: str, fn: Callable, arg):
         try:

@@ -264,3 +264,18 @@ async def test_poison_values_cost_only_themselves(server, http, pipeline):
     (chunk,) = pipeline.chunks
     assert len(chunk) == 2 and chunk[0].metrics == {}
     assert counter(pipeline, "discarded", reason="poison_value", intentional="false") == 1
+
+
+async def test_rates_follow_a_reloaded_env_for_the_same_roots(server, http):
+    """The rates bodies are remembered by the roots' (service, env): a root without an env takes the
+    configured one, and a reload's new env reaches the next answer for the very same roots."""
+    body = msgpack.packb([[{"service": "web", "name": "req", "span_id": 1, "trace_id": 1}],
+                          [{"service": "db", "name": "q", "span_id": 2, "trace_id": 2, "meta": {"env": "qa"}}]])
+    expected = {"service:,env:": 1.0, "service:web,env:prod": 1.0, "service:db,env:qa": 1.0}
+    for _ in range(2):
+        async with http.put(server.url + "/v0.4/traces", data=body, headers={"Content-Type": "application/msgpack"}) as r:
+            assert (await r.json())["rate_by_service"] == expected
+    server.reload(load_config_text('[agent]\nenv = "canary"\n[sources.traces]\nmax_body_bytes = 1048576\n'))
+    async with http.put(server.url + "/v0.4/traces", data=body, headers={"Content-Type": "application/msgpack"}) as r:
+        assert (await r.json())["rate_by_service"] == {"service:,env:": 1.0, "service:web,env:canary": 1.0,
+                                                       "service:db,env:qa": 1.0}

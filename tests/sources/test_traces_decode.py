@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llmship.model import Span
-from llmship.sinks.spanenc import poison_free
+from llmship.sinks.spanenc import llmobs_spans, poison_free
 from llmship.sources import traces as traces_module
-from llmship.sources.traces import DecodeError, decode_v04, drop_poison
+from llmship.sources.traces import DecodeError, decode_v04, drop_poison, llmobs_spans_py
 
 from harness import CAPTURES
 
@@ -127,3 +127,34 @@ def test_poison_free_on_the_capture_and_a_poisoned_body():
     assert poison_free(decode_v04(V04, MSGPACK))
     poisoned = decode_v04(msgpack.packb([[{"span_id": 1, "metrics": {"_sampling_priority_v1": math.inf}}]]), MSGPACK)
     assert not poison_free(poisoned) and drop_poison(poisoned) == 1
+
+
+# ------------------------------------------------------------------------------------- llmobs_spans
+
+needs_llmobs_spans = pytest.mark.skipif(llmobs_spans is None, reason="the compiled span encoder is not built")
+
+
+class NotASpan:  # duck-typed: the compiled count reads its attribute, as the twin does
+    def __init__(self, meta_struct) -> None:
+        self.meta_struct = meta_struct
+
+
+@st.composite
+def maybe_llmobs_spans(draw):
+    meta_struct = draw(st.dictionaries(st.sampled_from(["_llmobs", "other", "_llmobs2"]), st.just(b"\x80"),
+                                       max_size=2))
+    return Span(name="op", meta_struct=meta_struct) if draw(st.booleans()) else NotASpan(meta_struct)
+
+
+@needs_llmobs_spans
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(maybe_llmobs_spans(), max_size=4), max_size=4))
+def test_llmobs_spans_counts_as_its_twin(chunks):
+    expected = sum(1 for c in chunks for s in c if "_llmobs" in s.meta_struct)
+    assert llmobs_spans(chunks) == llmobs_spans_py(chunks) == expected
+
+
+@needs_llmobs_spans
+def test_llmobs_spans_on_the_capture():
+    chunks = decode_v04(V04, MSGPACK)
+    assert llmobs_spans(chunks) == llmobs_spans_py(chunks) > 0

@@ -154,5 +154,7 @@ class Router:
     def overloaded(self, lane: str) -> bool:
         return self._delivery.overloaded(lane)
 
-    async def handed_over(self) -> None:
-        """Everything given so far is the shipping plane's: in one process, as soon as it was given."""
+    # Everything given so far is the shipping plane's: in one process, as soon as it was given. None tells
+    # the sources there is nothing to await before answering (a coroutine a request saved; a RemoteRouter
+    # has one: workers.py).
+    handed_over = None

@@ -590,6 +590,23 @@ def llm_carriers(spans):
     return out
 
 
+def llmobs_spans(chunks):
+    """How many spans of ``chunks`` carry an LLM Observability event (``meta_struct["_llmobs"]``):
+    ``sources.traces.llmobs_spans_py`` compiled (the trace source counts them for every request), with a
+    Span's meta_struct read from its slot."""
+    cdef Py_ssize_t count = 0
+    cdef PyObject* meta_struct
+    for chunk in chunks:
+        for span in chunk:
+            meta_struct = (<PyObject**>(<char*><PyObject*>span + _slots[12]))[0] if type(span) is _Span else NULL
+            if meta_struct != NULL and PyDict_CheckExact(<object>meta_struct):
+                if PyDict_Contains(<object>meta_struct, LLMOBS_STRUCT_KEY):
+                    count += 1
+            elif LLMOBS_STRUCT_KEY in span.meta_struct:
+                count += 1
+    return count
+
+
 # ------------------------------------------------------------------------------- the source's poison check
 
 cdef extern from "Python.h":

@@ -311,5 +311,7 @@ span_candidates = getattr(_native, "span_candidates", None) if NATIVE else None
 decode_v04_spans = getattr(_native, "decode_v04_spans", None) if NATIVE else None
 # The LLM stage's scan for spans that carry a call (llm.extract.carriers); None: its Python twin.
 llm_carriers = getattr(_native, "llm_carriers", None) if NATIVE else None
+# The trace source's count of spans with an LLM Observability event (sources.traces); None: its Python twin.
+llmobs_spans = getattr(_native, "llmobs_spans", None) if NATIVE else None
 # The trace source's check that drop_poison has nothing to do (sources.traces); None: drop_poison looks.
 poison_free = getattr(_native, "poison_free", None) if NATIVE else None

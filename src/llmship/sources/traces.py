@@ -66,6 +66,7 @@ from llmship.config import Config, parse_host_port
 from llmship.model import LLMOBS_STRUCT_KEY, SAMPLING_PRIORITY_KEY, LLMObsEvent, Span, TracerInfo, root_span
 from llmship.log import RateLimited, get_logger
 from llmship.sinks.spanenc import decode_v04_spans as _compiled_v04
+from llmship.sinks.spanenc import llmobs_spans as _compiled_llmobs_spans
 from llmship.sinks.spanenc import poison_free as _poison_free
 from llmship.sinks.traces import AGENT_VERSION
 
@@ -83,6 +84,8 @@ THREAD_DECODE_BYTES = 256 * 1024
 # not monopolize it while it is processed and encoded.
 SUBMIT_SLICE_SPANS = 200
 RETRY_AFTER_SECS = 1
+# Rates bodies remembered (TraceSource._rates): a few tracers' root sequences; cleared when full.
+MAX_RATES_BODIES = 256
 # apm_config.env default, used for rate keys when neither the span nor our config names an env
 DEFAULT_ENV = "none"
 # What the Agent's EVP proxy forwards (evp_proxy_allowed_headers in its /info); we read the same ones.
@@ -95,6 +98,7 @@ _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 _NOT_AN_INTEGER = 1 << 64
 _JSON_TYPES = ("application/json", "text/json")
 _MSGPACK = "application/msgpack"
+_TRACES_ENDPOINTS = {version: f"{version}/traces" for version in ("v0.4", "v0.5")}  # requests{endpoint}
 # Go's strconv.ParseBool false values: the Agent's isHeaderTrue treats anything else non-empty as true.
 _FALSE_VALUES = ("0", "f", "F", "false", "FALSE", "False")
 
@@ -135,6 +139,7 @@ class TraceSource:
 
     def _apply(self, cfg: Config) -> None:
         self._default_env = cfg.agent.env or DEFAULT_ENV
+        self._rates_bodies: dict[tuple, bytes] = {}  # _rates: by the roots' (service, env); the env may change
         self._info_body = orjson.dumps(info_document(cfg), option=orjson.OPT_INDENT_2)
         # Tracers re-read /info when this hash changes (every response carries it), so they learn a new env.
         self._state = hashlib.sha256(self._info_body).hexdigest()
@@ -218,7 +223,7 @@ class TraceSource:
         return web.Response(body=self._info_body, content_type="application/json")
 
     async def _traces(self, request: web.Request, version: str) -> web.StreamResponse:
-        self._tel.inc("requests", endpoint=f"{version}/traces")
+        self._tel.inc("requests", endpoint=_TRACES_ENDPOINTS[version])
         if request.method not in ("PUT", "POST"):
             return web.Response(status=405, text="method not allowed\n", headers={"Allow": "PUT, POST"})
         real_status = _header_true(request.headers.get("Datadog-Send-Real-Http-Status", ""))
@@ -243,10 +248,10 @@ class TraceSource:
                 self._decoders.release()
         except RequestError as e:
             return self._reject(e)
-        spans = sum(len(c) for c in chunks)
+        spans = sum(map(len, chunks))
         self._tel.inc("received", spans)
         self._tel.inc("spans", spans)
-        self._tel.inc("llmobs_events", sum(1 for c in chunks for s in c if LLMOBS_STRUCT_KEY in s.meta_struct))
+        self._tel.inc("llmobs_events", llmobs_spans(chunks))
         poison = drop_poison(chunks)
         if poison:
             self._tel.discard("poison_value", poison)
@@ -340,11 +345,19 @@ class TraceSource:
             self._pipeline.submit_spans(batch, tracer)
 
     def _rates(self, chunks: Chunks) -> bytes:
-        rates = {"service:,env:": 1.0}
-        for chunk in chunks:
-            root = root_span(chunk)
-            rates[f"service:{root.service},env:{root.meta.get('env') or self._default_env}"] = 1.0
-        return orjson.dumps({"rate_by_service": rates})
+        """The rates body for the chunks' roots: made once for each sequence of root services and envs seen
+        (a tracer sends the same few again and again; formatting and encoding them cost 250 instructions a
+        span of the web mix)."""
+        roots = tuple([(root.service, root.meta.get("env")) for root in map(root_span, chunks)])
+        body = self._rates_bodies.get(roots)
+        if body is None:
+            rates = {"service:,env:": 1.0}
+            for service, env in roots:
+                rates[f"service:{service},env:{env or self._default_env}"] = 1.0
+            if len(self._rates_bodies) >= MAX_RATES_BODIES:
+                self._rates_bodies.clear()
+            body = self._rates_bodies[roots] = orjson.dumps({"rate_by_service": rates})
+        return body
 
     def _reject(self, e: RequestError) -> web.Response:
         self._tel.inc("refused", reason=e.reason)
@@ -535,6 +548,16 @@ def decode_v05(body: bytes) -> Chunks:
     return chunks
 
 
+def llmobs_spans_py(chunks: Chunks) -> int:
+    """How many spans carry an LLM Observability event (``meta_struct["_llmobs"]``). Compiled:
+    ``sinks/_spanenc.pyx llmobs_spans`` (the same count; this generator cost 420 instructions a span of the
+    web mix)."""
+    return sum(1 for c in chunks for s in c if LLMOBS_STRUCT_KEY in s.meta_struct)
+
+
+llmobs_spans = _compiled_llmobs_spans or llmobs_spans_py
+
+
 def drop_poison(chunks: Chunks) -> int:
     """Remove, in place, the values the span encoder and the sampler cannot carry, so they cost only
     themselves, never the payload around them: a non-finite sampling priority (the trace writer reads it
@@ -641,6 +664,8 @@ _CONTENT_ENCODINGS = ("", "identity", "gzip", "x-gzip", "deflate", "zstd")
 
 async def take_decoder(decoders: asyncio.Semaphore) -> bool:
     """Wait for a free decoder (the caller releases it), or give up after DECODER_WAIT_SECS."""
+    if not decoders.locked():  # one is free: taken at once, without arming a timer only to cancel it
+        return await decoders.acquire()
     try:
         async with asyncio.timeout(DECODER_WAIT_SECS):
             await decoders.acquire()
@@ -659,26 +684,12 @@ async def read_body(request: web.Request, limit: int, read_timeout: float, tel,
     encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
     if encoding not in _CONTENT_ENCODINGS:
         raise RequestError(415, "unsupported_encoding", f"unsupported Content-Encoding: {encoding!r}")
-    try:
-        async with asyncio.timeout(read_timeout):
-            if request.content_length is not None:
-                # The declared length in one read: aiohttp then joins its chunks once. Appending 64 KiB pieces
-                # to a bytearray and copying it out cost 676,000 instructions a request for an 83 KiB body,
-                # this 393,000 (callgrind, aiohttp alone).
-                try:
-                    body = await request.content.readexactly(request.content_length)
-                except asyncio.IncompleteReadError as e:
-                    body = e.partial  # the client stopped short: decoding says what is wrong, as with chunks
-            else:  # chunked transfer encoding: no length to trust, so the limit is checked as pieces come
-                pieces, size = [], 0
-                async for piece in request.content.iter_chunked(64 * 1024):
-                    pieces.append(piece)
-                    size += len(piece)
-                    if size > limit:
-                        raise RequestError(413, "payload_too_large", f"{too_large}: over {limit} bytes")
-                body = b"".join(pieces)
-    except TimeoutError:
-        raise RequestError(408, "timeout", "timeout reading the body") from None
+    if request.content_length is not None and request.content.is_eof():
+        # Received whole before the handler ran (as nearly every tracer request on loopback is): no wait,
+        # so no timer to arm and cancel.
+        body = await _read_declared(request)
+    else:
+        body = await _read_waiting(request, limit, read_timeout, too_large)
     tel.inc("received_bytes", len(body))
     try:
         return decompress(body, encoding, limit)
@@ -686,6 +697,34 @@ async def read_body(request: web.Request, limit: int, read_timeout: float, tel,
         raise RequestError(413, "payload_too_large", f"{too_large}: inflates past {limit} bytes") from None
     except Exception as e:  # zlib.error, zstd.ZstdError: a corrupt stream
         raise RequestError(400, "decoding_error", f"cannot decompress {encoding} body: {e}") from None
+
+
+async def _read_declared(request: web.Request) -> bytes:
+    """The declared length in one read: aiohttp then joins its chunks once. Appending 64 KiB pieces to a
+    bytearray and copying it out cost 676,000 instructions a request for an 83 KiB body, this 393,000
+    (callgrind, aiohttp alone)."""
+    try:
+        return await request.content.readexactly(request.content_length)
+    except asyncio.IncompleteReadError as e:
+        return e.partial  # the client stopped short: decoding says what is wrong, as with chunks
+
+
+async def _read_waiting(request: web.Request, limit: int, read_timeout: float, too_large: str) -> bytes:
+    """The body as it arrives, within ``read_timeout``."""
+    try:
+        async with asyncio.timeout(read_timeout):
+            if request.content_length is not None:
+                return await _read_declared(request)
+            else:  # chunked transfer encoding: no length to trust, so the limit is checked as pieces come
+                pieces, size = [], 0
+                async for piece in request.content.iter_chunked(64 * 1024):
+                    pieces.append(piece)
+                    size += len(piece)
+                    if size > limit:
+                        raise RequestError(413, "payload_too_large", f"{too_large}: over {limit} bytes")
+                return b"".join(pieces)
+    except TimeoutError:
+        raise RequestError(408, "timeout", "timeout reading the body") from None
 
 
 def _media_type(request: web.Request) -> str:
