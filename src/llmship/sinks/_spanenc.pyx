@@ -432,6 +432,10 @@ cdef inline object _slot(object span, int i):
     return <object>(<PyObject**>(<char*><PyObject*>span + _slots[i]))[0]
 
 
+cdef inline bint _is_set(object span, int i) noexcept:
+    return (<PyObject**>(<char*><PyObject*>span + _slots[i]))[0] != NULL
+
+
 cdef inline bint _all_set(object span) noexcept:
     cdef int i
     for i in range(15):
@@ -629,7 +633,9 @@ def poison_free(chunks):
     cdef PyObject* priority
     for chunk in chunks:
         for span in chunk:
-            if type(span) is not _Span or not _all_set(span):
+            # only the slots read below must be set (a Span made by hand may leave one unset)
+            if type(span) is not _Span or not (_is_set(span, 6) and _is_set(span, 7) and _is_set(span, 8)
+                                               and _is_set(span, 10)):
                 return False
             metrics = _slot(span, 10)
             if not PyDict_CheckExact(metrics):

@@ -58,6 +58,7 @@ import msgpack
 import msgspec
 import orjson
 from aiohttp import web
+from multidict import istr
 
 from llmship import NO_EXTENSIONS as _NO_EXTENSIONS
 from llmship import listeners, unixsock
@@ -98,6 +99,8 @@ _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 _NOT_AN_INTEGER = 1 << 64
 _JSON_TYPES = ("application/json", "text/json")
 _MSGPACK = "application/msgpack"
+# Header names in their case-folded form once, not for each response (multidict's istr keeps it)
+_AGENT_VERSION_HEADER, _AGENT_STATE_HEADER = istr("Datadog-Agent-Version"), istr("Datadog-Agent-State")
 _TRACES_ENDPOINTS = {version: f"{version}/traces" for version in ("v0.4", "v0.5")}  # requests{endpoint}
 # Go's strconv.ParseBool false values: the Agent's isHeaderTrue treats anything else non-empty as true.
 _FALSE_VALUES = ("0", "f", "F", "false", "FALSE", "False")
@@ -215,8 +218,9 @@ class TraceSource:
     # ------------------------------------------------------------------------------------ handlers
 
     async def _add_agent_headers(self, request: web.Request, response: web.StreamResponse) -> None:
-        response.headers["Datadog-Agent-Version"] = AGENT_VERSION
-        response.headers["Datadog-Agent-State"] = self._state
+        headers = response.headers
+        headers[_AGENT_VERSION_HEADER] = AGENT_VERSION
+        headers[_AGENT_STATE_HEADER] = self._state
 
     async def _info(self, request: web.Request) -> web.Response:
         self._tel.inc("requests", endpoint="info")
