@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import shutil
 import subprocess
@@ -72,20 +73,27 @@ def measured():
     if not in_child():
         yield
         return
-    helper = Path(os.environ[_CHILD]) / "cg_helper.so"
-    if helper.exists():
-        lib = ctypes.CDLL(str(helper))
-        on, off = lib.llmship_cg_start, lib.llmship_cg_stop
-    else:
-        def control(state: str):
-            return lambda: subprocess.run(["callgrind_control", "-i", state, str(os.getpid())], check=True,
-                                          capture_output=True)
-        on, off = control("on"), control("off")
+    on, off = switches()
     on()
     try:
         yield
     finally:
         off()
+
+
+@functools.cache
+def switches():
+    """In the child: the functions that switch counting on and off (for a caller that switches often:
+    ``measured()`` costs a generator on top)."""
+    helper = Path(os.environ[_CHILD]) / "cg_helper.so"
+    if helper.exists():
+        lib = ctypes.CDLL(str(helper))
+        return lib.llmship_cg_start, lib.llmship_cg_stop
+
+    def control(state: str):
+        return lambda: subprocess.run(["callgrind_control", "-i", state, str(os.getpid())], check=True,
+                                      capture_output=True)
+    return control("on"), control("off")
 
 
 def annotate(counted: Counted, lines: int) -> str:
