@@ -292,20 +292,16 @@ class RemoteRouter:
     def otlp_items(self, kind: str, items: list) -> None:
         self._put((OTLP, kind, items))
 
-    def _append(self, code: int, item: Any) -> None:
-        """One item into a [code, [item, ...]] message: a run of items of one kind is one message."""
+    def _append(self, code: int, items: list) -> None:
+        """Items into a [code, [item, ...]] message: a run of items of one kind is one message."""
         pending = self._pending
         if pending and pending[-1][0] == code:
-            pending[-1][1].append(item)
-        else:
-            self._put((code, [item]))
-
-    def log_items(self, items: list[bytes]) -> None:
-        pending = self._pending
-        if pending and pending[-1][0] == LOGS:
             pending[-1][1].extend(items)
         elif items:
-            self._put((LOGS, items))
+            self._put((code, items))
+
+    def log_items(self, items: list[bytes]) -> None:
+        self._append(LOGS, items)
 
     def add_metric(self, name: str, mtype: str, value, tags: str = "", rate: float = 1.0, host: str | None = None,
                    timestamp: float | None = None) -> None:
@@ -316,17 +312,17 @@ class RemoteRouter:
             self.add_metric(*sample)
 
     def add_point(self, name: str, series_type: int, value: float, tags: str, timestamp: float) -> None:
-        self._append(POINTS, (name, series_type, value, tags, timestamp))
+        self._append(POINTS, [(name, series_type, value, tags, timestamp)])
 
     def add_sketch(self, name: str, sketch: Sketch, tags: str, timestamp: float) -> None:
-        self._append(SKETCHES, (name, sketch.to_plain(), tags, timestamp))
+        self._append(SKETCHES, [(name, sketch.to_plain(), tags, timestamp)])
 
     def add_cumulative_sum(self, name: str, value: float, tags: str, start: int, ts: int) -> None:
-        self._append(CUMULATIVE_SUMS, (name, value, tags, start, ts))
+        self._append(CUMULATIVE_SUMS, [(name, value, tags, start, ts)])
 
     def add_cumulative_histogram(self, name: str, tags: str, start: int, ts: int, counts: list[int],
                                  bounds: list[float], count: int, total: float) -> None:
-        self._append(CUMULATIVE_HISTOGRAMS, (name, tags, start, ts, counts, bounds, count, total))
+        self._append(CUMULATIVE_HISTOGRAMS, [(name, tags, start, ts, counts, bounds, count, total)])
 
     def dsd_event(self, event: dict) -> None:
         self._put((DSD_EVENT, event))

@@ -585,7 +585,7 @@ def llm_carriers(spans):
     every chunk goes through it), with a Span's type and meta_struct read from their slots."""
     out = []
     for span in spans:
-        if type(span) is _Span and _all_set(span):
+        if type(span) is _Span and _is_set(span, 11) and _is_set(span, 12):  # the two slots read
             type_, meta_struct = _slot(span, 11), _slot(span, 12)
         else:
             type_, meta_struct = span.type, span.meta_struct
@@ -599,14 +599,10 @@ def llmobs_spans(chunks):
     ``sources.traces.llmobs_spans_py`` compiled (the trace source counts them for every request), with a
     Span's meta_struct read from its slot."""
     cdef Py_ssize_t count = 0
-    cdef PyObject* meta_struct
     for chunk in chunks:
         for span in chunk:
-            meta_struct = (<PyObject**>(<char*><PyObject*>span + _slots[12]))[0] if type(span) is _Span else NULL
-            if meta_struct != NULL and PyDict_CheckExact(<object>meta_struct):
-                if PyDict_Contains(<object>meta_struct, LLMOBS_STRUCT_KEY):
-                    count += 1
-            elif LLMOBS_STRUCT_KEY in span.meta_struct:
+            meta_struct = _slot(span, 12) if type(span) is _Span and _is_set(span, 12) else span.meta_struct
+            if LLMOBS_STRUCT_KEY in meta_struct:
                 count += 1
     return count
 
