@@ -117,12 +117,13 @@ def pack(lines: list[bytes], max_bytes: int) -> tuple[list[bytes], list[int]]:
 
 
 def sender_main(address, family: int, datagrams: list[bytes], counts: list[int], rate: float | None,
-                result) -> None:
-    """Replay ``datagrams`` at ``rate`` lines/s (None: as fast as possible); report what was sent."""
+                result, lossless: bool = False) -> None:
+    """Replay ``datagrams`` at ``rate`` lines/s (None: as fast as possible); report what was sent.
+    ``lossless`` (unix sockets): wait while the socket is full rather than drop."""
     pin(0, 0)
     sock = socket.socket(family, socket.SOCK_DGRAM)
     sock.connect(address)
-    if family == socket.AF_UNIX:
+    if family == socket.AF_UNIX and not lossless:
         sock.setblocking(False)  # datadogpy's unix default: drop when the socket is full
     send = sock.send
     sent_lines = dropped_lines = 0
@@ -233,9 +234,10 @@ def cpu_seconds(pid: int, field: int = 0) -> float:
     return total / 1e9
 
 
-def send(ctx, address, family, datagrams, counts, rate) -> tuple[float, float, int, int]:
+def send(ctx, address, family, datagrams, counts, rate, lossless: bool = False) -> tuple[float, float, int, int]:
     here, there = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=sender_main, args=(address, family, datagrams, counts, rate, there), daemon=True)
+    proc = ctx.Process(target=sender_main, args=(address, family, datagrams, counts, rate, there, lossless),
+                       daemon=True)
     proc.start()
     if not here.poll(120):
         proc.kill()

@@ -32,7 +32,6 @@ def _count_inside(target: str) -> None:
         owner = getattr(owner, part)
     original = getattr(owner, name)
     depth = 0
-    on, off = callgrind.switches()
 
     @functools.wraps(original)
     def counted(*args, **kwargs):

@@ -10,12 +10,25 @@ import zstandard
 
 from llmship import NO_EXTENSIONS
 
-try:  # ISA-L's deflate (python-isal): the same gzip and deflate formats, for far fewer instructions at level 1
-    from isal import isal_zlib as _isal_zlib
-except ImportError:  # no wheel for this platform: zlib, its twin
-    _isal_zlib = None
-if NO_EXTENSIONS:
-    _isal_zlib = None
+# ISA-L's deflate (python-isal): the same gzip and deflate formats, for far fewer instructions at level 1.
+# Imported on first use (_isal), not with this module: its 0.45 MiB stay out of a process that ships no
+# level-1 gzip (the file sink, metrics only). None: not installed (no wheel for this platform), or
+# LLMSHIP_NO_EXTENSIONS is set; zlib is its twin.
+_NOT_LOADED = object()
+_isal_zlib = _NOT_LOADED
+
+
+def _isal():
+    global _isal_zlib
+    if _isal_zlib is _NOT_LOADED:
+        _isal_zlib = None
+        if not NO_EXTENSIONS:
+            try:
+                from isal import isal_zlib
+                _isal_zlib = isal_zlib
+            except ImportError:
+                pass
+    return _isal_zlib
 
 ENCODINGS = ("gzip", "deflate", "zstd", "identity")
 # Levels when none is given: gzip/deflate at zlib's usual 6 (the Agent's metrics serializer with zlib); zstd
@@ -66,11 +79,17 @@ class _Identity:
         return b""
 
 
+def isal_level(encoding: str, level: int | None) -> bool:
+    """Is ``encoding`` at ``level`` ISA-L's to take where python-isal is installed (gzip and deflate at level 1:
+    FAST_LEVELS, the high-volume sinks)? Asked without importing it."""
+    return level == 1 and encoding in ("gzip", "deflate")
+
+
 def isal_fits(encoding: str, level: int | None) -> bool:
-    """May ``stream_compressor`` use ISA-L for ``encoding`` at ``level``? gzip and deflate at level 1
-    (FAST_LEVELS: the high-volume sinks), where python-isal is installed. On the LLM-heavy bench's events
-    ISA-L's level 1 takes a sixth of zlib's instructions for a body a quarter smaller (bench/llm_calls.py)."""
-    return level == 1 and _isal_zlib is not None and encoding in ("gzip", "deflate")
+    """May ``stream_compressor`` use ISA-L for ``encoding`` at ``level``: ``isal_level``, and python-isal is
+    installed (imported on the first ask). On the LLM-heavy bench's events ISA-L's level 1 takes a sixth of
+    zlib's instructions for a body a quarter smaller (bench/llm_calls.py)."""
+    return isal_level(encoding, level) and _isal() is not None
 
 
 def stream_compressor(encoding: str, level: int | None = None, isal: bool = False) -> tuple[object, int | None]:
@@ -79,7 +98,7 @@ def stream_compressor(encoding: str, level: int | None = None, isal: bool = Fals
     rather than zlib's (only where ``isal_fits``); any inflater reads either."""
     level = DEFAULT_LEVELS.get(encoding) if level is None else level
     if encoding in ("gzip", "deflate"):
-        codec = _isal_zlib if isal and isal_fits(encoding, level) else zlib
+        codec = _isal() if isal and isal_fits(encoding, level) else zlib
         wbits = 16 + codec.MAX_WBITS if encoding == "gzip" else codec.MAX_WBITS
         return codec.compressobj(level, codec.DEFLATED, wbits), codec.Z_SYNC_FLUSH
     if encoding == "zstd":

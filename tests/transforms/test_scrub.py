@@ -482,3 +482,44 @@ def test_scrubbing_from_several_threads_at_once(engine):
     expected = [scrubber.scrub(t) for t in texts]
     with ThreadPoolExecutor(4) as pool:
         assert list(pool.map(scrubber.scrub, texts * 5)) == expected * 5
+
+
+# ------------------------------------------------------------------- Hyperscan's databases, compiled apart
+
+needs_hyperscan = pytest.mark.skipif(hyperscan is None, reason="no hyperscan")
+# A user rule Hyperscan takes, one it cannot prefilter (an empty match), and a default: what each database
+# and the "unscanned" list hold.
+_APART_RULES = (ScrubRule("ticket", r"TCK-[0-9]+", "[TICKET]"), ScrubRule("empty", r"q*", ""))
+_APART_TEXT = f"mail bob@example.com, key {AWS_KEY_ID}; TCK-42 and qqq"
+_APART_SCRUBBED = "mail [REDACTED:email], key [REDACTED:aws_access_key_id]; [TICKET] and "
+
+
+@needs_hyperscan
+def test_the_scrub_databases_are_compiled_in_a_child_process(monkeypatch):
+    """hs_compile: this process loads them serialized and never runs Hyperscan's compiler, which would stay
+    in its memory (7 MiB); a rule Hyperscan cannot prefilter still runs, on every text."""
+    from llmship.transforms import hs_compile, scrub as scrub_module
+
+    def compiled_here(databases):
+        raise AssertionError("compiled in this process")
+
+    monkeypatch.setattr(hs_compile, "serialize", compiled_here)
+    scrub_module._hyperscan.cache_clear()
+    scrubber = Scrubber(_APART_RULES, engine="hyperscan")
+    assert scrubber.scrub(_APART_TEXT) == _APART_SCRUBBED
+    assert list(scrubber.candidates_many([_APART_TEXT, "clean", "TCK-7"])) == [0, 1, 2]  # "empty": every one
+    no_user_rules = Scrubber((), engine="hyperscan")
+    assert list(no_user_rules.candidates_many(["clean", "TCK-7", "x bob@example.com"])) == [2]
+
+
+@needs_hyperscan
+def test_where_no_child_can_start_the_databases_are_compiled_here_with_the_same_results(monkeypatch):
+    from llmship.transforms import hs_compile, scrub as scrub_module
+
+    calls, original = [], hs_compile.serialize
+    monkeypatch.setattr(hs_compile.sys, "executable", "/nonexistent/python")
+    monkeypatch.setattr(hs_compile, "serialize", lambda databases: calls.append(1) or original(databases))
+    scrub_module._hyperscan.cache_clear()
+    scrubber = Scrubber(_APART_RULES, engine="hyperscan")
+    assert calls  # the child could not start: compiled here
+    assert scrubber.scrub(_APART_TEXT) == _APART_SCRUBBED == Scrubber(_APART_RULES, engine="python").scrub(_APART_TEXT)

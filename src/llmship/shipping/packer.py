@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from llmship import protobuf as pb
-from llmship.compression import compress_bound, isal_fits, stream_compressor
+from llmship.compression import compress_bound, isal_fits, isal_level, stream_compressor
 from llmship.delivery.payload import Framing, Payload, Route
 
 # Uncompressed bytes that may wait before they are fed to the compressor: each feed is one small call
@@ -130,7 +130,7 @@ class Packer:
                 self._raw = raw
             else:  # the payload's first item: its codec is made (ISA-L's unless the item is too large for its
                 # looser bound), and the max-age clock starts
-                self._isal = n <= self._max_isal_item
+                self._isal = n <= self._max_isal_item and isal_fits(self._enc.compression, self._enc.level)
                 self._compressor, self._flush_mode = stream_compressor(self._enc.compression, self._enc.level,
                                                                        self._isal)
                 if self._isal:
@@ -176,8 +176,8 @@ class Packer:
         framed = len(f.head) + len(f.tail)
         self._max_item = min(encoding.max_uncompressed,
                              _max_fitting(encoding.compression, encoding.max_bytes)) - framed
-        self._max_isal_item = -1
-        if isal_fits(encoding.compression, encoding.level):
+        self._max_isal_item = -1  # ISA-L's, where it may take the payload (imported with the first: isal_fits)
+        if isal_level(encoding.compression, encoding.level):
             self._max_isal_item = min(encoding.max_uncompressed,
                                       _max_fitting(encoding.compression, encoding.max_bytes, True)) - framed
 

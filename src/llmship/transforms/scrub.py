@@ -62,6 +62,8 @@ from llmship.transforms.truncate import truncate_text
 
 try:
     import hyperscan
+
+    from llmship.transforms.hs_compile import compile_databases
 except ImportError:  # no wheel for this platform: the Python twin runs
     hyperscan = None
 
@@ -300,75 +302,62 @@ def _no_matches(data: bytes) -> list[int]:
 
 
 class _Hyperscan:
-    """One block-mode database: every default rule's head (exact) and every user rule in prefilter mode
-    (a superset of its matches; only whether it may match is used; UTF-8 mode, where Hyperscan's classes
-    and case folding are RE2's or wider; the tests compare both on non-ASCII text). A scratch per thread: Hyperscan's
-    scratch space must not be shared by concurrent scans. Built through ``_hyperscan`` (cached: compiling
-    the heads takes some 50 ms, most of it the card's)."""
+    """Two block-mode databases (``_specs``): every default rule's head (exact) and every user rule in
+    prefilter mode (a superset of its matches; only whether it may match is used; UTF-8 mode, where
+    Hyperscan's classes and case folding are RE2's or wider; the tests compare both on non-ASCII text). A
+    scratch per thread: Hyperscan's scratch space must not be shared by concurrent scans. Built through
+    ``_hyperscan`` (cached: compiling the defaults' takes a quarter of a second in a child process,
+    hs_compile, most of it the card's head)."""
 
     def __init__(self, heads: tuple[tuple[str, str], ...], user: tuple[tuple[str, str], ...]) -> None:
-        self._names: list[str] = []
-        self._starts: list[Callable[[str, int], Iterable[int]] | None] = []
-        patterns, flags = [], []
-        for name, head in heads:
-            patterns.append(head.encode())
-            flags.append(0)
-            self._names.append(name)
-            self._starts.append(_HEADS[name][1])
-        prefilter = hyperscan.HS_FLAG_PREFILTER | hyperscan.HS_FLAG_UTF8 | hyperscan.HS_FLAG_SINGLEMATCH
+        # Both databases, and each user rule alone (can Hyperscan prefilter it?), in one child process
+        # (hs_compile: this process never holds the compiler); again without the rules it cannot take.
+        prefilter = hyperscan.HS_FLAG_PREFILTER | hyperscan.HS_FLAG_UTF8
+        probes = [([regex.encode()], [prefilter | hyperscan.HS_FLAG_SINGLEMATCH]) for _, regex in user]
         self._unscanned: set[str] = set()  # user rules Hyperscan cannot prefilter: they run on every text
-        for name, regex in user:
-            if _hyperscan_compiles(regex, prefilter):
-                patterns.append(regex.encode())
-                flags.append(prefilter)
-                self._names.append(name)
-                self._starts.append(None)
-            else:
-                self._unscanned.add(name)
+        compiled = compile_databases(probes + self._specs(heads, user, prefilter))
+        databases = compiled[len(probes):]
+        failed = {name for (name, _), db in zip(user, compiled) if db is None}
+        if failed:
+            self._unscanned = failed
+            databases = compile_databases(self._specs(heads, user, prefilter))
+        self._db, self._many_db = databases  # None: nothing to scan for (Hyperscan refuses an empty database)
         self._user = {name for name, _ in user}
-        self._db = None  # nothing to scan for (Hyperscan refuses an empty database)
-        if patterns:
-            self._db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-            self._db.compile(expressions=patterns, ids=list(range(len(patterns))), flags=flags)
         self._local = threading.local()
-        self._many_spec = (heads, user)
-        self._many_db: object = None  # built at the first scan_many
-        self._many_all = False  # a user rule the joined scan cannot judge: every string is a candidate
-        self._many_anchored = False  # a user rule may hold "^" or "$": strings are joined by newlines
 
-    def _build_many(self) -> None:
-        """The database ``scan_many`` runs over strings joined by newlines: every head (or its rule's
-        ``_MANY_SHAPES``), every user rule in prefilter mode; multi-line, so that ``^`` and ``$`` hold at
-        each string's edges, and without single-match, so that each string's own matches are reported. A
-        head crossing a newline can only add a candidate, never hide one."""
-        heads, user = self._many_spec
-        patterns, flags = [], []
-        for name, head in heads:
-            patterns.append(_MANY_SHAPES.get(name, head).encode())
-            flags.append(hyperscan.HS_FLAG_MULTILINE)
-        prefilter = hyperscan.HS_FLAG_PREFILTER | hyperscan.HS_FLAG_UTF8 | hyperscan.HS_FLAG_MULTILINE
-        for name, regex in user:
-            if name in self._unscanned or re.search(r"\\[AzZ]", regex):  # text anchors: not per string
-                self._many_all = True
-                continue
-            self._many_anchored |= "^" in regex or "$" in regex
-            patterns.append(regex.encode())
-            flags.append(prefilter)
-        db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-        if patterns:
-            db.compile(expressions=patterns, ids=list(range(len(patterns))), flags=flags)
-        self._many_db = db if patterns else False
+    def _specs(self, heads, user, prefilter: int) -> list[tuple[list[bytes], list[int]]]:
+        """The two databases, for the user rules Hyperscan can prefilter (not in ``_unscanned``), and what
+        reading their matches needs (``_names``, ``_starts``, ``_many_all``, ``_many_anchored``).
+
+        The first is scanned text by text: every default rule's head (exact) and every user rule in
+        prefilter mode, single-match. The second (``scan_many``) runs over strings joined by newlines: every
+        head (or its rule's ``_MANY_SHAPES``) and every user rule in prefilter mode; multi-line, so that ``^``
+        and ``$`` hold at each string's edges, and without single-match, so that each string's own matches
+        are reported. A head crossing a newline can only add a candidate, never hide one."""
+        scannable = [(name, regex) for name, regex in user if name not in self._unscanned]
+        self._names = [name for name, _ in heads] + [name for name, _ in scannable]
+        self._starts: list[Callable[[str, int], Iterable[int]] | None] = (
+            [_HEADS[name][1] for name, _ in heads] + [None] * len(scannable))
+        single = ([head.encode() for _, head in heads] + [regex.encode() for _, regex in scannable],
+                  [0] * len(heads) + [prefilter | hyperscan.HS_FLAG_SINGLEMATCH] * len(scannable))
+        # A user rule the joined scan cannot judge (one Hyperscan cannot take, or with text anchors, which
+        # do not hold per string): every string is a candidate.
+        joined = [(name, regex) for name, regex in scannable if not re.search(r"\\[AzZ]", regex)]
+        self._many_all = len(joined) < len(user)
+        self._many_anchored = any("^" in regex or "$" in regex for _, regex in joined)
+        many = ([_MANY_SHAPES.get(name, head).encode() for name, head in heads] + [r.encode() for _, r in joined],
+                [hyperscan.HS_FLAG_MULTILINE] * len(heads)
+                + [prefilter | hyperscan.HS_FLAG_MULTILINE] * len(joined))
+        return [single, many]
 
     def joined_scan(self) -> tuple[str, Callable[[bytes], list[int]]] | None:
         """``scan_many`` for a caller that joins the strings itself (the compiled span encoder's
         ``span_candidates``): the separator, and a function from the UTF-8 of the strings joined by it to the
         end offsets of the matches, ascending (a match belongs to the string whose own separator, or the end,
         is at or after its last byte). None when the joined scan cannot judge: every string is a candidate."""
-        if self._many_db is None:
-            self._build_many()
         if self._many_all:
             return None
-        scan = _no_matches if self._many_db is False else self._scan_joined
+        scan = _no_matches if self._many_db is None else self._scan_joined
         return ("\n" if self._many_anchored else "\0"), scan
 
     def _scan_joined(self, data: bytes) -> list[int]:
@@ -377,7 +366,7 @@ class _Hyperscan:
         return sorted([end for end, _ in hits])
 
     def _scan_many_db(self, data: bytes, on_match: Callable, context: list) -> None:
-        """One scan of ``data`` with the many-strings database (built), with this thread's scratch."""
+        """One scan of ``data`` with the many-strings database (there is one), with this thread's scratch."""
         db = self._many_db
         try:
             scratch = self._local.many_scratch
@@ -388,12 +377,9 @@ class _Hyperscan:
     def scan_many(self, strings: list[str]) -> list[int] | None:
         """The indexes of ``strings`` where some rule may match, from one scan of their concatenation;
         None when it cannot tell (a lone surrogate): the caller scrubs each string."""
-        if self._many_db is None:
-            self._build_many()
         if self._many_all:
             return list(range(len(strings)))
-        db = self._many_db
-        if db is False:
+        if self._many_db is None:
             return []
         # The separator: a NUL (the heads need only a separator that is not a digit, "." or "-"), or a
         # newline when a user rule may be anchored ("^" and "$" hold there in multi-line mode)
@@ -431,11 +417,9 @@ class _Hyperscan:
         the end of every match in it. Every pattern there is then a default head or shape, an ASCII byte
         pattern whose classes hold no byte >= 0x80 or are negated, so it finds in each string what a scan
         of its UTF-8 finds. None when a user rule is scanned too (it needs the real UTF-8)."""
-        if self._many_spec[1]:
+        if self._user:
             return None
-        if self._many_db is None:
-            self._build_many()
-        return _no_matches if self._many_db is False else self._scan_mapped
+        return _no_matches if self._many_db is None else self._scan_mapped
 
     def _scan_mapped(self, data: bytes) -> list[int]:
         ends: list[int] = []
@@ -520,15 +504,6 @@ _MANY_SHAPES = {
     "ipv6": r"[0-9A-Fa-f]::|::[0-9A-Fa-f]|:[0-9A-Fa-f]{1,4}:[0-9A-Fa-f]{1,4}:[0-9A-Fa-f]{1,4}:",
     "email": r"[A-Za-z0-9._%+-]@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2}",
 }
-
-
-def _hyperscan_compiles(regex: str, flags: int) -> bool:
-    db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-    try:
-        db.compile(expressions=[regex.encode()], ids=[0], flags=[flags])
-    except hyperscan.error:
-        return False
-    return True
 
 
 def default_engine() -> str:
