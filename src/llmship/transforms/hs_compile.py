@@ -63,8 +63,8 @@ def _in_child(databases: list[Database]) -> list[bytes | None] | None:
     from llmship.log import get_logger  # here: the child, which never logs, does not import structlog
 
     get_logger("scrub").warning("hyperscan_compiled_in_process", reason=reason,
-                hint="the child process that compiles the scrub database failed; compiled here instead, "
-                     "which keeps Hyperscan's compiler in memory (~7 MiB)")
+                                hint="the child process that compiles the scrub database failed; compiled here "
+                                     "instead, which keeps Hyperscan's compiler in memory (~4 MiB of RSS)")
     return None
 
 
