@@ -6,10 +6,13 @@ Building binds nothing, so `llmship validate` runs exactly this start-up path sh
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,7 +100,7 @@ def build_processing(cfg: Config, telemetry: Telemetry, router, *, submit=None, 
     delivery's (None in a worker, whose sinks only encode); ``sockets``: inherited listeners."""
     try:
         scrubber = Scrubber(cfg.scrub.rules, telemetry.component("scrub"), hash_key=cfg.scrub.hash_key,
-                            fields=cfg.scrub.fields)
+                            fields=cfg.scrub.fields, count_builds=True)
     except ValueError as e:  # e.g. a rule with no regex that names no default rule
         raise ConfigError([f"scrub.rules: {e}"]) from None
     sampler = Sampler(cfg.llm.sampling)
@@ -495,8 +498,37 @@ def run(config_path: str | None, lambda_mode: bool = False) -> int:
     async def main() -> int:
         return await Agent(cfg, text, lambda_runtime_api=runtime_api).run()
 
+    with _shared_scrub_databases(cfg.worker_count > 1):
+        try:
+            import uvloop
+        except ImportError:  # uvloop is a dependency, but stay runnable on platforms it does not support
+            return asyncio.run(main())
+        return uvloop.run(main())
+
+
+@contextlib.contextmanager
+def _shared_scrub_databases(workers: bool):
+    """With workers: a private directory (0700) where the scrub rules' Hyperscan databases this process
+    compiles are left for its workers to load (transforms/hs_compile.py), named in the environment they
+    inherit before anything is built; removed at exit. Without one (no writable temporary directory), each
+    worker compiles its own, as with no workers."""
     try:
-        import uvloop
-    except ImportError:  # uvloop is a dependency, but stay runnable on platforms it does not support
-        return asyncio.run(main())
-    return uvloop.run(main())
+        from llmship.transforms.hs_compile import CACHE_ENV
+    except ImportError:  # no Hyperscan here: the scrubber's Python twin compiles nothing
+        workers = False
+    if not workers or os.environ.get(CACHE_ENV):
+        yield
+        return
+    try:
+        directory = tempfile.mkdtemp(prefix="llmship-scrub-")
+    except OSError as e:
+        log.warning("scrub_database_cache_unavailable", error=f"{type(e).__name__}: {e}",
+                    hint="each worker compiles the scrub rules itself")
+        yield
+        return
+    os.environ[CACHE_ENV] = directory
+    try:
+        yield
+    finally:
+        del os.environ[CACHE_ENV]
+        shutil.rmtree(directory, ignore_errors=True)

@@ -194,9 +194,47 @@ def test_sighup_reaches_every_worker(intake, start_agent):
     assert all(by_worker), by_worker
 
 
+def test_workers_load_the_scrub_databases_the_parent_compiled_at_start_and_on_reload(intake, start_agent):
+    """transforms/hs_compile.py: the parent compiles the scrub rules' Hyperscan databases once, in a child
+    process, and leaves them in a private directory its workers load them from: no worker starts a compiler,
+    neither at start nor after a reload that changed the rules, and the new rule scrubs what they receive."""
+    agent = start_agent(WORKERS_CONFIG, intake=intake)
+
+    def built(source: str) -> float:
+        return agent.counter("scrub", "databases_built", source=source)
+
+    wait_for(lambda: built("cache") == 2, what="both workers' databases loaded")  # with their first heartbeat
+    assert built("child") == 1 and built("in_process") == 0
+    rewrite_config(agent, {"scrub": {"rules": [{"name": "ticket", "regex": "TCK-[0-9]+",
+                                                "replacement": "[TICKET]"}]}})
+    agent.send_signal(signal.SIGHUP)
+    wait_for(lambda: agent.log_text().count("worker_config_reloaded") == 2, what="both workers reloaded")
+    # The parent compiled the new rules while validating the config (a build whose counters are not kept);
+    # its own scrubber then found them in memory, and each worker in the directory.
+    wait_for(lambda: built("cache") == 4, what="both workers' new databases loaded")
+    assert built("child") == 1 and built("in_process") == 0
+    messages = [f"ticket TCK-{i} from bob@example.com" for i in range(40)]
+    for i in range(0, 40, 10):  # four connections: both workers are likely to take some
+        send_log_lines(agent.ports["logs_tcp_port"], messages[i:i + 10])
+    got = wait_for(lambda: (got := [r["data"]["message"] for r in intake.records("logs")
+                                    if r["data"].get("service") == "w"]) and len(got) >= 40 and got,
+                   what="40 logs at the intake")
+    assert sorted(got) == sorted(["ticket [TICKET] from [REDACTED:email]"] * 40)
+    [directory] = scrub_cache_dirs(agent)
+    assert os.stat(directory).st_mode & 0o077 == 0  # private
+
+
+def scrub_cache_dirs(agent) -> set[str]:
+    """The directory of shared scrub databases, as the workers' environment names it (the parent sets it in
+    its own after it started)."""
+    return {line.split("=", 1)[1] for w in workers(agent)
+            for line in open(f"/proc/{w['pid']}/environ").read().split("\0") if line.startswith("LLMSHIP_HS_CACHE=")}
+
+
 def test_sigterm_with_workers_finishes_requests_hands_over_and_delivers(intake, start_agent):
     agent = start_agent(WORKERS_CONFIG, intake=intake)
     pids = [w["pid"] for w in workers(agent)]
+    [scrub_cache] = scrub_cache_dirs(agent)
     sender = Sender(agent.ports["trace_port"], connections=4).start()
     wait_for(lambda: len(sender.accepted) >= 1_000, timeout=20, what="load accepted")
     agent.send_signal(signal.SIGTERM)
@@ -208,6 +246,7 @@ def test_sigterm_with_workers_finishes_requests_hands_over_and_delivers(intake, 
     assert len(delivered) == len(set(delivered))
     text = agent.log_text()
     assert text.count("worker_stopped") == 2 and "worker_exited" not in text
+    assert not os.path.exists(scrub_cache)  # removed at exit
 
 
 def test_status_sums_and_a_line_per_worker(intake, start_agent, tmp_path):

@@ -512,6 +512,58 @@ def test_the_scrub_databases_are_compiled_in_a_child_process(monkeypatch):
     assert list(no_user_rules.candidates_many(["clean", "TCK-7", "x bob@example.com"])) == [2]
 
 
+def _built(scrubber: Scrubber) -> dict[str, float]:
+    return {dict(labels)["source"]: value for (name, labels), value in scrubber.telemetry.counters.items()
+            if name == "databases_built"}
+
+
+@needs_hyperscan
+def test_a_process_loads_the_databases_another_compiled_from_the_shared_directory(monkeypatch, tmp_path):
+    """LLMSHIP_HS_CACHE (what the agent sets for its workers): the first build leaves the child's databases
+    there; a later build of the same rules, in a process that has not got them in memory, loads them and
+    starts no compiler at all, with the same results."""
+    from llmship.transforms import hs_compile, scrub as scrub_module
+
+    monkeypatch.setenv(hs_compile.CACHE_ENV, str(tmp_path))
+    scrub_module._hyperscan.cache_clear()
+    first = Scrubber(_APART_RULES, engine="hyperscan", count_builds=True)
+    assert _built(first) == {"child": 2}  # the probes with both databases, then both without the "empty" rule
+    files = sorted(tmp_path.glob("*.hsdb"))
+    assert len(files) == 2
+
+    def no_compiler(*args):
+        raise AssertionError("compiled again")
+
+    monkeypatch.setattr(hs_compile, "_in_child", no_compiler)
+    monkeypatch.setattr(hs_compile, "serialize", no_compiler)
+    scrub_module._hyperscan.cache_clear()  # as in another process
+    second = Scrubber(_APART_RULES, engine="hyperscan", count_builds=True)
+    assert _built(second) == {"cache": 2}
+    assert second.scrub(_APART_TEXT) == first.scrub(_APART_TEXT) == _APART_SCRUBBED
+    texts = [_APART_TEXT, "clean", "TCK-7", "x bob@example.com"]
+    assert list(second.candidates_many(texts)) == list(first.candidates_many(texts))
+
+
+@needs_hyperscan
+@pytest.mark.parametrize("damage", [b"", b"\x92\xc4\x03abc\xc0", b"not msgpack at all \xc1"])
+def test_a_damaged_shared_database_is_compiled_again_and_replaced(monkeypatch, tmp_path, damage):
+    from llmship.transforms import hs_compile, scrub as scrub_module
+
+    monkeypatch.setenv(hs_compile.CACHE_ENV, str(tmp_path))
+    scrub_module._hyperscan.cache_clear()
+    Scrubber((), engine="hyperscan")
+    [path] = tmp_path.glob("*.hsdb")
+    path.write_bytes(damage)
+    scrub_module._hyperscan.cache_clear()
+    scrubber = Scrubber((), engine="hyperscan", count_builds=True)
+    assert _built(scrubber) == {"child": 1}
+    assert scrubber.scrub(f"key {AWS_KEY_ID} mail bob@example.com") == \
+        "key [REDACTED:aws_access_key_id] mail [REDACTED:email]"
+    assert len(path.read_bytes()) > 1000  # whole again
+    scrub_module._hyperscan.cache_clear()
+    assert _built(Scrubber((), engine="hyperscan", count_builds=True)) == {"cache": 1}
+
+
 @needs_hyperscan
 def test_where_no_child_can_start_the_databases_are_compiled_here_with_the_same_results(monkeypatch):
     from llmship.transforms import hs_compile, scrub as scrub_module

@@ -63,6 +63,7 @@ from llmship.transforms.truncate import truncate_text
 try:
     import hyperscan
 
+    from llmship.transforms import hs_compile
     from llmship.transforms.hs_compile import compile_databases
 except ImportError:  # no wheel for this platform: the Python twin runs
     hyperscan = None
@@ -711,12 +712,16 @@ class Scrubber:
     ``scrub_matches{rule, action, kind}``; ``scrub_value`` also says when a drop_field rule matched (None).
 
     ``engine``: "hyperscan" or "python" (the twin); by default ``default_engine()``. ``hash_key``: the HMAC
-    key of rules whose action is "hash" (required by them; never logged)."""
+    key of rules whose action is "hash" (required by them; never logged). ``count_builds``: count the
+    Hyperscan databases each build loaded by where they came from, ``databases_built{source}`` (child, cache or
+    in_process: transforms/hs_compile.py); the agent's scrubber does, so status shows that workers compiled
+    nothing."""
 
     def __init__(self, rules: tuple[ScrubRule, ...] = (), telemetry_component: Component | None = None, *,
                  defaults: tuple[ScrubRule, ...] = DEFAULT_RULES, engine: str | None = None,
-                 hash_key: str = "", fields: tuple = ()) -> None:
+                 hash_key: str = "", fields: tuple = (), count_builds: bool = False) -> None:
         self.telemetry = telemetry_component if telemetry_component is not None else Component("scrub")
+        self._count_builds = count_builds
         self._defaults = defaults
         self.engine = engine or default_engine()
         if self.engine not in ("hyperscan", "python"):
@@ -747,8 +752,12 @@ class Scrubber:
                                      for r in compiled)
         hs = None
         if self.engine == "hyperscan":
+            before = dict(hs_compile.BUILT)
             hs = _hyperscan(tuple((r.name, _HEADS[r.name][0]) for r in compiled if r.headed),
                             tuple((r.name, r.pattern.pattern) for r in compiled if not r.headed))
+            for source, count in hs_compile.BUILT.items() if self._count_builds else ():
+                if count > before.get(source, 0):  # none when these rules' databases were in memory
+                    self.telemetry.inc("databases_built", count - before.get(source, 0), source=source)
         if fields is not None or not hasattr(self, "fields"):
             self.fields = FieldPolicies(fields or (), key)
         elif hash_key is not None:
