@@ -251,6 +251,25 @@ def test_render_table_shows_what_an_operator_asks_first():
     assert all("\n" not in line for line in lines)
 
 
+def test_render_table_shows_the_privacy_audit():
+    telemetry = Telemetry()
+    scrub = telemetry.component("scrub")
+    scrub.inc("scrub_matches", 3, rule="email", action="redact", kind="llmobs")
+    scrub.inc("scrub_matches", 2, rule="email", action="redact", kind="logs")
+    scrub.inc("scrub_matches", 1, rule="user_id", action="hash", kind="spans")
+    scrub.inc("scrub_fields", 4, field="meta.input.messages.0.content", action="drop", kind="llmobs")
+    scrub.inc("scrub_failed", 1, kind="logs")
+    scrub.inc("databases_built", 1, source="child")
+    scrub.inc("databases_built", 2, source="cache")
+    lines = render_table(telemetry.snapshot()).splitlines()
+    section = lines[lines.index("Scrubbed (component scrub), by kind:") + 1:]
+    rows = {" ".join(line.split()) for line in section[:5]}
+    assert rows == {"email redact: llmobs=3 logs=2", "user_id hash: spans=1",
+                    "field meta.input.messages.0.content drop: llmobs=4", "scrubbing raised dropped: logs=1",
+                    "hyperscan databases built: cache=2 child=1"}
+    assert not any("nothing counted yet" in line and "scrub" in line for line in lines)
+
+
 def test_render_table_with_nothing_reported_yet():
     assert "no components have reported yet" in render_table({"components": {}})
 

@@ -402,6 +402,33 @@ def _duration(secs: float) -> str:
     return f"{minutes}m{seconds:02d}s"
 
 
+def _scrubbed(data: Any) -> list[tuple[str, str]]:
+    """The privacy audit: matches per rule and action (``scrub_matches``), field policy hits per field and
+    action (``scrub_fields``) and records dropped because scrubbing raised (``scrub_failed``), each by kind;
+    and where the scrub rules' Hyperscan databases came from (``databases_built``)."""
+    if not isinstance(data, dict):
+        return []
+    lines: dict[tuple[str, str], list[str]] = {}
+    for c in data.get("counters", []):
+        labels, value = c.get("labels", {}), c.get("value")
+        if not value:
+            continue
+        if c["name"] == "scrub_matches":
+            key = (_one_line(labels.get("rule", "?")), _one_line(labels.get("action", "?")))
+        elif c["name"] == "scrub_fields":
+            key = (f"field {_one_line(labels.get('field', '?'))}", _one_line(labels.get("action", "?")))
+        elif c["name"] == "scrub_failed":
+            key = ("scrubbing raised", "dropped")
+        elif c["name"] == "databases_built":
+            lines.setdefault(("hyperscan databases", "built"), []).append(
+                f"{_one_line(labels.get('source', '?'))}={_count(value)}")
+            continue
+        else:
+            continue
+        lines.setdefault(key, []).append(f"{_one_line(labels.get('kind', '?'))}={_count(value)}")
+    return [(name, f"{action}: {'  '.join(parts)}") for (name, action), parts in lines.items()]
+
+
 def _rate(value: Any) -> str:
     return "-" if value is None else f"{value:g}"
 
@@ -427,6 +454,7 @@ def render_table(status_json: dict[str, Any], now: float | None = None) -> str:
               "RETRIES", "QUEUE (items / bytes)", "SPOOL (files / bytes)")
     rows = [header]
     drops, errors, gauge_errors, idle = [], [], [], []
+    scrubbed = _scrubbed(status_json.get("components", {}).get("scrub"))
     for name, data in components:
         gauges = data.get("gauges", {})
         cells = (
@@ -440,7 +468,8 @@ def render_table(status_json: dict[str, Any], now: float | None = None) -> str:
             _pair(gauges.get("spool_files"), gauges.get("spool_bytes")),
         )
         if all(cell == "-" for cell in cells):
-            idle.append(name)  # registered but nothing to show: a row of dashes would hide the busy ones
+            if not (name == "scrub" and scrubbed):  # the scrubber's counts have a section of their own
+                idle.append(name)  # registered but nothing to show: a row of dashes would hide the busy ones
         else:
             rows.append((name, *cells))
         reasons = [f"{_one_line(c['labels'].get('reason', '?'))}={_count(c['value'])}"
@@ -487,8 +516,8 @@ def render_table(status_json: dict[str, Any], now: float | None = None) -> str:
             out.append("  " + "  ".join(cell.ljust(w) if i < 3 else cell.rjust(w)
                                         for i, (cell, w) in enumerate(zip(row, widths))) + "  " + row[-1])
 
-    for title, entries in (("Discarded, by reason:", drops), ("Last error:", errors),
-                           ("Gauges not read:", gauge_errors)):
+    for title, entries in (("Discarded, by reason:", drops), ("Scrubbed (component scrub), by kind:", scrubbed),
+                           ("Last error:", errors), ("Gauges not read:", gauge_errors)):
         if entries:
             width = max(len(name) for name, _ in entries)
             out += ["", title] + [f"  {name.ljust(width)}  {text}" for name, text in entries]
