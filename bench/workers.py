@@ -175,17 +175,17 @@ def main() -> int:
     base = results[0]
     quick = "a --quick run" if args.quick else ""
 
-    def speedup_over_base(r: dict) -> float:
-        """The median of the rounds' ratios (each round's counts ran back to back)."""
-        ratios = [run["delivered_per_sec"] / one["delivered_per_sec"]
-                  for run, one in zip(r["rounds"], base["rounds"]) if one["delivered_per_sec"]]
-        return statistics.median(ratios) if ratios else float("nan")
+    def round_ratios(r: dict) -> list[float]:
+        """Spans/s delivered over workers = 1's, round by round (each round's counts ran back to back)."""
+        return [run["delivered_per_sec"] / one["delivered_per_sec"]
+                for run, one in zip(r["rounds"], base["rounds"]) if one["delivered_per_sec"]]
 
     print("\n  | workers | spans/s delivered | vs 1 | µs CPU/span | p99 @ ½ sat | 429 @ ½ | p99 @ 2× sat | "
           "429 @ 2× | lost | RSS |")
     print("  |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
-        speedup = speedup_over_base(r)
+        ratios = round_ratios(r)
+        speedup = statistics.median(ratios) if ratios else float("nan")
         print(f"  | {r['workers']} | {r['delivered_per_sec']:,.0f} | {speedup:.2f}x | {r['us_per_span']:.1f} | "
               f"{r['half_p99']:.0f} ms | {r['half_429']:.1%} | {r['twice_p99']:.0f} ms | {r['twice_429']:.1%} | "
               f"{r['lost']:,.0f} | {r['rss_mib']:.0f} MiB |")
@@ -193,9 +193,7 @@ def main() -> int:
         result(name, "spans/s delivered (web mix, 16 connections)", r["delivered_per_sec"], "spans/s")
         result(name, "agent CPU per span", r["us_per_span"], "µs")
         if r["workers"] == 2 and base["workers"] == 1:
-            ratios = ", ".join(f"{run['delivered_per_sec'] / one['delivered_per_sec']:.2f}x"
-                               for run, one in zip(r["rounds"], base["rounds"]) if one["delivered_per_sec"])
-            print(f"\n  2 workers vs 1, round by round: {ratios}")
+            print(f"\n  2 workers vs 1, round by round: {', '.join(f'{x:.2f}x' for x in ratios)}")
             print(f"  2 workers vs 1 (median): {speedup:.2f}x  "
                   + result(name, "speed-up over workers = 1", speedup, "x", GOAL_SPEEDUP,
                            "fewer than 2 cores" if len(CPUS) < 2 else quick))
