@@ -32,10 +32,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from common import (CATCH_UP_SECS, CPUS, STATUS_POLL_SECS, Agent, Goal, Measured, NullIntake,  # bench/common.py
@@ -63,24 +65,31 @@ def share_429(m: Measured) -> float:
     return m.phase.refused / m.phase.requests if m.phase.requests else 0.0
 
 
-def start(workdir: Path, destination, workers: int, shed: bool) -> tuple[Agent, Workload, int]:
-    port = free_port()
-    agent = Agent(workdir, {"traces": {"listen": f"127.0.0.1:{port}"}}, datadog_sink(destination.url),
-                  cpu=None, agent={"workers": workers} | ({} if shed else {"overload_lag_ms": 0}))
-    workload = Workload("web", TRACES_PER_PAYLOAD, 20, 0.0, port)
-    asyncio.run(closed_loop(workload, port, CONNECTIONS, 1.0))  # warm-up: contexts, caches, connections
-    wait_until(lambda: caught_up(agent.counters()), CATCH_UP_SECS, "the warm-up to be delivered", STATUS_POLL_SECS)
-    return agent, workload, port
+@contextlib.contextmanager
+def running(workdir: Path, workers: int, shed: bool) -> Iterator[tuple[Agent, Workload, int]]:
+    """A fresh agent (warmed up, the warm-up delivered) shipping to a fresh null intake; both stopped after."""
+    destination = NullIntake(cpu=1)
+    agent = None
+    try:
+        port = free_port()
+        agent = Agent(workdir, {"traces": {"listen": f"127.0.0.1:{port}"}}, datadog_sink(destination.url),
+                      cpu=None, agent={"workers": workers} | ({} if shed else {"overload_lag_ms": 0}))
+        workload = Workload("web", TRACES_PER_PAYLOAD, 20, 0.0, port)
+        asyncio.run(closed_loop(workload, port, CONNECTIONS, 1.0))  # warm-up: contexts, caches, connections
+        wait_until(lambda: caught_up(agent.counters()), CATCH_UP_SECS, "the warm-up to be delivered",
+                   STATUS_POLL_SECS)
+        yield agent, workload, port
+    finally:
+        if agent is not None:
+            agent.stop()
+        destination.stop()
 
 
 def capacity(workers: int, seconds: float, workdir: Path) -> dict:
     """One closed loop on a fresh agent, load shedding off (``overload_lag_ms = 0``): a closed loop is demand
     without end, which shedding answers with 429s (the open loops show it doing so); here it would measure the
     cost of refusals rather than what the agent can process."""
-    destination = NullIntake(cpu=1)
-    agent = None
-    try:
-        agent, workload, port = start(workdir, destination, workers, shed=False)
+    with running(workdir, workers, shed=False) as (agent, workload, port):
         closed = run_phase(agent, workload, lambda: closed_loop(workload, port, CONNECTIONS, seconds))
         out = {"saturation": closed.phase.spans_sent / closed.phase.seconds,
                "delivered_per_sec": delivered(closed) / closed.phase.seconds,
@@ -91,19 +100,12 @@ def capacity(workers: int, seconds: float, workdir: Path) -> dict:
               f"{out['us_per_span']:.1f} µs of agent CPU a span, p99 {out['closed_p99']:.0f} ms, "
               f"429 {out['closed_429']:.1%}")
         return out
-    finally:
-        if agent is not None:
-            agent.stop()
-        destination.stop()
 
 
 def shedding(workers: int, saturation: float, seconds: float, workdir: Path) -> dict:
     """A fresh agent with the default config (shedding on); open loops at half and at twice ``saturation``."""
-    destination = NullIntake(cpu=1)
-    agent = None
     out: dict = {"lost": 0.0}
-    try:
-        agent, workload, port = start(workdir, destination, workers, shed=True)
+    with running(workdir, workers, shed=True) as (agent, workload, port):
         for name, factor in (("half", 0.5), ("twice", 2.0)):
             rate = round(saturation * factor, -2)
             m = run_phase(agent, workload, lambda: open_loop(workload, port, CONNECTIONS, rate, seconds))
@@ -119,10 +121,6 @@ def shedding(workers: int, saturation: float, seconds: float, workdir: Path) -> 
                   + (f" ({m.phase.stopped_early})" if m.phase.stopped_early else ""))
         out["rss_mib"] = sum(_rss(pid) for pid in (agent.pid, *agent.worker_pids)) / 1024
         return out
-    finally:
-        if agent is not None:
-            agent.stop()
-        destination.stop()
 
 
 def _rss(pid: int) -> int:

@@ -408,11 +408,12 @@ def _scrubbed(data: Any) -> list[tuple[str, str]]:
     and where the scrub rules' Hyperscan databases came from (``databases_built``)."""
     if not isinstance(data, dict):
         return []
-    lines: dict[tuple[str, str], list[str]] = {}
+    lines: dict[tuple[str, str], list[str]] = {}  # (what, action) -> "kind=count" (databases: "source=count")
     for c in data.get("counters", []):
         labels, value = c.get("labels", {}), c.get("value")
         if not value:
             continue
+        part = "kind"
         if c["name"] == "scrub_matches":
             key = (_one_line(labels.get("rule", "?")), _one_line(labels.get("action", "?")))
         elif c["name"] == "scrub_fields":
@@ -420,12 +421,10 @@ def _scrubbed(data: Any) -> list[tuple[str, str]]:
         elif c["name"] == "scrub_failed":
             key = ("scrubbing raised", "dropped")
         elif c["name"] == "databases_built":
-            lines.setdefault(("hyperscan databases", "built"), []).append(
-                f"{_one_line(labels.get('source', '?'))}={_count(value)}")
-            continue
+            key, part = ("hyperscan databases", "built"), "source"
         else:
             continue
-        lines.setdefault(key, []).append(f"{_one_line(labels.get('kind', '?'))}={_count(value)}")
+        lines.setdefault(key, []).append(f"{_one_line(labels.get(part, '?'))}={_count(value)}")
     return [(name, f"{action}: {'  '.join(parts)}") for (name, action), parts in lines.items()]
 
 

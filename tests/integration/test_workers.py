@@ -115,6 +115,20 @@ def send_log_lines(port: int, messages: list[str]) -> None:
         s.sendall("".join(json.dumps({"message": m, "service": "w"}) + "\n" for m in messages).encode())
 
 
+def logs_of_w(intake, count: int) -> list[str]:
+    """The messages of service "w" at the intake, once there are ``count`` of them."""
+    return wait_for(lambda: (got := [r["data"]["message"] for r in intake.records("logs")
+                                     if r["data"].get("service") == "w"]) and len(got) >= count and got,
+                    what=f"{count} logs at the intake")
+
+
+def scrub_cache_dirs(agent) -> set[str]:
+    """The directory of shared scrub databases, as the workers' environment names it (the parent sets it in
+    its own after it started)."""
+    return {line.split("=", 1)[1] for w in workers(agent)
+            for line in open(f"/proc/{w['pid']}/environ").read().split("\0") if line.startswith("LLMSHIP_HS_CACHE=")}
+
+
 # ------------------------------------------------------------------------------------------------ tests
 
 
@@ -136,10 +150,7 @@ def test_two_workers_deliver_captured_traces_events_and_logs_once(intake, start_
     assert sorted(spans) == sorted(captured)  # every span once
     events = intake.wait_records("llmobs", 6)
     assert sorted(e["data"]["span_id"] for e in events) == sorted({e["data"]["span_id"] for e in events})
-    logs = wait_for(lambda: (got := [r["data"]["message"] for r in intake.records("logs")
-                                     if r["data"].get("service") == "w"]) and len(got) >= 400 and got,
-                    what="400 logs at the intake")
-    assert sorted(logs) == sorted(sent_logs)  # every log once
+    assert sorted(logs_of_w(intake, 400)) == sorted(sent_logs)  # every log once
     assert agent.counter("workers", "worker_restarts") == 0
 
 
@@ -216,19 +227,9 @@ def test_workers_load_the_scrub_databases_the_parent_compiled_at_start_and_on_re
     messages = [f"ticket TCK-{i} from bob@example.com" for i in range(40)]
     for i in range(0, 40, 10):  # four connections: both workers are likely to take some
         send_log_lines(agent.ports["logs_tcp_port"], messages[i:i + 10])
-    got = wait_for(lambda: (got := [r["data"]["message"] for r in intake.records("logs")
-                                    if r["data"].get("service") == "w"]) and len(got) >= 40 and got,
-                   what="40 logs at the intake")
-    assert sorted(got) == sorted(["ticket [TICKET] from [REDACTED:email]"] * 40)
+    assert sorted(logs_of_w(intake, 40)) == sorted(["ticket [TICKET] from [REDACTED:email]"] * 40)
     [directory] = scrub_cache_dirs(agent)
     assert os.stat(directory).st_mode & 0o077 == 0  # private
-
-
-def scrub_cache_dirs(agent) -> set[str]:
-    """The directory of shared scrub databases, as the workers' environment names it (the parent sets it in
-    its own after it started)."""
-    return {line.split("=", 1)[1] for w in workers(agent)
-            for line in open(f"/proc/{w['pid']}/environ").read().split("\0") if line.startswith("LLMSHIP_HS_CACHE=")}
 
 
 def test_sigterm_with_workers_finishes_requests_hands_over_and_delivers(intake, start_agent):

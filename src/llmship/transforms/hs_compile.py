@@ -78,12 +78,15 @@ def _cache_path(request: bytes) -> Path | None:
 
 def _read_cache(path: Path, count: int) -> list[bytes | None] | None:
     try:
-        serialized = msgpack.unpackb(path.read_bytes())
+        return _serialized(msgpack.unpackb(path.read_bytes()), count)
     except (OSError, ValueError, msgpack.UnpackException):  # not there yet, or not readable: compile
         return None
-    if isinstance(serialized, list) and len(serialized) == count \
-            and all(s is None or isinstance(s, bytes) for s in serialized):
-        return serialized
+
+
+def _serialized(value, count: int) -> list[bytes | None] | None:
+    """``value`` if it is what the child writes for ``count`` databases (each serialized or None), else None."""
+    if isinstance(value, list) and len(value) == count and all(s is None or isinstance(s, bytes) for s in value):
+        return value
     return None
 
 
@@ -124,10 +127,8 @@ def _in_child(request: bytes, count: int) -> list[bytes | None] | None:
     try:
         done = subprocess.run([sys.executable, "-m", __name__], input=request, env=env,
                               capture_output=True, timeout=CHILD_TIMEOUT_SECS, check=False)
-        if done.returncode == 0:
-            serialized = msgpack.unpackb(done.stdout)
-            if isinstance(serialized, list) and len(serialized) == count:
-                return serialized
+        if done.returncode == 0 and (serialized := _serialized(msgpack.unpackb(done.stdout), count)) is not None:
+            return serialized
         reason = f"exit code {done.returncode}: {done.stderr.decode(errors='replace')[-500:]}"
     except (OSError, subprocess.SubprocessError, ValueError) as e:
         reason = f"{type(e).__name__}: {e}"
