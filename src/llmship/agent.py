@@ -11,6 +11,7 @@ import ctypes
 import os
 import shutil
 import signal
+import stat
 import sys
 import tempfile
 import time
@@ -506,12 +507,45 @@ def run(config_path: str | None, lambda_mode: bool = False) -> int:
         return uvloop.run(main())
 
 
+_SCRUB_DIR_PREFIX = "llmship-scrub-"
+
+
+def _remove_orphaned_scrub_dirs() -> None:
+    """Remove this user's scrub-database directories whose agent is gone (``llmship-scrub-<pid>-*``)."""
+    root = tempfile.gettempdir()
+    try:
+        names = [name for name in os.listdir(root) if name.startswith(_SCRUB_DIR_PREFIX)]
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(_SCRUB_DIR_PREFIX):].split("-", 1)[0]
+        path = os.path.join(root, name)
+        try:
+            info = os.lstat(path)
+        except OSError:
+            continue
+        if pid.isdigit() and stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            log.info("scrub_database_cache_removed", path=path, reason="its agent is gone")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def _shared_scrub_databases(workers: bool):
     """With workers: a private directory (0700) where the scrub rules' Hyperscan databases this process
     compiles are left for its workers to load (transforms/hs_compile.py), named in the environment they
     inherit before anything is built; removed at exit. Without one (no writable temporary directory), each
-    worker compiles its own, as with no workers."""
+    worker compiles its own, as with no workers. Its name holds this process's id: the directories of
+    agents that could not remove theirs (killed with SIGKILL) are removed when the next one starts."""
     try:
         from llmship.transforms.hs_compile import CACHE_ENV
     except ImportError:  # no Hyperscan here: the scrubber's Python twin compiles nothing
@@ -519,8 +553,9 @@ def _shared_scrub_databases(workers: bool):
     if not workers or os.environ.get(CACHE_ENV):
         yield
         return
+    _remove_orphaned_scrub_dirs()
     try:
-        directory = tempfile.mkdtemp(prefix="llmship-scrub-")
+        directory = tempfile.mkdtemp(prefix=f"{_SCRUB_DIR_PREFIX}{os.getpid()}-")
     except OSError as e:
         log.warning("scrub_database_cache_unavailable", error=f"{type(e).__name__}: {e}",
                     hint="each worker compiles the scrub rules itself")

@@ -330,3 +330,31 @@ def test_overload_sheds_with_429_or_a_counted_200_and_loses_nothing_accepted(int
     wait_for(lambda: http_post(port, "/v0.4/traces", traces_body(90_000_000, 1)[0],
                           {"Content-Type": "application/msgpack", "Datadog-Send-Real-Http-Status": "1"}) == 200,
              timeout=10, what="a request accepted after the load")
+
+
+def test_a_killed_agents_scrub_databases_are_removed_by_the_next_agent(intake, start_agent, tmp_path):
+    """A parent killed with SIGKILL cannot remove its scrub-database directory; the next agent to start
+    with workers removes every such directory whose agent is gone, and leaves those of live ones."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    orphan = tmp / f"llmship-scrub-{ended.pid}-abc"
+    orphan.mkdir()
+    (orphan / "rules.hsdb").write_bytes(b"databases")
+    live = tmp / f"llmship-scrub-{os.getpid()}-def"  # this test's own process: alive
+    live.mkdir()
+    first = start_agent(WORKERS_CONFIG, intake=intake, env={"TMPDIR": str(tmp)})
+    [directory] = scrub_cache_dirs(first)
+    assert os.path.dirname(directory) == str(tmp)
+    assert os.path.basename(directory).startswith(f"llmship-scrub-{first.proc.pid}-")
+    assert not orphan.exists() and live.exists()
+    worker_pids = [w["pid"] for w in workers(first)]
+    first.proc.kill()
+    first.proc.wait()
+    for pid in worker_pids:  # they leave once their channel closes
+        wait_for(lambda: not os.path.exists(f"/proc/{pid}"), timeout=30, what=f"worker {pid} gone")
+    assert os.path.isdir(directory)  # what SIGKILL leaves
+    second = start_agent(WORKERS_CONFIG, intake=intake, env={"TMPDIR": str(tmp)})
+    [second_directory] = scrub_cache_dirs(second)
+    assert not os.path.exists(directory) and os.path.isdir(second_directory) and live.exists()
