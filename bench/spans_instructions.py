@@ -6,8 +6,8 @@ live agent for work on one part of the path.
     .venv/bin/python bench/spans_instructions.py                       # web mix, processing plane: ~10 s
     .venv/bin/python bench/spans_instructions.py --mix llm --stage decode
 
-Stages: ``decode`` (``decode_v04``); ``all``, the processing plane (decode, then ``Emitter.submit_spans``:
-LLM stage, scrub, encode); ``request``, a whole trace request: the trace source's aiohttp server
+Stages: ``decode`` (``decode_v04``); ``all``, the processing plane (``Emitter.transcode_v04``, or where it
+declines ``decode_v04``, then ``Emitter.submit_spans``: LLM stage, scrub, encode); ``request``, a whole trace request: the trace source's aiohttp server
 (TraceSource, the processing plane behind it) answering the bodies that a raw keep-alive socket on the same
 event loop sends; ``http``, the same with ``Emitter.submit_spans`` doing nothing, for the cost of the request
 around the processing (the sending socket's share, a few thousand instructions a request, included).
@@ -46,8 +46,11 @@ def child(args) -> int:
     payloads = TracePayloads(mixes.traces(args.mix, TRACES_PER_BODY), 0)
     bodies = [payloads.body(seq) for seq in range(1, WARMUP_BODIES + args.bodies + 1)]
     tracer = TracerInfo(language="python")
-    stages = {"decode": lambda body: decode_v04(body),
-              "all": lambda body: emitter.submit_spans(decode_v04(body), tracer)}
+    def processed(body: bytes) -> None:  # as the trace source hands a body over
+        chunks = emitter.transcode_v04(body, tracer.language)
+        emitter.submit_spans(decode_v04(body) if chunks is None else chunks, tracer)
+
+    stages = {"decode": lambda body: decode_v04(body), "all": processed}
     run = stages[args.stage]
     for body in bodies[:WARMUP_BODIES]:
         run(body)

@@ -18,8 +18,9 @@ from collections.abc import Callable
 from llmship.log import RateLimited, get_logger
 from llmship.model import LLMCall, LLMObsEvent, LogRecord, Span, TracerInfo
 from llmship.sinks.otlp import call_attributes, dropped_by_tracer
+from llmship.sinks.spanenc import transcode_v04 as _transcode_v04
 from llmship.telemetry import Telemetry
-from llmship.transforms.privacy import scrub_chunks
+from llmship.transforms.privacy import SPAN_SCAN_SKIP_KEYS, SPAN_SCAN_SKIP_PREFIX, scrub_chunks, span_key_skip
 
 _log = RateLimited(get_logger("processing"))
 
@@ -53,6 +54,9 @@ class Emitter:
         self._llm = llm
         self._log_processor = log_processor
         self._encode_chunks = trace_sink.encode_chunks
+        # What the transcoder writes spans with: the trace sink's encoder's arguments (None: a stand-in sink
+        # that takes Span objects only, as tests use; then every chunk is decoded)
+        self._encoder_args = getattr(trace_sink, "encoder_args", None)
         self._encode_event = llmobs_sink.encode
         self._encode_log = logs_sink.encode
         self._encode_logs = logs_sink.encode_many
@@ -62,12 +66,59 @@ class Emitter:
         self._scrubber = scrubber
         self._tel = telemetry.component("processing")
 
-    def submit_spans(self, chunks: list[list[Span]], tracer: TracerInfo) -> None:
+    def transcode_v04(self, body: bytes, language: str) -> list | None:
+        """A v0.4 msgpack body's chunks for ``submit_spans``: in chunks of four spans or more, the plain spans
+        (no LLM call, nothing the scrub would judge) already encoded for the trace intake and never Span
+        objects, the others decoded (``sinks/_spanenc.pyx transcode_v04``: an ``EncodedChunk`` each); the
+        other chunks decoded. None when the body is not one the compiled decoder takes, or when the fast
+        path cannot serve now (no compiled extension, the OTLP sink runs, span field policies, scrub rules
+        that need every string looked at): the caller then decodes it."""
+        args = self._transcode_args(language)
+        if args is None:
+            return None
+        try:
+            return _transcode_v04(body, *args, SPAN_SCAN_SKIP_PREFIX, SPAN_SCAN_SKIP_KEYS, span_key_skip, args)
+        except Exception as e:  # a bug on the fast path: the body is decoded as before, nothing is lost
+            self._tel.error("transcode_error", f"{type(e).__name__}: {e}")
+            _log.error("transcode_error", "transcode_failed", error=f"{type(e).__name__}: {e}", exc_info=True)
+            return None
+
+    def _transcode_args(self, language: str) -> tuple | None:
+        """What the transcoder writes with (the encoder's arguments, the scrubber's joined scan), or None."""
+        otlp, scrubber = self._otlp, self._scrubber
+        if (_transcode_v04 is None or self._encoder_args is None
+                or (otlp is not None and (otlp.enabled or not otlp.datadog))):
+            return None
+        fallback_service, meta_defaults = self._encoder_args(language)
+        if scrubber is None:
+            return fallback_service, meta_defaults, None, None
+        if scrubber.fields.by_kind["spans"] or (joined := scrubber.joined_scan()) is None:
+            return None
+        return fallback_service, meta_defaults, *joined
+
+    def submit_spans(self, chunks: list, tracer: TracerInfo) -> None:
+        """Chunks of Span, or (from ``transcode_v04``) EncodedChunks among them: their plain spans already
+        scanned and encoded, their ``objects`` going the whole way; one made before a reload changed what it
+        was made with is decoded here and goes the whole way."""
         outputs = []
-        for spans in chunks:
+        args = None
+        straight = 0
+        for i, spans in enumerate(chunks):
+            if type(spans) is not list:
+                if args is None:
+                    args = self._transcode_args(tracer.language) or ()
+                if spans.maker != args:
+                    chunks[i] = spans = spans.decode()
+                else:
+                    straight += len(spans) - len(spans.objects)
+                    if not spans.objects:
+                        continue
+                    spans = spans.objects  # those that carry calls (for the LLM stage) or a scan candidate
             found = self._guard("spans", self._llm.process_chunk, spans)
             if found:
                 outputs += found
+        if straight:
+            self._tel.inc("spans_written_straight", straight)
         self._ship(chunks, outputs, tracer)
 
     def _ship(self, chunks: list[list[Span]], outputs: list, tracer: TracerInfo) -> None:
@@ -150,7 +201,7 @@ class Emitter:
         if self._scrubber is None:
             return chunks
         try:
-            scrub_chunks(self._scrubber, chunks)
+            scrub_chunks(self._scrubber, [c if type(c) is list else c.objects for c in chunks])
         except Exception as e:
             spans = sum(len(c) for c in chunks)
             self._tel.discard("scrub_failed", spans)

@@ -66,6 +66,17 @@ if scenario == "standard":
 elif scenario == "many":
     for i in range(int(sys.argv[2])):
         chat(direct, f"Question number {i}?")
+elif scenario == "web":  # a web request's trace: a few spans of its own around each call
+    for i in range(int(sys.argv[2])):
+        with tracer.trace("web.request", service="chatbot", resource="POST /chat", span_type="web") as root:
+            root.set_tag("http.url", "https://chat.example.com/chat")
+            with tracer.trace("postgres.query", resource="SELECT plan FROM users WHERE id = %s", span_type="sql"):
+                pass
+            with tracer.trace("redis.command", resource="GET", span_type="redis") as cache:
+                cache.set_tag("out.host", "cache.internal")
+            with tracer.trace("auth.check") as auth:
+                auth.set_tag("customer.email", f"user{i}@example.com")
+            chat(direct, f"Question number {i}?")
 LLMObs.flush()
 tracer.flush()
 '''
@@ -426,3 +437,32 @@ def test_an_event_sent_on_both_paths_is_shipped_and_counted_once(tmp_path, intak
     assert series_total(intake, "llm.tokens.input", *chat)[0] == 18 + 13
     events = [r["data"] for r in intake.wait_records("llmobs", 6)]
     assert sum(e["span_id"] == str(first.span_id) for e in events) == 1
+
+
+def test_web_traces_are_written_straight_with_their_calls_processed_and_secrets_scrubbed(tmp_path, intake, start_agent,
+                                                                                          fake_openai):
+    """Traces of six spans (a request, three spans of its own, the OpenAI call and its HTTP request): the plain
+    ones are written straight from the tracer's msgpack (processing: spans_written_straight); the call goes
+    through the LLM stage, the HTTP request to 127.0.0.1 and the span with an e-mail through the scrub."""
+    agent = start_agent(STANDARD_CONFIG, intake=intake)
+    calls = 3
+    assert_tracer_happy(run_app(tmp_path, agent, "web", str(calls), env={"FAKE_OPENAI_URL": fake_openai.url}))
+    spans = wait_for(lambda: (got := intake.records("traces")) and len(got) >= 6 * calls and got,
+                     what="the web traces at the intake")
+    names = sorted(r["data"]["name"] for r in spans)
+    assert names == sorted(["web.request", "postgres.query", "redis.command", "auth.check", "openai.request",
+                            "http.request"] * calls)
+    by_name = {}
+    for r in spans:
+        by_name.setdefault(r["data"]["name"], []).append(r["data"])
+    assert all(s["meta"]["customer.email"] == "[REDACTED:email]" for s in by_name["auth.check"])
+    assert all("127.0.0.1" not in s["meta"]["http.url"] and "[REDACTED:ipv4]" in s["meta"]["http.url"]
+               for s in by_name["http.request"])
+    assert all(s["meta"]["env"] == "staging" and s["meta"]["team"] == "ml" for s in by_name["postgres.query"])
+    assert {r["data"]["chunk"]["priority"] for r in spans} == {1}
+    assert all(s["meta"].get("_dd.llmobs.model_name") or s["meta"].get("openai.request.model")
+               for s in by_name["openai.request"])
+    assert not any(b"@example.com" in orjson.dumps(r["data"]) for r in spans)
+    wait_for(lambda: len(events_by_span_id(intake)) >= calls, what="the calls' LLM Observability events")
+    # the request, its three spans (but the one with an e-mail) of each trace went straight
+    assert agent.counter("processing", "spans_written_straight") == 3 * calls

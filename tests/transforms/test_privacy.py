@@ -346,7 +346,7 @@ def test_values_the_scrub_leaves_alone_are_left_out_of_the_scan_and_nothing_else
         found = privacy._candidates_py(s, spans)
         assert not any(k < len(spans[j].meta) and list(spans[j].meta)[k] in left_out for j, k in found)
         if compiled is not None and (joined := s.joined_scan()) is not None:
-            assert compiled(spans, *joined, privacy._SPAN_SKIP_PREFIX, privacy._SPAN_STRUCTURAL) == found
+            assert compiled(spans, *joined, privacy.SPAN_SCAN_SKIP_PREFIX, privacy.SPAN_SCAN_SKIP_KEYS) == found
         outs = []
         for before in (False, True):
             if before:

@@ -15,7 +15,7 @@ typed decode in sources/traces.py, which it hands every body it does not take ex
 
 from libc.stdint cimport uint64_t, int64_t
 from libc.stdlib cimport malloc, realloc, free
-from libc.string cimport memcmp, memcpy, memmove
+from libc.string cimport memcmp, memcpy, memmove, memset
 
 from types import MemberDescriptorType
 
@@ -71,7 +71,7 @@ cdef enum:
 
 # Raised with every change of what this module offers or takes (spanenc.NATIVE_API_VERSION): a build from an
 # older source is then left unused rather than called wrongly.
-API_VERSION = 5
+API_VERSION = 6
 DEFAULT_SERVICE_NAME = "service"
 DEFAULT_SPAN_NAME = "service.trace"
 LLMOBS_STRUCT_KEY = "_llmobs"
@@ -260,26 +260,47 @@ cdef int _put_varint_field(Buf* b, int field, object n) except -1:
     return 0
 
 
-cdef int _put_entry(Buf* b, unsigned char tag, object key, object value) except -1:
-    """A map<string,string> entry; the value is written even when empty."""
-    cdef Py_ssize_t lk = 0, lv = 0, size
-    cdef const char* k = _utf8(key, &lk)
-    cdef const char* v = _utf8(value, &lv)
-    size = 2 + _varint_size(lk) + lk + _varint_size(lv) + lv
+cdef inline int _put_text_entry(Buf* b, unsigned char tag, const unsigned char* k, Py_ssize_t lk,
+                                const unsigned char* v, Py_ssize_t lv) except -1:
+    """A map<string,string> (or <string,bytes>) entry of UTF-8 (or bytes) given as pointers."""
+    cdef Py_ssize_t size = 2 + _varint_size(lk) + lk + _varint_size(lv) + lv
     _reserve(b, 11 + size)
     _put_byte(b, tag)
     _put_varint(b, <uint64_t>size)
     _put_byte(b, TAG_KEY)
     _put_varint(b, <uint64_t>lk)
-    _put_raw(b, k, lk)
+    _put_raw(b, <const char*>k, lk)
     _put_byte(b, TAG_STRING_VALUE)
     _put_varint(b, <uint64_t>lv)
-    _put_raw(b, v, lv)
+    _put_raw(b, <const char*>v, lv)
     return 0
 
 
+cdef inline int _put_number_entry(Buf* b, const unsigned char* k, Py_ssize_t lk, double d) except -1:
+    """A metrics entry (map<string,double>)."""
+    cdef Py_ssize_t size = 10 + _varint_size(lk) + lk
+    _reserve(b, 11 + size)
+    _put_byte(b, TAG_METRICS)
+    _put_varint(b, <uint64_t>size)
+    _put_byte(b, TAG_KEY)
+    _put_varint(b, <uint64_t>lk)
+    _put_raw(b, <const char*>k, lk)
+    _put_byte(b, TAG_DOUBLE_VALUE)
+    PyFloat_Pack8(d, b.data + b.len, 1)
+    b.len += 8
+    return 0
+
+
+cdef int _put_entry(Buf* b, unsigned char tag, object key, object value) except -1:
+    """A map<string,string> entry; the value is written even when empty."""
+    cdef Py_ssize_t lk = 0, lv = 0
+    cdef const char* k = _utf8(key, &lk)
+    cdef const char* v = _utf8(value, &lv)
+    return _put_text_entry(b, tag, <const unsigned char*>k, lk, <const unsigned char*>v, lv)
+
+
 cdef int _put_bytes_entry(Buf* b, unsigned char tag, object key, object value) except -1:
-    cdef Py_ssize_t lk = 0, lv = 0, size
+    cdef Py_ssize_t lk = 0, lv = 0
     cdef const char* v
     cdef const char* k = _utf8(key, &lk)
     if PyBytes_Check(value):
@@ -290,17 +311,7 @@ cdef int _put_bytes_entry(Buf* b, unsigned char tag, object key, object value) e
         lv = PyByteArray_GET_SIZE(value)
     else:
         raise ValueError(f"meta_struct[{key!r}] must be bytes, not {type(value).__name__}")
-    size = 2 + _varint_size(lk) + lk + _varint_size(lv) + lv
-    _reserve(b, 11 + size)
-    _put_byte(b, tag)
-    _put_varint(b, <uint64_t>size)
-    _put_byte(b, TAG_KEY)
-    _put_varint(b, <uint64_t>lk)
-    _put_raw(b, k, lk)
-    _put_byte(b, TAG_STRING_VALUE)
-    _put_varint(b, <uint64_t>lv)
-    _put_raw(b, v, lv)
-    return 0
+    return _put_text_entry(b, tag, <const unsigned char*>k, lk, <const unsigned char*>v, lv)
 
 
 cdef int _put_metric(Buf* b, object key, object value) except -1:
@@ -316,17 +327,7 @@ cdef int _put_metric(Buf* b, object key, object value) except -1:
             raise (OverflowError if isinstance(value, int) else ValueError)(
                 f"metric {key!r} is not a float: {type(value).__name__}")
     k = _utf8(key, &lk)
-    size = 10 + _varint_size(lk) + lk
-    _reserve(b, 11 + size)
-    _put_byte(b, TAG_METRICS)
-    _put_varint(b, <uint64_t>size)
-    _put_byte(b, TAG_KEY)
-    _put_varint(b, <uint64_t>lk)
-    _put_raw(b, k, lk)
-    _put_byte(b, TAG_DOUBLE_VALUE)
-    PyFloat_Pack8(d, b.data + b.len, 1)
-    b.len += 8
-    return 0
+    return _put_number_entry(b, <const unsigned char*>k, lk, d)
 
 
 cdef object _dict(object value, str what):
@@ -359,7 +360,7 @@ def encode_spans(spans, fallback_service, meta_defaults=(), wrap=None):
     spans of 128 bytes to 16 KiB take; the body moves when its length takes another size), and the wrap's
     tag, length and head go in the room left before the first."""
     cdef Buf out
-    cdef Py_ssize_t before, body, k, room = 0, start = 0, nspans = len(spans)
+    cdef Py_ssize_t before, body, room = 0, start = 0, nspans = len(spans)
     cdef bytes tag = b"", head = b""
     sizes = []
     errors = []
@@ -374,20 +375,10 @@ def encode_spans(spans, fallback_service, meta_defaults=(), wrap=None):
     out.heap = True
     try:
         for span in spans:
-            before = out.len
+            before = _open_span_field(&out)
             try:
-                _reserve(&out, 3)
-                out.len += 3
                 _encode_checked(&out, span, fallback_service, meta_defaults)
-                body = out.len - before - 3
-                k = _varint_size(<uint64_t>body)
-                if k != 2:
-                    _reserve(&out, k)
-                    memmove(out.data + before + 1 + k, out.data + before + 3, body)
-                    out.len = before + 1 + k + body
-                out.data[before] = <char>TAG_CHUNK_SPAN
-                _varint_at(out.data + before + 1, <uint64_t>body)
-                sizes.append(out.len - before)
+                sizes.append(_close_span_field(&out, before))
             except (ValueError, OverflowError) as e:  # what encode_span raises for such a span
                 out.len = before  # what it wrote is dropped
                 errors.append(f"{type(e).__name__}: {e}")
@@ -400,6 +391,29 @@ def encode_spans(spans, fallback_service, meta_defaults=(), wrap=None):
         return PyBytes_FromStringAndSize(out.data + start, out.len - start), sizes, errors
     finally:
         free(out.data)
+
+
+cdef inline Py_ssize_t _open_span_field(Buf* out) except -1:
+    """Start a TraceChunk.spans field: room for its tag and a 2-byte length (what spans of 128 bytes to 16 KiB
+    take); where it starts."""
+    cdef Py_ssize_t before = out.len
+    _reserve(out, 3)
+    out.len += 3
+    return before
+
+
+cdef inline Py_ssize_t _close_span_field(Buf* out, Py_ssize_t before) except -1:
+    """Its tag and length before the span written since ``_open_span_field`` (the body moved when its length
+    takes another size); the field's size."""
+    cdef Py_ssize_t body = out.len - before - 3
+    cdef Py_ssize_t k = _varint_size(<uint64_t>body)
+    if k != 2:
+        _reserve(out, k)
+        memmove(out.data + before + 1 + k, out.data + before + 3, body)
+        out.len = before + 1 + k + body
+    out.data[before] = <char>TAG_CHUNK_SPAN
+    _varint_at(out.data + before + 1, <uint64_t>body)
+    return out.len - before
 
 
 cdef inline void _varint_at(char* p, uint64_t v) noexcept:
@@ -600,6 +614,8 @@ def llmobs_spans(chunks):
     Span's meta_struct read from its slot."""
     cdef Py_ssize_t count = 0
     for chunk in chunks:
+        if type(chunk) is not list:  # an EncodedChunk (transcode_v04): its calls are among its objects
+            chunk = (<EncodedChunk>chunk).objects
         for span in chunk:
             meta_struct = _slot(span, 12) if type(span) is _Span and _is_set(span, 12) else span.meta_struct
             if LLMOBS_STRUCT_KEY in meta_struct:
@@ -628,6 +644,8 @@ def poison_free(chunks):
     cdef int i
     cdef PyObject* priority
     for chunk in chunks:
+        if type(chunk) is not list:  # an EncodedChunk (transcode_v04): it has no poison
+            continue
         for span in chunk:
             # only the slots read below must be set (a Span made by hand may leave one unset)
             if type(span) is not _Span or not (_is_set(span, 6) and _is_set(span, 7) and _is_set(span, 8)
@@ -834,13 +852,35 @@ cdef inline int _byte(Reader* r) except -1:
     return r.data[r.pos - 1]
 
 
+cdef extern from *:
+    """
+    /* 8 bytes read as they lie in memory, as the big-endian number they spell */
+    #if (defined(__GNUC__) || defined(__clang__)) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    #define llmship_from_big_endian64(v) __builtin_bswap64(v)
+    #else
+    static unsigned long long llmship_from_big_endian64(unsigned long long v) {
+        const unsigned char *b = (const unsigned char *) &v;
+        unsigned long long x = 0;
+        for (int i = 0; i < 8; i++)
+            x = (x << 8) | b[i];
+        return x;
+    }
+    #endif
+    """
+    uint64_t _from_big_endian64 "llmship_from_big_endian64"(uint64_t v) noexcept
+
+
 cdef inline uint64_t _big_endian(Reader* r, int n) except? 0xFFFFFFFFFFFFFFFF:
     """The next ``n`` bytes (1, 2, 4 or 8) as an unsigned big-endian number."""
     cdef uint64_t v = 0
     cdef int i
     _need(r, n)
-    for i in range(n):
-        v = (v << 8) | r.data[r.pos + i]
+    if n == 8:
+        memcpy(&v, r.data + r.pos, 8)
+        v = _from_big_endian64(v)
+    else:
+        for i in range(n):
+            v = (v << 8) | r.data[r.pos + i]
     r.pos += n
     return v
 
@@ -912,11 +952,15 @@ cdef extern from *:
 
 cdef object _str(Reader* r):
     cdef Py_ssize_t n = _str_len(r)
-    cdef const unsigned char* p = r.data + r.pos
+    r.pos += n
+    return _str_at(r.data + r.pos - n, n)
+
+
+cdef inline object _str_at(const unsigned char* p, Py_ssize_t n):
+    """The str of the ``n`` bytes of UTF-8 at ``p`` (a short ASCII one from the cache)."""
     cdef unsigned long long h
     cdef Py_ssize_t slot
     cdef PyObject* cached
-    r.pos += n
     if n > CACHED_STR_BYTES or not _ascii_hash(p, n, &h):
         return _utf8_str(p, n)
     slot = <Py_ssize_t>(h >> (64 - CACHED_STR_BITS))
@@ -979,6 +1023,10 @@ cdef object _int64(Reader* r):
 
 cdef object _float(Reader* r):
     """A float, or an integer as a float (msgspec takes ints for float fields)."""
+    return PyFloat_FromDouble(_double(r))
+
+
+cdef inline double _double(Reader* r) except? -1.0:
     cdef int c = _byte(r)
     cdef uint64_t bits
     cdef unsigned int bits32
@@ -995,7 +1043,7 @@ cdef object _float(Reader* r):
         d = <double>bits
     else:
         d = <double><int64_t>bits
-    return PyFloat_FromDouble(d)
+    return d
 
 
 cdef object _bin(Reader* r):
@@ -1007,6 +1055,18 @@ cdef object _bin(Reader* r):
     _need(r, n)
     r.pos += n
     return PyBytes_FromStringAndSize(<const char*>(r.data + r.pos - n), n)
+
+
+cdef int _skip_bin(Reader* r) except -1:
+    """``_bin``'s checks, without the bytes."""
+    cdef int c = _byte(r)
+    cdef Py_ssize_t n
+    if not 0xC4 <= c <= 0xC6:
+        raise _Reject()
+    n = <Py_ssize_t>_big_endian(r, 1 << (c - 0xC4))
+    _need(r, n)
+    r.pos += n
+    return 0
 
 
 cdef dict _str_map(Reader* r):
@@ -1113,6 +1173,15 @@ cdef object _span(Reader* r):
                  {} if meta_struct is None else meta_struct, None, None)
 
 
+cdef list _spans(Reader* r, Py_ssize_t n):
+    """The next ``n`` span maps, decoded."""
+    cdef Py_ssize_t i
+    cdef list spans = []
+    for i in range(n):
+        spans.append(_span(r))
+    return spans
+
+
 def decode_v04_spans(body):
     """A v0.4 msgpack body (an array of traces, each an array of span maps) -> its non-empty chunks of
     ``Span``, the same objects with the same values and types as msgspec's typed decode
@@ -1143,3 +1212,764 @@ def decode_v04_spans(body):
         return chunks
     except _Reject:
         return None
+
+
+# ------------------------------------------------------------------------------- the v0.4 transcoder
+#
+# Most spans of a tracer request carry no LLM call and no secret: decoding them into Span objects, scanning
+# them and encoding them again is most of their cost (a web span: ~15,500 instructions of decode, ~7,000 of
+# scan gathering, ~7,000 of encoding). ``transcode_v04`` writes such spans straight from the msgpack body
+# into their TraceChunk.spans fields (~11,000), and gathers their strings for the scrub's one scan of the
+# request on the way. A span that carries an LLM call (type "llm", or any meta_struct) or in whose strings
+# the scan finds a candidate the scrub would judge is decoded into a Span, for the LLM stage and the scrub,
+# and encoded in its place in the chunk after them (``EncodedChunk.objects``, ``pieces``). A chunk with a
+# non-finite sampling priority or a shape the fast path does not write exactly as the encoder would (a
+# repeated key, more than MAX_FAST_ENTRIES tags) is decoded whole, as ``decode_v04_spans`` would have made
+# it. Its twin is the whole path: decode_v04_spans, then the LLM stage, scrub_chunks and encode_spans;
+# tests/sources/test_traces_transcode.py compares the two.
+
+cdef enum:
+    # A chunk of fewer spans is decoded as before: there the chunk's bookkeeping costs more than writing its
+    # spans straight saves, and such a chunk is often an LLM call and its HTTP request, both decoded anyway
+    # (callgrind, bench/spans_instructions.py --stage request --mix llm: 229,700 instructions a span without
+    # the transcoder, 251,400 with it on those chunks of two spans, 231,500 with this bound).
+    MIN_TRANSCODED_SPANS = 4
+    MAX_FAST_ENTRIES = 64  # tags (or metrics) a span may have on the fast path: its key table's size / 2
+    KEY_SLOTS = 128
+    MAX_SKIP_KEYS = 64  # structural keys the scrub scan leaves out (KEY_SLOTS / 2)
+
+
+cdef struct Text:
+    const unsigned char* p
+    Py_ssize_t n
+
+
+cdef struct Tag:
+    Text key
+    Text value
+    double number
+    unsigned long long hash
+
+
+cdef struct Tags:
+    Tag* at
+    Py_ssize_t n
+    Py_ssize_t cap
+    int slots[KEY_SLOTS]  # index + 1 of the tag with that key hash's slot; 0: empty
+    bint repeated  # a key seen twice, or too many to tell
+
+
+cdef struct Scanned:  # a string in the scan
+    Py_ssize_t end  # where it ends in the scan
+    Py_ssize_t chunk  # its span's chunk's result
+    Py_ssize_t place  # its span's place in the chunk's sizes
+    Text key  # its meta key (p NULL: the resource)
+    Text value
+
+
+cdef struct Facts:  # what the chunk-level code reads of each span
+    Text service
+    Text env
+    Text hostname
+    Text version
+    Text origin
+    Text runtime_id
+    uint64_t span_id
+    uint64_t parent_id
+    bint has_priority
+    double priority
+    bint has_env
+
+
+cdef extern from *:
+    """
+    /* The last 1..8 bytes of a string that ends at p + n, as a little-endian word: the 8 bytes that end
+       there, those before p shifted out, where they are in the buffer (never before ``start``). */
+    static inline unsigned long long llmship_tail(const unsigned char *p, Py_ssize_t n,
+                                                  const unsigned char *start) {
+        unsigned long long w = 0;
+        if ((p - start) + n >= 8) {
+            memcpy(&w, p + n - 8, 8);
+            return w >> (8 * (8 - n));
+        }
+        for (Py_ssize_t i = 0; i < n; i++)
+            w |= (unsigned long long) p[i] << (8 * i);
+        return w;
+    }
+    /* The hash of the n bytes at p (a map key); 1 when they are ASCII. */
+    static inline int llmship_key_hash(const unsigned char *p, Py_ssize_t n, const unsigned char *start,
+                                       unsigned long long *hash) {
+        unsigned long long h = 0xcbf29ce484222325ULL ^ (unsigned long long) n, w, high = 0;
+        while (n > 8) {
+            memcpy(&w, p, 8);
+            high |= w;
+            h = (h ^ w) * 0x100000001b3ULL;
+            p += 8;
+            n -= 8;
+        }
+        if (n) {
+            w = llmship_tail(p, n, start);
+            high |= w;
+            h = (h ^ w) * 0x100000001b3ULL;
+        }
+        *hash = h * 0x9E3779B97F4A7C15ULL;
+        return (high & 0x8080808080808080ULL) == 0;
+    }
+    /* 1 when the n bytes at p are ASCII. The last (or only) word is the 8 bytes that end at p + n, those
+       before p shifted out: never before ``start``, the buffer's first byte (then byte by byte). */
+    static inline int llmship_ascii_at(const unsigned char *p, Py_ssize_t n, const unsigned char *start) {
+        unsigned long long w, high = 0;
+        if (n == 0)
+            return 1;
+        while (n > 8) {
+            memcpy(&w, p, 8);
+            high |= w;
+            p += 8;
+            n -= 8;
+        }
+        high |= llmship_tail(p, n, start);
+        return (high & 0x8080808080808080ULL) == 0;
+    }
+    """
+    bint _key_hash "llmship_key_hash"(const unsigned char* p, Py_ssize_t n, const unsigned char* start,
+                                      unsigned long long* hash) noexcept
+    bint _ascii_at "llmship_ascii_at"(const unsigned char* p, Py_ssize_t n, const unsigned char* start) noexcept
+
+
+cdef inline bint _same(Text a, const unsigned char* p, Py_ssize_t n) noexcept:
+    return a.n == n and memcmp(a.p, p, n) == 0
+
+
+cdef inline int _text_header(Reader* r, Text* t) except -1:
+    """Where the next str is, past it (its bytes not checked)."""
+    cdef int c
+    if r.pos < r.end and r.data[r.pos] & 0xE0 == 0xA0:  # a fixstr, nearly every key and value
+        c = r.data[r.pos] & 0x1F
+        r.pos += 1
+        if c > r.end - r.pos:
+            raise _Reject()
+        t.n = c
+    else:
+        t.n = _str_len(r)
+    t.p = r.data + r.pos
+    r.pos += t.n
+    return 0
+
+
+cdef inline int _text(Reader* r, Text* t) except -1:
+    """A str, checked as decode_v04_spans checks it (strict UTF-8), left where it is in the body."""
+    _text_header(r, t)
+    if not _ascii_at(t.p, t.n, r.data):
+        _utf8_str(t.p, t.n)  # rejects what is not strict UTF-8, as the decoder does
+    return 0
+
+
+cdef int _add_tag(Tags* tags, Reader* r, bint number) except -1:
+    """The next entry of a meta (str values) or metrics (float values) map into ``tags``, its key hashed
+    into the table (a repeat, which the dict would fold, marks ``repeated``)."""
+    cdef Tag* t = &tags.at[tags.n]  # room made by _room
+    cdef unsigned long long h
+    cdef int slot, i
+    _text_header(r, &t.key)
+    if not _key_hash(t.key.p, t.key.n, r.data, &t.hash):
+        _utf8_str(t.key.p, t.key.n)  # rejects what is not strict UTF-8, as the decoder does
+    if number:
+        t.number = _double(r)
+    else:
+        _text(r, &t.value)
+    tags.n += 1
+    if tags.repeated:
+        return 0
+    if tags.n > MAX_FAST_ENTRIES:
+        tags.repeated = True
+        return 0
+    h = t.hash
+    slot = <int>(h >> 57)  # 7 bits: KEY_SLOTS
+    while True:
+        i = tags.slots[slot]
+        if i == 0:
+            tags.slots[slot] = <int>tags.n
+            return 0
+        if tags.at[i - 1].hash == h and _same(tags.at[i - 1].key, t.key.p, t.key.n):
+            tags.repeated = True
+            return 0
+        slot = (slot + 1) & (KEY_SLOTS - 1)
+
+
+cdef int _room(Tags* tags, Py_ssize_t more) except -1:
+    """Room in ``tags`` for ``more`` entries."""
+    cdef Tag* grown
+    cdef Py_ssize_t cap = tags.cap
+    while cap < tags.n + more:
+        cap *= 2
+    if cap != tags.cap:
+        grown = <Tag*>realloc(tags.at, cap * sizeof(Tag))
+        if grown == NULL:
+            raise MemoryError()
+        tags.at = grown
+        tags.cap = cap
+    return 0
+
+
+cdef inline void _clear(Tags* tags) noexcept:
+    tags.n = 0
+    tags.repeated = False
+    memset(tags.slots, 0, sizeof(tags.slots))
+
+
+cdef bint _has_key(Tags* tags, const unsigned char* p, Py_ssize_t n, unsigned long long h) noexcept:
+    cdef int slot = <int>(h >> 57), i
+    while True:
+        i = tags.slots[slot]
+        if i == 0:
+            return False
+        if tags.at[i - 1].hash == h and _same(tags.at[i - 1].key, p, n):
+            return True
+        slot = (slot + 1) & (KEY_SLOTS - 1)
+
+
+cdef inline int _put_text_field(Buf* b, unsigned char tag, Text t) except -1:
+    if t.n == 0:
+        return 0
+    _reserve(b, 11 + t.n)
+    _put_byte(b, tag)
+    _put_varint(b, <uint64_t>t.n)
+    _put_raw(b, <const char*>t.p, t.n)
+    return 0
+
+
+cdef inline int _put_uint_field(Buf* b, int field, uint64_t x) except -1:
+    if x == 0:
+        return 0
+    _reserve(b, 11)
+    _put_byte(b, <unsigned char>(field << 3))
+    _put_varint(b, x)
+    return 0
+
+
+
+
+
+
+cdef struct Defaults:  # the agent's meta defaults and the scrub's skipped keys, as UTF-8 with their hashes
+    Py_ssize_t n
+    const unsigned char* key[MAX_SKIP_KEYS]
+    Py_ssize_t key_n[MAX_SKIP_KEYS]
+    const unsigned char* value[MAX_SKIP_KEYS]
+    Py_ssize_t value_n[MAX_SKIP_KEYS]
+    unsigned long long hash[MAX_SKIP_KEYS]
+    int slots[KEY_SLOTS]
+
+
+cdef bint _defaults(Defaults* d, object pairs) except -1:
+    """``pairs`` (key, value) of str into ``d`` (values None for a set of keys); their strs must outlive it.
+    False when there are more than the table holds."""
+    cdef Py_ssize_t n = 0
+    cdef int slot
+    memset(d.slots, 0, sizeof(d.slots))
+    d.n = 0
+    if len(pairs) > MAX_SKIP_KEYS:
+        return False
+    for key, value in pairs:
+        d.key[d.n] = <const unsigned char*>_utf8(key, &n)
+        d.key_n[d.n] = n
+        if value is not None:
+            d.value[d.n] = <const unsigned char*>_utf8(value, &n)
+            d.value_n[d.n] = n
+        _key_hash(d.key[d.n], d.key_n[d.n], d.key[d.n], &d.hash[d.n])
+        slot = <int>(d.hash[d.n] >> 57)
+        while d.slots[slot]:
+            slot = (slot + 1) & (KEY_SLOTS - 1)
+        d.n += 1
+        d.slots[slot] = <int>d.n
+    return True
+
+
+cdef bint _in_defaults(Defaults* d, Text key, unsigned long long h) noexcept:
+    cdef int slot = <int>(h >> 57), i
+    while True:
+        i = d.slots[slot]
+        if i == 0:
+            return False
+        if d.hash[i - 1] == h and _same(key, d.key[i - 1], d.key_n[i - 1]):
+            return True
+        slot = (slot + 1) & (KEY_SLOTS - 1)
+
+
+# The tables of the agent's meta defaults and of the keys the scan skips, and the objects they were made of
+# (held here: the tables point into their strs).
+cdef Defaults _meta_defaults, _skipped
+cdef object _defaults_for = None, _skipped_for = None
+
+
+cdef class EncodedChunk:
+    """A trace chunk written by ``transcode_v04``: its plain spans' TraceChunk.spans fields (``data``, each
+    one's size in ``sizes``), its other spans as Span objects (``objects``, in chunk order: those that carry
+    an LLM call, for the LLM stage, and those with a scan candidate, for the scrub; the encoder writes them
+    and ``pieces`` puts them in their places), and what the chunk-level code reads of it (the root's service
+    and env, hostname, version and origin tags, the sampling priority, the first runtime-id). ``decode()``
+    gives all its spans as Span objects, the ``objects`` among them (for a reader that needs them: a tap, a
+    sink added by a reload). ``maker`` is what the transcoder was called with (a reload that changes it
+    makes the chunk stale)."""
+    cdef readonly Py_ssize_t spans
+    cdef readonly bytes data
+    cdef readonly list sizes  # of each span written in data, in order (an object's too, when it was)
+    cdef readonly list objects
+    cdef readonly object priority, root_service, root_env, root_hostname, root_version, root_origin, runtime_id
+    cdef readonly object maker
+    cdef bytes _body
+    cdef Py_ssize_t _start, _end
+    cdef list _written  # per size: the place in the chunk of the span written in data
+    cdef list _starts  # per size: where that span starts in the body
+    cdef list _holes  # (place in the chunk, start in the body) of each object, in chunk order
+
+    def __len__(self):
+        return self.spans
+
+    def decode(self):
+        cdef Reader r
+        cdef Py_ssize_t i, n
+        r.data = <const unsigned char*>PyBytes_AS_STRING(self._body)
+        r.pos = self._start
+        r.end = self._end
+        n = _array_len(&r)
+        spans = _spans(&r, n)
+        for hole, span in zip(self._holes, self.objects):
+            spans[hole[0]] = span
+        return spans
+
+    def pieces(self, fields):
+        """(the chunk's TraceChunk.spans fields in order, as pieces to join: runs of ``data`` and the
+        ``objects``' fields, given in ``fields``, one each: bytes, or None for one that could not be encoded;
+        each field's size)."""
+        cdef Py_ssize_t j, k = 0, h = 0, offset = 0, run = 0, hole, nholes = len(self._holes)
+        cdef Py_ssize_t nsizes = len(self.sizes)
+        view = memoryview(self.data)
+        pieces, sizes = [], []
+        hole = self._holes[0][0] if nholes else self.spans
+        for j in range(self.spans):
+            if j != hole:
+                size = self.sizes[k]
+                sizes.append(size)
+                offset += <Py_ssize_t>size
+                k += 1
+                continue
+            if offset > run:
+                pieces.append(view[run:offset])
+            field = fields[h]
+            if field is not None:
+                pieces.append(field)
+                sizes.append(len(field))
+            if k < nsizes and <Py_ssize_t>self._written[k] == j:  # written, then found to be a candidate
+                offset += <Py_ssize_t>self.sizes[k]
+                k += 1
+            run = offset
+            h += 1
+            hole = self._holes[h][0] if h < nholes else self.spans
+        if offset > run:
+            pieces.append(view[run:offset])
+        return pieces, sizes
+
+cdef bytes _DEFAULT_NAME = DEFAULT_SPAN_NAME.encode()
+
+
+cdef object _text_str(Text t):
+    return _str_at(t.p, t.n) if t.p != NULL else None
+
+
+def transcode_v04(body, fallback_service, meta_defaults, scan_sep, scan, skip_prefix, skip_keys, key_skip, maker):
+    """A v0.4 msgpack body -> its non-empty chunks, each an ``EncodedChunk`` or, for a chunk the fast path
+    leaves to the whole path, the list of ``Span`` that ``decode_v04_spans`` gives; None for a body
+    ``decode_v04_spans`` does not take (the caller decodes it as before). ``meta_defaults`` and
+    ``fallback_service``: the trace sink's encoder arguments. ``scan``, with ``scan_sep``: the scrubber's
+    joined scan (``Scrubber.joined_scan``), or None with no scrubber; its candidates send their chunk to the
+    whole path, where the scrub judges them. ``skip_prefix`` and ``skip_keys``: the meta keys whose values
+    span_candidates leaves out of that scan; ``key_skip``: privacy.span_key_skip, which tells the keys
+    under which the scrub lets an identifier go."""
+    cdef Reader r
+    cdef Buf out, scanned
+    cdef Tags meta, metrics
+    cdef Defaults* defaults = &_meta_defaults
+    cdef Defaults* skipped = &_skipped
+    cdef Facts* facts = NULL
+    cdef Facts* f
+    cdef Py_ssize_t ntraces, nspans, i, j, k, before, kk, chunk_start
+    cdef Py_ssize_t klen, prefix_n = 0
+    cdef int field, c
+    cdef unsigned int seen
+    cdef uint64_t bits, start_bits, duration_bits, error_bits
+    cdef uint64_t ids[3]
+    cdef Text service, name, resource, type_, ignored, no_key
+    cdef bint plain, duration_negative, is_object
+    cdef Py_ssize_t span_start
+    cdef const unsigned char* prefix
+    cdef unsigned char sep = 0
+    cdef Tag* t
+    cdef Scanned* grown_scanned
+    cdef const char* fallback_p
+    cdef Py_ssize_t fallback_n = 0
+    if not PyBytes_Check(body):
+        return None
+    fallback_p = _utf8(fallback_service, &fallback_n)
+    prefix = <const unsigned char*>_utf8(skip_prefix, &prefix_n)
+    if scan is not None:
+        sep = (<str>scan_sep).encode()[0]
+    global _skipped_for, _defaults_for
+    if meta_defaults is not _defaults_for:  # the same tuple until a reload: its strs outlive the table
+        _defaults_for = None
+        if not _defaults(&_meta_defaults, meta_defaults):
+            return None  # more agent tags than the table holds: the whole path
+        _defaults_for = meta_defaults
+    if skip_keys is not _skipped_for:
+        _skipped_for = None
+        if not _defaults(&_skipped, [(key, None) for key in skip_keys]):
+            return None
+        _skipped_for = skip_keys
+    r.data = <const unsigned char*>PyBytes_AS_STRING(body)
+    r.pos = 0
+    r.end = PyBytes_GET_SIZE(body)
+    out.data = NULL
+    scanned.data = NULL
+    meta.at = metrics.at = NULL
+    results = []  # per chunk: an EncodedChunk, or (start, end) to decode
+    cdef Scanned* scanned_strings = NULL  # each string in the scan, in order
+    cdef Py_ssize_t nscanned = 0, scanned_cap = 0
+    try:
+        out.cap = 8192
+        out.len = 0
+        out.heap = True
+        out.data = <char*>malloc(out.cap)
+        scanned.cap = 8192
+        scanned.len = 0
+        scanned.heap = True
+        scanned.data = <char*>malloc(scanned.cap)
+        meta.cap = metrics.cap = 32
+        meta.at = <Tag*>malloc(meta.cap * sizeof(Tag))
+        metrics.at = <Tag*>malloc(metrics.cap * sizeof(Tag))
+        if out.data == NULL or scanned.data == NULL or meta.at == NULL or metrics.at == NULL:
+            raise MemoryError()
+        ntraces = _array_len(&r)
+        for i in range(ntraces):
+            chunk_start = r.pos
+            nspans = _array_len(&r)
+            if not nspans:
+                continue
+            if nspans < MIN_TRANSCODED_SPANS:
+                results.append(_spans(&r, nspans))
+                continue
+            free(facts)
+            facts = <Facts*>malloc(nspans * sizeof(Facts))
+            if facts == NULL:
+                raise MemoryError()
+            out.len = 0
+            sizes = []
+            holes = []
+            written = []
+            starts = []
+            plain = True  # nothing in the chunk the fast path leaves to the whole one
+            for j in range(nspans):
+                span_start = r.pos
+                is_object = False
+                f = &facts[j]
+                memset(f, 0, sizeof(Facts))
+                _clear(&meta)
+                _clear(&metrics)
+                service.n = name.n = resource.n = type_.n = 0
+                service.p = name.p = resource.p = type_.p = NULL
+                ids[0] = ids[1] = ids[2] = 0
+                start_bits = duration_bits = error_bits = 0
+                duration_negative = False
+                seen = 0
+                # the checks of _span, so that a body taken here is one decode_v04_spans takes
+                for k in range(_map_len(&r)):
+                    klen = _str_len(&r)
+                    field = _field(r.data + r.pos, klen)
+                    r.pos += klen
+                    if field < 0 or seen & (1u << field):
+                        raise _Reject()
+                    seen |= 1u << field
+                    if field == F_SPAN_LINKS or field == F_SPAN_EVENTS:
+                        if _byte(&r) != 0xC0:
+                            raise _Reject()
+                    elif field == F_SERVICE:
+                        _text(&r, &service)
+                    elif field == F_NAME:
+                        _text(&r, &name)
+                    elif field == F_RESOURCE:
+                        _text(&r, &resource)
+                    elif field == F_TYPE:
+                        _text(&r, &type_)
+                        if _same(type_, <const unsigned char*>"llm", 3):
+                            is_object = True  # an LLM call: the LLM stage's
+                    elif field <= F_PARENT_ID:  # trace, span and parent ids: uint64
+                        if _integer(&r, _byte(&r), &bits) != 1:
+                            raise _Reject()
+                        ids[field - F_TRACE_ID] = bits
+                    elif field <= F_ERROR:  # start, duration, error: int64
+                        c = _integer(&r, _byte(&r), &bits)
+                        if c == 1 and bits > <uint64_t>0x7FFFFFFFFFFFFFFF:
+                            raise _Reject()
+                        if field == F_START:
+                            start_bits = bits
+                        elif field == F_DURATION:
+                            duration_bits = bits
+                            duration_negative = c == 2
+                        else:
+                            error_bits = bits
+                    elif field == F_META:
+                        c = _map_len(&r)
+                        _room(&meta, c)
+                        for kk in range(c):
+                            _add_tag(&meta, &r, False)
+                    elif field == F_METRICS:
+                        c = _map_len(&r)
+                        _room(&metrics, c)
+                        for kk in range(c):
+                            _add_tag(&metrics, &r, True)
+                    else:  # meta_struct: bins, an LLM Observability event among them; the LLM stage's
+                        for kk in range(_map_len(&r)):
+                            _text(&r, &ignored)
+                            _skip_bin(&r)
+                            is_object = True
+                if meta.repeated or metrics.repeated:
+                    plain = False
+                f.service = service
+                f.span_id = ids[1]
+                f.parent_id = ids[2]
+                for kk in range(meta.n):
+                    t = &meta.at[kk]
+                    if t.key.n == 3 and memcmp(t.key.p, "env", 3) == 0:
+                        f.env = t.value
+                        f.has_env = True
+                    elif t.key.n == 12 and memcmp(t.key.p, "_dd.hostname", 12) == 0:
+                        f.hostname = t.value
+                    elif t.key.n == 7 and memcmp(t.key.p, "version", 7) == 0:
+                        f.version = t.value
+                    elif t.key.n == 10 and memcmp(t.key.p, "_dd.origin", 10) == 0:
+                        f.origin = t.value
+                    elif t.key.n == 10 and memcmp(t.key.p, "runtime-id", 10) == 0:
+                        f.runtime_id = t.value
+                for kk in range(metrics.n):
+                    t = &metrics.at[kk]
+                    if t.key.n == 21 and memcmp(t.key.p, "_sampling_priority_v1", 21) == 0:
+                        f.has_priority = True
+                        f.priority = t.number
+                        if not isfinite(t.number):
+                            plain = False  # poison: drop_poison's
+                if not plain:
+                    continue  # the rest of the chunk is only checked (to decode it later)
+                if is_object:  # decoded once the body is read, and encoded in its place after the LLM stage
+                    holes.append((j, span_start))
+                    continue
+                # the scrub scan's strings: span_candidates' (meta values but for the skipped keys, the resource)
+                if scan is not None:
+                    for kk in range(meta.n):
+                        t = &meta.at[kk]
+                        if t.key.n >= prefix_n and memcmp(t.key.p, prefix, prefix_n) == 0:
+                            continue
+                        if skipped.n and _in_defaults(skipped, t.key, t.hash):
+                            continue
+                        if nscanned + meta.n + 1 > scanned_cap:
+                            scanned_cap = 2 * scanned_cap + meta.n + 256
+                            grown_scanned = <Scanned*>realloc(scanned_strings, scanned_cap * sizeof(Scanned))
+                            if grown_scanned == NULL:
+                                raise MemoryError()
+                            scanned_strings = grown_scanned
+                        _scanned(&scanned, sep, &scanned_strings[nscanned], t.key, t.value, len(results), len(sizes))
+                        nscanned += 1
+                    if nscanned + 1 > scanned_cap:
+                        scanned_cap = 2 * scanned_cap + 256
+                        grown_scanned = <Scanned*>realloc(scanned_strings, scanned_cap * sizeof(Scanned))
+                        if grown_scanned == NULL:
+                            raise MemoryError()
+                        scanned_strings = grown_scanned
+                    no_key.p = NULL
+                    no_key.n = 0
+                    _scanned(&scanned, sep, &scanned_strings[nscanned], no_key, resource, len(results), len(sizes))
+                    nscanned += 1
+                # the span, as encode_spans writes it (_encode_into)
+                before = _open_span_field(&out)
+                if service.n:
+                    _put_text_field(&out, 0x0A, service)
+                else:
+                    _reserve(&out, 11 + fallback_n)
+                    _put_byte(&out, 0x0A)
+                    _put_varint(&out, <uint64_t>fallback_n)
+                    _put_raw(&out, fallback_p, fallback_n)
+                if name.n == 0:
+                    name.p = <const unsigned char*>PyBytes_AS_STRING(_DEFAULT_NAME)
+                    name.n = PyBytes_GET_SIZE(_DEFAULT_NAME)
+                _put_text_field(&out, 0x12, name)
+                _put_text_field(&out, 0x1A, resource if resource.n else name)
+                _put_uint_field(&out, 4, ids[0])
+                _put_uint_field(&out, 5, ids[1])
+                _put_uint_field(&out, 6, ids[2])
+                _put_uint_field(&out, 7, start_bits)
+                _put_uint_field(&out, 8, 0 if duration_negative else duration_bits)
+                _put_uint_field(&out, 9, error_bits)
+                for kk in range(meta.n):
+                    t = &meta.at[kk]
+                    _put_text_entry(&out, TAG_META, t.key.p, t.key.n, t.value.p, t.value.n)
+                for kk in range(defaults.n):
+                    if not _has_key(&meta, defaults.key[kk], defaults.key_n[kk], defaults.hash[kk]):
+                        _put_text_entry(&out, TAG_META, defaults.key[kk], defaults.key_n[kk], defaults.value[kk],
+                                        defaults.value_n[kk])
+                for kk in range(metrics.n):
+                    t = &metrics.at[kk]
+                    _put_number_entry(&out, t.key.p, t.key.n, t.number)
+                _put_text_field(&out, TAG_TYPE, type_)
+                sizes.append(_close_span_field(&out, before))
+                written.append(j)
+                starts.append(span_start)
+            if not plain:
+                results.append((chunk_start, r.pos))
+                continue
+            results.append(_encoded(body, chunk_start, r.pos, facts, nspans, &out, sizes, holes, written, starts,
+                                    maker))
+        if r.pos != r.end:
+            return None
+        if scan is not None and scanned.len:
+            _candidates_to_objects(results, scanned_strings, nscanned, key_skip,
+                                   scan(PyBytes_FromStringAndSize(scanned.data, scanned.len)))
+        chunks = []
+        for chunk in results:
+            r.end = PyBytes_GET_SIZE(body)
+            if type(chunk) is list:
+                pass
+            elif type(chunk) is tuple:
+                r.pos, r.end = chunk
+                nspans = _array_len(&r)
+                chunk = _spans(&r, nspans)
+            else:
+                objects = []
+                for hole in (<EncodedChunk>chunk)._holes:
+                    r.pos = hole[1]
+                    objects.append(_span(&r))
+                if len(objects) == (<EncodedChunk>chunk).spans:  # nothing left written: a list, as decoded
+                    chunk = objects
+                else:
+                    (<EncodedChunk>chunk).objects = objects
+            chunks.append(chunk)
+        return chunks
+    except _Reject:
+        return None
+    finally:
+        free(out.data)
+        free(scanned.data)
+        free(meta.at)
+        free(metrics.at)
+        free(facts)
+        free(scanned_strings)
+
+
+cdef object _encoded(bytes body, Py_ssize_t start, Py_ssize_t end, Facts* facts, Py_ssize_t n, Buf* out,
+                     list sizes, list holes, list written, list starts, object maker):
+    """The EncodedChunk of a plain chunk: its root as ``model.root_span`` finds it, its priority as
+    ``model.sampling_priority`` reads it, its first runtime-id as the trace source's ``_tracer_info``."""
+    cdef Py_ssize_t j, root = -1, i
+    cdef EncodedChunk chunk = EncodedChunk.__new__(EncodedChunk)
+    cdef Facts* f
+    cdef bint found
+    for j in range(n):
+        if facts[j].parent_id == 0:
+            root = j
+            break
+    if root < 0:
+        for j in range(n):
+            found = False
+            for i in range(n):
+                if facts[i].span_id == facts[j].parent_id:
+                    found = True
+                    break
+            if not found:
+                root = j
+                break
+    if root < 0:
+        root = 0
+    f = &facts[root]
+    chunk.spans = n
+    chunk.data = PyBytes_FromStringAndSize(out.data, out.len)
+    chunk.sizes = sizes
+    chunk.root_service = _str_at(f.service.p, f.service.n) if f.service.n else ""
+    chunk.root_env = _text_str(f.env) if f.has_env else None
+    chunk.root_hostname = _str_at(f.hostname.p, f.hostname.n) if f.hostname.p != NULL else ""
+    chunk.root_version = _str_at(f.version.p, f.version.n) if f.version.p != NULL else ""
+    chunk.root_origin = _str_at(f.origin.p, f.origin.n) if f.origin.p != NULL else ""
+    chunk.priority = None
+    chunk.runtime_id = None
+    for j in range(n):
+        if facts[j].has_priority:
+            chunk.priority = PyFloat_FromDouble(facts[j].priority)
+            break
+    for j in range(n):
+        if facts[j].runtime_id.p != NULL:
+            chunk.runtime_id = _str_at(facts[j].runtime_id.p, facts[j].runtime_id.n)
+            break
+    chunk.maker = maker
+    chunk._holes = holes
+    chunk._written = written
+    chunk._starts = starts
+    chunk._body = body
+    chunk._start = start
+    chunk._end = end
+    return chunk
+
+
+cdef int _scanned(Buf* scanned, unsigned char sep, Scanned* s, Text key, Text value, Py_ssize_t chunk,
+                  Py_ssize_t place) except -1:
+    """``value`` into the scan (after a separator but for the first), and what it is into ``s``."""
+    _reserve(scanned, value.n + 1)
+    if scanned.len:
+        _put_byte(scanned, sep)
+    _put_raw(scanned, <const char*>value.p, value.n)
+    s.end = scanned.len
+    s.chunk = chunk
+    s.place = place
+    s.key = key
+    s.value = value
+    return 0
+
+
+cdef bint _id_value(Text t) noexcept:
+    """privacy._is_id_value: hex digits and dashes only."""
+    cdef Py_ssize_t i
+    cdef unsigned char c
+    for i in range(t.n):
+        c = t.p[i]
+        if not (48 <= c <= 57 or 65 <= c <= 70 or 97 <= c <= 102 or c == 45):
+            return False
+    return True
+
+
+cdef int _candidates_to_objects(list results, Scanned* strings, Py_ssize_t n, key_skip, hits) except -1:
+    """Each span with a scan match that the scrub would look at becomes one of its chunk's objects, for the
+    scrub to judge: a match whose last byte is at ``end - 1`` belongs to the string whose separator (or the
+    data's end) is at or after it, first (span_candidates). Let go, as scrub_chunks lets them go: an empty
+    value, and an identifier under a key that ``key_skip`` (privacy.span_key_skip) says holds them."""
+    cdef Py_ssize_t i = 0, target, last = -1
+    cdef Scanned* s
+    cdef EncodedChunk chunk
+    marked = {}  # chunk's result index -> its places in sizes
+    for end in hits:
+        target = <Py_ssize_t>end - 1
+        while i < n and strings[i].end < target:
+            i += 1
+        if i >= n or i == last:
+            continue
+        last = i
+        s = &strings[i]
+        if type(results[s.chunk]) is not EncodedChunk:
+            continue
+        if s.key.p != NULL:
+            if s.value.n == 0:
+                continue
+            skip = key_skip(_str_at(s.key.p, s.key.n))
+            if skip is True or (skip is None and _id_value(s.value)):
+                continue
+        marked.setdefault(s.chunk, set()).add(s.place)
+    for index, places in marked.items():
+        chunk = results[index]
+        for k in places:
+            chunk._holes.append((chunk._written[k], chunk._starts[k]))
+        chunk._holes.sort()
+    return 0

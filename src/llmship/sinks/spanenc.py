@@ -284,7 +284,7 @@ def _plain_attribute(value: Any, depth: int) -> Any:
 # ------------------------------------------------------------------------------------- the choice
 
 
-NATIVE_API_VERSION = 5  # _spanenc.pyx's API_VERSION this module calls
+NATIVE_API_VERSION = 6  # _spanenc.pyx's API_VERSION this module calls
 
 
 def _load_native() -> Any:
@@ -315,3 +315,6 @@ llm_carriers = getattr(_native, "llm_carriers", None) if NATIVE else None
 llmobs_spans = getattr(_native, "llmobs_spans", None) if NATIVE else None
 # The trace source's check that drop_poison has nothing to do (sources.traces); None: drop_poison looks.
 poison_free = getattr(_native, "poison_free", None) if NATIVE else None
+# The v0.4 transcoder (processing.Emitter.transcode_v04): chunks with no LLM call and no scrub candidate
+# written straight from the body; None: every chunk decoded into Span objects (its twin, that whole path).
+transcode_v04 = getattr(_native, "transcode_v04", None) if NATIVE else None

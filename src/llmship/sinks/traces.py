@@ -34,7 +34,7 @@ from llmship.model import Span, TracerInfo, root_span, sampling_priority
 from llmship.log import RateLimited, get_logger
 from llmship.shipping.packer import Encoding, PackedSink, Packer, accepted
 from llmship.sinks.intakes import ROUTES
-from llmship.sinks.spanenc import DEFAULT_SERVICE_NAME, encode_spans
+from llmship.sinks.spanenc import DEFAULT_SERVICE_NAME, encode_span, encode_spans
 from llmship.tags import agent_default_tags
 from llmship.tap import IDLE
 from llmship.telemetry import Telemetry
@@ -134,8 +134,7 @@ class TraceSink(PackedSink):
     def _encoded_chunks(self, chunks: list[list[Span]], tracer: TracerInfo):
         """(tracer payload header, TraceChunk field, span count) per chunk, or per part of a chunk too large
         for one payload; chunks the tracer decided to drop (priority <= 0) are left out, as the Agent does."""
-        fallback_service = self._service or tracer.language or DEFAULT_SERVICE_NAME
-        meta_defaults = self._meta_defaults
+        fallback_service, meta_defaults = self.encoder_args(tracer.language)
         tap = self.tap
         chunk_heads = self._chunk_heads
         received = 0
@@ -143,25 +142,41 @@ class TraceSink(PackedSink):
             if not spans:
                 continue
             received += len(spans)
-            priority = _priority(spans)
+            encoded = type(spans) is not list  # an EncodedChunk (processing.Emitter.transcode_v04)
+            if encoded:
+                value = spans.priority
+                priority = None if value is None else int(value)
+                env, hostname, version, origin = (spans.root_env, spans.root_hostname, spans.root_version,
+                                                  spans.root_origin)
+            else:
+                priority = _priority(spans)
+                root_meta = root_span(spans).meta
+                env, hostname, version, origin = (root_meta.get("env"), root_meta.get("_dd.hostname", ""),
+                                                  root_meta.get("version", ""), root_meta.get("_dd.origin", ""))
             if priority is not None and priority <= 0:
                 self._tel.discard("sampling_priority", len(spans), intentional=True)  # the Agent drops them too
                 continue
             if tap.active:
+                if encoded:
+                    spans, encoded = spans.decode(), False
                 tap.offer("spans", (spans, tracer))
-            root = root_span(spans)
-            root_meta = root.meta
-            header = self._header(tracer, root_meta.get("env") or self._env, root_meta.get("_dd.hostname", ""),
-                                  root_meta.get("version", ""))
+            header = self._header(tracer, env or self._env, hostname, version)
             # A chunk without a tracer decision is one we keep: AUTO_KEEP, never 0 (AUTO_REJECT).
-            head_key = (AUTO_KEEP if priority is None else priority, root_meta.get("_dd.origin", ""))
+            head_key = (AUTO_KEEP if priority is None else priority, origin)
             chunk_fields = chunk_heads.get(head_key)
             if chunk_fields is None:
                 if len(chunk_heads) >= _MAX_CACHED_HEADERS:
                     chunk_heads.clear()
                 chunk_fields = chunk_heads[head_key] = pb.f_varint(1, head_key[0]) + pb.f_str(2, head_key[1])
-            # the TraceChunk message (TracerPayload.chunks) at once: the spans are not copied again
-            message, sizes, errors = encode_spans(spans, fallback_service, meta_defaults, (_CHUNKS, chunk_fields))
+            if encoded:
+                pieces, sizes, errors = [spans.data], spans.sizes, []
+                if spans.objects:  # after the LLM stage and the scrub
+                    pieces, sizes = spans.pieces([_span_field(span, fallback_service, meta_defaults, errors)
+                                                  for span in spans.objects])
+                message = _message(_CHUNKS, len(chunk_fields) + sum(sizes), [chunk_fields, *pieces])
+            else:  # the TraceChunk message (TracerPayload.chunks) at once: the spans are not copied again
+                message, sizes, errors = encode_spans(spans, fallback_service, meta_defaults,
+                                                      (_CHUNKS, chunk_fields))
             for error in errors:  # spans built by code with what the wire cannot carry
                 self._tel.discard("unencodable_span")
                 _log.warning("unencodable_span", "span_dropped", error=error)
@@ -181,6 +196,11 @@ class TraceSink(PackedSink):
                 yield header, _message(_CHUNKS, len(chunk_fields) + len(group), [chunk_fields, group]), spans_in
         if received:
             self._tel.inc("received", received)
+
+    def encoder_args(self, language: str) -> tuple[str, tuple]:
+        """What the span encoder (and the transcoder) take besides the spans: the service of a span that
+        names none, and the agent's meta defaults."""
+        return self._service or language or DEFAULT_SERVICE_NAME, self._meta_defaults
 
     def _submit_payload(self, payload: Payload) -> None:
         if self._languages:
@@ -212,6 +232,18 @@ def _priority(spans: list[Span]) -> int | None:
 
 
 _TRACER_PAYLOADS, _CHUNKS = pb.tag(5, pb.LEN), pb.tag(6, pb.LEN)  # AgentPayload.tracerPayloads, TracerPayload.chunks
+_CHUNK_SPANS = pb.tag(3, pb.LEN)  # TraceChunk.spans
+
+
+def _span_field(span: Span, fallback_service: str, meta_defaults: tuple, errors: list) -> bytes | None:
+    """A TraceChunk.spans field, as ``encode_spans`` writes each; None, with its error, for a span that does
+    not encode (dropped, as ``encode_spans`` drops it)."""
+    try:
+        body = encode_span(span, fallback_service, meta_defaults)
+    except (ValueError, OverflowError) as e:
+        errors.append(f"{type(e).__name__}: {e}")
+        return None
+    return _message(_CHUNK_SPANS, len(body), [body])
 
 
 def _message(field_tag: bytes, size: int, parts: list[bytes]) -> bytes:

@@ -108,7 +108,8 @@ _FALSE_VALUES = ("0", "f", "F", "false", "FALSE", "False")
 log = get_logger("traces")
 _limited = RateLimited(log)
 
-Chunks = list[list[Span]]
+# Chunks of Span; from the transcoder (processing.Emitter.transcode_v04), sinks._spanenc.EncodedChunk among them
+Chunks = list
 
 
 class DecodeError(ValueError):
@@ -245,8 +246,8 @@ class TraceSource:
             if not await take_decoder(self._decoders):
                 return self._refuse_traces(real_status, "no_decoder")
             try:
-                decode = (functools.partial(decode_v05, body) if version == "v0.5"
-                          else functools.partial(decode_v04, body, media))
+                decode = (functools.partial(decode_v05, body) if version == "v0.5" else functools.partial(
+                    self._decode_v04, body, media, request.headers.get("Datadog-Meta-Lang", "")))
                 chunks = await self._decode(decode, len(body))
             finally:
                 self._decoders.release()
@@ -324,6 +325,13 @@ class TraceSource:
     async def _read_body(self, request: web.Request) -> bytes:
         return await read_body(request, self._cfg.max_body_bytes, self._read_timeout, self._tel)
 
+    def _decode_v04(self, body: bytes, media: str, language: str) -> Chunks:
+        """The pipeline's transcoder's chunks where it takes the body (processing.Emitter.transcode_v04: the
+        plain spans of chunks of four or more already encoded), else ``decode_v04``'s."""
+        if media == _MSGPACK and (chunks := self._pipeline.transcode_v04(body, language)) is not None:
+            return chunks
+        return decode_v04(body, media)
+
     async def _decode(self, decode: Callable[[], Any], size: int) -> Any:
         try:
             if size > THREAD_DECODE_BYTES:
@@ -352,7 +360,8 @@ class TraceSource:
         """The rates body for the chunks' roots: made once for each sequence of root services and envs seen
         (a tracer sends the same few again and again; formatting and encoding them cost 250 instructions a
         span of the web mix)."""
-        roots = tuple([(root.service, root.meta.get("env")) for root in map(root_span, chunks)])
+        roots = tuple([((root := root_span(c)).service, root.meta.get("env")) if type(c) is list
+                       else (c.root_service, c.root_env) for c in chunks])  # or an EncodedChunk
         body = self._rates_bodies.get(roots)
         if body is None:
             rates = {"service:,env:": 1.0}
@@ -556,7 +565,8 @@ def llmobs_spans_py(chunks: Chunks) -> int:
     """How many spans carry an LLM Observability event (``meta_struct["_llmobs"]``). Compiled:
     ``sinks/_spanenc.pyx llmobs_spans`` (the same count; this generator cost 420 instructions a span of the
     web mix)."""
-    return sum(1 for c in chunks for s in c if LLMOBS_STRUCT_KEY in s.meta_struct)
+    return sum(1 for c in chunks for s in (c if type(c) is list else c.objects)  # or an EncodedChunk's
+               if LLMOBS_STRUCT_KEY in s.meta_struct)
 
 
 llmobs_spans = _compiled_llmobs_spans or llmobs_spans_py
@@ -573,6 +583,8 @@ def drop_poison(chunks: Chunks) -> int:
         return 0
     removed = 0
     for chunk in chunks:
+        if type(chunk) is not list:  # an EncodedChunk: the transcoder left poison to the decoded chunks
+            continue
         for span in chunk:
             priority = span.metrics.get(SAMPLING_PRIORITY_KEY)
             if priority is not None and not math.isfinite(priority):
@@ -746,7 +758,7 @@ def _tracer_info(headers: Mapping[str, str], chunks: Chunks) -> TracerInfo:
     if not container_id and entity_id.startswith("ci-"):  # "ci-<container id>" ("in-<inode>" otherwise)
         container_id = entity_id[3:]
     # No header carries the runtime id: tracers tag every local root with it (runtime-id).
-    runtime_id = next((s.meta["runtime-id"] for c in chunks for s in c if "runtime-id" in s.meta), "")
+    runtime_id = _runtime_id(chunks)
     return TracerInfo(
         language=headers.get("Datadog-Meta-Lang", ""),
         language_version=headers.get("Datadog-Meta-Lang-Version", ""),
@@ -754,6 +766,18 @@ def _tracer_info(headers: Mapping[str, str], chunks: Chunks) -> TracerInfo:
         container_id=container_id,
         runtime_id=runtime_id,
     )
+
+
+def _runtime_id(chunks: Chunks) -> str:
+    """The first runtime-id tag of the chunks' spans (Span lists, or EncodedChunks that found it)."""
+    for chunk in chunks:
+        if type(chunk) is list:
+            for span in chunk:
+                if "runtime-id" in span.meta:
+                    return span.meta["runtime-id"]
+        elif chunk.runtime_id is not None:
+            return chunk.runtime_id
+    return ""
 
 
 def _bind_unix_socket(path: str) -> tuple[socket.socket, unixsock.FileId]:

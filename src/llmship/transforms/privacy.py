@@ -52,10 +52,10 @@ _ID_VALUE = re.compile(r"[0-9A-Fa-f-]*")
 # servers an app called (its database, cache, LLM API): infrastructure, not personal data, and what APM's
 # service map and peer.service inference read (datadog-agent pkg/trace/traceutil peer tags). The end user's
 # address (http.client_ip, network.client.ip) and URLs are scanned like any other value.
-_SPAN_STRUCTURAL = frozenset(("env", "version", "service", "language", "runtime-id", "span.kind", "component",
-                              "_sampling_priority_v1", "out.host", "peer.hostname", "peer.ipv4", "peer.ipv6",
-                              "network.destination.ip", "network.destination.name", "server.address",
-                              "net.peer.name", "db.instance")) | _USER_AGENT_KEYS
+SPAN_SCAN_SKIP_KEYS = frozenset(("env", "version", "service", "language", "runtime-id", "span.kind", "component",
+                                 "_sampling_priority_v1", "out.host", "peer.hostname", "peer.ipv4", "peer.ipv6",
+                                 "network.destination.ip", "network.destination.name", "server.address",
+                                 "net.peer.name", "db.instance")) | _USER_AGENT_KEYS
 # Reserved attributes of a log record (Datadog's preprocessing reads them) and llmship's own labels.
 LOG_STRUCTURAL = frozenset(("ddsource", "ddtags", "hostname", "host", "service", "status", "level", "levelname",
                             "severity", "timestamp", "date", "logger", "logger.name")) | _USER_AGENT_KEYS
@@ -506,12 +506,12 @@ def log_skip(text_fields) -> frozenset:
     return LOG_STRUCTURAL | frozenset(f for f in text_fields if "." not in f)
 
 
-def _span_key_skip(key: str) -> bool | None:
+def span_key_skip(key: str) -> bool | None:
     """Is a span meta value under ``key`` left alone? True: always (``_dd.*``, the structural keys); None:
     when the value is an identifier (an id key); False: never. Remembered per key (apps use a few hundred)."""
     skip = _SPAN_KEY_SKIP.get(key)
     if skip is None and key not in _SPAN_KEY_SKIP:
-        skip = (True if key.startswith(_SPAN_SKIP_PREFIX) or key in _SPAN_STRUCTURAL
+        skip = (True if key.startswith(SPAN_SCAN_SKIP_PREFIX) or key in SPAN_SCAN_SKIP_KEYS
                 else None if key.__class__ is str and is_id_key(key) else False)
         if len(_SPAN_KEY_SKIP) >= _MAX_REMEMBERED_KEYS:
             _SPAN_KEY_SKIP.clear()  # keys made of ids (unbounded): start again rather than grow
@@ -521,7 +521,7 @@ def _span_key_skip(key: str) -> bool | None:
 
 _SPAN_KEY_SKIP: dict[str, bool | None] = {}
 _MAX_REMEMBERED_KEYS = 4096
-_SPAN_SKIP_PREFIX = "_dd."  # the tracer's and the Agent's own tags
+SPAN_SCAN_SKIP_PREFIX = "_dd."  # the tracer's and the Agent's own tags
 
 
 def scrub_chunks(scrubber, chunks: list) -> None:
@@ -538,7 +538,7 @@ def scrub_chunks(scrubber, chunks: list) -> None:
                 kept_keys[j] = kept
     found = None
     if _span_candidates is not None and (joined := scrubber.joined_scan()) is not None:
-        found = _span_candidates(spans, *joined, _SPAN_SKIP_PREFIX, _SPAN_STRUCTURAL)
+        found = _span_candidates(spans, *joined, SPAN_SCAN_SKIP_PREFIX, SPAN_SCAN_SKIP_KEYS)
     if found is None:
         found = _candidates_py(scrubber, spans)
     # The candidates ascend: walk the spans along with them, each span's keys listed once it has one.
@@ -554,7 +554,7 @@ def scrub_chunks(scrubber, chunks: list) -> None:
             if not text:
                 continue
             key = keys[k]
-            skip = _span_key_skip(key)
+            skip = span_key_skip(key)
             if skip or (skip is None and _is_id_value(text)) or key in kept:
                 continue
         else:
@@ -585,14 +585,14 @@ def scrub_chunks(scrubber, chunks: list) -> None:
 def _candidates_py(scrubber, spans: list) -> list[tuple[int, int]]:
     """``sinks.spanenc.span_candidates`` in Python, on ``Scrubber.candidates_many`` (every string without
     Hyperscan): (span index, entry index: a meta value, or ``len(meta)`` for the resource), ascending. The
-    str values of the keys the scrub always leaves alone (``_span_key_skip``) are not scanned."""
+    str values of the keys the scrub always leaves alone (``span_key_skip``) are not scanned."""
     strings: list[str] = []
     entries: list[tuple[int, int]] = []  # (span index, entry index) of each string
     add_string, add_entry = strings.append, entries.append
     for j, span in enumerate(spans):
         k = -1
         for k, (key, value) in enumerate(span.meta.items()):
-            if value.__class__ is not str or key.__class__ is not str or _span_key_skip(key) is not True:
+            if value.__class__ is not str or key.__class__ is not str or span_key_skip(key) is not True:
                 add_string(value)  # anything but a str: candidates_many fails on it, as it always did
                 add_entry((j, k))
         add_string(span.resource)
