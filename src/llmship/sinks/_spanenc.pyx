@@ -185,10 +185,27 @@ cdef int _put_str_field(Buf* b, unsigned char tag, object s) except -1:
     if not s:
         return 0
     p = _utf8(s, &n)
+    return _put_utf8_field(b, tag, p, n)
+
+
+cdef inline int _put_utf8_field(Buf* b, unsigned char tag, const char* p, Py_ssize_t n) except -1:
+    """A string field given as its UTF-8 (omitted when empty)."""
+    if n == 0:
+        return 0
     _reserve(b, 11 + n)
     _put_byte(b, tag)
     _put_varint(b, <uint64_t>n)
     _put_raw(b, p, n)
+    return 0
+
+
+cdef inline int _put_uint_field(Buf* b, int field, uint64_t x) except -1:
+    """An integer field as its 64 bits (omitted when zero)."""
+    if x == 0:
+        return 0
+    _reserve(b, 11)
+    _put_byte(b, <unsigned char>(field << 3))
+    _put_varint(b, x)
     return 0
 
 
@@ -241,8 +258,7 @@ cdef int _put_varint_field(Buf* b, int field, object n) except -1:
     """An integer field of the span: uint64, negatives as 64-bit two's complement, omitted when zero/falsy."""
     cdef unsigned long long x
     if _small_uint64(n, &x):
-        if x == 0:
-            return 0
+        pass
     elif not PyLong_Check(n):
         if not n:
             return 0
@@ -252,12 +268,17 @@ cdef int _put_varint_field(Buf* b, int field, object n) except -1:
         if x == <unsigned long long>-1 and PyErr_Occurred() != NULL:
             PyErr_Clear()
             x = _uint64_slow(n, field)
-        if x == 0:
-            return 0
-    _reserve(b, 11)
-    _put_byte(b, <unsigned char>(field << 3))
-    _put_varint(b, x)
-    return 0
+    return _put_uint_field(b, field, x)
+
+
+cdef inline void _put_entry_head(Buf* b, unsigned char tag, Py_ssize_t size, const unsigned char* k,
+                                 Py_ssize_t lk) noexcept:
+    """A map entry's tag and length, and its key (room reserved by the caller)."""
+    _put_byte(b, tag)
+    _put_varint(b, <uint64_t>size)
+    _put_byte(b, TAG_KEY)
+    _put_varint(b, <uint64_t>lk)
+    _put_raw(b, <const char*>k, lk)
 
 
 cdef inline int _put_text_entry(Buf* b, unsigned char tag, const unsigned char* k, Py_ssize_t lk,
@@ -265,11 +286,7 @@ cdef inline int _put_text_entry(Buf* b, unsigned char tag, const unsigned char* 
     """A map<string,string> (or <string,bytes>) entry of UTF-8 (or bytes) given as pointers."""
     cdef Py_ssize_t size = 2 + _varint_size(lk) + lk + _varint_size(lv) + lv
     _reserve(b, 11 + size)
-    _put_byte(b, tag)
-    _put_varint(b, <uint64_t>size)
-    _put_byte(b, TAG_KEY)
-    _put_varint(b, <uint64_t>lk)
-    _put_raw(b, <const char*>k, lk)
+    _put_entry_head(b, tag, size, k, lk)
     _put_byte(b, TAG_STRING_VALUE)
     _put_varint(b, <uint64_t>lv)
     _put_raw(b, <const char*>v, lv)
@@ -280,11 +297,7 @@ cdef inline int _put_number_entry(Buf* b, const unsigned char* k, Py_ssize_t lk,
     """A metrics entry (map<string,double>)."""
     cdef Py_ssize_t size = 10 + _varint_size(lk) + lk
     _reserve(b, 11 + size)
-    _put_byte(b, TAG_METRICS)
-    _put_varint(b, <uint64_t>size)
-    _put_byte(b, TAG_KEY)
-    _put_varint(b, <uint64_t>lk)
-    _put_raw(b, <const char*>k, lk)
+    _put_entry_head(b, TAG_METRICS, size, k, lk)
     _put_byte(b, TAG_DOUBLE_VALUE)
     PyFloat_Pack8(d, b.data + b.len, 1)
     b.len += 8
@@ -925,11 +938,25 @@ cdef inline Py_ssize_t _str_len(Reader* r) except -1:
 
 cdef extern from *:
     """
-    /* The hash of the n <= 32 bytes at p, 8 at a time, into *hash; 0 when one is not ASCII. The slot is
-       taken from the high bits, which every byte reaches through the multiplications. */
-    static int llmship_ascii_hash(const unsigned char *p, Py_ssize_t n, unsigned long long *hash) {
+    /* The last 1..8 bytes of a string that ends at p + n, as a little-endian word: the 8 bytes that end
+       there, those before p shifted out, where they are in the buffer (never before ``start``). */
+    static inline unsigned long long llmship_tail(const unsigned char *p, Py_ssize_t n,
+                                                  const unsigned char *start) {
+        unsigned long long w = 0;
+        if ((p - start) + n >= 8) {
+            memcpy(&w, p + n - 8, 8);
+            return w >> (8 * (8 - n));
+        }
+        for (Py_ssize_t i = 0; i < n; i++)
+            w |= (unsigned long long) p[i] << (8 * i);
+        return w;
+    }
+    /* The hash of the n bytes at p (a cached str, a map key), 8 at a time; 1 when they are ASCII. The slot
+       or table index is taken from the high bits, which every byte reaches through the multiplications. */
+    static inline int llmship_key_hash(const unsigned char *p, Py_ssize_t n, const unsigned char *start,
+                                       unsigned long long *hash) {
         unsigned long long h = 0xcbf29ce484222325ULL ^ (unsigned long long) n, w, high = 0;
-        while (n >= 8) {
+        while (n > 8) {
             memcpy(&w, p, 8);
             high |= w;
             h = (h ^ w) * 0x100000001b3ULL;
@@ -937,17 +964,32 @@ cdef extern from *:
             n -= 8;
         }
         if (n) {
-            w = 0;
-            for (Py_ssize_t i = 0; i < n; i++)  /* not memcpy: a call for a length not known here */
-                w |= (unsigned long long) p[i] << (8 * i);
+            w = llmship_tail(p, n, start);
             high |= w;
             h = (h ^ w) * 0x100000001b3ULL;
         }
         *hash = h * 0x9E3779B97F4A7C15ULL;
         return (high & 0x8080808080808080ULL) == 0;
     }
+    /* 1 when the n bytes at p are ASCII. The last (or only) word is the 8 bytes that end at p + n, those
+       before p shifted out: never before ``start``, the buffer's first byte (then byte by byte). */
+    static inline int llmship_ascii_at(const unsigned char *p, Py_ssize_t n, const unsigned char *start) {
+        unsigned long long w, high = 0;
+        if (n == 0)
+            return 1;
+        while (n > 8) {
+            memcpy(&w, p, 8);
+            high |= w;
+            p += 8;
+            n -= 8;
+        }
+        high |= llmship_tail(p, n, start);
+        return (high & 0x8080808080808080ULL) == 0;
+    }
     """
-    bint _ascii_hash "llmship_ascii_hash"(const unsigned char* p, Py_ssize_t n, unsigned long long* hash) noexcept
+    bint _key_hash "llmship_key_hash"(const unsigned char* p, Py_ssize_t n, const unsigned char* start,
+                                      unsigned long long* hash) noexcept
+    bint _ascii_at "llmship_ascii_at"(const unsigned char* p, Py_ssize_t n, const unsigned char* start) noexcept
 
 
 cdef object _str(Reader* r):
@@ -961,7 +1003,7 @@ cdef inline object _str_at(const unsigned char* p, Py_ssize_t n):
     cdef unsigned long long h
     cdef Py_ssize_t slot
     cdef PyObject* cached
-    if n > CACHED_STR_BYTES or not _ascii_hash(p, n, &h):
+    if n > CACHED_STR_BYTES or not _key_hash(p, n, p, &h):
         return _utf8_str(p, n)
     slot = <Py_ssize_t>(h >> (64 - CACHED_STR_BITS))
     cached = _strs[slot]
@@ -1047,18 +1089,12 @@ cdef inline double _double(Reader* r) except? -1.0:
 
 
 cdef object _bin(Reader* r):
-    cdef int c = _byte(r)
-    cdef Py_ssize_t n
-    if not 0xC4 <= c <= 0xC6:
-        raise _Reject()
-    n = <Py_ssize_t>_big_endian(r, 1 << (c - 0xC4))
-    _need(r, n)
-    r.pos += n
+    cdef Py_ssize_t n = _skip_bin(r)
     return PyBytes_FromStringAndSize(<const char*>(r.data + r.pos - n), n)
 
 
-cdef int _skip_bin(Reader* r) except -1:
-    """``_bin``'s checks, without the bytes."""
+cdef Py_ssize_t _skip_bin(Reader* r) except -1:
+    """Past a bin, checked; its length (its bytes end at ``r.pos``)."""
     cdef int c = _byte(r)
     cdef Py_ssize_t n
     if not 0xC4 <= c <= 0xC6:
@@ -1066,7 +1102,7 @@ cdef int _skip_bin(Reader* r) except -1:
     n = <Py_ssize_t>_big_endian(r, 1 << (c - 0xC4))
     _need(r, n)
     r.pos += n
-    return 0
+    return n
 
 
 cdef dict _str_map(Reader* r):
@@ -1281,59 +1317,6 @@ cdef struct Facts:  # what the chunk-level code reads of each span
     bint has_env
 
 
-cdef extern from *:
-    """
-    /* The last 1..8 bytes of a string that ends at p + n, as a little-endian word: the 8 bytes that end
-       there, those before p shifted out, where they are in the buffer (never before ``start``). */
-    static inline unsigned long long llmship_tail(const unsigned char *p, Py_ssize_t n,
-                                                  const unsigned char *start) {
-        unsigned long long w = 0;
-        if ((p - start) + n >= 8) {
-            memcpy(&w, p + n - 8, 8);
-            return w >> (8 * (8 - n));
-        }
-        for (Py_ssize_t i = 0; i < n; i++)
-            w |= (unsigned long long) p[i] << (8 * i);
-        return w;
-    }
-    /* The hash of the n bytes at p (a map key); 1 when they are ASCII. */
-    static inline int llmship_key_hash(const unsigned char *p, Py_ssize_t n, const unsigned char *start,
-                                       unsigned long long *hash) {
-        unsigned long long h = 0xcbf29ce484222325ULL ^ (unsigned long long) n, w, high = 0;
-        while (n > 8) {
-            memcpy(&w, p, 8);
-            high |= w;
-            h = (h ^ w) * 0x100000001b3ULL;
-            p += 8;
-            n -= 8;
-        }
-        if (n) {
-            w = llmship_tail(p, n, start);
-            high |= w;
-            h = (h ^ w) * 0x100000001b3ULL;
-        }
-        *hash = h * 0x9E3779B97F4A7C15ULL;
-        return (high & 0x8080808080808080ULL) == 0;
-    }
-    /* 1 when the n bytes at p are ASCII. The last (or only) word is the 8 bytes that end at p + n, those
-       before p shifted out: never before ``start``, the buffer's first byte (then byte by byte). */
-    static inline int llmship_ascii_at(const unsigned char *p, Py_ssize_t n, const unsigned char *start) {
-        unsigned long long w, high = 0;
-        if (n == 0)
-            return 1;
-        while (n > 8) {
-            memcpy(&w, p, 8);
-            high |= w;
-            p += 8;
-            n -= 8;
-        }
-        high |= llmship_tail(p, n, start);
-        return (high & 0x8080808080808080ULL) == 0;
-    }
-    """
-    bint _key_hash "llmship_key_hash"(const unsigned char* p, Py_ssize_t n, const unsigned char* start,
-                                      unsigned long long* hash) noexcept
-    bint _ascii_at "llmship_ascii_at"(const unsigned char* p, Py_ssize_t n, const unsigned char* start) noexcept
 
 
 cdef inline bint _same(Text a, const unsigned char* p, Py_ssize_t n) noexcept:
@@ -1429,22 +1412,7 @@ cdef bint _has_key(Tags* tags, const unsigned char* p, Py_ssize_t n, unsigned lo
 
 
 cdef inline int _put_text_field(Buf* b, unsigned char tag, Text t) except -1:
-    if t.n == 0:
-        return 0
-    _reserve(b, 11 + t.n)
-    _put_byte(b, tag)
-    _put_varint(b, <uint64_t>t.n)
-    _put_raw(b, <const char*>t.p, t.n)
-    return 0
-
-
-cdef inline int _put_uint_field(Buf* b, int field, uint64_t x) except -1:
-    if x == 0:
-        return 0
-    _reserve(b, 11)
-    _put_byte(b, <unsigned char>(field << 3))
-    _put_varint(b, x)
-    return 0
+    return _put_utf8_field(b, tag, <const char*>t.p, t.n)
 
 
 
