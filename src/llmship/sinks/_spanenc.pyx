@@ -775,6 +775,15 @@ cdef bint _skipped_key(object key, bytes prefix, object skip_keys) except -1:
     return key in skip_keys
 
 
+cdef inline int _put_joined(Buf* b, unsigned char sep, bint first, const char* p, Py_ssize_t n) except -1:
+    """A string into a joined scan's data: after the separator, but for the first string."""
+    _reserve(b, n + 1)
+    if not first:
+        _put_byte(b, sep)
+    _put_raw(b, p, n)
+    return 0
+
+
 cdef int _add_string(Buf* b, Strings* ends, object value, unsigned char sep, Py_ssize_t entry) except -1:
     """Append ``value``'s UTF-8 (after a separator but for the first); 0 for a value that is not a str."""
     cdef Py_ssize_t n = 0
@@ -793,10 +802,7 @@ cdef int _add_string(Buf* b, Strings* ends, object value, unsigned char sep, Py_
             raise MemoryError()
         ends.entry = grown
         ends.cap *= 2
-    _reserve(b, n + 1)
-    if ends.n:
-        _put_byte(b, sep)
-    _put_raw(b, p, n)
+    _put_joined(b, sep, ends.n == 0, p, n)
     ends.at[ends.n] = b.len
     ends.entry[ends.n] = entry
     ends.n += 1
@@ -1743,7 +1749,8 @@ def transcode_v04(body, fallback_service, meta_defaults, scan_sep, scan, skip_pr
                             if grown_scanned == NULL:
                                 raise MemoryError()
                             scanned_strings = grown_scanned
-                        _scanned(&scanned, sep, &scanned_strings[nscanned], t.key, t.value, len(results), len(sizes))
+                        _scanned(&scanned, sep, nscanned == 0, &scanned_strings[nscanned], t.key, t.value,
+                                 len(results), len(sizes))
                         nscanned += 1
                     if nscanned + 1 > scanned_cap:
                         scanned_cap = 2 * scanned_cap + 256
@@ -1753,7 +1760,8 @@ def transcode_v04(body, fallback_service, meta_defaults, scan_sep, scan, skip_pr
                         scanned_strings = grown_scanned
                     no_key.p = NULL
                     no_key.n = 0
-                    _scanned(&scanned, sep, &scanned_strings[nscanned], no_key, resource, len(results), len(sizes))
+                    _scanned(&scanned, sep, nscanned == 0, &scanned_strings[nscanned], no_key, resource,
+                             len(results), len(sizes))
                     nscanned += 1
                 # the span, as encode_spans writes it (_encode_into)
                 before = _open_span_field(&out)
@@ -1883,13 +1891,11 @@ cdef object _encoded(bytes body, Py_ssize_t start, Py_ssize_t end, Facts* facts,
     return chunk
 
 
-cdef int _scanned(Buf* scanned, unsigned char sep, Scanned* s, Text key, Text value, Py_ssize_t chunk,
-                  Py_ssize_t place) except -1:
-    """``value`` into the scan (after a separator but for the first), and what it is into ``s``."""
-    _reserve(scanned, value.n + 1)
-    if scanned.len:
-        _put_byte(scanned, sep)
-    _put_raw(scanned, <const char*>value.p, value.n)
+cdef int _scanned(Buf* scanned, unsigned char sep, bint first, Scanned* s, Text key, Text value,
+                  Py_ssize_t chunk, Py_ssize_t place) except -1:
+    """``value`` into the scan (after a separator but for the request's first string, as span_candidates
+    writes them), and what it is into ``s``."""
+    _put_joined(scanned, sep, first, <const char*>value.p, value.n)
     s.end = scanned.len
     s.chunk = chunk
     s.place = place

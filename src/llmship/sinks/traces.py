@@ -34,7 +34,7 @@ from llmship.model import Span, TracerInfo, root_span, sampling_priority
 from llmship.log import RateLimited, get_logger
 from llmship.shipping.packer import Encoding, PackedSink, Packer, accepted
 from llmship.sinks.intakes import ROUTES
-from llmship.sinks.spanenc import DEFAULT_SERVICE_NAME, encode_span, encode_spans
+from llmship.sinks.spanenc import DEFAULT_SERVICE_NAME, encode_spans
 from llmship.tags import agent_default_tags
 from llmship.tap import IDLE
 from llmship.telemetry import Telemetry
@@ -143,13 +143,12 @@ class TraceSink(PackedSink):
                 continue
             received += len(spans)
             encoded = type(spans) is not list  # an EncodedChunk (processing.Emitter.transcode_v04)
+            value = spans.priority if encoded else sampling_priority(spans)
+            priority = None if value is None else int(value)  # the integer the TraceChunk carries
             if encoded:
-                value = spans.priority
-                priority = None if value is None else int(value)
                 env, hostname, version, origin = (spans.root_env, spans.root_hostname, spans.root_version,
                                                   spans.root_origin)
             else:
-                priority = _priority(spans)
                 root_meta = root_span(spans).meta
                 env, hostname, version, origin = (root_meta.get("env"), root_meta.get("_dd.hostname", ""),
                                                   root_meta.get("version", ""), root_meta.get("_dd.origin", ""))
@@ -225,25 +224,15 @@ class TraceSink(PackedSink):
 # ------------------------------------------------------------------------------------------ encoding
 
 
-def _priority(spans: list[Span]) -> int | None:
-    """The chunk's sampling priority, as the integer the TraceChunk carries."""
-    value = sampling_priority(spans)
-    return None if value is None else int(value)
-
-
 _TRACER_PAYLOADS, _CHUNKS = pb.tag(5, pb.LEN), pb.tag(6, pb.LEN)  # AgentPayload.tracerPayloads, TracerPayload.chunks
-_CHUNK_SPANS = pb.tag(3, pb.LEN)  # TraceChunk.spans
 
 
 def _span_field(span: Span, fallback_service: str, meta_defaults: tuple, errors: list) -> bytes | None:
-    """A TraceChunk.spans field, as ``encode_spans`` writes each; None, with its error, for a span that does
-    not encode (dropped, as ``encode_spans`` drops it)."""
-    try:
-        body = encode_span(span, fallback_service, meta_defaults)
-    except (ValueError, OverflowError) as e:
-        errors.append(f"{type(e).__name__}: {e}")
-        return None
-    return _message(_CHUNK_SPANS, len(body), [body])
+    """``span``'s TraceChunk.spans field as ``encode_spans`` writes it; None, with its error added to
+    ``errors``, for a span that does not encode (``encode_spans`` drops it)."""
+    field, _, failed = encode_spans([span], fallback_service, meta_defaults)
+    errors += failed
+    return None if failed else field
 
 
 def _message(field_tag: bytes, size: int, parts: list[bytes]) -> bytes:
