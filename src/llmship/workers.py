@@ -3,7 +3,7 @@ shipping plane in the parent.
 
 The parent binds every processing-plane listener (llmship.listeners; OTLP/gRPC excepted, which each worker
 binds itself with SO_REUSEPORT), creates one socketpair per worker and starts each worker as
-``python -m llmship.workers`` with the listening sockets and its end of the pair as inherited file
+``python -m llmship.worker`` with the listening sockets and its end of the pair as inherited file
 descriptors: spawned, not forked, because forking a process whose event loop runs
 (uvloop, threads, open connections) is unsafe; uvicorn's ``--workers`` spawns for the same reason. The
 worker builds the processing plane (sources, LLM stage, policies, per-item encoders) around a
@@ -488,7 +488,7 @@ class Worker:
 
 
 def worker_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="llmship.workers", description="a processing worker (started by "
+    parser = argparse.ArgumentParser(prog="llmship.worker", description="a processing worker (started by "
                                      "`llmship run` with [agent] workers > 1; not meant to be run by hand)")
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--channel", type=int, required=True, help="fd of this worker's end of the socketpair")
@@ -585,7 +585,7 @@ class WorkerPool:
                 except OSError:
                     pass
             fds = self._listeners.fds()
-            command = [sys.executable, "-m", "llmship.workers", "--index", str(slot.index),
+            command = [sys.executable, "-m", "llmship.worker", "--index", str(slot.index),
                        "--channel", str(child_end.fileno()), "--listen", ",".join(f"{k}={fd}" for k, fd in fds)]
             slot.proc = await asyncio.create_subprocess_exec(
                 *command, stdin=asyncio.subprocess.DEVNULL, pass_fds=[child_end.fileno(), *(fd for _, fd in fds)])
@@ -820,6 +820,3 @@ def _zero() -> float:
 def _constant(value: float) -> Callable[[], float]:
     return lambda: value
 
-
-if __name__ == "__main__":
-    sys.exit(worker_main())

@@ -272,7 +272,9 @@ class _TextPass:
         self.truncated |= done[1]
         return done[0]
 
-    def walk(self, node) -> None:
+    def walk(self, node, depth: int = 0) -> None:
+        if depth > privacy.MAX_NESTING:
+            raise RecursionError(f"nested more than {privacy.MAX_NESTING} levels deep")
         # Exact type tests first: isinstance on a value of another type takes CPython's slow path, and the
         # text policy runs for every string of every call; the isinstance after each keeps subclasses.
         results = self.clean.results if self.rewrite else None
@@ -295,7 +297,7 @@ class _TextPass:
                             self.truncated = True
                             node[key] = done[0]
                 elif cls is dict or cls is list or isinstance(value, (dict, list)):
-                    self.walk(value)
+                    self.walk(value, depth + 1)
             for key in dropped or ():
                 del node[key]
         elif isinstance(node, list):
@@ -306,7 +308,7 @@ class _TextPass:
                     new = node[i] = self.text(value)
                     dropped |= new is None
                 elif cls is dict or cls is list or isinstance(value, (dict, list)):
-                    self.walk(value)
+                    self.walk(value, depth + 1)
             if dropped:
                 node[:] = [v for v in node if v is not None]
 

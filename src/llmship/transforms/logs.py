@@ -295,7 +295,9 @@ class LogProcessor:
         # scrubbed first: a cut secret is caught
         return self._scrubber.scrub_truncate(value, self._max_chars, "logs")
 
-    def _walk(self, node: dict | list) -> bool:
+    def _walk(self, node: dict | list, depth: int = 0) -> bool:
+        if depth > privacy.MAX_NESTING:
+            raise RecursionError(f"nested more than {privacy.MAX_NESTING} levels deep")
         cut_any = False
         items = node.items() if isinstance(node, dict) else enumerate(node)
         dropped = []
@@ -308,7 +310,7 @@ class LogProcessor:
                     node[key] = new
                 cut_any |= cut
             elif isinstance(value, (dict, list)):
-                cut_any |= self._walk(value)
+                cut_any |= self._walk(value, depth + 1)
         for key in reversed(dropped):  # list indexes from the last: the earlier ones stay valid
             del node[key]
         return cut_any

@@ -45,6 +45,12 @@ from llmship.sinks.spanenc import span_candidates as _span_candidates
 
 KINDS = ("llmobs", "logs", "spans")  # what field policies apply to; matches are also counted for "metrics"
 # Values that label rather than say something, whatever the kind.
+# Containers nested deeper than this in an event or a log record are refused (RecursionError, handled as
+# Python's own limit always was): the walkers count their depth because compiled (setup.py
+# COMPILED_MODULES) they do not count against Python's recursion limit, and both twins must stop at the same
+# depth, far from the C stack's end. The decoders stop at about 1,000 levels, orjson.dumps at 255.
+MAX_NESTING = 200
+
 _USER_AGENT_KEYS = frozenset(("http.useragent", "useragent", "user_agent", "user-agent", "http.user_agent",
                               "user_agent.original", "http.request.headers.user-agent"))
 _ID_VALUE = re.compile(r"[0-9A-Fa-f-]*")
@@ -102,7 +108,9 @@ class _Walker:
     def value(self, text: str) -> str | None:
         return self.scrub(text, self.kind)
 
-    def walk(self, node, skip: frozenset = _USER_AGENT_KEYS) -> None:
+    def walk(self, node, skip: frozenset = _USER_AGENT_KEYS, depth: int = 0) -> None:
+        if depth > MAX_NESTING:
+            raise RecursionError(f"nested more than {MAX_NESTING} levels deep")
         scrub, kind = self.scrub, self.kind
         nested = skip if skip is _STRUCTURAL_AND_UA else _USER_AGENT_KEYS
         if isinstance(node, dict):
@@ -119,7 +127,7 @@ class _Walker:
                         else:
                             node[key] = new  # same keys: iterating stays valid
                 elif cls is not int and cls is not float and isinstance(value, (dict, list)):  # numbers: common
-                    self.walk(value, nested)
+                    self.walk(value, nested, depth + 1)
             if dropped:
                 for key in dropped:
                     del node[key]
@@ -133,7 +141,7 @@ class _Walker:
                             node[i] = _DROP if new is None else new
                             dropped |= new is None
                 elif isinstance(value, (dict, list)):
-                    self.walk(value, nested)
+                    self.walk(value, nested, depth + 1)
             if dropped:
                 node[:] = [v for v in node if v is not _DROP]
 

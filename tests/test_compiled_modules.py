@@ -1,0 +1,120 @@
+"""The hot path's Python modules compiled as they are (setup.py ``COMPILED_MODULES``): the build is used where it
+is current, the source (its twin) with LLMSHIP_NO_EXTENSIONS=1 or when the source is newer, and both give the
+same outputs for the LLM-heavy mix (bench/llm_calls.py's dump: payloads, series, sketches, counters)."""
+
+from __future__ import annotations
+
+import ast
+import importlib.machinery
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import llmship
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
+
+
+def compiled_modules() -> list[str]:
+    """setup.py's COMPILED_MODULES, as module names."""
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    names = next(ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
+                 and any(getattr(t, "id", None) == "COMPILED_MODULES" for t in node.targets))
+    return ["llmship." + name.replace("/", ".") for name in names]
+
+
+def built(module: str) -> bool:
+    base = SRC / Path(*module.split("."))
+    return any(base.with_name(base.name + suffix).exists() for suffix in importlib.machinery.EXTENSION_SUFFIXES)
+
+
+_LOADED_FROM = """
+import importlib, json, sys, llmship
+print(json.dumps({m: llmship.compiled(importlib.import_module(m)) for m in sys.argv[1:]}))
+"""
+
+
+def loaded_compiled(modules: list[str], no_extensions: str) -> dict[str, bool]:
+    env = {**os.environ, "PYTHONPATH": str(SRC), "LLMSHIP_NO_EXTENSIONS": no_extensions}
+    done = subprocess.run([sys.executable, "-c", _LOADED_FROM, *modules], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_every_listed_module_has_a_source_twin():
+    modules = compiled_modules()
+    assert len(modules) >= 15
+    for module in modules:
+        assert (SRC / Path(*module.split("."))).with_suffix(".py").is_file(), module
+
+
+def test_no_extensions_loads_every_module_from_its_source():
+    modules = compiled_modules()
+    assert loaded_compiled(modules, "1") == {m: False for m in modules}
+
+
+def test_a_current_build_is_used():
+    modules = [m for m in compiled_modules() if built(m)]
+    if not modules:
+        pytest.skip("the modules are not compiled here (no compiler, or LLMSHIP_NO_EXTENSIONS at install)")
+    assert loaded_compiled(modules, "") == {m: True for m in modules}
+
+
+def test_a_source_newer_than_its_build_is_loaded(tmp_path):
+    package = tmp_path / "llmship"
+    package.mkdir()
+    source = package / "glue.py"
+    source.write_text("WHERE = 'source'\n")
+    build = package / ("glue" + importlib.machinery.EXTENSION_SUFFIXES[0])
+    build.write_bytes(b"")  # never loaded: the finder only compares times
+    finder = llmship._SourceTwin(source_only=False)
+    os.utime(build, ns=(2_000_000_000_000_000_000, 2_000_000_000_000_000_000))
+    os.utime(source, ns=(1_000_000_000_000_000_000, 1_000_000_000_000_000_000))
+    assert finder.find_spec("llmship.glue", [str(package)]) is None  # Python's finder: the build
+    os.utime(source, ns=(2_000_000_001_000_000_000, 2_000_000_001_000_000_000))
+    assert finder.find_spec("llmship.glue", [str(package)]) is None  # written with it (a wheel's install)
+    os.utime(source, ns=(3_000_000_000_000_000_000, 3_000_000_000_000_000_000))
+    spec = finder.find_spec("llmship.glue", [str(package)])
+    assert spec is not None and spec.origin == str(source)
+    assert llmship._SourceTwin(source_only=True).find_spec("llmship.glue", [str(package)]) is not None
+    assert finder.find_spec("other.glue", [str(package)]) is None  # only llmship's modules
+    build.unlink()
+    assert finder.find_spec("llmship.glue", [str(package)]) is None  # no build: Python's finder, the source
+
+
+# bench/llm_calls.py's pipeline with the modules from their build or their source (every other fast path as
+# installed: only the compiled modules differ between the two runs).
+_DUMP = """
+import runpy, sys
+import llmship
+llmship.SOURCE_TWIN.source_only = sys.argv[1] == "source"
+sys.path.insert(0, sys.argv[2])
+sys.argv = [sys.argv[2] + "/llm_calls.py", *sys.argv[3:]]
+import llmship.llm.policies
+print("compiled:", llmship.compiled(llmship.llm.policies), file=sys.stderr)
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("config, evp", [("default", "0"), ("scrub", "0.3")])
+def test_build_and_source_give_the_same_outputs(tmp_path, config, evp):
+    if not any(built(m) for m in compiled_modules()):
+        pytest.skip("the modules are not compiled here (no compiler, or LLMSHIP_NO_EXTENSIONS at install)")
+    dumps = {}
+    for way in ("build", "source"):
+        out = tmp_path / f"{way}.json"
+        env = {**os.environ, "PYTHONPATH": str(SRC), "PYTHONHASHSEED": "0", "LLMSHIP_NO_EXTENSIONS": ""}
+        done = subprocess.run([sys.executable, "-c", _DUMP, way, str(ROOT / "bench"), "--config", config,
+                               "--evp", evp, "--requests", "6", "--dump", str(out)],
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert f"compiled: {way == 'build'}" in done.stderr
+        dumps[way] = json.loads(out.read_text())
+        assert dumps[way]["payloads"], "the pipeline produced nothing"
+    assert dumps["build"] == dumps["source"]
