@@ -12,6 +12,7 @@ extensions unused.
 
 import os
 import sys
+from pathlib import Path
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -58,6 +59,7 @@ class OptionalBuildExt(build_ext):
             self.parallel = os.cpu_count() or 1
 
     def run(self):
+        self._remove_unlisted_builds()
         try:
             super().run()
         except BUILD_ERRORS as e:
@@ -68,10 +70,26 @@ class OptionalBuildExt(build_ext):
             super().build_extension(ext)
         except BUILD_ERRORS as e:
             _warn(f"building {ext.name} failed ({e})")
+            # An earlier build of it would ship and load beside a source it was not built from
+            Path(self.get_ext_fullpath(ext.name)).unlink(missing_ok=True)
+
+    def _remove_unlisted_builds(self):
+        """Compiled modules of an earlier build that this one does not build (no longer listed, or
+        LLMSHIP_NO_EXTENSIONS set): beside their .py they would ship in the wheel and load instead of it, as
+        they were (llmship/__init__.py prefers a build as old as its source). Only builds with a .py twin in
+        src/ (the .pyx extensions have none)."""
+        building = {ext.name for ext in self.distribution.ext_modules}
+        for root in {self.build_lib, "src"}:
+            for path in Path(root, "llmship").rglob("*"):
+                stem, _, suffix = path.name.partition(".")
+                parts = path.relative_to(root).parent.parts + (stem,)
+                if (suffix.endswith(("so", "pyd")) and Path("src", *parts).with_suffix(".py").exists()
+                        and ".".join(parts) not in building):
+                    path.unlink()
 
 
 # The Python glue every span and LLM call goes through (dict lookups, small objects, calls), compiled from
-# its .py as it is: CPython 3.11 interprets it a bytecode at a time, and compiled it takes 7-8% fewer
+# its .py as it is: CPython 3.11 interprets it a bytecode at a time, and compiled it takes 6-7% fewer
 # instructions a span or a call with the same results (bench/llm_calls.py --callgrind: 415,566 -> 384,506
 # instructions a call; bench/spans_instructions.py: 57,692 -> 53,653 a span). The source stays the twin:
 # llmship/__init__.py loads it instead with LLMSHIP_NO_EXTENSIONS=1, or when it is newer than its build (an

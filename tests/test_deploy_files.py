@@ -121,8 +121,9 @@ def test_dockerfile_builds_from_a_slim_python_and_installs_the_project(dockerfil
     bases = [value.split()[0] for value, _ in instructions_named(dockerfile, "FROM", final_only=False)]
     assert bases and all(re.fullmatch(r"python:3\.1[1-9]-slim(-\w+)?", b) for b in bases), bases
     copied = " ".join(value for value, _ in instructions_named(dockerfile, "COPY", final_only=False))
-    assert "pyproject.toml" in copied and "src" in copied
-    for name in ("pyproject.toml", "README.md", "src"):  # what the build stage copies must exist
+    # setup.py builds the compiled extensions and modules: without it the wheel is pure Python
+    assert "pyproject.toml" in copied and "setup.py" in copied and "src" in copied
+    for name in ("pyproject.toml", "setup.py", "README.md", "src"):  # what the build stage copies must exist
         assert (REPO / name).exists(), name
     runs = " ".join(value for value, _ in instructions_named(dockerfile, "RUN"))
     assert "pip install" in runs and "llmship" in runs

@@ -50,6 +50,7 @@ from llmship.sources import otlp_map
 from llmship.sources.traces import (DECODERS, READ_TIMEOUT_SECS, RETRY_AFTER_SECS,
                                     SUBMIT_SLICE_SPANS, THREAD_DECODE_BYTES, RequestError, read_body,
                                     take_decoder)
+from llmship.transforms.privacy import MAX_NESTING
 
 log = get_logger("otlp")
 _limited = RateLimited(log)
@@ -287,10 +288,14 @@ def decode_request(signal: Signal, body: bytes, is_json: bool):
     return message
 
 
-def _ids_to_base64(node):
+def _ids_to_base64(node, depth: int = 0):
     """OTLP/JSON writes trace and span ids in hex, unlike proto3's JSON mapping of bytes (base64) that
     ``json_format`` reads: convert them (a base64 id, as protobuf's own JSON printer writes it, is left
-    as is; lengths tell them apart: 32/16 hex digits vs 24/12 base64 characters)."""
+    as is; lengths tell them apart: 32/16 hex digits vs 24/12 base64 characters). Depth is counted
+    (privacy.MAX_NESTING) because compiled this does not count against Python's recursion limit;
+    ``json_format`` refuses more than 100 levels anyway."""
+    if depth > MAX_NESTING:
+        raise ValueError(f"nested more than {MAX_NESTING} levels deep")
     if isinstance(node, dict):
         for key, value in node.items():
             if key in _ID_KEYS and isinstance(value, str):
@@ -300,9 +305,9 @@ def _ids_to_base64(node):
                     except ValueError:
                         raise ValueError(f"{key}: not a hex id: {value[:40]!r}") from None
             elif isinstance(value, (dict, list)):
-                _ids_to_base64(value)
+                _ids_to_base64(value, depth + 1)
     elif isinstance(node, list):
         for value in node:
             if isinstance(value, (dict, list)):
-                _ids_to_base64(value)
+                _ids_to_base64(value, depth + 1)
     return node
