@@ -118,3 +118,32 @@ def test_build_and_source_give_the_same_outputs(tmp_path, config, evp):
         dumps[way] = json.loads(out.read_text())
         assert dumps[way]["payloads"], "the pipeline produced nothing"
     assert dumps["build"] == dumps["source"]
+
+
+def test_a_build_removes_the_compiled_modules_it_does_not_build(tmp_path):
+    # A working tree's earlier build of a module (no longer listed, or not built now) would ship in a wheel
+    # beside its newer source and load instead of it: the next build removes it. Built here with
+    # LLMSHIP_NO_EXTENSIONS=1 (nothing is built, so every compiled module goes), in a copy of the tree.
+    tree = tmp_path / "tree"
+    (tree / "src").mkdir(parents=True)
+    (tree / "setup.py").write_text((ROOT / "setup.py").read_text())
+    (tree / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text())
+    (tree / "README.md").write_text("")
+    for source in (SRC / "llmship").rglob("*.py"):
+        target = tree / "src" / source.relative_to(SRC)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(source.read_text())
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    stale = [tree / "src" / "llmship" / f"compression{suffix}",  # not listed
+             tree / "src" / "llmship" / "llm" / f"extract{suffix}"]  # listed, not built this time
+    in_build = tree / "build" / "lib" / "llmship" / f"aggregation{suffix}"
+    kept = tree / "src" / "llmship" / "sinks" / f"_spanenc{suffix}"  # a .pyx extension: no .py twin
+    for path in [*stale, in_build, kept]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+    done = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace", "--build-lib", "build/lib"],
+                          cwd=tree, env={**os.environ, "LLMSHIP_NO_EXTENSIONS": "1"}, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert not any(path.exists() for path in [*stale, in_build])
+    assert kept.exists()
