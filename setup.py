@@ -90,10 +90,10 @@ class OptionalBuildExt(build_ext):
 
 # The Python glue every span and LLM call goes through (dict lookups, small objects, calls), compiled from
 # its .py as it is: CPython 3.11 interprets it a bytecode at a time, and compiled it takes 6-7% fewer
-# instructions a span or a call with the same results (bench/llm_calls.py --callgrind: 415,566 -> 384,506
-# instructions a call; bench/spans_instructions.py: 57,692 -> 53,653 a span). The source stays the twin:
-# llmship/__init__.py loads it instead with LLMSHIP_NO_EXTENSIONS=1, or when it is newer than its build (an
-# edit not yet rebuilt is never shadowed). Only these: a compiled module's code is resident (about its
+# instructions a span or a call with the same results (bench/llm_calls.py --callgrind: 415,566 -> 388,484
+# instructions a call; bench/spans_instructions.py: 57,692 -> 53,590 a span). The source stays the twin:
+# llmship/__init__.py loads it instead with LLMSHIP_NO_EXTENSIONS=1, or when it was written after its build
+# (an edit not yet rebuilt is never shadowed). Only these: a compiled module's code is resident (about its
 # file's size: 2.3 MiB for those an agent loads on the default config), and the memory goal is 100 MiB
 # with 100,000 contexts; the rest of the modules gained 2% more for 2.8 MiB more. llmship.workers and the
 # OTLP modules are loaded only with workers or OTLP configured.

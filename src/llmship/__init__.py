@@ -51,7 +51,7 @@ class _SourceTwin:
 
 def compiled(module) -> bool:
     """True when ``module`` runs from its compiled build."""
-    return _os.path.splitext(getattr(module, "__file__", "") or "")[1] in (".so", ".pyd")
+    return (getattr(module, "__file__", "") or "").endswith(tuple(_machinery.EXTENSION_SUFFIXES))
 
 
 SOURCE_TWIN = _SourceTwin(NO_EXTENSIONS)

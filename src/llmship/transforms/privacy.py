@@ -44,13 +44,12 @@ from llmship.config import FIELD_ACTIONS, ScrubField
 from llmship.sinks.spanenc import span_candidates as _span_candidates
 
 KINDS = ("llmobs", "logs", "spans")  # what field policies apply to; matches are also counted for "metrics"
-# Values that label rather than say something, whatever the kind.
 # Containers nested deeper than this in an event or a log record are refused (RecursionError, handled as
 # Python's own limit always was): the walkers count their depth because compiled (setup.py
 # COMPILED_MODULES) they do not count against Python's recursion limit, and both twins must stop at the same
 # depth, far from the C stack's end. The decoders stop at about 1,000 levels, orjson.dumps at 255.
 MAX_NESTING = 200
-
+# Values that label rather than say something, whatever the kind.
 _USER_AGENT_KEYS = frozenset(("http.useragent", "useragent", "user_agent", "user-agent", "http.user_agent",
                               "user_agent.original", "http.request.headers.user-agent"))
 _ID_VALUE = re.compile(r"[0-9A-Fa-f-]*")
