@@ -5,6 +5,7 @@ produce for the same input.
 
     .venv/bin/python bench/llm_calls.py --requests 20                       # µs a call (timings drift)
     .venv/bin/python bench/llm_calls.py --callgrind                        # instructions a call
+    .venv/bin/python bench/llm_calls.py --callgrind --annotate 60          # and where they go
     .venv/bin/python bench/llm_calls.py --config scrub --dump out.json      # every output, decoded
 
 ``--callgrind`` runs it again under callgrind (bench/callgrind.py), counting the measured requests only, after
@@ -152,11 +153,15 @@ def main() -> int:
     parser.add_argument("--evp", type=float, default=0.0, help="share of calls sent as EVP events (default 0)")
     parser.add_argument("--callgrind", action="store_true", help="count instructions (run under callgrind)")
     parser.add_argument("--dump", help="write every output, decoded, to this JSON file")
+    parser.add_argument("--annotate", type=int, metavar="N", default=0,
+                        help="with --callgrind: show the N costliest functions (inclusive; compiled modules by name)")
     args = parser.parse_args()
     if args.callgrind and not callgrind.in_child():
         counted = callgrind.run(sys.argv[1:])
         calls = int(counted.stdout.split()[0])
         print(f"{counted.instructions / calls:,.0f} instructions a call ({counted.stdout.strip()})")
+        if args.annotate:
+            print(callgrind.annotate(counted, args.annotate))
         counted.cleanup()
         return 0
     pipeline = Pipeline(args.config)

@@ -76,9 +76,9 @@ def test_a_source_newer_than_its_build_is_loaded(tmp_path):
     finder = llmship._SourceTwin(source_only=False)
     os.utime(build, ns=(2_000_000_000_000_000_000, 2_000_000_000_000_000_000))
     os.utime(source, ns=(1_000_000_000_000_000_000, 1_000_000_000_000_000_000))
-    assert finder.find_spec("llmship.glue", [str(package)]) is None  # Python's finder: the build
+    assert finder.find_spec("llmship.glue", [str(package)]).origin == str(build)
     os.utime(source, ns=(2_000_000_001_000_000_000, 2_000_000_001_000_000_000))
-    assert finder.find_spec("llmship.glue", [str(package)]) is None  # written with it (a wheel's install)
+    assert finder.find_spec("llmship.glue", [str(package)]).origin == str(build)  # written with it (a wheel)
     os.utime(source, ns=(3_000_000_000_000_000_000, 3_000_000_000_000_000_000))
     spec = finder.find_spec("llmship.glue", [str(package)])
     assert spec is not None and spec.origin == str(source)
@@ -86,6 +86,26 @@ def test_a_source_newer_than_its_build_is_loaded(tmp_path):
     assert finder.find_spec("other.glue", [str(package)]) is None  # only llmship's modules
     build.unlink()
     assert finder.find_spec("llmship.glue", [str(package)]) is None  # no build: Python's finder, the source
+
+
+def test_a_build_that_does_not_load_falls_back_to_its_source(tmp_path, monkeypatch):
+    """A build made for another Python or libc, or damaged, fails in dlopen: the module's source runs, with
+    a warning, and the failure is kept (the agent starts rather than failing on a fast path)."""
+    package = tmp_path / "llmship"
+    package.mkdir()
+    (package / "glue.py").write_text("WHERE = 'source'\n")
+    (package / ("glue" + importlib.machinery.EXTENSION_SUFFIXES[0])).write_bytes(b"not a shared object")
+    monkeypatch.setattr(llmship, "__path__", [*llmship.__path__, str(package)])
+    monkeypatch.delitem(sys.modules, "llmship.glue", raising=False)
+    monkeypatch.setattr(llmship.SOURCE_TWIN, "fallbacks", {})
+    with pytest.warns(RuntimeWarning, match="llmship.glue: its compiled build did not load"):
+        import llmship.glue as glue
+    try:
+        assert glue.WHERE == "source" and glue.__file__ == str(package / "glue.py")
+        assert not llmship.compiled(glue)
+        assert "llmship.glue" in llmship.SOURCE_TWIN.fallbacks
+    finally:
+        sys.modules.pop("llmship.glue", None)
 
 
 # bench/llm_calls.py's pipeline with the modules from their build or their source (every other fast path as
@@ -147,3 +167,27 @@ def test_a_build_removes_the_compiled_modules_it_does_not_build(tmp_path):
     assert done.returncode == 0, done.stderr
     assert not any(path.exists() for path in [*stale, in_build])
     assert kept.exists()
+
+
+def test_a_damaged_build_of_a_real_module_runs_its_source(tmp_path):
+    # In a copy of the tree: the aggregator's build cut to nothing (as a failed copy would leave it); the
+    # aggregator loads from its source, with a warning, and the other builds still load.
+    if not (built("llmship.aggregation") and built("llmship.llm.policies")):
+        pytest.skip("the modules are not compiled here (no compiler, or LLMSHIP_NO_EXTENSIONS at install)")
+    copy = tmp_path / "src"
+    for path in (SRC / "llmship").rglob("*"):
+        if path.suffix == ".py" or path.name.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)):
+            target = copy / path.relative_to(SRC)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(path.read_bytes())  # the sources first: a build is never older than its source
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        damaged = copy / "llmship" / f"aggregation{suffix}"
+        if damaged.exists():
+            damaged.write_bytes(b"")
+    script = ("import json, llmship, llmship.aggregation as a, llmship.llm.policies as p; "
+              "print(json.dumps([llmship.compiled(a), llmship.compiled(p), sorted(llmship.SOURCE_TWIN.fallbacks)]))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(copy), "LLMSHIP_NO_EXTENSIONS": ""})
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [False, True, ["llmship.aggregation"]]
+    assert "llmship.aggregation: its compiled build did not load" in done.stderr

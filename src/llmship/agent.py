@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmship import __version__, flush, notify
+from llmship import SOURCE_TWIN, __version__, flush, notify
 from llmship import log as logmod
 from llmship.aggregation import Aggregator, FlushResult
 from llmship.aws_lambda import LambdaExtension, api_key_from_environment
@@ -210,6 +210,9 @@ class Agent:
         self.topology = build(cfg, readiness=self._ready, info_provider=self._info, shed=self.lag.overloaded)
         self.topology.telemetry.component("agent").gauge("loop_lag_ms", lambda: round(self.lag.lag * 1000, 1))
         self.topology.telemetry.component("agent").gauge("gc_frozen_objects", lambda: self._frozen_objects)
+        # compiled modules whose build did not load: their source runs (slower, same results)
+        self.topology.telemetry.component("agent").gauge("compiled_modules_from_source",
+                                                         lambda: len(SOURCE_TWIN.fallbacks))
         flush.add_routes(self.topology.status.app, self.flush, lambda: self.cfg.delivery.drain_timeout_secs)
         self._lambda = (LambdaExtension(lambda_runtime_api, cfg.aws_lambda, self.flush, self._stop_by)
                         if lambda_runtime_api else None)
@@ -274,6 +277,9 @@ class Agent:
             print(f"llmship: no API key or [sinks.datadog] url set: writing to {self.cfg.file_sink_dir}/"
                   "<kind>.ndjson", file=sys.stderr, flush=True)
         self._warn_about_exposed_listeners()
+        if SOURCE_TWIN.fallbacks:
+            log.warning("compiled_modules_from_source", modules=sorted(SOURCE_TWIN.fallbacks),
+                        reason=next(iter(SOURCE_TWIN.fallbacks.values()))[:300])
         self._frozen_objects = freeze_startup_objects()
         _return_freed_memory()  # compiling the scrub rules' Hyperscan database leaves ~7 MiB of free heap
         notify.ready()

@@ -122,29 +122,51 @@ def frame(messages: list) -> bytes:
     return bytes(buf)
 
 
+def _frame_length(data, pos: int) -> int:
+    (length,) = HEADER.unpack_from(data, pos)
+    if length > MAX_FRAME_BYTES:
+        raise ValueError(f"frame of {length} bytes")
+    return length
+
+
 class FrameReader:
-    """Cuts a byte stream into frames and decodes each into its list of messages."""
+    """Cuts a byte stream into frames and decodes each into its list of messages. Whole frames are decoded
+    where they were read; only a frame cut by the end of a read is copied, to be completed by the next."""
 
     def __init__(self) -> None:
-        self._buf = bytearray()
+        self._buf = bytearray()  # the start of a frame the last read cut
 
     def feed(self, data: bytes) -> list[list]:
-        buf = self._buf
-        buf += data
-        frames, pos, size = [], 0, len(buf)
-        with memoryview(buf) as view:
+        frames: list[list] = []
+        with memoryview(data) as view:
+            pos = self._complete(view, frames) if self._buf else 0
+            size = len(view)
             while size - pos >= HEADER.size:
-                (length,) = HEADER.unpack_from(view, pos)
-                if length > MAX_FRAME_BYTES:
-                    raise ValueError(f"frame of {length} bytes")
-                end = pos + HEADER.size + length
+                end = pos + HEADER.size + _frame_length(view, pos)
                 if end > size:
                     break
                 frames.append(_decode(view[pos + HEADER.size:end]))
                 pos = end
-        if pos:
-            del buf[:pos]
+            if pos < size:
+                self._buf += view[pos:]
         return frames
+
+    def _complete(self, view: memoryview, frames: list) -> int:
+        """Completes the cut frame from the head of ``view`` (decoding it if it is whole): the bytes taken."""
+        buf = self._buf
+        taken = min(max(HEADER.size - len(buf), 0), len(view))
+        buf += view[:taken]
+        if len(buf) < HEADER.size:
+            return taken
+        whole = HEADER.size + _frame_length(buf, 0)
+        more = min(whole - len(buf), len(view) - taken)
+        buf += view[taken:taken + more]
+        taken += more
+        if len(buf) == whole:
+            with memoryview(buf) as frame:
+                frames.append(_decode(frame[HEADER.size:]))
+            buf.clear()
+        return taken
 
     @property
     def pending(self) -> int:

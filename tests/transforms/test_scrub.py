@@ -465,8 +465,11 @@ def test_the_engine_is_hyperscan_unless_missing_or_turned_off(monkeypatch):
 
     monkeypatch.delenv("LLMSHIP_NO_EXTENSIONS", raising=False)
     assert Scrubber().engine == ("hyperscan" if hyperscan is not None else "python")
-    monkeypatch.setenv("LLMSHIP_NO_EXTENSIONS", "1")
-    assert Scrubber().engine == "python"
+    for value in ("1", "true"):  # what every other twin takes as set
+        monkeypatch.setenv("LLMSHIP_NO_EXTENSIONS", value)
+        assert Scrubber().engine == "python"
+    monkeypatch.setenv("LLMSHIP_NO_EXTENSIONS", "0")
+    assert Scrubber().engine == ("hyperscan" if hyperscan is not None else "python")
     monkeypatch.delenv("LLMSHIP_NO_EXTENSIONS")
     monkeypatch.setattr(module, "hyperscan", None)  # as when the import failed
     assert Scrubber().engine == "python"

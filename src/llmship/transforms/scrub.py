@@ -51,11 +51,11 @@ import functools
 import itertools
 import hashlib
 import hmac
-import os
 import re
 import threading
 from collections.abc import Callable, Iterable
 
+from llmship import no_extensions
 from llmship.config import ScrubRule
 from llmship.telemetry import Component
 from llmship.transforms.truncate import truncate_text
@@ -508,8 +508,9 @@ _MANY_SHAPES = {
 
 
 def default_engine() -> str:
-    """"hyperscan" when it imports and ``LLMSHIP_NO_EXTENSIONS=1`` is not set, else "python"."""
-    if hyperscan is None or os.environ.get("LLMSHIP_NO_EXTENSIONS") == "1":
+    """"hyperscan" when it imports and ``LLMSHIP_NO_EXTENSIONS`` is not set (read now: tests set it), else
+    "python"."""
+    if hyperscan is None or no_extensions():
         return "python"
     return "hyperscan"
 
